@@ -1,0 +1,309 @@
+"""``lineside build-engine``: ONNX graph of a model package -> TensorRT engine + manifest.
+
+Small steps in order (Polygraphy's NetworkFromOnnxPath -> EngineBytesFromNetwork ->
+SaveEngine):
+
+    pick_graph -> network_from_onnx -> builder_config -> build_serialized -> save_engine
+
+The network is strongly typed: precision comes from the graph (``model.fp16.onnx`` or
+``model.int8.onnx``), which is what TensorRT 11 requires (it removed BuilderFlag.FP16,
+the INT8 calibrators and OBEY_PRECISION_CONSTRAINTS). On TensorRT 10 only,
+``builder_flag_fp16`` builds the FP32 graph with BuilderFlag.FP16 instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from converter.engine.machine import probe_machine
+from converter.engine.manifest import EngineManifest, MachineInfo, manifest_path, plan_name
+from converter.engine.profiles import BatchProfile
+from converter.errors import LinesideError
+from converter.package import ModelPackage, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+class EngineBuildError(LinesideError, RuntimeError):
+    """TensorRT could not parse the graph or build the engine."""
+
+
+@dataclass
+class BuildResult:
+    plan_path: Path
+    manifest: EngineManifest
+
+
+def pick_graph(package: ModelPackage, precision: str, builder_flag_fp16: bool) -> Path:
+    """The ONNX graph whose types the engine takes (the FP32 one for the builder-flag path)."""
+    if builder_flag_fp16:
+        if precision != "fp16":
+            msg = f"--builder-flag-fp16 builds FP16 from the FP32 graph; it cannot make a {precision} engine"
+            raise EngineBuildError(msg)
+        return package.onnx_path("fp32")
+    if not package.has_precision(precision):
+        msg = (
+            f"{package.root}: no {precision} graph to build from; make it first with "
+            f"`lineside export CHECKPOINT --out {package.root} --precision {precision} --data DATASET`"
+        )
+        raise EngineBuildError(msg)
+    return package.onnx_path(precision)
+
+
+def network_from_onnx(logger, onnx_path: Path, strongly_typed: bool):
+    """Parse ``onnx_path`` into a (builder, network, parser); strongly typed unless told otherwise."""
+    import tensorrt as trt
+
+    builder = trt.Builder(logger)
+    flags = 0
+    if strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        msg = f"{onnx_path}: TensorRT's ONNX parser failed: {' | '.join(errors[:3]) or 'no detail'}"
+        raise EngineBuildError(msg)
+    return builder, network, parser
+
+
+def make_progress_monitor(stream=sys.stderr):
+    """A trt.IProgressMonitor that prints phases and, at most every 2 s, step counts.
+
+    Built inside a function so importing this module never needs TensorRT.
+    """
+    import tensorrt as trt
+
+    base = getattr(trt, "IProgressMonitor", None)
+    if base is None:
+        return None
+
+    class _Progress(base):
+        def __init__(self) -> None:
+            base.__init__(self)
+            self._start = time.monotonic()
+            self._last = 0.0
+            self._depth: dict[str, int] = {}
+            self._steps: dict[str, int] = {}
+
+        def _print(self, text: str) -> None:
+            print(f"[{time.monotonic() - self._start:6.1f}s] {text}", file=stream, flush=True)
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            depth = self._depth.get(parent_phase, -1) + 1 if parent_phase else 0
+            self._depth[phase_name], self._steps[phase_name] = depth, num_steps
+            if depth <= 1:
+                self._print(f"{'  ' * depth}{phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name, step):
+            now = time.monotonic()
+            if self._depth.get(phase_name, 0) <= 1 and now - self._last >= 2.0:
+                self._last = now
+                indent = "  " * self._depth.get(phase_name, 0)
+                self._print(f"{indent}{phase_name}: {step + 1}/{self._steps.get(phase_name, '?')}")
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            if self._depth.get(phase_name, 0) == 0:
+                self._print(f"{phase_name} done")
+
+    return _Progress()
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock beside ``path``: two builds never interleave a timing cache."""
+    lock_path = path.with_name(path.name + ".lock")
+    with open(lock_path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def builder_config(
+    builder,
+    network,
+    *,
+    input_shapes: dict[str, tuple[int, ...]],
+    workspace_bytes: int,
+    timing_cache: Path | None,
+    builder_flag_fp16: bool,
+):
+    """The IBuilderConfig: workspace, one optimization profile, timing cache, progress, flags."""
+    import tensorrt as trt
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    profile = builder.create_optimization_profile()
+    name = network.get_input(0).name
+    profile.set_shape(name, input_shapes["min"], input_shapes["opt"], input_shapes["max"])
+    config.add_optimization_profile(profile)
+    if builder_flag_fp16:
+        # TensorRT 10 only; 11 removed the flag (checked in build_engine before we get here)
+        config.set_flag(getattr(trt.BuilderFlag, "FP16"))  # noqa: B009 - getattr: absent in TensorRT 11
+    cached = b""
+    if timing_cache is not None and timing_cache.is_file():
+        with locked(timing_cache):
+            cached = timing_cache.read_bytes()
+    cache = config.create_timing_cache(cached)
+    config.set_timing_cache(cache, False)
+    monitor = make_progress_monitor()
+    if monitor is not None:
+        config.progress_monitor = monitor
+    return config
+
+
+def save_timing_cache(config, timing_cache: Path) -> None:
+    """Write the (possibly grown) timing cache back, atomically and under the lock."""
+    data = config.get_timing_cache().serialize()
+    with locked(timing_cache):
+        tmp = timing_cache.with_name(timing_cache.name + ".tmp")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, timing_cache)
+
+
+def build_serialized(builder, network, config, onnx_path: Path):
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        msg = (
+            f"{onnx_path}: TensorRT could not build an engine (see its log above); try a larger --workspace "
+            "or a smaller --batch max"
+        )
+        raise EngineBuildError(msg)
+    return serialized
+
+
+def save_engine(serialized, plan_path: Path) -> None:
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = plan_path.with_name(plan_path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(serialized)
+    os.replace(tmp, plan_path)
+
+
+def engine_manifest(
+    *,
+    package: ModelPackage,
+    machine: MachineInfo,
+    plan_path: Path,
+    onnx_path: Path,
+    precision: str,
+    builder_flag_fp16: bool,
+    input_name: str,
+    shapes: dict[str, tuple[int, ...]],
+    workspace_bytes: int,
+    build_seconds: float,
+) -> EngineManifest:
+    versions = {}
+    for name in ("lineside", "tensorrt", "pycuda"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return EngineManifest(
+        plan_file=plan_path.name,
+        model_id=package.model_id,
+        precision=precision,
+        builder_flag_fp16=builder_flag_fp16,
+        strongly_typed=not builder_flag_fp16,
+        onnx_file=onnx_path.name,
+        onnx_sha256=sha256_file(onnx_path),
+        input_name=input_name,
+        profiles=[{"input": input_name, **{k: list(v) for k, v in shapes.items()}}],
+        tensorrt_version=machine.tensorrt_version,
+        cuda_version=machine.cuda_version,
+        driver_version=machine.driver_version,
+        gpu_name=machine.gpu_name,
+        compute_capability=machine.compute_capability,
+        workspace_bytes=workspace_bytes,
+        build_seconds=round(build_seconds, 1),
+        created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        tool_versions=versions,
+    )
+
+
+def build_engine_for_package(
+    package_dir: str | Path,
+    *,
+    precision: str = "fp16",
+    batch: BatchProfile | None = None,
+    workspace_bytes: int = 2 << 30,
+    timing_cache: str | Path | None = None,
+    builder_flag_fp16: bool = False,
+    out: str | Path | None = None,
+    device: int = 0,
+) -> BuildResult:
+    """Build ``precision``'s engine for this GPU into ``PACKAGE/engines/`` and write its manifest."""
+    package = ModelPackage.open(package_dir)
+    onnx_path = pick_graph(package, precision, builder_flag_fp16)
+    batch = batch or BatchProfile(1, 4, 8)
+    machine = probe_machine(device)  # one clear line when TensorRT, pycuda or the GPU is missing
+    import tensorrt as trt  # importable: probe_machine checked it
+
+    if builder_flag_fp16 and not hasattr(trt.BuilderFlag, "FP16"):
+        msg = (
+            f"TensorRT {trt.__version__} has no BuilderFlag.FP16 (removed in 11); "
+            "build the strongly typed FP16 graph (drop --builder-flag-fp16)"
+        )
+        raise EngineBuildError(msg)
+    m = package.manifest
+    shapes = batch.shapes(m.input.height, m.input.width, m.input.channels, m.input.layout)
+    plan_path = Path(out) if out else package.engines_dir / plan_name(machine, precision)
+    cache_path = Path(timing_cache) if timing_cache else None
+    log.info(
+        "building %s engine from %s on %s (sm %s), TensorRT %s: batch %s, workspace %.1f GiB, %s, "
+        "timing cache %s",
+        precision,
+        onnx_path.name,
+        machine.gpu_name,
+        machine.compute_capability,
+        machine.tensorrt_version,
+        batch.as_list(),
+        workspace_bytes / 2**30,
+        "BuilderFlag.FP16" if builder_flag_fp16 else "strongly typed",
+        cache_path or "none",
+    )
+    logger = trt.Logger(trt.Logger.WARNING)
+    start = time.monotonic()
+    builder, network, _parser = network_from_onnx(
+        trt, logger, onnx_path, strongly_typed=not builder_flag_fp16
+    )
+    config = builder_config(
+        builder,
+        network,
+        input_shapes=shapes,
+        workspace_bytes=workspace_bytes,
+        timing_cache=cache_path,
+        builder_flag_fp16=builder_flag_fp16,
+    )
+    serialized = build_serialized(builder, network, config, onnx_path)
+    seconds = time.monotonic() - start
+    save_engine(serialized, plan_path)
+    if cache_path is not None:
+        save_timing_cache(config, cache_path)
+    manifest = engine_manifest(
+        package=package,
+        machine=machine,
+        plan_path=plan_path,
+        onnx_path=onnx_path,
+        precision=precision,
+        builder_flag_fp16=builder_flag_fp16,
+        input_name=network.get_input(0).name,
+        shapes=shapes,
+        workspace_bytes=workspace_bytes,
+        build_seconds=seconds,
+    )
+    manifest.save(manifest_path(plan_path))
+    log.info("built %s in %.0f s (%.1f MB)", plan_path, seconds, plan_path.stat().st_size / 1e6)
+    return BuildResult(plan_path=plan_path, manifest=manifest)

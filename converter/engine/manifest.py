@@ -1,0 +1,195 @@
+"""The engine manifest (``<plan>.json`` beside every ``.plan``) and the compatibility check.
+
+A TensorRT plan runs only on the GPU model and TensorRT version it was built with.
+The manifest records both (and CUDA, driver, precision, profile, the ONNX hash and
+the build time) so a runtime can refuse a mismatch *before* it deserializes the plan:
+deserializing a foreign plan can crash the process. The plan itself stays a plain
+TensorRT plan (trtexec and Polygraphy can load it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from converter.errors import LinesideError
+
+ENGINE_SCHEMA_VERSION = 1
+
+
+class EngineManifestError(LinesideError, ValueError):
+    """An engine manifest is missing or does not match the schema."""
+
+
+class EngineMismatchError(LinesideError, RuntimeError):
+    """An engine was built for another GPU, TensorRT version or ONNX graph."""
+
+
+@dataclass
+class MachineInfo:
+    """What an engine depends on, as found on this machine (see machine.probe_machine)."""
+
+    tensorrt_version: str
+    cuda_version: str
+    driver_version: str
+    gpu_name: str
+    #: "8.9" style
+    compute_capability: str
+
+
+@dataclass
+class EngineManifest:
+    """What ``<plan>.json`` holds."""
+
+    plan_file: str
+    model_id: str
+    precision: str
+    #: True when built from the FP32 graph with TensorRT 10's BuilderFlag.FP16 (not strongly typed)
+    builder_flag_fp16: bool
+    strongly_typed: bool
+    onnx_file: str
+    onnx_sha256: str
+    input_name: str
+    #: {"input": name, "min": [..], "opt": [..], "max": [..]} per optimization profile
+    profiles: list[dict[str, Any]]
+    tensorrt_version: str
+    cuda_version: str
+    driver_version: str
+    gpu_name: str
+    compute_capability: str
+    workspace_bytes: int
+    build_seconds: float
+    created_at: str = ""
+    tool_versions: dict[str, str] = field(default_factory=dict)
+    schema_version: int = ENGINE_SCHEMA_VERSION
+
+    @property
+    def max_batch(self) -> int:
+        return int(self.profiles[0]["max"][0])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+        return path
+
+
+def manifest_path(plan: str | Path) -> Path:
+    """``engines/x.plan`` -> ``engines/x.plan.json``."""
+    plan = Path(plan)
+    return plan.with_name(plan.name + ".json")
+
+
+def load_engine_manifest(plan: str | Path) -> EngineManifest:
+    """Read and validate the manifest of ``plan``; refuse a plan without one."""
+    path = manifest_path(plan)
+    if not path.is_file():
+        msg = (
+            f"{plan}: no engine manifest ({path.name}); lineside does not load a plan whose GPU and "
+            "TensorRT version it cannot check. Rebuild it with `lineside build-engine`"
+        )
+        raise EngineManifestError(msg)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        msg = f"{path}: not valid JSON ({exc}); rebuild the engine with `lineside build-engine`"
+        raise EngineManifestError(msg) from None
+    if not isinstance(data, dict):
+        msg = f"{path}: expected a JSON object; rebuild the engine with `lineside build-engine`"
+        raise EngineManifestError(msg)
+    if data.get("schema_version") != ENGINE_SCHEMA_VERSION:
+        msg = (
+            f"{path}: engine manifest schema_version {data.get('schema_version')!r} is not "
+            f"{ENGINE_SCHEMA_VERSION}; rebuild the engine with this lineside"
+        )
+        raise EngineManifestError(msg)
+    fields_by_name = {f.name: f for f in fields(EngineManifest)}
+    known = set(fields_by_name)
+    required = {k for k, f in fields_by_name.items() if f.default is MISSING and f.default_factory is MISSING}
+    missing = sorted(required - set(data))
+    unknown = sorted(set(data) - known)
+    if missing or unknown:
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {', '.join(missing)}" if missing else "",
+                f"unknown {', '.join(unknown)}" if unknown else "",
+            )
+            if part
+        )
+        msg = (
+            f"{path}: engine manifest does not match the schema ({detail}); rebuild: `lineside build-engine`"
+        )
+        raise EngineManifestError(msg)
+    manifest = EngineManifest(**data)
+    profiles = manifest.profiles
+    if not profiles or not all(isinstance(p, dict) and {"min", "opt", "max"} <= set(p) for p in profiles):
+        msg = f"{path}: 'profiles' must list min/opt/max shapes; rebuild with `lineside build-engine`"
+        raise EngineManifestError(msg)
+    return manifest
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "gpu"
+
+
+def plan_name(machine: MachineInfo, precision: str) -> str:
+    """``engines/<gpu>-sm<cc>-trt<version>-<precision>.plan``: one file per GPU, TensorRT and precision."""
+    sm = machine.compute_capability.replace(".", "")
+    return f"{_slug(machine.gpu_name)}-sm{sm}-trt{machine.tensorrt_version}-{precision}.plan"
+
+
+def mismatches(manifest: EngineManifest, machine: MachineInfo, onnx_sha256: str | None = None) -> list[str]:
+    """Every reason ``manifest``'s engine cannot run on ``machine``, each naming both sides."""
+    reasons = []
+    if manifest.gpu_name != machine.gpu_name or manifest.compute_capability != machine.compute_capability:
+        reasons.append(
+            f"GPU: engine built for {manifest.gpu_name} (sm {manifest.compute_capability}), "
+            f"this machine has {machine.gpu_name} (sm {machine.compute_capability})"
+        )
+    if manifest.tensorrt_version != machine.tensorrt_version:
+        reasons.append(
+            f"TensorRT: engine built with {manifest.tensorrt_version}, "
+            f"this machine has {machine.tensorrt_version}"
+        )
+    if onnx_sha256 is not None and manifest.onnx_sha256 != onnx_sha256:
+        reasons.append(
+            f"ONNX: engine built from {manifest.onnx_file} sha256 {manifest.onnx_sha256[:12]}, "
+            f"the package's graph is now {onnx_sha256[:12]} (re-exported since)"
+        )
+    return reasons
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
+def warnings_for(manifest: EngineManifest, machine: MachineInfo) -> list[str]:
+    """Differences that do not stop the engine but are worth a log line."""
+    notes = []
+    older = _version_tuple(machine.driver_version) < _version_tuple(manifest.driver_version)
+    if manifest.driver_version and machine.driver_version and older:
+        notes.append(
+            f"driver {machine.driver_version} is older than the build machine's {manifest.driver_version}"
+        )
+    return notes
+
+
+def check_compatible(
+    manifest: EngineManifest, machine: MachineInfo, plan: str | Path, onnx_sha256: str | None = None
+) -> None:
+    """Raise EngineMismatchError (naming both sides and the fix) if the engine does not fit."""
+    reasons = mismatches(manifest, machine, onnx_sha256)
+    if reasons:
+        msg = (
+            f"{plan}: refusing to load this engine: {'; '.join(reasons)}. Rebuild it on this machine with "
+            "`lineside build-engine PACKAGE` (engines are specific to a GPU model and TensorRT version)"
+        )
+        raise EngineMismatchError(msg)

@@ -1,0 +1,1 @@
+"""TensorRT backend (imports TensorRT and pycuda only when activated)."""

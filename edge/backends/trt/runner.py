@@ -1,0 +1,84 @@
+"""TensorRT backend: a checked engine plan on the GPU (TensorRT 10/11 + pycuda).
+
+The TensorRT work lives in ``converter.engine.runtime.EngineRunner`` (shared with
+``lineside build-engine --verify``): engine manifest checked before deserializing, pinned
+host buffers, one CUDA stream, async copies, input shape set per batch within the
+profile, tensor-name API (``set_tensor_address`` / ``execute_async_v3``), every CUDA call
+through one checker, explicit ``free()``. This class adapts it to the Backend interface.
+Nothing here imports TensorRT or pycuda until ``activate()``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from converter.errors import LinesideError
+from edge.backends.base import Backend, BackendError, squeeze_probabilities
+
+log = logging.getLogger(__name__)
+
+
+class TensorRTBackend(Backend):
+    """Runs a TensorRT engine plan of a model package on one GPU."""
+
+    name = "tensorrt"
+
+    def __init__(self, plan_path: str | Path, *, onnx_sha256: str | None = None, device: int = 0) -> None:
+        super().__init__()
+        self.plan_path = Path(plan_path)
+        #: the package graph's hash: an engine built from an older export is refused
+        self.onnx_sha256 = onnx_sha256
+        self.device = device
+        self._runner = None
+
+    @classmethod
+    def for_package(cls, package, plan_path: str | Path, device: int = 0) -> TensorRTBackend:
+        """A backend for ``plan_path`` that also refuses an engine built from a stale ONNX graph."""
+        from converter.engine.manifest import load_engine_manifest
+        from converter.package import sha256_file
+
+        try:
+            graph = package.root / load_engine_manifest(plan_path).onnx_file
+        except LinesideError as exc:
+            raise BackendError(str(exc)) from None
+        return cls(plan_path, onnx_sha256=sha256_file(graph) if graph.is_file() else "missing", device=device)
+
+    def activate_impl(self) -> None:
+        from converter.engine.runtime import EngineRunner
+
+        runner = EngineRunner(self.plan_path, onnx_sha256=self.onnx_sha256, device=self.device)
+        try:
+            runner.load()
+        except LinesideError as exc:  # mismatch, missing TensorRT, CUDA error: one line for the worker
+            raise BackendError(str(exc)) from None
+        self._runner = runner
+        self.max_batch = runner.max_batch
+
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            out = self._runner.infer(np.ascontiguousarray(batch, dtype=np.float32))
+        except LinesideError as exc:
+            raise BackendError(str(exc)) from None
+        return squeeze_probabilities(out)
+
+    def deactivate_impl(self) -> None:
+        if self._runner is not None:
+            self.free()
+
+    def free(self) -> None:
+        """Release the engine, its buffers and the CUDA context now (idempotent)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.free()
+
+    def describe(self) -> str:
+        manifest = self._runner.manifest if self._runner is not None else None
+        if manifest is None:
+            return f"tensorrt ({self.plan_path.name}, not loaded)"
+        return (
+            f"tensorrt {manifest.tensorrt_version} on {manifest.gpu_name} ({self.plan_path.name}, "
+            f"{manifest.precision}, batch <= {self.max_batch})"
+        )

@@ -1,0 +1,349 @@
+"""The camera process: capture, check, shape and publish frames to the router.
+
+One process per camera, so a camera that hangs or crashes never touches the
+others. Every captured frame gets the next per-camera sequence number and ends
+as a frame message or a counted drop; the drops and the camera's state travel
+to the collector in periodic ``stats`` messages.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import hashlib
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from edge import imageops, protocol, sockets
+from edge.config import CameraConfig, LineConfig
+from edge.sources.backoff import Backoff
+from edge.sources.base import CameraError, Captured, FrameSource, make_source, register_source
+
+log = logging.getLogger(__name__)
+
+#: seconds between stats messages
+STATS_INTERVAL_S = 0.5
+
+
+def build_source(cam: CameraConfig) -> FrameSource:
+    """The frame source a camera config names (options are checked against its signature)."""
+    options = dict(cam.options)
+    if cam.source == "synthetic":
+        from edge.synthetic_source import SyntheticSource
+
+        register_source("synthetic", SyntheticSource)
+        options.setdefault("name", cam.id)
+    if cam.source == "opencv":
+        options.setdefault("open_timeout_s", cam.open_timeout_s)
+        options.setdefault("read_timeout_s", cam.read_timeout_s)
+    return make_source(cam.source, **options)
+
+
+class DeadlineReader:
+    """Runs ``open``/``read`` of a source in a helper thread with a deadline.
+
+    Capture libraries can block forever (OpenCV on a dead RTSP stream). When the
+    deadline passes, the stuck thread is abandoned and a fresh one serves the
+    next attempt: the watchdog that restarts a capture that has stuck.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        #: off for sources that enforce their own deadlines (OpenCV): one hand-off is enough
+        self.enabled = enabled
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="capture")
+
+    def call(self, fn: Any, timeout_s: float, what: str) -> Any:
+        if not self.enabled:
+            return fn()
+        future = self._pool.submit(fn)
+        try:
+            return future.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="capture")
+            msg = f"{what} timed out after {timeout_s:g} s"
+            raise CameraError(msg) from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def frame_digest(image: np.ndarray) -> bytes:
+    """A cheap fingerprint (strided sample) used to spot a frozen camera."""
+    return hashlib.blake2b(np.ascontiguousarray(image[::7, ::7]).tobytes(), digest_size=16).digest()
+
+
+def check_frame(image: np.ndarray, last_digest: bytes | None) -> tuple[str | None, bytes]:
+    """Return (fault reason or None, digest). A black or repeated frame is a fault, never a part."""
+    digest = frame_digest(image)
+    sample = image[::7, ::7]
+    if int(sample.max()) <= 8:
+        return "black frame", digest
+    if digest == last_digest:
+        return "repeated frame (camera frozen?)", digest
+    return None, digest
+
+
+class CameraLoop:
+    """Capture -> shape -> send, with reconnect, fps limit and a drop policy."""
+
+    def __init__(self, cfg: LineConfig, cam: CameraConfig, input_hw: tuple[int, int]) -> None:
+        self.cfg, self.cam = cfg, cam
+        self.input_hw = input_hw
+        self.stop = threading.Event()
+        #: names this camera process: a restarted camera starts a new epoch at seq 0
+        self.epoch = time.time_ns() // 1_000_000
+        self.seq = 0
+        self.drops: dict[str, list[int]] = collections.defaultdict(list)
+        self.connected = False
+        self.disconnects = 0
+        self.reconnects = 0
+        self.last_connected_ts = 0.0
+        self.gap_s = 0.0
+        self._gap_start: float | None = None
+        self._last_digest: bytes | None = None
+        self._sent = 0
+        # lossless: frames waiting for room in the socket; latest: at most the freshest one
+        maxlen = cam.buffer if cam.policy == "lossless" else 1
+        self.pending: collections.deque[tuple[dict, np.ndarray]] = collections.deque(maxlen=maxlen)
+        self._last_buffer_warning = 0.0
+
+    # -- shaping -----------------------------------------------------------------
+    def shape(self, image: np.ndarray) -> np.ndarray:
+        image = imageops.crop_roi(image, tuple(self.cam.roi) if self.cam.roi else None)
+        image = imageops.to_gray(image)
+        if self.cam.fit == "resize" and image.shape[:2] != self.input_hw:
+            image = imageops.resize_to(image, self.input_hw)
+        return np.ascontiguousarray(image)
+
+    # -- sending -----------------------------------------------------------------
+    def enqueue(self, header: dict, image: np.ndarray) -> None:
+        if len(self.pending) == self.pending.maxlen:
+            if self.cam.policy == "latest":
+                old = self.pending.popleft()
+                self.drops["superseded"].append(old[0]["seq"])
+            else:
+                self.drops["camera_buffer_full"].append(header["seq"])
+                now = time.monotonic()
+                if now - self._last_buffer_warning > 5:
+                    self._last_buffer_warning = now
+                    log.warning(
+                        "%s: lossless buffer full (%d frames): the line is slower than the camera; "
+                        "dropping frames (counted as camera_buffer_full)",
+                        self.cam.id,
+                        self.cam.buffer,
+                    )
+                return
+        self.pending.append((header, image))
+
+    def flush(self, sock: zmq.Socket) -> None:
+        while self.pending:
+            header, image = self.pending[0]
+            header["sent"] = time.time()
+            try:
+                protocol.send_multipart(sock, header, image, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.pending.popleft()
+            self._sent += 1
+
+    def send_stats(self, sock: zmq.Socket, final: bool = False) -> bool:
+        """Send counters and drops; False when the socket is full (drops are kept for later)."""
+        header = {
+            "t": "stats",
+            "cam": self.cam.id,
+            "epoch": self.epoch,
+            "captured": self.seq,
+            "sent": self._sent,
+            "drops": {k: v for k, v in self.drops.items() if v},
+            "connected": self.connected,
+            "disconnects": self.disconnects,
+            "reconnects": self.reconnects,
+            "last_connected_ts": self.last_connected_ts,
+            "gap_s": self.gap_s + (time.monotonic() - self._gap_start if self._gap_start else 0.0),
+            "pending": len(self.pending),
+            "final": final,
+        }
+        try:
+            sock.send(protocol.encode_header(header), zmq.NOBLOCK)
+        except zmq.Again:
+            return False  # drops stay in the lists and go out with the next stats message
+        self.drops = collections.defaultdict(list)
+        return True
+
+    # -- capture -----------------------------------------------------------------
+    def next_seq(self) -> int:
+        seq = self.seq
+        self.seq += 1
+        return seq
+
+    def emit_fault(self, reason: str) -> None:
+        """A camera fault becomes an explicit NO_DECISION frame, never silence or PASS."""
+        seq = self.next_seq()
+        empty = np.zeros((1, 1), np.uint8)
+        header = protocol.frame_header(
+            self.cam.id,
+            seq,
+            time.time(),
+            empty,
+            sent_ts=0.0,
+            max_age_ms=0.0,
+            decide=False,
+            policy=self.cam.policy,
+            epoch=self.epoch,
+        )
+        header["fault"] = reason
+        self.enqueue(header, empty)
+
+    def emit(self, captured: Captured) -> None:
+        seq = self.next_seq()
+        truth = captured.truth
+        fault, self._last_digest = check_frame(captured.image, self._last_digest)
+        try:
+            image = self.shape(captured.image)
+        except Exception as exc:  # a wrong ROI or a corrupt buffer is a fault of this frame only
+            fault, image = f"cannot shape frame: {exc}", np.zeros((1, 1), np.uint8)
+        header = protocol.frame_header(
+            self.cam.id,
+            seq,
+            captured.capture_ts,
+            image,
+            sent_ts=0.0,
+            truth=truth,
+            max_age_ms=self.cam.max_age_ms,
+            decide=fault is None,
+            policy=self.cam.policy,
+            epoch=self.epoch,
+        )
+        if fault:
+            header["fault"] = fault
+        self.enqueue(header, image)
+
+    def set_connected(self, up: bool) -> None:
+        now = time.monotonic()
+        if up and not self.connected:
+            if self._gap_start is not None:
+                self.gap_s += now - self._gap_start
+                self.reconnects += 1
+            self._gap_start = None
+            self.last_connected_ts = time.time()
+        elif not up and self.connected:
+            self.disconnects += 1
+            self._gap_start = now
+        elif not up and self._gap_start is None:
+            self._gap_start = now
+        self.connected = up
+
+    def run(self, sock: zmq.Socket) -> None:
+        cam = self.cam
+        backoff = Backoff(initial_s=cam.reconnect_initial_s, cap_s=cam.reconnect_max_s)
+        reader = DeadlineReader(enabled=cam.source != "opencv")
+        source: FrameSource | None = None
+        period = 1.0 / cam.fps if cam.fps > 0 else 0.0
+        next_due = time.monotonic()
+        last_stats = 0.0
+        try:
+            while not self.stop.is_set():
+                now = time.monotonic()
+                if now - last_stats >= STATS_INTERVAL_S:
+                    self.send_stats(sock)
+                    last_stats = now
+                if source is None:
+                    source = build_source(cam)
+                    try:
+                        reader.call(source.open, cam.open_timeout_s, f"{cam.id}: open")
+                        self.set_connected(True)
+                        backoff.reset()
+                        log.info("%s: connected (%s)", cam.id, cam.source)
+                    except CameraError as exc:
+                        self.set_connected(False)
+                        delay = backoff.next_delay()
+                        log.warning("%s: cannot open (%s); retry in %.1f s", cam.id, exc, delay)
+                        source = None
+                        self._sleep(delay, sock)
+                        continue
+                if period:
+                    wait = next_due - time.monotonic()
+                    if wait > 0:
+                        self._sleep(wait, sock)
+                        if self.stop.is_set():
+                            break
+                    next_due = max(next_due + period, time.monotonic() - period)
+                try:
+                    captured = reader.call(source.read, cam.read_timeout_s, f"{cam.id}: read")
+                except CameraError as exc:
+                    log.warning("%s: camera fault (%s); reconnecting", cam.id, exc)
+                    self.emit_fault(f"camera fault: {exc}")
+                    self.set_connected(False)
+                    self._close_source(source)
+                    source = None
+                    self._sleep(backoff.next_delay(), sock)
+                    continue
+                if captured is None:
+                    log.info("%s: end of stream after %d frames", cam.id, self.seq)
+                    break
+                self.emit(captured)
+                self.flush(sock)
+        finally:
+            self._close_source(source)
+            reader.close()
+            self.set_connected(False)
+            self._drain(sock)
+
+    def _sleep(self, seconds: float, sock: zmq.Socket) -> None:
+        """Sleep, but keep flushing pending frames and wake at once on stop."""
+        end = time.monotonic() + seconds
+        while not self.stop.is_set():
+            self.flush(sock)
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self.stop.wait(min(left, 0.01 if self.pending else 0.1))
+
+    def _drain(self, sock: zmq.Socket, timeout_s: float = 2.0) -> None:
+        """At shutdown: give pending frames a short chance, then count the rest as dropped."""
+        end = time.monotonic() + timeout_s
+        while self.pending and time.monotonic() < end:
+            self.flush(sock)
+            time.sleep(0.01)
+        for header, _ in self.pending:
+            self.drops["shutdown"].append(header["seq"])
+        self.pending.clear()
+        deadline = time.monotonic() + timeout_s
+        while not self.send_stats(sock, final=True) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _close_source(self, source: FrameSource | None) -> None:
+        if source is not None:
+            try:
+                source.close()
+            except Exception as exc:  # closing a broken capture must not kill the camera loop
+                log.debug("%s: close failed: %s", self.cam.id, exc)
+
+
+def camera_main(cfg_dict: dict, camera_index: int, input_hw: tuple[int, int], log_level: int) -> None:
+    """Entry point of a spawned camera process."""
+    from edge.config import from_dict
+    from edge.process import setup_process
+
+    cfg = from_dict(cfg_dict)
+    cam = cfg.cameras[camera_index]
+    setup_process(f"camera:{cam.id}", log_level)
+    loop = CameraLoop(cfg, cam, input_hw)
+    signal.signal(signal.SIGTERM, lambda *_: loop.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: loop.stop.set())
+    ctx = zmq.Context()
+    # A small HWM keeps the freshest frame close to the camera (latest policy);
+    # lossless frames wait in the camera's own bounded buffer, where they are counted.
+    sock = sockets.make_socket(ctx, zmq.PUSH, sndhwm=4)
+    try:
+        sockets.connect(sock, cfg.endpoint("frames"))
+        loop.run(sock)
+    finally:
+        sockets.close_all(ctx, sock)

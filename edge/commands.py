@@ -1,0 +1,167 @@
+"""``lineside run | worker | bench | demo``: the line-side subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a line: cameras, workers, collector (Ctrl-C or SIGTERM stops it)")
+    p.add_argument("--config", required=True, help="line config YAML (see configs/demo.yaml)")
+    p.add_argument(
+        "--duration", type=float, default=0.0, help="stop after this many seconds (0 = run until stopped)"
+    )
+    p.add_argument("--summary", default=None, help="write the final accounting summary (JSON) here")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set workers.count=2 (YAML value)",
+    )
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("worker", help="a worker that attaches to a running line (possibly on another box)")
+    p.add_argument("--config", required=True, help="the line's config YAML (model and decision settings)")
+    p.add_argument(
+        "--connect",
+        required=True,
+        help="the line's work endpoint, e.g. tcp://linebox:5571 (its endpoints.work)",
+    )
+    p.add_argument(
+        "--results",
+        required=True,
+        help="the line's results endpoint, e.g. tcp://linebox:5572 (its endpoints.results)",
+    )
+    p.add_argument("--index", type=int, default=0, help="worker number, for names in logs")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("bench", help="throughput of the bare backend on a model package")
+    p.add_argument("package", help="model package folder")
+    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    p.add_argument("--batch", default="1,4,8", help="comma-separated batch sizes")
+    p.add_argument("--seconds", type=float, default=5.0, help="time per batch size")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = all cores)")
+    p.add_argument("--json", default=None, help="also write the figures as JSON here")
+    p.set_defaults(func=cmd_bench)
+
+    register_demo(sub)
+
+
+def register_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the README demo: synthesize data, train, export, then run the line on it",
+        description=(
+            "Each step is skipped when its output already exists in --workdir, so a second run "
+            "goes straight to the line. Delete the folder (or pass --fresh) to start over."
+        ),
+    )
+    p.add_argument("--workdir", default=".lineside-demo", help="where data, checkpoint and package go")
+    p.add_argument("--config", default="configs/demo.yaml", help="line config to run")
+    p.add_argument("--train-config", default="configs/train/demo.yaml", help="training recipe")
+    p.add_argument("--duration", type=float, default=45.0, help="seconds to run the line")
+    p.add_argument("--fresh", action="store_true", help="redo every step")
+    p.set_defaults(func=cmd_demo)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``a.b=value`` strings -> nested dict with YAML-parsed values."""
+    import yaml
+
+    from edge.config import ConfigError
+
+    out: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            msg = f"--set {pair!r}: expected KEY=VALUE, e.g. workers.count=2"
+            raise ConfigError(msg)
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.config import load_config
+    from edge.supervisor import Supervisor
+
+    cfg = load_config(args.config, parse_overrides(args.set))
+    return Supervisor(cfg, duration=args.duration, summary_path=args.summary).run()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from edge.config import load_config, to_dict
+    from edge.worker import worker_main
+
+    cfg = load_config(args.config)
+    worker_main(
+        to_dict(cfg),
+        args.index,
+        logging.getLogger().getEffectiveLevel(),
+        {"work": args.connect, "results": args.results},
+    )
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge.bench import bench_backend
+
+    batches = [int(b) for b in args.batch.split(",") if b.strip()]
+    bench_backend(args.package, args.backend, args.precision, batches, args.seconds, args.threads, args.json)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run each step as its own ``lineside`` process: the line side never imports TensorFlow."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    work = Path(args.workdir)
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    data, ckpt, package = work / "data", work / "checkpoint", work / "package"
+    root = f"dataset.root={data}"
+    steps = [
+        (
+            "synthesize a DAGM-like data set",
+            data / "Class1" / "Test",
+            ["synth", str(data), "--classes", "1", "--n-train", "120", "--n-test", "60"],
+        ),
+        (
+            "train TinyUNet on it",
+            ckpt / "training.json",
+            ["train", args.train_config, "-o", str(ckpt), "--set", "dataset.kind=dagm", "--set", f"{root}"],
+        ),
+        (
+            "export the model package (ONNX checked against Keras)",
+            package / "manifest.json",
+            ["export", str(ckpt), "--out", str(package), "--data", str(data)],
+        ),
+    ]
+    lineside = [sys.executable, "-m", "edge.cli"]
+    for title, done_marker, argv in steps:
+        if done_marker.exists():
+            print(f"== {title}: cached ({done_marker.parent})", flush=True)
+            continue
+        print(f"== {title}: lineside {' '.join(argv)}", flush=True)
+        start = time.monotonic()
+        code = subprocess.call(lineside + argv)
+        if code != 0:
+            print(f"lineside demo: step failed ({title}), exit code {code}", file=sys.stderr)
+            return code
+        print(f"== {title}: done in {time.monotonic() - start:.0f} s", flush=True)
+    print(f"== run the line for {args.duration:.0f} s: lineside run --config {args.config}", flush=True)
+    summary = str(work / "runs" / "summary.json")
+    run = ["run", "--config", args.config, "--duration", str(args.duration), "--summary", summary]
+    return subprocess.call([*lineside, *run])

@@ -1,0 +1,134 @@
+"""Prometheus metrics and the health endpoints, served by the collector.
+
+Every result, drop and camera counter of every worker (local or remote) passes
+through the collector, so one registry holds the whole line: per-stage latency
+histograms, drops by reason, decisions by outcome, queue depths, camera state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from edge.sockets import EndpointError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("capture_to_send", "queue", "worker_wait", "preprocess", "infer", "postprocess", "end_to_end")
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class LineMetrics:
+    """The line's metrics, in a registry of their own (no process-global state)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "lineside_stage_latency_seconds",
+            "Latency per pipeline stage",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.decisions = Counter(
+            "lineside_decisions", "Decisions by camera and outcome", ["camera", "outcome"], registry=r
+        )
+        self.drops = Counter(
+            "lineside_drops", "Frames dropped, by camera and reason", ["camera", "reason"], registry=r
+        )
+        self.captured = Gauge(
+            "lineside_frames_captured", "Frames captured per camera", ["camera"], registry=r
+        )
+        self.inflight = Gauge(
+            "lineside_frames_in_flight", "captured - decided - dropped, per camera", ["camera"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "lineside_queue_depth", "Frames waiting in the router", ["camera"], registry=r
+        )
+        self.camera_pending = Gauge(
+            "lineside_camera_buffered", "Frames waiting in the camera's own buffer", ["camera"], registry=r
+        )
+        self.camera_fps = Gauge("lineside_camera_fps", "Frames captured per second", ["camera"], registry=r)
+        self.connected = Gauge(
+            "lineside_camera_connected", "1 when the camera delivers", ["camera"], registry=r
+        )
+        self.disconnects = Gauge(
+            "lineside_camera_disconnects", "Disconnects since start", ["camera"], registry=r
+        )
+        self.reconnects = Gauge(
+            "lineside_camera_reconnects", "Reconnects since start", ["camera"], registry=r
+        )
+        self.gap_seconds = Gauge(
+            "lineside_camera_gap_seconds", "Seconds without a connection since start", ["camera"], registry=r
+        )
+        self.last_connected = Gauge(
+            "lineside_camera_last_connected_timestamp_seconds",
+            "When the camera last connected",
+            ["camera"],
+            registry=r,
+        )
+        self.malformed = Counter(
+            "lineside_malformed_messages", "Messages rejected as malformed", ["where"], registry=r
+        )
+        self.workers = Gauge("lineside_workers", "Workers connected to the router", registry=r)
+        self.ready = Gauge("lineside_ready", "1 when the line is ready", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    metrics: LineMetrics
+    health: Callable[[], tuple[bool, bool, list[str]]]
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/metrics"):
+            self._send(200, self.metrics.render(), CONTENT_TYPE_LATEST)
+            return
+        alive, ready, reasons = self.health()
+        if self.path.startswith("/healthz"):
+            self._send(200 if alive else 503, json.dumps({"alive": alive}).encode(), "application/json")
+        elif self.path.startswith("/readyz"):
+            body = json.dumps({"ready": ready, "reasons": reasons}).encode()
+            self._send(200 if ready else 503, body, "application/json")
+        else:
+            self._send(404, b"try /metrics, /healthz or /readyz\n", "text/plain")
+
+    def _send(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:  # scrapes are not news
+        pass
+
+
+def serve_http(
+    host: str, port: int, metrics: LineMetrics, health: Callable[[], tuple[bool, bool, list[str]]]
+) -> ThreadingHTTPServer:
+    """Start /metrics, /healthz and /readyz in a daemon thread; a busy port is one clear error."""
+    handler = type("Handler", (_Handler,), {"metrics": metrics, "health": staticmethod(health)})
+    try:
+        server = ThreadingHTTPServer((host, port), handler)
+    except OSError as exc:
+        msg = (
+            f"cannot serve metrics on {host}:{port}: {exc.strerror}; set metrics.port to a free one (0 = off)"
+        )
+        raise EndpointError(msg) from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

@@ -1,0 +1,84 @@
+"""Defect map -> decision: threshold, connected components, minimum area, rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+PASS, FAIL, NO_DECISION = "PASS", "FAIL", "NO_DECISION"
+
+
+@dataclass
+class DecisionRules:
+    """The thresholds that turn a probability map into PASS or FAIL."""
+
+    threshold: float = 0.5
+    #: regions smaller than this (pixels) are noise, not defects
+    min_defect_area: int = 16
+    #: FAIL when the total defect area exceeds this (0 = any defect fails)
+    max_defect_area: int = 0
+    #: FAIL when the number of defects exceeds this (0 = any defect fails)
+    max_defect_count: int = 0
+    #: uint8 mask of the model input size; 0 = ignore that pixel
+    ignore_mask: np.ndarray | None = None
+
+
+@dataclass
+class Decision:
+    decision: str
+    reason: str
+    defect_area: int = 0
+    defect_count: int = 0
+    #: [x, y, w, h] per defect, in model-input pixels
+    boxes: list[list[int]] = field(default_factory=list)
+    #: uint8 0/255 mask of the defects kept (None for NO_DECISION)
+    mask: np.ndarray | None = None
+
+
+def decide(prob: np.ndarray, rules: DecisionRules) -> Decision:
+    """Turn one (H, W) probability map into a Decision.
+
+    A map holding NaN or Inf means the numbers cannot be trusted (an FP16
+    overflow, a broken engine): the answer is NO_DECISION, never PASS.
+    """
+    if not np.isfinite(prob).all():
+        return Decision(NO_DECISION, "non-finite model output (NaN/Inf)")
+    binary = (prob > rules.threshold).astype(np.uint8)
+    if rules.ignore_mask is not None:
+        binary &= rules.ignore_mask > 0
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    # Label 0 is the background.
+    keep = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= rules.min_defect_area]
+    mask = np.zeros(binary.shape, np.uint8)
+    boxes: list[list[int]] = []
+    area = 0
+    for i in keep:
+        x, y, w, h, a = (int(v) for v in stats[i])
+        boxes.append([x, y, w, h])
+        area += a
+    if keep:
+        mask[np.isin(labels, keep)] = 255
+    n = len(keep)
+    if n and (area > rules.max_defect_area or n > rules.max_defect_count):
+        reason = f"{n} defect(s), {area} px"
+        return Decision(FAIL, reason, area, n, boxes, mask)
+    reason = "no defect" if not n else f"{n} defect(s), {area} px within limits"
+    return Decision(PASS, reason, area, n, boxes, mask)
+
+
+def merge_tiles(decisions: list[Decision], offsets: list[tuple[int, int]]) -> Decision:
+    """Join the decisions of a frame's tiles into one: any NO_DECISION wins, then FAIL."""
+    boxes = [
+        [x + ox, y + oy, w, h]
+        for d, (oy, ox) in zip(decisions, offsets, strict=True)
+        for x, y, w, h in d.boxes
+    ]
+    area = sum(d.defect_area for d in decisions)
+    count = sum(d.defect_count for d in decisions)
+    for verdict in (NO_DECISION, FAIL):
+        reasons = [d.reason for d in decisions if d.decision == verdict]
+        if reasons:
+            return Decision(verdict, f"{len(reasons)} tile(s): {reasons[0]}", area, count, boxes)
+    return Decision(PASS, "no defect" if not count else "defects within limits", area, count, boxes)

@@ -1,0 +1,274 @@
+"""The supervisor: the main process of `lineside run`.
+
+It checks what the line needs before anything starts (fail fast with one
+line), spawns the collector, the router, the workers and one process per
+camera, restarts any that dies with capped backoff, and on SIGTERM/SIGINT or
+``--duration`` stops them in order (cameras, router drain, workers, collector)
+within ``shutdown_timeout_s``.
+
+Exit codes: 0 clean stop, 2 bad config or resources at start, 3 the shutdown
+bound passed and processes had to be killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import queue
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from converter.errors import LinesideError
+from converter.package import ModelPackage
+from edge import protocol, sockets
+from edge.config import LineConfig, to_dict
+from edge.sources.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_CONFIG, EXIT_FORCED = 0, 2, 3
+#: how long a child may take to come up before start-up is declared failed
+START_TIMEOUT_S = 60.0
+
+
+class StartupError(LinesideError):
+    """A process of the line could not start; the message is the child's own error line."""
+
+
+def _child(role: str, target: str, errors: Any, *args: Any) -> None:
+    """Run an entry point in a spawned process; a user-facing error becomes one line to the parent."""
+    import importlib
+
+    module, func = target.rsplit(":", 1)
+    try:
+        getattr(importlib.import_module(module), func)(*args)
+    except LinesideError as exc:
+        errors.put((role, str(exc)))
+        sys.exit(EXIT_CONFIG)
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+@dataclass
+class Child:
+    role: str
+    target: str
+    args: tuple
+    process: Any = None
+    backoff: Backoff = field(default_factory=lambda: Backoff(initial_s=0.5, cap_s=10.0))
+    restart_at: float = 0.0
+    restarts: int = 0
+    started_at: float = 0.0
+
+
+class Supervisor:
+    """See the module docstring."""
+
+    def __init__(self, cfg: LineConfig, duration: float = 0.0, summary_path: str | None = None) -> None:
+        self.cfg = cfg
+        self.duration = duration
+        self.summary_path = summary_path
+        self.ctx = mp.get_context("spawn")  # CUDA does not survive fork
+        self.errors = self.ctx.Queue()
+        self.stopping = False
+        self.children: list[Child] = []
+        self.log_level = logging.getLogger().getEffectiveLevel()
+        self.not_ready: dict[str, str] = {}
+
+    # -- start-up -------------------------------------------------------------------
+    def preflight(self) -> tuple[int, int]:
+        """Everything that can be checked before a process starts; returns the model input (h, w)."""
+        from edge.camera import build_source
+
+        for cam in self.cfg.cameras:
+            build_source(cam)  # a bad source option stops start-up here, with one line
+        package = ModelPackage.open(self.cfg.resolve(self.cfg.model.package))
+        if self.cfg.model.backend == "onnxruntime" or self.cfg.model.precision != "fp32":
+            package.onnx_path(self.cfg.model.precision)  # raises naming the missing graph
+        for sink in (self.cfg.sinks.decision_log, self.cfg.sinks.ng_store):
+            if sink:
+                self._check_writable(self.cfg.resolve(sink))
+        return package.manifest.input.height, package.manifest.input.width
+
+    def _check_writable(self, path: Any) -> None:
+        import shutil
+
+        folder = path if path.suffix == "" else path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            msg = f"cannot create {folder}: {exc.strerror}; fix the sinks paths in the config"
+            raise StartupError(msg) from None
+        free = shutil.disk_usage(folder).free
+        if free < 50 * 1024 * 1024:
+            msg = f"{folder}: only {free // (1024 * 1024)} MiB free; free disk space or move the sinks"
+            raise StartupError(msg)
+
+    def spawn(self, child: Child) -> None:
+        child.process = self.ctx.Process(
+            target=_child,
+            args=(child.role, child.target, self.errors, *child.args),
+            name=child.role,
+            daemon=False,
+        )
+        child.process.start()
+        child.started_at = time.monotonic()
+
+    def wait_ready(self, child: Child, event: Any) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not event.wait(0.1):
+            self.raise_child_error()
+            if not child.process.is_alive():
+                code = child.process.exitcode
+                msg = f"{child.role} exited with code {code} during start-up; run with -v for details"
+                raise StartupError(msg)
+            if time.monotonic() > deadline:
+                msg = f"{child.role} did not come up within {START_TIMEOUT_S:.0f} s"
+                raise StartupError(msg)
+
+    def raise_child_error(self) -> None:
+        try:
+            role, message = self.errors.get_nowait()
+        except queue.Empty:
+            return
+        raise StartupError(f"{role}: {message}")
+
+    def start(self, input_hw: tuple[int, int]) -> None:
+        cfg_dict = to_dict(self.cfg)
+        lvl = self.log_level
+        started = time.time()
+        ready = self.ctx.Event()
+        collector = Child(
+            "collector",
+            "edge.collector:collector_main",
+            (cfg_dict, lvl, started, self.summary_path, ready),
+        )
+        self.children.append(collector)
+        self.spawn(collector)
+        self.wait_ready(collector, ready)
+        ready = self.ctx.Event()
+        router = Child("router", "edge.router:router_main", (cfg_dict, lvl, ready))
+        self.children.append(router)
+        self.spawn(router)
+        self.wait_ready(router, ready)
+        # Workers load their model in parallel; the line starts only when all of them
+        # could (a missing graph or a refused engine stops start-up with its own line).
+        workers = []
+        for i in range(self.cfg.workers.count):
+            ready = self.ctx.Event()
+            worker = Child(f"worker:{i}", "edge.worker:worker_main", (cfg_dict, i, lvl, None, ready))
+            self.children.append(worker)
+            self.spawn(worker)
+            workers.append((worker, ready))
+        for worker, ready in workers:
+            self.wait_ready(worker, ready)
+        for i, cam in enumerate(self.cfg.cameras):
+            camera = Child(f"camera:{cam.id}", "edge.camera:camera_main", (cfg_dict, i, input_hw, lvl))
+            self.children.append(camera)
+            self.spawn(camera)
+
+    # -- watching -----------------------------------------------------------------------
+    def watch_once(self, status: zmq.Socket) -> None:
+        now = time.monotonic()
+        while True:
+            try:
+                role, message = self.errors.get_nowait()
+            except queue.Empty:
+                break
+            log.error("%s: %s", role, message)
+            self.not_ready[role] = message
+        for child in self.children:
+            proc = child.process
+            if proc is not None and not proc.is_alive():
+                code = proc.exitcode
+                proc.join(0)
+                child.process = None
+                uptime = now - child.started_at
+                if uptime > 30:
+                    child.backoff.reset()  # it ran fine for a while: this is a fresh failure
+                delay = child.backoff.next_delay()
+                child.restart_at = now + delay
+                log.warning(
+                    "%s exited (code %s) after %.1f s; restarting in %.1f s", child.role, code, uptime, delay
+                )
+            elif proc is None and now >= child.restart_at:
+                child.restarts += 1
+                self.spawn(child)
+                self.not_ready.pop(child.role, None)
+        header = {
+            "t": "supervisor",
+            "not_ready": [f"{role}: {msg}" for role, msg in self.not_ready.items()],
+            "restarts": {c.role: c.restarts for c in self.children if c.restarts},
+            "pids": {c.role: c.process.pid for c in self.children if c.process is not None},
+        }
+        with contextlib.suppress(zmq.Again):
+            status.send(protocol.encode_header(header), zmq.NOBLOCK)
+
+    # -- shutdown --------------------------------------------------------------------------
+    def stop_group(self, prefix: str, timeout_s: float) -> bool:
+        """SIGTERM the children whose role starts with ``prefix``; kill those still alive after the bound."""
+        group = [c for c in self.children if c.role.startswith(prefix) and c.process is not None]
+        for child in group:
+            if child.process.is_alive():
+                child.process.terminate()
+        deadline = time.monotonic() + timeout_s
+        clean = True
+        for child in group:
+            child.process.join(max(0.0, deadline - time.monotonic()))
+            if child.process.is_alive():
+                log.error("%s did not stop within %.1f s; killing it", child.role, timeout_s)
+                child.process.kill()
+                child.process.join(1.0)
+                clean = False
+        return clean
+
+    def shutdown(self, quiet: bool = False) -> int:
+        t = self.cfg.shutdown_timeout_s
+        if not quiet:
+            log.info("stopping: cameras, then draining for at most %.0f s", t)
+        clean = self.stop_group("camera:", t * 0.2)
+        clean &= self.stop_group("router", t * 0.5 + 1.0)
+        clean &= self.stop_group("worker:", t * 0.2)
+        clean &= self.stop_group("collector", t * 0.3 + 1.0)
+        return EXIT_OK if clean else EXIT_FORCED
+
+    def request_stop(self, *_: Any) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        input_hw = self.preflight()
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        zctx = zmq.Context()
+        status = sockets.make_socket(zctx, zmq.PUSH, sndhwm=10, linger_ms=0)
+        try:
+            try:
+                self.start(input_hw)
+            except LinesideError:
+                self.shutdown(quiet=True)
+                raise
+            sockets.connect(status, self.cfg.endpoint("results"))
+            log.info(
+                "line %s running: %d camera(s), %d worker(s); results on %s",
+                self.cfg.name,
+                len(self.cfg.cameras),
+                self.cfg.workers.count,
+                self.cfg.endpoint("publish"),
+            )
+            end = time.monotonic() + self.duration if self.duration else None
+            while not self.stopping:
+                self.watch_once(status)
+                if end is not None and time.monotonic() >= end:
+                    break
+                time.sleep(0.2)
+            return self.shutdown()
+        finally:
+            sockets.close_all(zctx, status)
+            for name in ("frames", "work", "results"):
+                sockets.remove_ipc_file(self.cfg.endpoint(name))

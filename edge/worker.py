@@ -1,0 +1,363 @@
+"""The inference worker: batch frames across cameras, infer, decide, report.
+
+A worker asks the router for work with credits, so it never holds more frames
+than it can process. A batch goes out when it is full or when its first frame
+has waited ``max_wait_ms``: a dead camera never stalls a batch because the
+batch is built from whatever arrived. Results go to the collector; the frames
+a worker finished are acknowledged to the router, which counts the frames of a
+worker that dies as lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import zmq
+
+from converter.package import ModelPackage
+from converter.preprocessing import normalize
+from edge import imageops, protocol, sockets
+from edge.backends.base import Backend, BackendError
+from edge.config import LineConfig
+from edge.postprocess import NO_DECISION, Decision, DecisionRules, decide, merge_tiles
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+
+
+def select_backend(cfg: LineConfig, package: ModelPackage) -> tuple[Backend, str]:
+    """The backend the config asks for, and why it was chosen (for the log)."""
+    wanted = cfg.model.backend
+    if wanted in ("auto", "tensorrt"):
+        try:
+            from converter.engine.select import select_engine
+        except ImportError:  # converter without engine support: only ONNX Runtime
+            plan, why = None, "this lineside has no TensorRT engine support"
+        else:
+            plan, why = select_engine(package)
+        if plan is not None:
+            from edge.backends.trt.runner import TensorRTBackend
+
+            return TensorRTBackend(plan), f"tensorrt: {why}"
+        if wanted == "tensorrt":
+            msg = f"backend tensorrt requested but unusable: {why}; set model.backend to auto or onnxruntime"
+            raise BackendError(msg)
+        reason = f"onnxruntime (no usable TensorRT engine: {why})"
+    else:
+        reason = "onnxruntime (as configured)"
+    from edge.backends.onnxrt.runner import OnnxRuntimeBackend
+
+    onnx_path = package.onnx_path(cfg.model.precision)
+    return OnnxRuntimeBackend(onnx_path, threads=cfg.model.threads), reason
+
+
+def decision_rules(cfg: LineConfig, package: ModelPackage) -> DecisionRules:
+    """Decision thresholds: the config's values where set, else the manifest's defaults."""
+    m, d = package.manifest, cfg.decision
+    return DecisionRules(
+        threshold=d.threshold if d.threshold is not None else m.threshold,
+        min_defect_area=d.min_defect_area if d.min_defect_area is not None else m.min_defect_area,
+        max_defect_area=d.max_defect_area,
+        max_defect_count=d.max_defect_count,
+    )
+
+
+def load_ignore_masks(cfg: LineConfig, hw: tuple[int, int]) -> dict[str, np.ndarray]:
+    masks = {}
+    for cam in cfg.cameras:
+        if cam.ignore_mask:
+            path = cfg.resolve(cam.ignore_mask)
+            mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+            if mask is None:
+                msg = f"camera {cam.id}: ignore_mask {path} is missing or not an image"
+                raise BackendError(msg)
+            if mask.shape != hw:
+                mask = cv2.resize(mask, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+            masks[cam.id] = mask
+    return masks
+
+
+@dataclass
+class Item:
+    """One frame waiting in the worker."""
+
+    header: dict[str, Any]
+    image: np.ndarray | None
+    received: float
+
+
+class Worker:
+    """See the module docstring."""
+
+    def __init__(self, cfg: LineConfig, package: ModelPackage, backend: Backend, name: str) -> None:
+        self.cfg = cfg
+        self.package = package
+        self.backend = backend
+        self.name = name
+        m = package.manifest
+        self.hw = (m.input.height, m.input.width)
+        self.channels = m.input.channels
+        self.nchw = m.input.layout == "NCHW"
+        self.rules = decision_rules(cfg, package)
+        self.ignore = load_ignore_masks(cfg, self.hw)
+        self.max_batch = min(cfg.workers.max_batch, backend.max_batch)
+        self.max_wait = cfg.workers.max_wait_ms / 1000
+        self.stop = threading.Event()
+        self.batch: list[Item] = []
+        self.done: list[list[Any]] = []
+        self.processed = 0
+        self.malformed = 0
+        # One input buffer reused for every batch: no allocation on the hot path.
+        shape = (
+            (self.max_batch * 8, self.channels, *self.hw)
+            if self.nchw
+            else (self.max_batch * 8, *self.hw, self.channels)
+        )
+        self._input = np.empty(shape, np.float32)
+
+    # -- messages ------------------------------------------------------------------
+    def ready(self, work: zmq.Socket, credits: int) -> None:
+        header = {"t": "ready", "worker": self.name, "credits": credits, "done": self.done}
+        work.send(protocol.encode_header(header))
+        self.done = []
+
+    def heartbeat(self, work: zmq.Socket) -> None:
+        header = {"t": "heartbeat", "worker": self.name, "done": self.done}
+        work.send(protocol.encode_header(header))
+        self.done = []
+
+    def report_drop(self, results: zmq.Socket, header: dict[str, Any], reason: str) -> None:
+        epoch = header.get("epoch", 0)
+        msg = {"t": "drop", "cam": header["cam"], "epoch": epoch, "seqs": [header["seq"]], "reason": reason}
+        results.send(protocol.encode_header(msg))
+        self.done.append([header["cam"], epoch, header["seq"]])
+
+    def on_frame(self, parts: list[Any], results: zmq.Socket) -> int:
+        """Validate one frame message; return the credits it used up (1, or 0 if foreign)."""
+        now = time.time()
+        try:
+            header = protocol.decode_header(parts[0].bytes)
+            if header.get("t") != "frame" or len(parts) != 2:
+                raise protocol.ProtocolError(f"expected a frame message, got {header.get('t')!r}")
+            image = protocol.image_from_frame(header, parts[1].buffer) if header.get("decide", True) else None
+        except protocol.ProtocolError as exc:
+            self.malformed += 1
+            log.warning("rejected a malformed frame: %s", exc)
+            header = locals().get("header")
+            if (
+                isinstance(header, dict)
+                and isinstance(header.get("cam"), str)
+                and isinstance(header.get("seq"), int)
+            ):
+                self.report_drop(results, header, "malformed")
+            return 1
+        header["recv"] = now
+        max_age = header.get("max_age_ms") or 0
+        if image is not None and max_age and (now - header["ts"]) * 1000 > max_age:
+            self.report_drop(results, header, "too_old")
+            return 1
+        self.batch.append(Item(header, image, time.monotonic()))
+        return 1
+
+    # -- batch processing --------------------------------------------------------------
+    def tiles_of(self, image: np.ndarray) -> tuple[list[np.ndarray], list[tuple[int, int]]] | None:
+        """The model-sized pieces of a frame: itself, or tiles when it is larger."""
+        if image.shape[:2] == self.hw:
+            return [image], [(0, 0)]
+        h, w = image.shape[:2]
+        if h >= self.hw[0] and w >= self.hw[1]:
+            plan = imageops.plan_tiles(h, w, *self.hw)
+            return list(imageops.cut_tiles(image, plan, *self.hw)), plan
+        return None
+
+    def process(self, results: zmq.Socket) -> None:
+        batch, self.batch = self.batch, []
+        t0 = time.time()
+        pieces: list[np.ndarray] = []
+        spans: list[tuple[Item, int, int, list[tuple[int, int]]]] = []
+        for item in batch:
+            if item.image is None:
+                reason = item.header.get("fault") or "camera fault"
+                self.send_result(results, item, Decision(NO_DECISION, reason), {}, None)
+                continue
+            image = item.image[..., 0] if item.image.ndim == 3 and item.image.shape[2] == 1 else item.image
+            tiles = self.tiles_of(image) if image.ndim == 2 else None
+            if tiles is None:
+                why = f"wrong shape {list(item.image.shape)}: model takes {list(self.hw)} greyscale"
+                self.malformed += 1
+                log.warning("%s#%d: %s", item.header["cam"], item.header["seq"], why)
+                self.send_result(results, item, Decision(NO_DECISION, why), {}, None)
+                continue
+            start = len(pieces)
+            pieces.extend(tiles[0])
+            spans.append((item, start, len(pieces), tiles[1]))
+        if not pieces:
+            return
+        n = len(pieces)
+        if n > self._input.shape[0]:
+            self._input = np.empty((n, *self._input.shape[1:]), np.float32)
+        inp = self._input[:n]
+        stacked = np.stack(pieces)
+        if self.nchw:
+            normalize(stacked[:, None], self.package.manifest.normalization, out=inp)
+        else:
+            normalize(stacked[..., None], self.package.manifest.normalization, out=inp)
+        t1 = time.time()
+        probs = np.empty((n, *self.hw), np.float32)
+        for s in range(0, n, self.backend.max_batch):
+            probs[s : s + self.backend.max_batch] = self.backend.infer(inp[s : s + self.backend.max_batch])
+        t2 = time.time()
+        for item, start, end, plan in spans:
+            rules = self.rules
+            ignore = self.ignore.get(item.header["cam"])
+            if ignore is not None:
+                rules = DecisionRules(**{**rules.__dict__, "ignore_mask": ignore})
+            decisions = [decide(probs[i], rules) for i in range(start, end)]
+            if len(decisions) == 1:
+                result, mask = decisions[0], decisions[0].mask
+            else:
+                result = merge_tiles(decisions, plan)
+                h, w = item.image.shape[:2]
+                maps = np.stack(
+                    [d.mask if d.mask is not None else np.zeros(self.hw, np.uint8) for d in decisions]
+                )
+                mask = imageops.join_tiles(maps, plan, h, w)
+            t3 = time.time()
+            lat = {
+                "preprocess": (t1 - t0) * 1000,
+                "infer": (t2 - t1) * 1000,
+                "postprocess": (t3 - t2) * 1000,
+            }
+            self.send_result(results, item, result, lat, mask)
+
+    def send_result(
+        self, results: zmq.Socket, item: Item, d: Decision, lat: dict[str, float], mask: np.ndarray | None
+    ) -> None:
+        h = item.header
+        now = time.time()
+        sent = h.get("sent") or h["ts"]
+        lat = {
+            "capture_to_send": max(0.0, (sent - h["ts"]) * 1000),
+            "queue": max(0.0, (h.get("recv", now) - sent) * 1000),
+            **lat,
+            "worker_wait": max(0.0, (time.monotonic() - item.received) * 1000 - sum(lat.values())),
+        }
+        header = {
+            "t": "result",
+            "cam": h["cam"],
+            "epoch": h.get("epoch", 0),
+            "seq": h["seq"],
+            "ts": h["ts"],
+            "decided_ts": now,
+            "decision": d.decision,
+            "reason": d.reason,
+            "defect_area": d.defect_area,
+            "defect_count": d.defect_count,
+            "boxes": d.boxes,
+            "model_id": self.package.model_id,
+            "worker": self.name,
+            "backend": self.backend.name,
+            "latency_ms": lat,
+            "truth": h.get("truth"),
+        }
+        buffers: list[np.ndarray] = []
+        if mask is not None:
+            header["mask_shape"] = list(mask.shape)
+            buffers.append(np.ascontiguousarray(mask))
+            if d.decision == "FAIL" and item.image is not None:
+                header["image_shape"] = list(item.image.shape)
+                buffers.append(np.ascontiguousarray(item.image))
+        protocol.send_multipart(results, header, *buffers)
+        self.done.append([h["cam"], h.get("epoch", 0), h["seq"]])
+        self.processed += 1
+
+    # -- main loop ------------------------------------------------------------------------
+    def run(self, work: zmq.Socket, results: zmq.Socket) -> None:
+        # Ask for two batches so the next one is already here when this one ends.
+        credits_out = self.max_batch * 2
+        self.ready(work, credits_out)
+        last_beat = time.monotonic()
+        poller = zmq.Poller()
+        poller.register(work, zmq.POLLIN)
+        while not self.stop.is_set():
+            timeout_ms = 100
+            if self.batch:
+                left = self.batch[0].received + self.max_wait - time.monotonic()
+                timeout_ms = max(0, int(left * 1000))
+            if poller.poll(timeout_ms):
+                while len(self.batch) < self.max_batch:
+                    try:
+                        parts = work.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    credits_out -= self.on_frame(parts, results)
+            due = self.batch and (
+                len(self.batch) >= self.max_batch
+                or time.monotonic() - self.batch[0].received >= self.max_wait
+            )
+            if due:
+                self.process(results)
+            if credits_out < self.max_batch and not self.stop.is_set():
+                self.ready(work, self.max_batch * 2 - credits_out)
+                credits_out = self.max_batch * 2
+                last_beat = time.monotonic()
+            elif time.monotonic() - last_beat >= HEARTBEAT_S:
+                self.heartbeat(work)
+                last_beat = time.monotonic()
+        # Finish what we hold, then tell the router we are leaving.
+        while True:
+            try:
+                parts = work.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self.on_frame(parts, results)
+        if self.batch:
+            self.process(results)
+        work.send(protocol.encode_header({"t": "bye", "worker": self.name, "done": self.done}))
+
+
+def open_worker(cfg: LineConfig, name: str) -> Worker:
+    """Load the package and backend a worker runs (fails fast with one clear line)."""
+    package = ModelPackage.open(cfg.resolve(cfg.model.package))
+    backend, why = select_backend(cfg, package)
+    backend.activate()
+    log.info("%s: backend %s — %s", name, backend.describe(), why)
+    return Worker(cfg, package, backend, name)
+
+
+def worker_main(
+    cfg_dict: dict, index: int, log_level: int, endpoints: dict | None = None, ready: Any = None
+) -> None:
+    """Entry point of a worker process (spawned locally or started by `lineside worker`)."""
+    from edge.config import from_dict
+    from edge.process import setup_process
+
+    cfg = from_dict(cfg_dict)
+    name = f"{os.uname().nodename}-w{index}-{uuid.uuid4().hex[:6]}"
+    setup_process(f"worker:{index}", log_level)
+    worker = open_worker(cfg, name)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+    endpoints = endpoints or {"work": cfg.endpoint("work"), "results": cfg.endpoint("results")}
+    ctx = zmq.Context()
+    work = sockets.make_socket(ctx, zmq.DEALER, identity=name.encode(), rcvhwm=1000, sndhwm=1000)
+    results = sockets.make_socket(ctx, zmq.PUSH, sndhwm=10000, linger_ms=2000)
+    try:
+        sockets.connect(work, endpoints["work"])
+        sockets.connect(results, endpoints["results"])
+        if ready is not None:
+            ready.set()
+        worker.run(work, results)
+    finally:
+        worker.backend.deactivate()
+        sockets.close_all(ctx, work, results)

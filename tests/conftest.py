@@ -1,0 +1,83 @@
+"""Suite-wide fixtures: markers, and one small model trained for real per session.
+
+Tests without the ``gpu`` marker are marked ``cpu``. ``gpu`` tests are skipped
+here with the reason (TensorRT, pycuda or the GPU is missing).
+
+``trained_package`` trains TinyUNet on a small synthetic DAGM-like set with the
+project's own training code, exports it with the project's own converter and
+hands out the model package: the line-side tests run a real trained model, not
+a hard-coded decision rule.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+#: side of the synthetic images the session model is trained on (and the cameras render)
+MODEL_SIZE = 128
+
+
+def _gpu_skip_reason() -> str | None:
+    for module, hint in (("tensorrt", "pip install tensorrt"), ("pycuda", "pip install pycuda (needs CUDA_ROOT)")):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed ({hint}); TensorRT tests run on a GPU box"
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        if cuda.Device.count() == 0:
+            return "no NVIDIA GPU visible to CUDA"
+    except Exception as exc:  # no driver or no device: any CUDA failure means skip
+        return f"CUDA is not usable here ({exc})"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason: str | None = None
+    checked = False
+    for item in items:
+        if "gpu" in item.keywords:
+            if not checked:
+                reason, checked = _gpu_skip_reason(), True
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+        else:
+            item.add_marker(pytest.mark.cpu)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DAGM2007-layout synthetic set (Class1) at MODEL_SIZE pixels."""
+    from converter.synthetic import write_dagm
+
+    root = tmp_path_factory.mktemp("dagm")
+    write_dagm(root, classes=(1,), n_train=96, n_test=48, size=MODEL_SIZE, defect_fraction=0.5, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_package(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path) -> Path:
+    """A model package exported from a TinyUNet trained for real on ``synthetic_dataset``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from converter.export import export_package
+    from training.train import train
+
+    out = tmp_path_factory.mktemp("session-model")
+    checkpoint = train(
+        ROOT / "configs" / "train" / "demo.yaml",
+        {
+            "dataset.kind": "dagm",
+            "dataset.root": str(synthetic_dataset),
+            "input.crop": 0,
+            "train.epochs": 4,
+            "train.steps_per_epoch": 30,
+            "train.output_dir": str(out / "checkpoint"),
+        },
+    )
+    package = export_package(checkpoint, out / "package", data_dir=synthetic_dataset, model_id="session-tinyunet")
+    return Path(package.root)

@@ -1,0 +1,103 @@
+"""``lineside export``: Keras checkpoint / .keras / SavedModel -> checked model package."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from converter import onnx_graph
+from converter.checkpoint import CheckpointError
+from converter.export import ExportError, check_parity, export_package
+from converter.package import ModelPackage
+from converter.preprocessing import normalize
+from converter.samples import load_samples
+from tests.converter.conftest import SIZE, build_unet, write_checkpoint
+
+
+def test_package_from_trained_checkpoint(fp32_package, trained_checkpoint, dataset):
+    package = ModelPackage.open(fp32_package.root)
+    m = package.manifest
+    assert (m.input.height, m.input.width, m.input.channels, m.input.layout) == (SIZE, SIZE, 1, "NHWC")
+    assert (m.input.name, m.output.name, m.normalization, m.threshold) == (
+        "image",
+        "probability",
+        "zero_one",
+        0.5,
+    )
+    assert m.source_checkpoint_sha256 and m.tool_versions["onnxruntime"]
+    assert m.gates["export"]["max_abs_diff"] <= 1e-4
+    model = onnx_graph.load(package.onnx_path())
+    assert onnx_graph.opset(model) >= 17
+    shape = onnx_graph.io_summary(model)["inputs"][0]["shape"]
+    assert isinstance(shape[0], str) and shape[1:] == [SIZE, SIZE, 1]  # dynamic batch, fixed H/W/C
+
+    # the graph runs at several batch sizes and gives Keras' answer
+    import keras
+
+    reference = keras.models.load_model(trained_checkpoint / "model.keras", compile=False)
+    x = normalize(load_samples(dataset, SIZE, SIZE, 1, limit=5).images, "zero_one")
+    sess = onnx_graph.session(package.onnx_path())
+    for batch in (1, 2, 5):
+        got = sess.run(None, {"image": x[:batch]})[0]
+        assert got.shape == (batch, SIZE, SIZE, 1)
+        np.testing.assert_allclose(got, reference.predict(x[:batch], verbose=0), atol=1e-5)
+
+
+def test_parity_check_refuses_a_wrong_graph(fp32_package, dataset):
+    class Wrong:
+        @staticmethod
+        def predict(batch):
+            return np.zeros((len(batch), SIZE, SIZE, 1), np.float32) + 0.01
+
+    x = normalize(load_samples(dataset, SIZE, SIZE, 1, limit=3).images, "zero_one")
+    with pytest.raises(ExportError, match="differs from the source model"):
+        check_parity(Wrong, fp32_package.onnx_path(), x, "3 images")
+
+
+def test_bare_keras_file_needs_its_size(tmp_path):
+    model = build_unet(size=None)
+    path = tmp_path / "free.keras"
+    model.save(path)
+    with pytest.raises(CheckpointError, match="pass --height"):
+        export_package(path, tmp_path / "out", samples=2)
+    package = export_package(
+        path, tmp_path / "out", height=32, width=48, channels=1, samples=2, model_id="free"
+    )
+    assert (package.manifest.input.height, package.manifest.input.width) == (32, 48)
+    assert package.manifest.model_id == "free" and package.manifest.architecture == "unknown"
+    assert "seeded random" in package.manifest.gates["export"]["source"]
+
+
+def test_savedmodel(tmp_path):
+    import tensorflow as tf
+
+    model = build_unet(size=32)
+    saved = tmp_path / "saved"
+    model.export(str(saved), format="tf_saved_model", verbose=False)
+    (tmp_path / "training.json").write_text(json.dumps({"architecture": "tinyunet", "threshold": 0.3}))
+    package = export_package(saved, tmp_path / "pkg", samples=3)
+    assert package.manifest.threshold == 0.3 and package.manifest.input.height == 32
+    x = np.random.default_rng(1).random((2, 32, 32, 1), dtype=np.float32)
+    got = onnx_graph.session(package.onnx_path()).run(None, {"image": x})[0]
+    np.testing.assert_allclose(got, model.predict(tf.constant(x), verbose=0), atol=1e-5)
+
+
+def test_reexport_removes_stale_variants(package_copy, trained_checkpoint):
+    stale = package_copy.root / "model.fp16.onnx"
+    stale.write_bytes(b"old")
+    package = export_package(trained_checkpoint, package_copy.root, samples=2)
+    assert not stale.exists() and package.has_precision("fp32") and not package.has_precision("fp16")
+
+
+def test_bad_checkpoint_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        export_package(tmp_path / "absent", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match=r"found neither model\.keras nor saved_model\.pb"):
+        export_package(tmp_path / "empty", tmp_path / "out")
+    folder = write_checkpoint(build_unet(), tmp_path / "ckpt")
+    (folder / "training.json").write_text("{oops")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        export_package(folder, tmp_path / "out")

@@ -1,0 +1,167 @@
+"""A harness for tests that run the real daemon: `lineside run` as a subprocess,
+a real ZeroMQ subscriber on its publish socket, and its SQLite decision log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+import zmq
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def line_config(tmp: Path, package: Path, cameras: list[dict], **over: Any) -> dict:
+    """A line config with tcp endpoints on free loopback ports and sinks under ``tmp``."""
+    cfg = {
+        "name": "test",
+        "model": {"package": str(package), "backend": "onnxruntime", "threads": 1},
+        "cameras": cameras,
+        "workers": {"count": 1, "max_batch": 4, "max_wait_ms": 20, "heartbeat_timeout_s": 3},
+        "endpoints": {
+            "frames": f"tcp://127.0.0.1:{free_port()}",
+            "work": f"tcp://127.0.0.1:{free_port()}",
+            "results": f"tcp://127.0.0.1:{free_port()}",
+            "publish": f"tcp://127.0.0.1:{free_port()}",
+        },
+        "sinks": {"decision_log": str(tmp / "decisions.sqlite"), "ng_store": str(tmp / "ng"), "ng_store_max_mb": 16},
+        "metrics": {"port": free_port()},
+        "status_interval_s": 1,
+        "shutdown_timeout_s": 8,
+    }
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key].update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def synthetic_camera(cam_id: str, *, size: int, fps: float = 8, policy: str = "lossless", **options: Any) -> dict:
+    return {
+        "id": cam_id,
+        "source": "synthetic",
+        "fps": fps,
+        "policy": policy,
+        "max_age_ms": 0,
+        "options": {"size": size, "class_id": 1, "defect_rate": 0.5, **options},
+    }
+
+
+@dataclass
+class Subscriber:
+    """Collects every published result and status in a thread (real SUB socket)."""
+
+    endpoint: str
+    results: list[dict] = field(default_factory=list)
+    statuses: list[dict] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> Subscriber:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 100000)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.connect(self.endpoint)  # before the daemon binds: no slow-joiner loss
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            if not self.sock.poll(100):
+                continue
+            parts = self.sock.recv_multipart()
+            header = json.loads(parts[1])
+            if parts[0].startswith(b"result."):
+                self.results.append(header)
+            elif parts[0] == b"status":
+                self.statuses.append(header)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close(0)
+        self.ctx.term()
+
+    def wait_for(self, predicate: Any, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate(self):
+                return True
+            time.sleep(0.1)
+        return False
+
+
+@dataclass
+class Daemon:
+    """`lineside run` in a subprocess."""
+
+    config: dict
+    tmp: Path
+    duration: float = 0.0
+    proc: subprocess.Popen | None = None
+
+    @property
+    def summary_path(self) -> Path:
+        return self.tmp / "summary.json"
+
+    def start(self) -> Daemon:
+        path = self.tmp / "line.yaml"
+        path.write_text(yaml.safe_dump(self.config))
+        argv = [sys.executable, "-m", "edge.cli", "run", "--config", str(path), "--summary", str(self.summary_path)]
+        if self.duration:
+            argv += ["--duration", str(self.duration)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.log = open(self.tmp / "daemon.log", "w")  # noqa: SIM115 (closed in wait)
+        self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        return self
+
+    def terminate(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise
+        finally:
+            self.log.close()
+
+    def output(self) -> str:
+        return (self.tmp / "daemon.log").read_text()
+
+    def summary(self) -> dict:
+        return json.loads(self.summary_path.read_text())
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def check_ledger(summary: dict) -> None:
+    """The accounting invariant at the end of a run: nothing left in flight, nothing lost."""
+    for cam, led in summary["cameras"].items():
+        dropped = sum(led["dropped"].values())
+        assert led["captured"] == led["decided"] + dropped + led["in_flight"], (cam, led)
+        assert led["in_flight"] == 0, (cam, led)

@@ -1,0 +1,255 @@
+"""Training recipes: defaults, YAML loading, overrides and validation (no TensorFlow).
+
+A recipe is a nested dict. The user's YAML is merged over ``DEFAULTS``; a key
+that is not in ``DEFAULTS`` or a value of the wrong type or outside ``CHOICES``
+raises one ``ConfigError`` naming the file, the dotted key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from converter.errors import LinesideError
+from converter.preprocessing import NORMALIZATIONS
+
+logger = logging.getLogger(__name__)
+
+ARCHITECTURES = ("tinyunet", "unet_lowered", "mobilenetv2_unet")
+DATASET_KINDS = ("dagm", "severstal", "folders", "synthetic")
+LOSSES = ("bce", "dice", "adaptive", "bce_dice")
+OPTIMIZERS = ("rmsprop", "adam")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+#: Every key a recipe may set, with its default. ``None`` defaults take the type in ``_NULLABLE``.
+DEFAULTS: dict[str, Any] = {
+    "name": "recipe",
+    "seed": 0,
+    "dataset": {
+        "kind": "dagm",
+        "root": "",
+        "classes": [1],
+        # DAGM / synthetic: train only on images that have a defect (UNet_Industrial's default)
+        "only_defective_images": False,
+        # Severstal and plain folders have no test split: this fraction of images trains
+        "train_fraction": 0.85,
+        # every image (and mask) is resized to this before cropping; null keeps the file's size
+        "image_size": None,
+        # kind synthetic: the generated DAGM-like set (written under root when absent)
+        "synthetic": {"n_train": 200, "n_test": 100, "size": 512, "defect_fraction": 0.5},
+    },
+    "input": {
+        "normalization": "zero_one",
+        # random square crops of this size for training; 0 trains on whole images
+        "crop": 0,
+        # fraction of training crops centred on a defect (0 = uniform random crops)
+        "defect_crop_fraction": 0.5,
+        "batch_size": 8,
+        "cache": True,
+        "augment": {"flip": True, "rot90": True, "brightness": 0.1, "contrast": 0.1},
+    },
+    "model": {
+        "architecture": "tinyunet",
+        # tinyunet: 32 is NVIDIA's tinyUNet (32-32-64-128, bottleneck 256)
+        "base_filters": 32,
+        "dropout": 0.0,
+        # tinyunet / unet_lowered: BatchNorm after each conv (not in the originals; much faster to converge)
+        "batch_norm": False,
+        # mobilenetv2_unet: a local .weights.h5 / .h5 file of a MobileNetV2 encoder, or null (random)
+        "encoder_weights": None,
+        "alpha": 1.0,
+        # mobilenetv2_unet: encoder layers whose name comes before this one stay frozen (null: none)
+        "freeze_until": "block_6_expand",
+    },
+    "loss": "adaptive",
+    "optimizer": {
+        "name": "rmsprop",
+        "learning_rate": 1e-4,
+        # exponential decay, staircase: lr * decay_rate ** (step // decay_steps); 0 disables it
+        "decay_steps": 500,
+        "decay_rate": 0.8,
+        "rho": 0.9,
+        "momentum": 0.8,
+        "centered": True,
+        # L2 on the conv kernels, added to the loss as UNet_Industrial does
+        "weight_decay": 1e-5,
+    },
+    "train": {
+        "epochs": 10,
+        "steps_per_epoch": 100,
+        "output_dir": "runs/recipe",
+        "mixed_precision": False,
+        "strategy": "default",
+        "tensorboard": True,
+        "deterministic": True,
+        "progress": True,
+    },
+    "eval": {
+        "threshold": 0.5,
+        "min_defect_area": 16,
+        "batch_size": 4,
+        "max_images": 0,
+    },
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset.kind": DATASET_KINDS,
+    "input.normalization": tuple(NORMALIZATIONS),
+    "model.architecture": ARCHITECTURES,
+    "loss": LOSSES,
+    "optimizer.name": OPTIMIZERS,
+    "train.strategy": STRATEGIES,
+}
+
+_NULLABLE: dict[str, tuple[type, ...]] = {
+    "dataset.image_size": (list, int),
+    "model.encoder_weights": (str,),
+    "model.freeze_until": (str,),
+}
+
+
+class ConfigError(LinesideError, ValueError):
+    """A recipe key or value is unknown or invalid."""
+
+
+def _merge(base: dict[str, Any], user: dict[str, Any], prefix: str, source: str) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in user.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            msg = f"{source}: unknown key {dotted!r}; allowed: {', '.join(base)}"
+            raise ConfigError(msg)
+        default = base[key]
+        if isinstance(default, dict) and dotted not in _NULLABLE:
+            if not isinstance(value, dict):
+                msg = f"{source}: key {dotted!r} must be a mapping with keys {', '.join(default)}"
+                raise ConfigError(msg)
+            out[key] = _merge(default, value, f"{dotted}.", source)
+        else:
+            out[key] = _check_value(dotted, default, value, source)
+    return out
+
+
+def _check_value(dotted: str, default: Any, value: Any, source: str) -> Any:
+    if value is None:
+        if dotted in _NULLABLE:
+            return None
+        msg = f"{source}: key {dotted!r} must not be empty (default: {default!r})"
+        raise ConfigError(msg)
+    if dotted in _NULLABLE:
+        allowed = _NULLABLE[dotted]
+    elif isinstance(default, bool):
+        allowed = (bool,)
+    elif isinstance(default, float):
+        allowed = (float, int)
+    elif isinstance(default, int):
+        allowed = (int,)
+    else:
+        allowed = (type(default),)
+    if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+        names = "/".join(t.__name__ for t in allowed)
+        msg = f"{source}: key {dotted!r} must be {names}, got {value!r}"
+        raise ConfigError(msg)
+    if dotted in CHOICES and value not in CHOICES[dotted]:
+        msg = f"{source}: key {dotted!r} is {value!r}; allowed: {', '.join(CHOICES[dotted])}"
+        raise ConfigError(msg)
+    return float(value) if isinstance(default, float) and not isinstance(value, bool) else value
+
+
+def _check_ranges(cfg: dict[str, Any], source: str) -> None:
+    def bad(key: str, value: Any, rule: str) -> None:
+        msg = f"{source}: key {key!r} is {value!r}; it must be {rule}"
+        raise ConfigError(msg)
+
+    if not 0.0 < cfg["dataset"]["train_fraction"] <= 1.0:
+        bad("dataset.train_fraction", cfg["dataset"]["train_fraction"], "in (0, 1]")
+    classes = cfg["dataset"]["classes"]
+    if not classes or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in classes):
+        bad("dataset.classes", classes, "a non-empty list of class numbers >= 1")
+    size = cfg["dataset"]["image_size"]
+    if size is not None:
+        size = [size, size] if isinstance(size, int) else size
+        if len(size) != 2 or not all(isinstance(v, int) and v >= 16 for v in size):
+            bad("dataset.image_size", size, "null, an int or [height, width] of ints >= 16")
+        cfg["dataset"]["image_size"] = size
+    for key in ("batch_size",):
+        if cfg["input"][key] < 1:
+            bad(f"input.{key}", cfg["input"][key], ">= 1")
+    if cfg["input"]["crop"] < 0:
+        bad("input.crop", cfg["input"]["crop"], "0 (whole images) or a crop size in pixels")
+    if not 0.0 <= cfg["input"]["defect_crop_fraction"] <= 1.0:
+        bad("input.defect_crop_fraction", cfg["input"]["defect_crop_fraction"], "in [0, 1]")
+    for key in ("epochs", "steps_per_epoch"):
+        if cfg["train"][key] < 1:
+            bad(f"train.{key}", cfg["train"][key], ">= 1")
+    if cfg["model"]["base_filters"] < 1:
+        bad("model.base_filters", cfg["model"]["base_filters"], ">= 1")
+    if not 0.0 <= cfg["model"]["dropout"] < 1.0:
+        bad("model.dropout", cfg["model"]["dropout"], "in [0, 1)")
+    if cfg["optimizer"]["learning_rate"] <= 0:
+        bad("optimizer.learning_rate", cfg["optimizer"]["learning_rate"], "> 0")
+    if not 0.0 <= cfg["eval"]["threshold"] <= 1.0:
+        bad("eval.threshold", cfg["eval"]["threshold"], "in [0, 1]")
+    if cfg["eval"]["min_defect_area"] < 0:
+        bad("eval.min_defect_area", cfg["eval"]["min_defect_area"], ">= 0")
+    if cfg["dataset"]["kind"] != "synthetic" and not cfg["dataset"]["root"]:
+        bad("dataset.root", "", "the folder of the data set")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Apply one ``a.b.c: value`` override as a nested mapping (validated by the merge)."""
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            msg = f"override {dotted!r}: {part!r} is not a mapping"
+            raise ConfigError(msg)
+    node[parts[-1]] = value
+
+
+def load_config(
+    config: dict[str, Any] | str | Path | None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Merge a recipe (YAML path or dict) and dotted ``overrides`` over DEFAULTS, validated."""
+    source = "recipe"
+    if config is None:
+        user: dict[str, Any] = {}
+    elif isinstance(config, dict):
+        user = copy.deepcopy(config)
+    else:
+        path = Path(config)
+        source = str(path)
+        if not path.is_file():
+            msg = f"recipe file {path} does not exist; pass a YAML file such as configs/train/demo.yaml"
+            raise ConfigError(msg)
+        try:
+            user = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            msg = f"{path}: not valid YAML ({str(exc).splitlines()[0]})"
+            raise ConfigError(msg) from None
+        if not isinstance(user, dict):
+            msg = f"{path}: a recipe must be a YAML mapping, got {type(user).__name__}"
+            raise ConfigError(msg)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(user, dotted, value)
+    cfg = _merge(DEFAULTS, user, "", source)
+    _check_ranges(cfg, source)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key.sub=value`` from the command line; the value is parsed as YAML (so 3, 0.5, true, [1,2])."""
+    if "=" not in text:
+        msg = f"override {text!r} must look like key.sub=value, e.g. train.epochs=3"
+        raise ConfigError(msg)
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value

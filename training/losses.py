@@ -1,0 +1,77 @@
+"""Segmentation losses of the seeds: BCE, smoothed Sørensen Dice, UNet_Industrial's adaptive loss, BCE + Dice.
+
+All take (y_true, y_pred) with y_pred the sigmoid probabilities, and compute in
+float32 so mixed precision does not change them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from converter.errors import LinesideError
+
+LOSS_NAMES = ("bce", "dice", "adaptive", "bce_dice")
+#: UNet_Industrial switches from BCE to Dice once the Dice loss is below this
+ADAPTIVE_SWITCH = 0.3
+
+
+class LossError(LinesideError, ValueError):
+    """An unknown loss name."""
+
+
+def _f32(y_true, y_pred):
+    import tensorflow as tf
+
+    return tf.cast(y_true, tf.float32), tf.cast(y_pred, tf.float32)
+
+
+def dice_coefficient(y_true, y_pred, smooth: float = 1.0):
+    """Soft Sørensen Dice over the whole batch, smoothed: (2|A.B| + s) / (|A| + |B| + s)."""
+    import tensorflow as tf
+
+    y_true, y_pred = _f32(y_true, y_pred)
+    intersection = tf.reduce_sum(y_true * y_pred)
+    return (2.0 * intersection + smooth) / (tf.reduce_sum(y_true) + tf.reduce_sum(y_pred) + smooth)
+
+
+def dice_loss(y_true, y_pred):
+    """1 - smoothed Sørensen Dice."""
+    return 1.0 - dice_coefficient(y_true, y_pred)
+
+
+def bce_loss(y_true, y_pred):
+    """Mean binary cross-entropy on probabilities (clipped by Keras to avoid log(0))."""
+    import keras
+    import tensorflow as tf
+
+    y_true, y_pred = _f32(y_true, y_pred)
+    return tf.reduce_mean(keras.losses.binary_crossentropy(y_true, y_pred))
+
+
+def adaptive_loss(y_true, y_pred):
+    """UNet_Industrial's adaptive loss: BCE while the Dice loss is >= 0.3, then the Dice loss."""
+    import tensorflow as tf
+
+    d = dice_loss(y_true, y_pred)
+    return tf.where(d < ADAPTIVE_SWITCH, d, bce_loss(y_true, y_pred))
+
+
+def bce_dice_loss(y_true, y_pred):
+    """BCE + Dice loss, the sum commonly used on Severstal."""
+    return bce_loss(y_true, y_pred) + dice_loss(y_true, y_pred)
+
+
+_LOSSES: dict[str, Callable] = {
+    "bce": bce_loss,
+    "dice": dice_loss,
+    "adaptive": adaptive_loss,
+    "bce_dice": bce_dice_loss,
+}
+
+
+def get_loss(name: str) -> Callable:
+    """The loss function a recipe's ``loss`` key names."""
+    if name not in _LOSSES:
+        msg = f"unknown loss {name!r}; allowed: {', '.join(LOSS_NAMES)}"
+        raise LossError(msg)
+    return _LOSSES[name]

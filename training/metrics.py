@@ -1,0 +1,130 @@
+"""Evaluation metrics in numpy: pixel IoU / Dice at UNet_Industrial's thresholds and image-level TPR / TNR.
+
+Per image and threshold t, with P = prob > t and G = mask > 0.5:
+``dice = (2|P&G| + eps) / (|P| + |G| + eps)`` and ``iou = (|P&G| + eps) / (|P or G| + eps)``
+(eps = 1e-5, so a clean image with a clean prediction scores 1, as in UNet_Industrial,
+whose "IoU" is in fact this Dice). Scores are means over images, reported both over
+defective images only (the strict figure) and over all images (UNet_Industrial's).
+
+An image is called defective when the prediction at the decision threshold has a
+connected region (8-connectivity) of at least ``min_defect_area`` pixels, the same
+rule the line-side daemon applies.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import cv2
+import numpy as np
+
+THRESHOLDS: tuple[float, ...] = (0.05, 0.125, 0.25, 0.5, 0.75, 0.85, 0.95, 0.99)
+EPS = 1e-5
+
+
+def dice_iou(prob: np.ndarray, mask: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(Dice, IoU) of one image's prediction at ``threshold`` against its mask."""
+    pred = prob > threshold
+    gt = mask > 0.5
+    inter = float(np.logical_and(pred, gt).sum())
+    p, g = float(pred.sum()), float(gt.sum())
+    return (2 * inter + EPS) / (p + g + EPS), (inter + EPS) / (p + g - inter + EPS)
+
+
+def is_defective(prob: np.ndarray, threshold: float, min_area: int) -> bool:
+    """True when a connected region above ``threshold`` has at least ``min_area`` pixels."""
+    binary = (prob > threshold).astype(np.uint8)
+    if min_area <= 1:
+        return bool(binary.any())
+    if binary.sum() < min_area:
+        return False
+    n, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    return bool(n > 1 and stats[1:, cv2.CC_STAT_AREA].max() >= min_area)
+
+
+class SegmentationScores:
+    """Accumulates per-image scores, then summarizes them per class and over all classes."""
+
+    def __init__(self, threshold: float = 0.5, min_defect_area: int = 16, thresholds=THRESHOLDS):
+        self.threshold = threshold
+        self.min_defect_area = min_defect_area
+        self.thresholds = tuple(sorted({*thresholds, threshold}))
+        self._rows: list[dict[str, Any]] = []
+
+    def add(self, prob: np.ndarray, mask: np.ndarray, class_id: int = 0) -> dict[str, Any]:
+        """Score one image (prob and mask HxW, or HxWx1) and return its row."""
+        prob = np.asarray(prob, np.float32).reshape(np.asarray(prob).shape[:2])
+        mask = np.asarray(mask).reshape(np.asarray(mask).shape[:2])
+        truth = bool((mask > 0.5).any())
+        row: dict[str, Any] = {
+            "class_id": int(class_id),
+            "defective": truth,
+            "predicted_defective": is_defective(prob, self.threshold, self.min_defect_area),
+        }
+        for t in self.thresholds:
+            row[f"dice@{t}"], row[f"iou@{t}"] = dice_iou(prob, mask, t)
+        self._rows.append(row)
+        return row
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return list(self._rows)
+
+    def _summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        defective = [r for r in rows if r["defective"]]
+        clean = [r for r in rows if not r["defective"]]
+        tp = sum(r["predicted_defective"] for r in defective)
+        tn = sum(not r["predicted_defective"] for r in clean)
+        out: dict[str, Any] = {
+            "images": len(rows),
+            "defective": len(defective),
+            "tp": tp,
+            "fn": len(defective) - tp,
+            "tn": tn,
+            "fp": len(clean) - tn,
+            "tpr": tp / len(defective) if defective else None,
+            "tnr": tn / len(clean) if clean else None,
+            "accuracy": (tp + tn) / len(rows) if rows else None,
+        }
+        for kind in ("dice", "iou"):
+            out[kind] = {str(t): _mean(defective, f"{kind}@{t}") for t in self.thresholds}
+            out[f"{kind}_all_images"] = {str(t): _mean(rows, f"{kind}@{t}") for t in self.thresholds}
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """{"threshold", "min_defect_area", "overall": {...}, "per_class": {class_id: {...}}}."""
+        by_class: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for row in self._rows:
+            by_class[row["class_id"]].append(row)
+        return {
+            "threshold": self.threshold,
+            "min_defect_area": self.min_defect_area,
+            "overall": self._summary(self._rows),
+            "per_class": {str(c): self._summary(rows) for c, rows in sorted(by_class.items())},
+        }
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    return float(np.mean([r[key] for r in rows])) if rows else None
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A per-class text table at the decision threshold (and Dice/IoU at 0.75, NVIDIA's reference)."""
+    t = str(summary["threshold"])
+    header = f"{'class':>7} {'images':>6} {'defect':>6} {'Dice@' + t:>9} {'IoU@' + t:>9} {'IoU@0.75':>9} {'TPR':>7} {'TNR':>7}"
+    lines = [header, "-" * len(header)]
+
+    def fmt(v: float | None, pct: bool = False) -> str:
+        if v is None:
+            return "-"
+        return f"{100 * v:.1f}%" if pct else f"{v:.4f}"
+
+    rows = [*summary["per_class"].items(), ("all", summary["overall"])]
+    for name, s in rows:
+        lines.append(
+            f"{name:>7} {s['images']:>6} {s['defective']:>6} {fmt(s['dice'].get(t)):>9} {fmt(s['iou'].get(t)):>9} "
+            f"{fmt(s['iou'].get('0.75')):>9} {fmt(s['tpr'], True):>7} {fmt(s['tnr'], True):>7}"
+        )
+    lines.append(f"(Dice/IoU: mean over defective images; decision: region >= {summary['min_defect_area']} px)")
+    return "\n".join(lines)

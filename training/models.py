@@ -1,0 +1,251 @@
+"""The three U-Nets of the seeds, built from built-in Keras layers only.
+
+Only built-in layers are used so ``keras.models.load_model(path, compile=False)``
+loads a checkpoint without importing ``training`` (the converter relies on it).
+Spatial dimensions are ``None``: a model trains on random crops and exports at the
+full image size, as long as each side divides by ``model_stride(architecture)``.
+Every model returns a 1-channel sigmoid map, NHWC, in float32 even under mixed precision.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from converter.errors import LinesideError
+
+logger = logging.getLogger(__name__)
+
+#: how many times each architecture halves the image; input sides must divide by this
+MODEL_STRIDES = {"tinyunet": 16, "unet_lowered": 16, "mobilenetv2_unet": 32}
+
+
+class ModelError(LinesideError, ValueError):
+    """A model option (architecture, input size, weights file) is invalid."""
+
+
+def model_stride(architecture: str) -> int:
+    """The number every input side must divide by for ``architecture``."""
+    if architecture not in MODEL_STRIDES:
+        msg = f"unknown architecture {architecture!r}; allowed: {', '.join(MODEL_STRIDES)}"
+        raise ModelError(msg)
+    return MODEL_STRIDES[architecture]
+
+
+def check_input_size(architecture: str, height: int, width: int) -> None:
+    """Raise a ModelError naming the size and the nearest valid one when it does not divide."""
+    stride = model_stride(architecture)
+    if height % stride or width % stride:
+        fix = f"{max(stride, round(height / stride) * stride)}x{max(stride, round(width / stride) * stride)}"
+        msg = f"{architecture} needs input sides divisible by {stride}; got {height}x{width}, try {fix}"
+        raise ModelError(msg)
+
+
+def _conv(
+    keras: Any,
+    filters: int,
+    kernel: int,
+    name: str,
+    weight_decay: float,
+    activation: str | None = "relu",
+    batch_norm: bool = False,
+):
+    """Conv2D 'same' + ReLU, or Conv2D + BatchNorm + ReLU when ``batch_norm`` (converges far faster on a CPU)."""
+    reg = keras.regularizers.L2(weight_decay) if weight_decay else None
+    use_bn = batch_norm and activation is not None
+    conv = keras.layers.Conv2D(
+        filters,
+        kernel,
+        padding="same",
+        activation=None if use_bn else activation,
+        use_bias=not use_bn,
+        kernel_initializer="he_normal",
+        kernel_regularizer=reg,
+        name=name,
+    )
+    if not use_bn:
+        return conv
+    bn = keras.layers.BatchNormalization(name=f"{name}_bn")
+    act = keras.layers.Activation(activation, name=f"{name}_{activation}")
+    return lambda x: act(bn(conv(x)))
+
+
+def _sigmoid_output(keras: Any, x: Any):
+    # float32 so the probabilities (and the loss) stay exact under mixed_float16
+    return keras.layers.Activation("sigmoid", dtype="float32", name="probabilities")(x)
+
+
+def build_tinyunet(
+    channels: int = 1,
+    base_filters: int = 32,
+    weight_decay: float = 0.0,
+    dropout: float = 0.0,
+    batch_norm: bool = False,
+):
+    """TinyUNet of NVIDIA UNet_Industrial.
+
+    Input block (2 conv) -> 3 down blocks (2 conv + 2x2 max-pool) with base, 2*base,
+    4*base filters -> bottleneck (2 conv at 8*base, nearest 2x upsample + 2x2 conv)
+    -> 3 up blocks (concat skip, conv f, conv f/2, upsample + 2x2 conv f/2) -> output
+    block (concat, 2 conv at base, 1x1 conv) -> sigmoid. ReLU, 'same' padding.
+    base_filters=32 is NVIDIA's tinyUNet. ``batch_norm`` (not in NVIDIA's model) puts
+    BatchNorm after every 3x3 conv; it folds into the convs at export.
+    """
+    import keras
+
+    b = base_filters
+    inputs = keras.Input((None, None, channels), name="image")
+    skips = []
+    x = inputs
+    for name, filters in (("input_block", b), ("down_1", b), ("down_2", 2 * b), ("down_3", 4 * b)):
+        x = _conv(keras, filters, 3, f"{name}_conv1", weight_decay, batch_norm=batch_norm)(x)
+        x = _conv(keras, filters, 3, f"{name}_conv2", weight_decay, batch_norm=batch_norm)(x)
+        skips.append(x)
+        x = keras.layers.MaxPooling2D(2, name=f"{name}_pool")(x)
+    x = _conv(keras, 8 * b, 3, "bottleneck_conv1", weight_decay, batch_norm=batch_norm)(x)
+    x = _conv(keras, 8 * b, 3, "bottleneck_conv2", weight_decay, batch_norm=batch_norm)(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="bottleneck_dropout")(x)
+    x = keras.layers.UpSampling2D(2, interpolation="nearest", name="bottleneck_upsample")(x)
+    x = _conv(keras, 4 * b, 2, "bottleneck_upconv", weight_decay, batch_norm=batch_norm)(x)
+    for i, filters in enumerate((4 * b, 2 * b, b), start=1):
+        x = keras.layers.Concatenate(name=f"up_{i}_concat")([x, skips.pop()])
+        x = _conv(keras, filters, 3, f"up_{i}_conv1", weight_decay, batch_norm=batch_norm)(x)
+        x = _conv(keras, filters // 2, 3, f"up_{i}_conv2", weight_decay, batch_norm=batch_norm)(x)
+        x = keras.layers.UpSampling2D(2, interpolation="nearest", name=f"up_{i}_upsample")(x)
+        x = _conv(keras, filters // 2, 2, f"up_{i}_upconv", weight_decay, batch_norm=batch_norm)(x)
+    x = keras.layers.Concatenate(name="output_concat")([x, skips.pop()])
+    x = _conv(keras, b, 3, "output_conv1", weight_decay, batch_norm=batch_norm)(x)
+    x = _conv(keras, b, 3, "output_conv2", weight_decay, batch_norm=batch_norm)(x)
+    x = _conv(keras, 1, 1, "output_logits", weight_decay, activation=None)(x)
+    return keras.Model(inputs, _sigmoid_output(keras, x), name="tinyunet")
+
+
+def build_unet_lowered(
+    channels: int = 1,
+    base_filters: int = 16,
+    weight_decay: float = 0.0,
+    dropout: float = 0.5,
+    batch_norm: bool = False,
+):
+    """The reduced U-Net of the "U-Net lowered" seed: the classic Keras U-Net at 25% filters.
+
+    Filters 16-32-64-128-256 (base_filters=16), 2 ReLU convs per level, dropout on the
+    last encoder level and the bottleneck, decoder = 2x upsample + 2x2 conv, concat,
+    2 convs; a 1x1 sigmoid output.
+    """
+    import keras
+
+    f = [base_filters * 2**i for i in range(5)]
+    inputs = keras.Input((None, None, channels), name="image")
+    skips = []
+    x = inputs
+    for level in range(4):
+        x = _conv(keras, f[level], 3, f"enc{level + 1}_conv1", weight_decay, batch_norm=batch_norm)(x)
+        x = _conv(keras, f[level], 3, f"enc{level + 1}_conv2", weight_decay, batch_norm=batch_norm)(x)
+        if level == 3 and dropout:
+            x = keras.layers.Dropout(dropout, name="enc4_dropout")(x)
+        skips.append(x)
+        x = keras.layers.MaxPooling2D(2, name=f"enc{level + 1}_pool")(x)
+    x = _conv(keras, f[4], 3, "bottleneck_conv1", weight_decay, batch_norm=batch_norm)(x)
+    x = _conv(keras, f[4], 3, "bottleneck_conv2", weight_decay, batch_norm=batch_norm)(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="bottleneck_dropout")(x)
+    for level in reversed(range(4)):
+        x = keras.layers.UpSampling2D(2, name=f"dec{level + 1}_upsample")(x)
+        x = _conv(keras, f[level], 2, f"dec{level + 1}_upconv", weight_decay, batch_norm=batch_norm)(x)
+        x = keras.layers.Concatenate(name=f"dec{level + 1}_concat")([skips[level], x])
+        x = _conv(keras, f[level], 3, f"dec{level + 1}_conv1", weight_decay, batch_norm=batch_norm)(x)
+        x = _conv(keras, f[level], 3, f"dec{level + 1}_conv2", weight_decay, batch_norm=batch_norm)(x)
+    x = _conv(keras, 1, 1, "output_logits", weight_decay, activation=None)(x)
+    return keras.Model(inputs, _sigmoid_output(keras, x), name="unet_lowered")
+
+
+#: MobileNetV2 activations used as skips, at 1/2, 1/4, 1/8, 1/16 of the input, then the 1/32 bottleneck
+_MOBILENET_SKIPS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu")
+_MOBILENET_BOTTOM = "block_16_project"
+
+
+def build_mobilenetv2_unet(
+    channels: int = 1,
+    base_filters: int = 32,
+    weight_decay: float = 0.0,
+    dropout: float = 0.0,
+    encoder_weights: str | Path | None = None,
+    alpha: float = 1.0,
+    freeze_until: str | None = "block_6_expand",
+):
+    """A MobileNetV2 encoder with pix2pix upsample blocks (TensorFlow's segmentation tutorial shape).
+
+    Decoder blocks are Conv2DTranspose(3x3, stride 2) + BatchNorm (+ Dropout) + ReLU with
+    16, 8, 4, 2 x base_filters filters (base 32 gives the tutorial's 512-256-128-64).
+    Grayscale input is repeated to the 3 channels MobileNetV2 expects. Encoder weights
+    come only from ``encoder_weights`` (a local file); otherwise they start random:
+    nothing is downloaded. Encoder layers before ``freeze_until`` are frozen.
+    """
+    import keras
+
+    if channels not in (1, 3):
+        msg = f"mobilenetv2_unet takes 1 or 3 input channels, got {channels}"
+        raise ModelError(msg)
+    inputs = keras.Input((None, None, channels), name="image")
+    rgb = keras.layers.Concatenate(name="gray_to_rgb")([inputs, inputs, inputs]) if channels == 1 else inputs
+    encoder_base = keras.applications.MobileNetV2(
+        input_shape=(None, None, 3), include_top=False, weights=None, alpha=alpha
+    )
+    if encoder_weights is not None:
+        path = Path(encoder_weights)
+        if not path.is_file():
+            msg = f"model.encoder_weights {path} does not exist; give a local MobileNetV2 weights file or null"
+            raise ModelError(msg)
+        try:
+            encoder_base.load_weights(str(path), skip_mismatch=False)
+        except Exception as exc:  # Keras raises several types for a wrong file
+            msg = f"model.encoder_weights {path} does not fit MobileNetV2(alpha={alpha}, no top): {exc}"
+            raise ModelError(msg) from None
+        logger.info("MobileNetV2 encoder weights loaded from %s", path)
+    outputs = [encoder_base.get_layer(n).output for n in (*_MOBILENET_SKIPS, _MOBILENET_BOTTOM)]
+    encoder = keras.Model(encoder_base.input, outputs, name="mobilenetv2_encoder")
+    if freeze_until is not None:
+        names = [layer.name for layer in encoder.layers]
+        if freeze_until not in names:
+            msg = f"model.freeze_until {freeze_until!r} is not a MobileNetV2 layer, e.g. block_6_expand or null"
+            raise ModelError(msg)
+        for layer in encoder.layers[: names.index(freeze_until)]:
+            layer.trainable = False
+    *skips, x = encoder(rgb)
+    for i, (filters, skip) in enumerate(zip((16, 8, 4, 2), reversed(skips), strict=True), start=1):
+        x = keras.layers.Conv2DTranspose(
+            filters * base_filters, 3, strides=2, padding="same", use_bias=False, name=f"up_{i}_deconv"
+        )(x)
+        x = keras.layers.BatchNormalization(name=f"up_{i}_bn")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name=f"up_{i}_dropout")(x)
+        x = keras.layers.ReLU(name=f"up_{i}_relu")(x)
+        x = keras.layers.Concatenate(name=f"up_{i}_concat")([x, skip])
+    x = keras.layers.Conv2DTranspose(1, 3, strides=2, padding="same", name="output_logits")(x)
+    return keras.Model(inputs, _sigmoid_output(keras, x), name="mobilenetv2_unet")
+
+
+def build_model(model_cfg: dict[str, Any], channels: int = 1, weight_decay: float = 0.0):
+    """Build the architecture a recipe's ``model`` section names."""
+    arch = model_cfg["architecture"]
+    model_stride(arch)
+    if arch == "tinyunet":
+        return build_tinyunet(
+            channels, model_cfg["base_filters"], weight_decay, model_cfg["dropout"], model_cfg["batch_norm"]
+        )
+    if arch == "unet_lowered":
+        return build_unet_lowered(
+            channels, model_cfg["base_filters"], weight_decay, model_cfg["dropout"], model_cfg["batch_norm"]
+        )
+    return build_mobilenetv2_unet(
+        channels,
+        model_cfg["base_filters"],
+        weight_decay,
+        model_cfg["dropout"],
+        model_cfg["encoder_weights"],
+        model_cfg["alpha"],
+        model_cfg["freeze_until"],
+    )

@@ -1,0 +1,206 @@
+"""tf.data input pipelines: decode, resize, cache, crop, augment, normalize, batch, prefetch.
+
+Normalization uses ``converter.preprocessing.NORMALIZATIONS`` so the line-side
+preprocessing is the same arithmetic. Training data is a sequence of "epochs";
+epoch ``e`` depends only on (seed, e): its shuffle order and every random crop and
+augmentation use stateless ops seeded from (seed, e, position). Two runs with one
+seed see the same batches, and a resumed run sees the batches the uninterrupted
+run would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from converter.preprocessing import NORMALIZATIONS, check_normalization
+from training.datasets.base import Sample
+from training.datasets.rle import rle_decode
+
+logger = logging.getLogger(__name__)
+
+
+def _columns(samples: list[Sample]) -> dict[str, list[Any]]:
+    return {
+        "image": [s.image for s in samples],
+        "mask": [s.mask for s in samples],
+        "rle": [s.rle for s in samples],
+        "height": [s.height for s in samples],
+        "width": [s.width for s in samples],
+        "class_id": [s.class_id for s in samples],
+    }
+
+
+def _decode_fn(image_size: list[int] | None):
+    """Map one record to (uint8 image HxWx1, uint8 mask HxWx1 in {0,1}, class_id)."""
+    import numpy as np
+    import tensorflow as tf
+
+    def rle_mask(rle, height, width):
+        return rle_decode(rle.decode(), int(height), int(width))[..., None]
+
+    def decode(rec):
+        image = tf.io.decode_image(tf.io.read_file(rec["image"]), channels=1, expand_animations=False)
+        shape = tf.shape(image)
+
+        def from_file():
+            m = tf.io.decode_image(tf.io.read_file(rec["mask"]), channels=1, expand_animations=False)
+            return tf.cast(m > 0, tf.uint8)
+
+        def from_rle():
+            m = tf.numpy_function(rle_mask, [rec["rle"], rec["height"], rec["width"]], tf.uint8)
+            return tf.reshape(m, [rec["height"], rec["width"], 1])
+
+        def empty():
+            return tf.zeros([shape[0], shape[1], 1], tf.uint8)
+
+        mask = tf.case(
+            [(tf.strings.length(rec["mask"]) > 0, from_file), (tf.strings.length(rec["rle"]) > 0, from_rle)],
+            default=empty,
+        )
+        if image_size is not None:
+            image = tf.cast(tf.image.resize(image, image_size, method="area"), tf.uint8)
+            mask = tf.image.resize(mask, image_size, method="nearest")
+        return image, mask, rec["class_id"]
+
+    del np
+    return decode
+
+
+def normalize(image, normalization: str):
+    """uint8 (or float in [0, 255]) -> float32 ``p * scale + offset``, the line-side arithmetic."""
+    import tensorflow as tf
+
+    scale, offset = NORMALIZATIONS[normalization]
+    return tf.cast(image, tf.float32) * scale + offset
+
+
+def _crop(image, mask, size: int, defect_fraction: float, seed):
+    """A size x size crop; with probability ``defect_fraction`` it contains a defect pixel when there is one."""
+    import tensorflow as tf
+
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    # pad images smaller than the crop (reflect would invent texture at the edge of masks)
+    pad_h, pad_w = tf.maximum(size - h, 0), tf.maximum(size - w, 0)
+    image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]], mode="SYMMETRIC")
+    mask = tf.pad(mask, [[0, pad_h], [0, pad_w], [0, 0]])
+    h, w = h + pad_h, w + pad_w
+    s = tf.random.experimental.stateless_split(seed, 4)
+    u = tf.random.stateless_uniform([3], s[0])
+    top = tf.cast(u[0] * tf.cast(h - size + 1, tf.float32), tf.int32)
+    left = tf.cast(u[1] * tf.cast(w - size + 1, tf.float32), tf.int32)
+    defect_pixels = tf.where(mask[..., 0] > 0)
+    n_def = tf.shape(defect_pixels)[0]
+
+    def around_defect():
+        idx = tf.random.stateless_uniform([], s[1], 0, n_def, dtype=tf.int32)
+        cy, cx = tf.cast(defect_pixels[idx][0], tf.int32), tf.cast(defect_pixels[idx][1], tf.int32)
+        jitter = tf.random.stateless_uniform([2], s[2], -size // 4, size // 4 + 1, dtype=tf.int32)
+        t = tf.clip_by_value(cy - size // 2 + jitter[0], 0, h - size)
+        l_ = tf.clip_by_value(cx - size // 2 + jitter[1], 0, w - size)
+        return t, l_
+
+    top, left = tf.cond(
+        tf.logical_and(n_def > 0, u[2] < defect_fraction), around_defect, lambda: (top, left)
+    )
+    return (
+        tf.slice(image, [top, left, 0], [size, size, -1]),
+        tf.slice(mask, [top, left, 0], [size, size, -1]),
+    )
+
+
+def _augment(image, mask, aug: dict[str, Any], seed, square: bool):
+    """Flips, 90-degree rotations (square inputs only), brightness and contrast; image is float in [0, 255]."""
+    import tensorflow as tf
+
+    s = tf.random.experimental.stateless_split(seed, 4)
+    u = tf.random.stateless_uniform([5], s[0])
+    if aug["flip"]:
+        image = tf.where(u[0] < 0.5, tf.reverse(image, [1]), image)
+        mask = tf.where(u[0] < 0.5, tf.reverse(mask, [1]), mask)
+        image = tf.where(u[1] < 0.5, tf.reverse(image, [0]), image)
+        mask = tf.where(u[1] < 0.5, tf.reverse(mask, [0]), mask)
+    if aug["rot90"] and square:
+        k = tf.cast(u[2] * 4, tf.int32) % 4
+        image, mask = tf.image.rot90(image, k), tf.image.rot90(mask, k)
+    if aug["brightness"]:
+        image = image + (u[3] * 2 - 1) * aug["brightness"] * 255.0
+    if aug["contrast"]:
+        factor = 1.0 + (u[4] * 2 - 1) * aug["contrast"]
+        mean = tf.reduce_mean(image)
+        image = (image - mean) * factor + mean
+    return tf.clip_by_value(image, 0.0, 255.0), mask
+
+
+def decoded_dataset(samples: list[Sample], input_cfg: dict[str, Any], image_size: list[int] | None, cache: bool):
+    """(uint8 image, uint8 mask, class_id) per sample, decoded in parallel and optionally cached in memory."""
+    import tensorflow as tf
+
+    if not samples:
+        from training.datasets.base import DatasetError
+
+        msg = "the data set split is empty; check dataset.root, dataset.classes and only_defective_images"
+        raise DatasetError(msg)
+    ds = tf.data.Dataset.from_tensor_slices(_columns(samples))
+    ds = ds.map(_decode_fn(image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if cache:
+        ds = ds.cache()
+    return ds
+
+
+def train_dataset(
+    samples: list[Sample],
+    cfg: dict[str, Any],
+    seed: int,
+    start_epoch: int = 0,
+    epochs: int | None = None,
+):
+    """Batches of (normalized image, float mask) for epochs start_epoch .. start_epoch+epochs-1."""
+    import tensorflow as tf
+
+    inp = cfg["input"]
+    check_normalization(inp["normalization"])
+    steps, batch = cfg["train"]["steps_per_epoch"], inp["batch_size"]
+    epochs = cfg["train"]["epochs"] - start_epoch if epochs is None else epochs
+    base = decoded_dataset(samples, inp, cfg["dataset"]["image_size"], inp["cache"])
+    crop, aug = inp["crop"], inp["augment"]
+    n = len(samples)
+
+    def one_epoch(epoch: int):
+        # a Python-int seed per epoch: shuffle refuses tensor seeds once a global seed is set
+        order_seed = (seed * 1_000_003 + epoch) % (2**31 - 1)
+        ds = base.shuffle(n, seed=order_seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.take(steps * batch).enumerate()
+
+        def prepare(i, item):
+            image, mask, _ = item
+            elem_seed = tf.stack([tf.constant(seed * 7919 + epoch, tf.int64), i])
+            s = tf.random.experimental.stateless_split(elem_seed, 2)
+            if crop:
+                image, mask = _crop(image, mask, crop, inp["defect_crop_fraction"], s[0])
+            image, mask = _augment(tf.cast(image, tf.float32), mask, aug, s[1], square=bool(crop))
+            return normalize(image, inp["normalization"]), tf.cast(mask, tf.float32)
+
+        ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        # whole images of different sizes cannot share a batch; crops (or a fixed image_size) can
+        return ds.batch(batch, drop_remainder=True)
+
+    ds = one_epoch(start_epoch)
+    for epoch in range(start_epoch + 1, start_epoch + max(epochs, 1)):
+        ds = ds.concatenate(one_epoch(epoch))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(samples: list[Sample], cfg: dict[str, Any], batch_size: int | None = None):
+    """Whole images, normalized, batched: (image, mask, class_id); no augmentation."""
+    import tensorflow as tf
+
+    inp = cfg["input"]
+    base = decoded_dataset(samples, inp, cfg["dataset"]["image_size"], cache=False)
+
+    def prepare(image, mask, class_id):
+        return normalize(image, inp["normalization"]), tf.cast(mask, tf.float32), class_id
+
+    ds = base.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size or cfg["eval"]["batch_size"]).prefetch(tf.data.AUTOTUNE)

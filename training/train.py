@@ -1,0 +1,200 @@
+"""``lineside train``: build the data, the model and the optimizer from a recipe, train, evaluate, save.
+
+The output directory holds the checkpoint contract read by ``lineside export``:
+``model.keras`` (built-in layers only, float32) and ``training.json``; plus
+``checkpoints/`` (resume), ``logs/`` (TensorBoard) and ``history.json`` (curves).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from training.config import load_config
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+TRAINING_JSON = "training.json"
+
+
+def _set_seeds(seed: int, deterministic: bool) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        # identical results for identical seeds, at some cost in speed on GPUs
+        tf.config.experimental.enable_op_determinism()
+
+
+def _strategy(name: str):
+    """tf.distribute strategy: default (one device), mirrored (local GPUs) or multi_worker (TF_CONFIG)."""
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            from training.config import ConfigError
+
+            msg = "train.strategy multi_worker needs the TF_CONFIG environment variable; see docs/training.md"
+            raise ConfigError(msg)
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _compile(model, cfg: dict[str, Any]) -> None:
+    from training.losses import dice_coefficient, get_loss
+    from training.optimizers import build_optimizer
+
+    def dice(y_true, y_pred):
+        return dice_coefficient(y_true, y_pred)
+
+    model.compile(optimizer=build_optimizer(cfg["optimizer"]), loss=get_loss(cfg["loss"]), metrics=[dice])
+
+
+def _float32_copy(model, cfg: dict[str, Any], channels: int):
+    """The same weights in a float32 model, so the exported graph does not inherit mixed precision."""
+    import keras
+
+    from training.models import build_model
+
+    keras.mixed_precision.set_global_policy("float32")
+    clean = build_model(cfg["model"], channels, cfg["optimizer"]["weight_decay"])
+    clean.set_weights(model.get_weights())
+    return clean
+
+
+def _input_channels(cfg: dict[str, Any]) -> int:
+    return 1
+
+
+def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None = None) -> Path:
+    """Train the recipe ``config`` (a YAML path or dict) with dotted ``overrides``; return the output dir.
+
+    Resumes from ``<output_dir>/checkpoints`` when a previous run of the same recipe stopped
+    early; a run whose checkpoint already reached ``train.epochs`` only re-evaluates.
+    """
+    cfg = load_config(config, overrides)
+    out = Path(cfg["train"]["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+
+    import keras
+    import tensorflow as tf
+
+    from training.callbacks import make_checkpoint_callback, make_progress_callback, restore
+    from training.datasets import load_splits
+    from training.evaluate import evaluate_model
+    from training.models import build_model, check_input_size
+    from training.pipeline import train_dataset
+
+    seed, tcfg = cfg["seed"], cfg["train"]
+    _set_seeds(seed, tcfg["deterministic"])
+    keras.mixed_precision.set_global_policy("mixed_float16" if tcfg["mixed_precision"] else "float32")
+    train_samples, val_samples = load_splits(cfg)
+    logger.info("data: %d training images, %d validation images", len(train_samples), len(val_samples))
+    if cfg["input"]["crop"]:
+        check_input_size(cfg["model"]["architecture"], cfg["input"]["crop"], cfg["input"]["crop"])
+    channels = _input_channels(cfg)
+    strategy = _strategy(tcfg["strategy"])
+    with strategy.scope():
+        model = build_model(cfg["model"], channels, cfg["optimizer"]["weight_decay"])
+        _compile(model, cfg)
+        state = restore(model, out)
+    start_epoch = state["epoch"] if state else 0
+    (out / "recipe.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+    callbacks = [make_checkpoint_callback(out)]
+    if tcfg["progress"]:
+        callbacks.append(make_progress_callback(tcfg["steps_per_epoch"], tcfg["epochs"]))
+    if tcfg["tensorboard"]:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "logs"), update_freq="epoch"))
+    started = time.perf_counter()
+    if start_epoch < tcfg["epochs"]:
+        ds = train_dataset(train_samples, cfg, seed, start_epoch=start_epoch)
+        if tcfg["strategy"] != "default":
+            ds = strategy.experimental_distribute_dataset(ds)
+        model.fit(
+            ds,
+            epochs=tcfg["epochs"],
+            initial_epoch=start_epoch,
+            steps_per_epoch=tcfg["steps_per_epoch"],
+            callbacks=callbacks,
+            verbose=0,
+        )
+    train_seconds = time.perf_counter() - started
+    if tcfg["mixed_precision"]:
+        model = _float32_copy(model, cfg, channels)
+    model.save(out / MODEL_FILE)
+    summary, _ = evaluate_model(model, val_samples, cfg)
+    (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_training_json(out, cfg, summary, train_seconds, channels, val_samples)
+    logger.info("trained %s in %.0f s -> %s", cfg["model"]["architecture"], train_seconds, out)
+    return out
+
+
+def _input_hw(cfg: dict[str, Any], val_samples) -> tuple[int, int]:
+    """The full-image size the model is exported at (the evaluation images' size)."""
+    if cfg["dataset"]["image_size"]:
+        return tuple(cfg["dataset"]["image_size"])
+    if val_samples and val_samples[0].height:
+        return val_samples[0].height, val_samples[0].width
+    if val_samples:
+        import cv2
+
+        image = cv2.imread(val_samples[0].image, cv2.IMREAD_GRAYSCALE)
+        return image.shape[:2]
+    return 512, 512
+
+
+def write_training_json(out: Path, cfg: dict[str, Any], summary: dict[str, Any], train_seconds: float,
+                        channels: int, val_samples) -> Path:
+    """Write the checkpoint manifest that ``lineside export`` reads."""
+    from training.callbacks import load_state
+
+    state = load_state(out) or {"epoch": 0, "step": 0}
+    height, width = _input_hw(cfg, val_samples)
+    ds = cfg["dataset"]
+    dataset: dict[str, Any] = {"kind": "dagm" if ds["kind"] == "synthetic" else ds["kind"], "root": ds["root"],
+                               "classes": ds["classes"]}
+    if ds["kind"] == "synthetic":
+        dataset["synthetic"] = dict(ds["synthetic"])
+    overall = summary["overall"]
+    t = str(cfg["eval"]["threshold"])
+    info = {
+        "architecture": cfg["model"]["architecture"],
+        "input": {"height": int(height), "width": int(width), "channels": channels},
+        "normalization": cfg["input"]["normalization"],
+        "threshold": cfg["eval"]["threshold"],
+        "min_defect_area": cfg["eval"]["min_defect_area"],
+        "dataset": dataset,
+        "metrics": {
+            "split": "test" if ds["kind"] in ("dagm", "synthetic") else "validation",
+            "images": overall["images"],
+            "dice": overall["dice"][t],
+            "iou": overall["iou"][t],
+            "iou@0.75": overall["iou"].get("0.75"),
+            "dice_all_images": overall["dice_all_images"][t],
+            "tpr": overall["tpr"],
+            "tnr": overall["tnr"],
+            "accuracy": overall["accuracy"],
+            "per_class": {c: {"dice": s["dice"][t], "tpr": s["tpr"], "tnr": s["tnr"]}
+                          for c, s in summary["per_class"].items()},
+        },
+        "seed": cfg["seed"],
+        "model_file": MODEL_FILE,
+        "epochs_done": state["epoch"],
+        "steps_done": state["step"],
+        "train_seconds": round(train_seconds, 1),
+        "recipe": cfg["name"],
+        "model": cfg["model"],
+        "loss": cfg["loss"],
+    }
+    path = out / TRAINING_JSON
+    path.write_text(json.dumps(info, indent=2) + "\n")
+    return path
