@@ -118,6 +118,9 @@ def export_onnx(reference: Reference, checkpoint: Checkpoint, shape: InputShape,
     raw.unlink()
     onnx_graph.rename_tensor(model, model.graph.input[0].name, INPUT_NAME)
     onnx_graph.rename_tensor(model, model.graph.output[0].name, OUTPUT_NAME)
+    # one name for the batch axis of input and output (tf2onnx makes up two), as TensorRT/Polygraphy show it
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
     model.doc_string = f"lineside export of {checkpoint.model_path.name}"
     onnx.checker.check_model(model)
     onnx_graph.check_package_graph(model, path, shape.height, shape.width, shape.channels)
@@ -142,9 +145,10 @@ def check_parity(
     """Run ONNX Runtime and the source model on the same float inputs; refuse a difference above atol."""
     sess = onnx_graph.session(onnx_path)
     # batch of 1 and a larger batch: proves the dynamic batch axis as well as the numbers
-    got = np.concatenate(
-        [onnx_graph.run_batches(sess, inputs[:1], 1), onnx_graph.run_batches(sess, inputs[1:], 4)]
-    )
+    parts = [onnx_graph.run_batches(sess, inputs[:1], 1)]
+    if len(inputs) > 1:
+        parts.append(onnx_graph.run_batches(sess, inputs[1:], 4))
+    got = np.concatenate(parts)
     want = np.concatenate([reference.predict(inputs[i : i + 4]) for i in range(0, len(inputs), 4)])
     if got.shape != want.shape:
         msg = f"{onnx_path}: ONNX output shape {got.shape} differs from the source model's {want.shape}"
@@ -230,6 +234,12 @@ def export_package(
     ``folded`` adds ``model.uint8.onnx`` (preprocessing and threshold inside the graph).
     """
     source = open_checkpoint(checkpoint)
+    if data_dir is None and (precisions or folded):
+        # the data set the model was trained on, when it is still where training left it
+        trained_on = source.training.get("dataset", {}).get("root")
+        if trained_on and Path(trained_on).is_dir():
+            data_dir = trained_on
+            log.info("validation images: %s (from training.json)", data_dir)
     if precisions and data_dir is None:
         msg = f"--precision {' '.join(precisions)} needs validation images; pass --data DATASET_DIR"
         raise ExportError(msg)

@@ -255,7 +255,8 @@ def render(
     if defective:
         kind = defect if defect is not None else kinds[int(rng.integers(len(kinds)))]
         canvas = np.zeros(hw, np.float32)
-        _DRAW[kind](rng, canvas, hw, max(s, 0.35))
+        # below 512 px defects shrink less than the texture, so small test images stay learnable
+        _DRAW[kind](rng, canvas, hw, max(s, 0.6))
         soft = cv2.GaussianBlur(canvas, (0, 0), 0.8)
         sign = -1.0 if rng.random() < 0.7 else 1.0  # most defects are darker than the surface
         if kind == "missing_print":

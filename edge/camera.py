@@ -53,7 +53,9 @@ class DeadlineReader:
     next attempt: the watchdog that restarts a capture that has stuck.
     """
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, stop: threading.Event, enabled: bool = True) -> None:
+        #: set on shutdown: a call in progress is abandoned at once instead of at its deadline
+        self.stop = stop
         #: off for sources that enforce their own deadlines (OpenCV): one hand-off is enough
         self.enabled = enabled
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="capture")
@@ -62,13 +64,21 @@ class DeadlineReader:
         if not self.enabled:
             return fn()
         future = self._pool.submit(fn)
-        try:
-            return future.result(timeout=timeout_s)
-        except concurrent.futures.TimeoutError:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="capture")
-            msg = f"{what} timed out after {timeout_s:g} s"
-            raise CameraError(msg) from None
+        deadline = time.monotonic() + timeout_s
+        while not future.done():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.stop.is_set():
+                self._abandon()
+                why = "stopping" if self.stop.is_set() else f"timed out after {timeout_s:g} s"
+                msg = f"{what} {why}"
+                raise CameraError(msg)
+            concurrent.futures.wait([future], timeout=min(left, 0.05))
+        return future.result()
+
+    def _abandon(self) -> None:
+        """Leave the stuck thread behind; the next call gets a fresh one."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="capture")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -243,8 +253,10 @@ class CameraLoop:
     def run(self, sock: zmq.Socket) -> None:
         cam = self.cam
         backoff = Backoff(initial_s=cam.reconnect_initial_s, cap_s=cam.reconnect_max_s)
-        reader = DeadlineReader(enabled=cam.source != "opencv")
-        source: FrameSource | None = None
+        reader = DeadlineReader(self.stop, enabled=cam.source != "opencv")
+        # One source object for the camera's life: a reconnect closes and re-opens it.
+        source = build_source(cam)
+        is_open = False
         period = 1.0 / cam.fps if cam.fps > 0 else 0.0
         next_due = time.monotonic()
         last_stats = 0.0
@@ -254,20 +266,22 @@ class CameraLoop:
                 if now - last_stats >= STATS_INTERVAL_S:
                     self.send_stats(sock)
                     last_stats = now
-                if source is None:
-                    source = build_source(cam)
+                if not is_open:
                     try:
                         reader.call(source.open, cam.open_timeout_s, f"{cam.id}: open")
-                        self.set_connected(True)
-                        backoff.reset()
-                        log.info("%s: connected (%s)", cam.id, cam.source)
                     except CameraError as exc:
                         self.set_connected(False)
+                        if self.stop.is_set():
+                            break
                         delay = backoff.next_delay()
                         log.warning("%s: cannot open (%s); retry in %.1f s", cam.id, exc, delay)
-                        source = None
+                        self._close_source(source)
                         self._sleep(delay, sock)
                         continue
+                    is_open = True
+                    self.set_connected(True)
+                    backoff.reset()
+                    log.info("%s: connected (%s)", cam.id, cam.source)
                 if period:
                     wait = next_due - time.monotonic()
                     if wait > 0:
@@ -278,11 +292,13 @@ class CameraLoop:
                 try:
                     captured = reader.call(source.read, cam.read_timeout_s, f"{cam.id}: read")
                 except CameraError as exc:
-                    log.warning("%s: camera fault (%s); reconnecting", cam.id, exc)
-                    self.emit_fault(f"camera fault: {exc}")
                     self.set_connected(False)
                     self._close_source(source)
-                    source = None
+                    is_open = False
+                    if self.stop.is_set():
+                        break
+                    log.warning("%s: camera fault (%s); reconnecting", cam.id, exc)
+                    self.emit_fault(f"camera fault: {exc}")
                     self._sleep(backoff.next_delay(), sock)
                     continue
                 if captured is None:
@@ -306,7 +322,7 @@ class CameraLoop:
                 return
             self.stop.wait(min(left, 0.01 if self.pending else 0.1))
 
-    def _drain(self, sock: zmq.Socket, timeout_s: float = 2.0) -> None:
+    def _drain(self, sock: zmq.Socket, timeout_s: float = 0.5) -> None:
         """At shutdown: give pending frames a short chance, then count the rest as dropped."""
         end = time.monotonic() + timeout_s
         while self.pending and time.monotonic() < end:
@@ -319,7 +335,7 @@ class CameraLoop:
         while not self.send_stats(sock, final=True) and time.monotonic() < deadline:
             time.sleep(0.02)
 
-    def _close_source(self, source: FrameSource | None) -> None:
+    def _close_source(self, source: FrameSource) -> None:
         if source is not None:
             try:
                 source.close()

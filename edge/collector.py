@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import queue
 import signal
 import threading
 import time
@@ -38,6 +39,44 @@ MAX_PENDING_LOG = 100_000
 LATENCY_WINDOW = 2000
 
 
+class NgWriter:
+    """Saves NG images in a thread, so PNG encoding never delays publishing.
+
+    The queue is bounded: in a burst of FAILs beyond it, entries are skipped and
+    counted (the decision itself is still published and logged).
+    """
+
+    def __init__(self, store: Any, depth: int = 64) -> None:
+        self.store = store
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.skipped = 0
+        self.failures = 0
+        self.thread = threading.Thread(target=self._run, name="ng-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, cam: str, epoch: int, seq: int, image: np.ndarray, mask: np.ndarray, meta: dict) -> None:
+        try:
+            self.queue.put_nowait((cam, epoch, seq, image, mask, meta))
+        except queue.Full:
+            self.skipped += 1
+            if self.skipped == 1 or self.skipped % 100 == 0:
+                log.warning("NG store busy: %d NG image(s) not saved so far", self.skipped)
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            cam, epoch, seq, image, mask, meta = item
+            try:
+                self.store.save(cam, seq, image, mask, meta, epoch=epoch)
+            except Exception as exc:  # a full disk must not stop the line: count it and say so
+                self.failures += 1
+                if self.failures <= 3 or self.failures % 100 == 0:
+                    log.error("NG store: cannot save %s#%d: %s", cam, seq, exc)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout_s)
+
+
 class Collector:
     """See the module docstring."""
 
@@ -58,9 +97,10 @@ class Collector:
         self.malformed = 0
         self.last_tick = time.monotonic()
         self._fps_marks: dict[str, tuple[float, int]] = {}
+        self._status_mark = (time.monotonic(), 0)
         self.decision_log = None
         self.ng_store = None
-        self.ng_failures = 0
+        self.ng_writer: NgWriter | None = None
         self.log_errors = 0
         #: decisions that never reached the log (it failed for longer than MAX_PENDING_LOG allows)
         self.log_lost = 0
@@ -77,6 +117,7 @@ class Collector:
             self.ng_store = NgStore(
                 self.cfg.resolve(sinks.ng_store), int(sinks.ng_store_max_mb * 1024 * 1024)
             )
+            self.ng_writer = NgWriter(self.ng_store)
 
     # -- messages ------------------------------------------------------------------
     def on_message(self, parts: list[Any], pub: zmq.Socket) -> None:
@@ -179,16 +220,11 @@ class Collector:
                 "truth": h.get("truth"),
             }
         )
-        if outcome == "FAIL" and self.ng_store is not None and len(parts) >= 3 and "image_shape" in h:
-            try:
-                mask = np.frombuffer(parts[1].buffer, np.uint8).reshape(h["mask_shape"])
-                image = np.frombuffer(parts[2].buffer, np.uint8).reshape(h["image_shape"])
-                meta = {k: h.get(k) for k in ("reason", "boxes", "model_id", "defect_area")}
-                self.ng_store.save(cam, seq, image, mask, {**meta, "capture_ts": h["ts"]}, epoch=epoch)
-            except Exception as exc:  # a full disk must not stop decisions: count it and say so
-                self.ng_failures += 1
-                if self.ng_failures <= 3:
-                    log.error("NG store: cannot save %s#%d: %s", cam, seq, exc)
+        if outcome == "FAIL" and self.ng_writer is not None and len(parts) >= 3 and "image_shape" in h:
+            mask = np.frombuffer(parts[1].buffer, np.uint8).reshape(h["mask_shape"])
+            image = np.frombuffer(parts[2].buffer, np.uint8).reshape(h["image_shape"])
+            meta = {k: h.get(k) for k in ("reason", "boxes", "model_id", "defect_area")}
+            self.ng_writer.submit(cam, epoch, seq, image, mask, {**meta, "capture_ts": h["ts"]})
 
     def flush_log(self, force: bool = False) -> None:
         if not self.pending_log:
@@ -237,7 +273,11 @@ class Collector:
         t = self.ledger.totals()
         elapsed = time.time() - self.started
         lat = np.percentile(self.e2e, [50, 99]) if self.e2e else (float("nan"), float("nan"))
-        fps = t.get("decided", 0) / elapsed if elapsed > 0 else 0.0
+        # decisions per second since the previous status line
+        now, decided = time.monotonic(), t.get("decided", 0)
+        last_t, last_n = self._status_mark
+        fps = (decided - last_n) / (now - last_t) if now > last_t else 0.0
+        self._status_mark = (now, decided)
         backend = ",".join(sorted(self.backends)) or "-"
         return (
             f"[{self.cfg.name} {elapsed:6.1f}s] frames={t.get('captured', 0)} "
@@ -267,6 +307,7 @@ class Collector:
             "processes": self.supervisor.get("pids", {}),
             "restarts": self.supervisor.get("restarts", {}),
             "ng_saved": getattr(self.ng_store, "saved", 0),
+            "ng_skipped": self.ng_writer.skipped if self.ng_writer else 0,
             "log_lost": self.log_lost,
         }
 
@@ -305,6 +346,8 @@ class Collector:
         pub.send_multipart([b"status", protocol.encode_header({**self.summary(), "final": True})])
 
     def close(self) -> None:
+        if self.ng_writer is not None:
+            self.ng_writer.close()
         if self.decision_log is not None:
             self.decision_log.close()
 

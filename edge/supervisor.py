@@ -211,13 +211,13 @@ class Supervisor:
             status.send(protocol.encode_header(header), zmq.NOBLOCK)
 
     # -- shutdown --------------------------------------------------------------------------
-    def stop_group(self, prefix: str, timeout_s: float) -> bool:
-        """SIGTERM the children whose role starts with ``prefix``; kill those still alive after the bound."""
+    def stop_group(self, prefix: str, deadline: float) -> bool:
+        """SIGTERM the children whose role starts with ``prefix``; kill those still alive at ``deadline``."""
         group = [c for c in self.children if c.role.startswith(prefix) and c.process is not None]
         for child in group:
             if child.process.is_alive():
                 child.process.terminate()
-        deadline = time.monotonic() + timeout_s
+        timeout_s = max(0.0, deadline - time.monotonic())
         clean = True
         for child in group:
             child.process.join(max(0.0, deadline - time.monotonic()))
@@ -232,10 +232,12 @@ class Supervisor:
         t = self.cfg.shutdown_timeout_s
         if not quiet:
             log.info("stopping: cameras, then draining for at most %.0f s", t)
-        clean = self.stop_group("camera:", t * 0.2)
-        clean &= self.stop_group("router", t * 0.5 + 1.0)
-        clean &= self.stop_group("worker:", t * 0.2)
-        clean &= self.stop_group("collector", t * 0.3 + 1.0)
+        # One overall bound, split in stages: each stage ends by its mark or is killed.
+        start = time.monotonic()
+        clean = self.stop_group("camera:", start + max(1.5, t * 0.25))
+        clean &= self.stop_group("router", start + t * 0.75)
+        clean &= self.stop_group("worker:", start + t * 0.85)
+        clean &= self.stop_group("collector", start + t)
         return EXIT_OK if clean else EXIT_FORCED
 
     def request_stop(self, *_: Any) -> None:

@@ -66,7 +66,8 @@ def _conv(
     )
     if not use_bn:
         return conv
-    bn = keras.layers.BatchNormalization(name=f"{name}_bn")
+    # momentum 0.9: short CPU runs otherwise evaluate with half-initialized moving statistics
+    bn = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")
     act = keras.layers.Activation(activation, name=f"{name}_{activation}")
     return lambda x: act(bn(conv(x)))
 

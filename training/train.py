@@ -160,8 +160,11 @@ def write_training_json(out: Path, cfg: dict[str, Any], summary: dict[str, Any],
     state = load_state(out) or {"epoch": 0, "step": 0}
     height, width = _input_hw(cfg, val_samples)
     ds = cfg["dataset"]
-    dataset: dict[str, Any] = {"kind": "dagm" if ds["kind"] == "synthetic" else ds["kind"], "root": ds["root"],
-                               "classes": ds["classes"]}
+    dataset: dict[str, Any] = {
+        "kind": "dagm" if ds["kind"] == "synthetic" else ds["kind"],
+        "root": str(Path(ds["root"]).resolve()),
+        "classes": ds["classes"],
+    }
     if ds["kind"] == "synthetic":
         dataset["synthetic"] = dict(ds["synthetic"])
     overall = summary["overall"]

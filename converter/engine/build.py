@@ -71,10 +71,18 @@ def network_from_onnx(logger, onnx_path: Path, strongly_typed: bool):
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        errors = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
         msg = f"{onnx_path}: TensorRT's ONNX parser failed: {' | '.join(errors[:3]) or 'no detail'}"
         raise EngineBuildError(msg)
     return builder, network, parser
+
+
+def _parser_error(error) -> str:
+    """One IParserError as "node (operator): description", as Polygraphy prints it."""
+    desc = error.desc() if hasattr(error, "desc") else str(error)
+    if hasattr(error, "node_name"):
+        return f"{error.node_name()} ({error.node_operator()}): {desc}"
+    return desc
 
 
 def make_progress_monitor(stream=sys.stderr):

@@ -41,6 +41,7 @@ class EngineRunner:
         self.input_name = ""
         self.output_name = ""
         self._ctx: DeviceContext | None = None
+        self._logger = None
         self._runtime = None
         self._engine = None
         self._context = None
@@ -81,8 +82,9 @@ class EngineRunner:
     def _deserialize(self) -> None:
         import tensorrt as trt
 
-        logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(logger)
+        # the logger and the runtime must outlive the engine they made
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
         if self._engine is None:
             msg = (
@@ -170,6 +172,7 @@ class EngineRunner:
             self._context = None
             self._engine = None
             self._runtime = None
+            self._logger = None
         self._ctx.free()
         self._ctx = None
 

@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_capture_ts ON decisions (capture_ts);
 """
-_SCHEMA_VERSION = 1
+# 2: frames are named (camera_id, epoch, seq), so a restarted camera's seq 0 is a new row
+_SCHEMA_VERSION = 2
 
 # Column name -> how a Python value is turned into what SQLite stores. numpy scalars
 # do not bind in sqlite3, so every number goes through int()/float().
@@ -160,14 +161,17 @@ class DecisionLog:
                 "decision log %s: WAL refused (journal_mode=%s); writes lock readers", self.path, mode
             )
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
+        # Check the version before creating anything, so an old file is refused untouched.
         version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            version = 1  # a file from before versioning: tables, no user_version
         if version == 0:
+            conn.executescript(_SCHEMA)
             conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         elif version != _SCHEMA_VERSION:
             msg = (
                 f"decision log {self.path} has schema version {version}, this lineside writes "
-                f"version {_SCHEMA_VERSION}; move the old file away or point decision_log.path elsewhere"
+                f"version {_SCHEMA_VERSION}; move the old file away or point sinks.decision_log elsewhere"
             )
             raise DecisionLogError(msg)
 

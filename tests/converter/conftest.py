@@ -2,12 +2,11 @@
 for real, and its exported model package. TensorFlow is imported only by the fixtures
 that need it, so the plain-Python tests run without it.
 
-``gpu`` tests are skipped here with the reason (no TensorRT, no pycuda or no GPU).
+``gpu`` tests are skipped with the reason by tests/conftest.py (no TensorRT, pycuda or GPU).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -17,35 +16,6 @@ import numpy as np
 import pytest
 
 SIZE = 64
-
-
-def _gpu_skip_reason() -> str | None:
-    for module, hint in (
-        ("tensorrt", "pip install tensorrt"),
-        ("pycuda", "pip install pycuda (needs CUDA_ROOT)"),
-    ):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed ({hint}); TensorRT tests run on a GPU box"
-    try:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        if cuda.Device.count() == 0:
-            return "no NVIDIA GPU visible to CUDA"
-    except Exception as exc:  # no driver, no device: any CUDA failure means skip
-        return f"CUDA is not usable here ({exc})"
-    return None
-
-
-def pytest_collection_modifyitems(config, items):
-    reason = None
-    checked = False
-    for item in items:
-        if "gpu" in item.keywords:
-            if not checked:
-                reason, checked = _gpu_skip_reason(), True
-            if reason:
-                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def write_defect_dataset(root: Path, count: int = 48, size: int = SIZE, seed: int = 0) -> Path:

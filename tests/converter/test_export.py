@@ -31,7 +31,8 @@ def test_package_from_trained_checkpoint(fp32_package, trained_checkpoint, datas
     model = onnx_graph.load(package.onnx_path())
     assert onnx_graph.opset(model) >= 17
     shape = onnx_graph.io_summary(model)["inputs"][0]["shape"]
-    assert isinstance(shape[0], str) and shape[1:] == [SIZE, SIZE, 1]  # dynamic batch, fixed H/W/C
+    assert shape == ["batch", SIZE, SIZE, 1]  # dynamic batch, fixed H/W/C
+    assert onnx_graph.io_summary(model)["outputs"][0]["shape"] == ["batch", SIZE, SIZE, 1]
 
     # the graph runs at several batch sizes and gives Keras' answer
     import keras

@@ -40,7 +40,11 @@ def line_config(tmp: Path, package: Path, cameras: list[dict], **over: Any) -> d
             "results": f"tcp://127.0.0.1:{free_port()}",
             "publish": f"tcp://127.0.0.1:{free_port()}",
         },
-        "sinks": {"decision_log": str(tmp / "decisions.sqlite"), "ng_store": str(tmp / "ng"), "ng_store_max_mb": 16},
+        "sinks": {
+            "decision_log": str(tmp / "decisions.sqlite"),
+            "ng_store": str(tmp / "ng"),
+            "ng_store_max_mb": 16,
+        },
         "metrics": {"port": free_port()},
         "status_interval_s": 1,
         "shutdown_timeout_s": 8,
@@ -53,7 +57,9 @@ def line_config(tmp: Path, package: Path, cameras: list[dict], **over: Any) -> d
     return cfg
 
 
-def synthetic_camera(cam_id: str, *, size: int, fps: float = 8, policy: str = "lossless", **options: Any) -> dict:
+def synthetic_camera(
+    cam_id: str, *, size: int, fps: float = 8, policy: str = "lossless", **options: Any
+) -> dict:
     return {
         "id": cam_id,
         "source": "synthetic",
@@ -126,7 +132,16 @@ class Daemon:
     def start(self) -> Daemon:
         path = self.tmp / "line.yaml"
         path.write_text(yaml.safe_dump(self.config))
-        argv = [sys.executable, "-m", "edge.cli", "run", "--config", str(path), "--summary", str(self.summary_path)]
+        argv = [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "run",
+            "--config",
+            str(path),
+            "--summary",
+            str(self.summary_path),
+        ]
         if self.duration:
             argv += ["--duration", str(self.duration)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -26,11 +26,17 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
     ("data", "expected"),
     [
         ({**GOOD, "camras": []}, "unknown key 'camras'; allowed here: name, model, cameras"),
-        ({**GOOD, "model": {"backend": "tensorrtx"}}, "model.backend is 'tensorrtx'; allowed: auto, onnxruntime"),
+        (
+            {**GOOD, "model": {"backend": "tensorrtx"}},
+            "model.backend is 'tensorrtx'; allowed: auto, onnxruntime",
+        ),
         ({**GOOD, "workers": {"count": "two"}}, "workers.count must be int, got 'two'"),
         ({**GOOD, "workers": {"max_batch": 0}}, "workers.max_batch is 0; must be between 1 and 256"),
         ({**GOOD, "cameras": []}, "cameras is empty"),
-        ({**GOOD, "cameras": [{"id": "a", "policy": "newest"}]}, "cameras[0].policy is 'newest'; allowed: latest"),
+        (
+            {**GOOD, "cameras": [{"id": "a", "policy": "newest"}]},
+            "cameras[0].policy is 'newest'; allowed: latest",
+        ),
         ({**GOOD, "cameras": [{"id": "a"}, {"id": "a"}]}, "cameras[1].id is 'a'; camera ids must be unique"),
         ({**GOOD, "cameras": [{"source": "folder"}]}, "cameras[0].options.path is missing"),
         ({**GOOD, "endpoints": {"publish": "http://x"}}, "endpoints.publish is 'http://x'; must start with"),

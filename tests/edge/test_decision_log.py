@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import sqlite3
 from contextlib import closing
 
@@ -148,3 +149,16 @@ def test_real_full_disk_raises_disk_full_error(tiny_fs):
     log.close()  # the checkpoint needs space too; close logs that and keeps the WAL
     with closing(sqlite3.connect(root / "decisions.sqlite")) as reader:
         assert reader.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == written
+
+
+def test_a_log_from_an_older_schema_is_refused_untouched(tmp_path: pathlib.Path) -> None:
+    """A v1 file (frames keyed by camera and seq only) would silently drop a restarted
+    camera's decisions as duplicates: it is refused with one line, not migrated in place."""
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE decisions (id INTEGER PRIMARY KEY, camera_id TEXT, seq INTEGER)")
+    with pytest.raises(DecisionLogError, match=r"schema version 1.*move the old file away"):
+        DecisionLog(path)
+    with sqlite3.connect(path) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(decisions)")]
+    assert columns == ["id", "camera_id", "seq"]

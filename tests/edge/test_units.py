@@ -1,0 +1,197 @@
+"""The daemon's parts one at a time: ledger, decisions, protocol, router, worker batching.
+
+The router and the worker run in-process here on real ZeroMQ inproc sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from edge import protocol
+from edge.accounting import Ledger
+from edge.config import parse_config
+from edge.postprocess import FAIL, NO_DECISION, PASS, DecisionRules, decide, merge_tiles
+
+
+# -- ledger -----------------------------------------------------------------------------
+def test_ledger_counts_each_frame_once_across_epochs() -> None:
+    led = Ledger()
+    led.captured("a", 1, 5)
+    assert led.decided("a", 1, 0, PASS)
+    assert led.dropped("a", 1, 1, "superseded")
+    assert not led.dropped("a", 1, 0, "worker_lost")  # decided already: a duplicate, not a drop
+    assert led.decided("a", 2, 0, FAIL)  # a restarted camera's seq 0 is a new frame
+    t = led.totals()
+    assert t["captured"] == 6  # 5 of epoch 1, 1 seen of epoch 2
+    assert (t["decided"], t["dropped"], t["in_flight"], t["duplicates"]) == (2, 1, 3, 1)
+    assert t["captured"] == t["decided"] + t["dropped"] + t["in_flight"]
+
+
+# -- decisions ----------------------------------------------------------------------------
+def prob_map(spots: list[tuple[int, int, int]], size: int = 64) -> np.ndarray:
+    p = np.zeros((size, size), np.float32)
+    for y, x, r in spots:
+        p[y - r : y + r, x - r : x + r] = 0.9
+    return p
+
+
+def test_decide_threshold_area_and_rules() -> None:
+    rules = DecisionRules(threshold=0.5, min_defect_area=16)
+    assert decide(np.zeros((64, 64), np.float32), rules).decision == PASS
+    small = decide(prob_map([(10, 10, 1)]), rules)  # 4 px < 16: noise
+    assert small.decision == PASS and small.defect_count == 0
+    d = decide(prob_map([(10, 10, 4), (40, 40, 3)]), rules)
+    assert (d.decision, d.defect_count, d.defect_area) == (FAIL, 2, 64 + 36)
+    assert sorted(d.boxes) == [[6, 6, 8, 8], [37, 37, 6, 6]]
+    assert int((d.mask > 0).sum()) == 100
+    tolerant = DecisionRules(threshold=0.5, min_defect_area=16, max_defect_area=200, max_defect_count=2)
+    assert decide(prob_map([(10, 10, 4), (40, 40, 3)]), tolerant).decision == PASS
+    ignore = np.full((64, 64), 255, np.uint8)
+    ignore[:20, :20] = 0
+    masked = DecisionRules(threshold=0.5, min_defect_area=16, ignore_mask=ignore)
+    assert decide(prob_map([(10, 10, 4)]), masked).decision == PASS
+
+
+def test_nan_output_is_no_decision_never_pass() -> None:
+    p = np.zeros((64, 64), np.float32)
+    p[3, 3] = np.nan
+    d = decide(p, DecisionRules())
+    assert d.decision == NO_DECISION and "NaN" in d.reason
+
+
+def test_tiles_merge_into_one_decision() -> None:
+    rules = DecisionRules(threshold=0.5, min_defect_area=4)
+    tiles = [decide(np.zeros((32, 32), np.float32), rules), decide(prob_map([(8, 8, 2)], 32), rules)]
+    merged = merge_tiles(tiles, [(0, 0), (0, 32)])
+    assert merged.decision == FAIL and merged.boxes == [[38, 6, 4, 4]]
+    nan = np.full((32, 32), np.nan, np.float32)
+    assert merge_tiles([tiles[1], decide(nan, rules)], [(0, 0), (0, 32)]).decision == NO_DECISION
+
+
+# -- protocol -----------------------------------------------------------------------------
+def test_frame_round_trip_and_validation() -> None:
+    image = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    header = protocol.frame_header("a", 7, 1.0, image, sent_ts=2.0, epoch=9)
+    decoded = protocol.decode_header(protocol.encode_header(header))
+    assert np.array_equal(protocol.image_from_frame(decoded, image.tobytes()), image)
+    with pytest.raises(protocol.ProtocolError, match="buffer has 11 bytes"):
+        protocol.image_from_frame(decoded, image.tobytes()[:-1])
+    with pytest.raises(protocol.ProtocolError, match="not allowed"):
+        protocol.image_from_frame({**decoded, "dtype": "object"}, b"")
+    with pytest.raises(protocol.ProtocolError, match="bad shape"):
+        protocol.image_from_frame({**decoded, "shape": [10**5, 10**5]}, b"")
+    with pytest.raises(protocol.ProtocolError, match="not JSON"):
+        protocol.decode_header(b"\xff")
+
+
+# -- router -------------------------------------------------------------------------------
+def cfg_for(package: Path | None = None, **workers: object) -> object:
+    data = {
+        "model": {"package": str(package or "pkg"), "backend": "onnxruntime", "threads": 1},
+        "cameras": [{"id": "a"}],
+        "workers": {"heartbeat_timeout_s": 0.3, **workers},
+        "metrics": {"port": 0},
+    }
+    return parse_config(data)
+
+
+def frame_parts(cam: str, seq: int, policy: str, size: int = 8) -> list[bytes]:
+    image = np.full((size, size), 100, np.uint8)
+    header = protocol.frame_header(cam, seq, time.time(), image, sent_ts=time.time(), policy=policy, epoch=1)
+    return [protocol.encode_header(header), image.tobytes()]
+
+
+def Msg(data: bytes) -> zmq.Frame:  # noqa: N802 (reads like the frames recv_multipart(copy=False) gives)
+    return zmq.Frame(data)
+
+
+def drain(sock: zmq.Socket) -> list[dict]:
+    out = []
+    while sock.poll(50):
+        out.append(json.loads(sock.recv_multipart()[0]))
+    return out
+
+
+def test_router_policies_credits_and_lost_worker() -> None:
+    from edge.router import Router
+
+    ctx = zmq.Context()
+    work = ctx.socket(zmq.ROUTER)
+    work.bind("inproc://work")
+    results_in = ctx.socket(zmq.PULL)
+    results_in.bind("inproc://results")
+    results = ctx.socket(zmq.PUSH)
+    results.connect("inproc://results")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.IDENTITY, b"w1")
+    dealer.connect("inproc://work")
+    try:
+        router = Router(cfg_for())
+        for seq in range(3):  # latest: only the freshest frame stays queued
+            router.on_frame([Msg(p) for p in frame_parts("live", seq, "latest")], results)
+        for seq in range(3):  # lossless: all stay
+            router.on_frame([Msg(p) for p in frame_parts("trig", seq, "lossless")], results)
+        assert router.stats_header()["queues"] == {"live": 1, "trig": 3}
+        router.on_frame([Msg(b"not json")], results)
+        assert router.malformed == 1
+
+        dealer.send(protocol.encode_header({"t": "ready", "worker": "w1", "credits": 2}))
+        ident, raw = work.recv_multipart()
+        router.on_worker([Msg(ident), Msg(raw)], results)
+        router.dispatch(work)
+        got = [json.loads(dealer.recv_multipart()[0]) for _ in range(2)]
+        assert not dealer.poll(100), "the router sent more frames than the worker asked for"
+        assert sorted((g["cam"], g["seq"]) for g in got) == [("live", 2), ("trig", 0)]
+
+        time.sleep(0.4)  # past the heartbeat timeout: the worker is declared lost
+        router.check_workers()
+        router.flush_drops(results)
+        drops = drain(results_in)
+        lost = sorted((d["cam"], s) for d in drops if d["reason"] == "worker_lost" for s in d["seqs"])
+        superseded = sorted(s for d in drops if d["reason"] == "superseded" for s in d["seqs"])
+        assert lost == [("live", 2), ("trig", 0)]
+        assert superseded == [0, 1]
+    finally:
+        for s in (work, results_in, results, dealer):
+            s.close(0)
+        ctx.term()
+
+
+# -- worker batching -------------------------------------------------------------------------
+def test_worker_sends_a_partial_batch_when_its_deadline_passes(trained_package: Path) -> None:
+    """One camera frame and no more: the batch goes out after max_wait_ms, not never."""
+    from edge.worker import open_worker
+
+    cfg = cfg_for(trained_package, max_batch=8, max_wait_ms=100)
+    worker = open_worker(cfg, "w-test")
+    ctx = zmq.Context()
+    results_in = ctx.socket(zmq.PULL)
+    results_in.bind("inproc://r")
+    results = ctx.socket(zmq.PUSH)
+    results.connect("inproc://r")
+    try:
+        size = worker.hw[0]
+        worker.on_frame([Msg(p) for p in frame_parts("a", 0, "lossless", size)], results)
+        assert len(worker.batch) == 1
+        start = time.monotonic()
+        while time.monotonic() - worker.batch[0].received < worker.max_wait:
+            time.sleep(0.005)
+        worker.process(results)
+        parts = results_in.recv_multipart()
+        header = json.loads(parts[0])
+        assert header["t"] == "result" and header["seq"] == 0
+        assert header["decision"] in (PASS, FAIL)
+        assert len(parts[1]) == size * size  # the mask travels with the result
+        assert time.monotonic() - start < 5
+        assert worker.done == [["a", 1, 0]]
+    finally:
+        worker.backend.deactivate()
+        results_in.close(0)
+        results.close(0)
+        ctx.term()

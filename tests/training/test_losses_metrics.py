@@ -1,0 +1,79 @@
+"""Losses and metrics against values computed by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.metrics import SegmentationScores, dice_iou, format_table, is_defective
+
+
+def test_dice_coefficient_and_losses_by_hand():
+    from training import losses
+
+    y_true = np.array([1, 1, 0, 0], np.float32).reshape(1, 2, 2, 1)
+    y_pred = np.array([1, 0.5, 0.5, 0], np.float32).reshape(1, 2, 2, 1)
+    # intersection 1.5, |A| + |B| = 2 + 2, smooth 1: (3 + 1) / (4 + 1)
+    assert float(losses.dice_coefficient(y_true, y_pred)) == pytest.approx(0.8)
+    assert float(losses.dice_loss(y_true, y_pred)) == pytest.approx(0.2)
+    clipped = np.clip(y_pred, 1e-7, 1 - 1e-7)
+    bce = -np.mean(y_true * np.log(clipped) + (1 - y_true) * np.log(1 - clipped))
+    assert float(losses.bce_loss(y_true, y_pred)) == pytest.approx(bce, rel=1e-4)
+    assert float(losses.bce_dice_loss(y_true, y_pred)) == pytest.approx(bce + 0.2, rel=1e-4)
+    # Dice loss 0.2 < 0.3: the adaptive loss is the Dice loss
+    assert float(losses.adaptive_loss(y_true, y_pred)) == pytest.approx(0.2)
+    # a poor prediction (Dice loss >= 0.3): the adaptive loss is the BCE
+    poor = np.array([0.2, 0.1, 0.9, 0.4], np.float32).reshape(1, 2, 2, 1)
+    assert float(losses.dice_loss(y_true, poor)) >= 0.3
+    assert float(losses.adaptive_loss(y_true, poor)) == pytest.approx(float(losses.bce_loss(y_true, poor)))
+    with pytest.raises(ValueError, match="allowed: bce, dice, adaptive, bce_dice"):
+        losses.get_loss("focal")
+
+
+def test_dice_iou_by_hand():
+    mask = np.zeros((4, 4))
+    mask[0, :] = 1  # 4 pixels
+    prob = np.zeros((4, 4))
+    prob[0, :2] = 0.9  # 2 hits
+    prob[1, :2] = 0.6  # 2 false positives at 0.5, none at 0.75
+    dice, iou = dice_iou(prob, mask, 0.5)
+    assert dice == pytest.approx(2 * 2 / (4 + 4), abs=1e-5) and iou == pytest.approx(2 / 6, abs=1e-5)
+    dice, iou = dice_iou(prob, mask, 0.75)
+    assert dice == pytest.approx(4 / 6, abs=1e-5) and iou == pytest.approx(2 / 4, abs=1e-5)
+    assert dice_iou(np.zeros((4, 4)), np.zeros((4, 4)), 0.5) == (1.0, 1.0)
+
+
+def test_minimum_area_rule():
+    prob = np.zeros((20, 20))
+    prob[2:5, 2:5] = 0.9  # 9 px
+    prob[10:13, 10:13] = 0.9  # 9 px, separate: neither region reaches 16
+    assert not is_defective(prob, 0.5, 16)
+    assert is_defective(prob, 0.5, 9)
+    prob[5, 2:5] = 0.9
+    prob[6:10, 4] = 0.9  # joins the two squares diagonally into one 16+ px region
+    prob[9, 4:10] = 0.9
+    assert is_defective(prob, 0.5, 16)
+
+
+def test_image_level_rates_per_class():
+    scores = SegmentationScores(threshold=0.5, min_defect_area=4)
+    hit = np.zeros((8, 8))
+    hit[:3, :3] = 1
+    miss = np.zeros((8, 8))
+    # class 1: two defective images (one found), one clean image (correct)
+    scores.add(hit, hit, class_id=1)
+    scores.add(miss, hit, class_id=1)
+    scores.add(miss, miss, class_id=1)
+    # class 2: one clean image with a false alarm
+    scores.add(hit, miss, class_id=2)
+    summary = scores.summary()
+    c1, c2, overall = summary["per_class"]["1"], summary["per_class"]["2"], summary["overall"]
+    assert (c1["tp"], c1["fn"], c1["tn"], c1["fp"]) == (1, 1, 1, 0)
+    assert c1["tpr"] == 0.5 and c1["tnr"] == 1.0
+    assert c2["tpr"] is None and c2["tnr"] == 0.0
+    assert overall["tnr"] == 0.5 and overall["accuracy"] == 0.5
+    # Dice over defective images: (1 + ~0) / 2; over all images the clean correct one adds a 1
+    assert c1["dice"]["0.5"] == pytest.approx(0.5, abs=1e-4)
+    assert c1["dice_all_images"]["0.5"] == pytest.approx(2 / 3, abs=1e-4)
+    table = format_table(summary)
+    assert "     1 " in table and "   all " in table and "50.0%" in table

@@ -1,0 +1,105 @@
+"""Each model builds for any size that divides by its stride, loads without custom objects and learns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.models import ModelError, build_model, check_input_size
+
+MODELS = {
+    "tinyunet": {"architecture": "tinyunet", "base_filters": 4, "batch_norm": False},
+    "tinyunet_bn": {"architecture": "tinyunet", "base_filters": 4, "batch_norm": True},
+    "unet_lowered": {"architecture": "unet_lowered", "base_filters": 4, "dropout": 0.1},
+    "mobilenetv2_unet": {"architecture": "mobilenetv2_unet", "base_filters": 2, "alpha": 0.35},
+}
+
+
+def _model_cfg(**kw):
+    from training.config import load_config
+
+    return load_config({"dataset": {"root": "x"}, "model": kw})["model"]
+
+
+def test_tinyunet_matches_nvidia_block_structure():
+    model = build_model(_model_cfg(architecture="tinyunet", base_filters=32))
+    convs = {layer.name: layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"}
+    # input block and 3 down blocks of 2 convs, bottleneck, 3 up blocks, output block
+    assert [convs[f"{b}_conv1"].filters for b in ("input_block", "down_1", "down_2", "down_3")] == [32, 32, 64, 128]
+    assert convs["bottleneck_conv2"].filters == 256 and convs["bottleneck_upconv"].kernel_size == (2, 2)
+    assert [convs[f"up_{i}_conv2"].filters for i in (1, 2, 3)] == [64, 32, 16]
+    assert convs["output_logits"].kernel_size == (1, 1) and convs["output_logits"].filters == 1
+    assert sum(layer.__class__.__name__ == "MaxPooling2D" for layer in model.layers) == 4
+    assert sum(layer.__class__.__name__ == "UpSampling2D" for layer in model.layers) == 4
+    assert model.input_shape == (None, None, None, 1) and model.output_shape == (None, None, None, 1)
+
+
+def test_unet_lowered_filters():
+    model = build_model(_model_cfg(architecture="unet_lowered", base_filters=16, dropout=0.5))
+    filters = [layer.filters for layer in model.layers if layer.name.endswith("_conv1")]
+    assert filters[:5] == [16, 32, 64, 128, 256]
+    assert sum(layer.__class__.__name__ == "Dropout" for layer in model.layers) == 2
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_builds_any_divisible_size_and_reloads(name, tmp_path):
+    import keras
+
+    model = build_model(_model_cfg(**MODELS[name]))
+    for h, w in ((64, 64), (64, 96)):
+        out = model.predict(np.zeros((1, h, w, 1), np.float32), verbose=0)
+        assert out.shape == (1, h, w, 1) and out.dtype == np.float32 and 0 <= out.min() <= out.max() <= 1
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, compile=False)
+    x = np.random.default_rng(0).random((1, 64, 64, 1)).astype(np.float32)
+    assert np.allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(MODELS))
+def test_model_trains_and_loss_goes_down(name):
+    import keras
+
+    from training.losses import bce_loss
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.5, 0.05, (8, 64, 64, 1)).astype(np.float32)
+    y = np.zeros_like(x)
+    for i in range(8):
+        r, c = rng.integers(8, 48, 2)
+        x[i, r : r + 8, c : c + 8] = 0.1
+        y[i, r : r + 8, c : c + 8] = 1
+    model = build_model(_model_cfg(**MODELS[name]))
+    model.compile(keras.optimizers.Adam(3e-3), loss=bce_loss)
+    history = model.fit(x, y, batch_size=4, epochs=6, verbose=0, shuffle=False).history["loss"]
+    assert history[-1] < 0.7 * history[0], history
+
+
+def test_mobilenet_encoder_weights_from_a_local_file(tmp_path):
+    import keras
+
+    cfg = MODELS["mobilenetv2_unet"]
+    model = build_model(_model_cfg(**cfg))
+    encoder_base = keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35)
+    weights = tmp_path / "encoder.weights.h5"
+    encoder_base.save_weights(weights)
+    loaded = build_model(_model_cfg(**cfg, encoder_weights=str(weights)))
+    encoder = loaded.get_layer("mobilenetv2_encoder")
+    assert np.array_equal(encoder.get_layer("Conv1").get_weights()[0], encoder_base.get_layer("Conv1").get_weights()[0])
+    # layers before freeze_until are frozen, the rest train
+    assert not encoder.get_layer("block_1_expand").trainable and encoder.get_layer("block_6_expand").trainable
+    assert model.count_params() == loaded.count_params()
+    with pytest.raises(ModelError, match="does not exist"):
+        build_model(_model_cfg(**cfg, encoder_weights=str(tmp_path / "missing.h5")))
+    with pytest.raises(ModelError, match="not a MobileNetV2 layer"):
+        build_model(_model_cfg(**cfg, freeze_until="block_99"))
+
+
+def test_input_size_check_names_a_valid_size():
+    check_input_size("tinyunet", 512, 496)
+    with pytest.raises(ModelError, match="divisible by 16; got 500x512, try 496x512"):
+        check_input_size("tinyunet", 500, 512)
+    with pytest.raises(ModelError, match="divisible by 32"):
+        check_input_size("mobilenetv2_unet", 1600, 240)

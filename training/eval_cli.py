@@ -1,0 +1,79 @@
+"""``lineside eval RUN``: score a trained model on its validation/test split, per class.
+
+Prints the per-class table, writes ``eval.json``, ``eval_grid.png`` (image | ground
+truth | prediction overlay) and ``curves.png`` (from ``history.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from converter.errors import LinesideError
+
+logger = logging.getLogger(__name__)
+
+
+class EvalError(LinesideError, ValueError):
+    """The run folder to evaluate is missing or incomplete."""
+
+
+def evaluate_run(
+    run: str | Path,
+    config: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    output: str | Path | None = None,
+    split: str = "validation",
+    n_examples: int = 6,
+) -> dict[str, Any]:
+    """Evaluate ``run/model.keras``; returns the summary and writes eval.json and the PNGs."""
+    run = Path(run)
+    model_path = run / "model.keras"
+    if not model_path.is_file():
+        msg = f"{model_path} does not exist; pass the output dir of `lineside train`"
+        raise EvalError(msg)
+    from training.config import load_config
+
+    if config is None:
+        recipe = run / "recipe.json"
+        if not recipe.is_file():
+            msg = f"{recipe} does not exist; pass --config with the recipe the model was trained with"
+            raise EvalError(msg)
+        config = json.loads(recipe.read_text())
+    cfg = load_config(config, overrides)
+    import keras
+
+    from training.datasets import load_splits
+    from training.evaluate import evaluate_model
+    from training.metrics import format_table
+    from training.plots import save_curves, save_grid
+
+    train_samples, val_samples = load_splits(cfg)
+    samples = val_samples if split == "validation" else train_samples
+    model = keras.models.load_model(model_path, compile=False)
+    summary, examples = evaluate_model(model, samples, cfg, n_examples=n_examples)
+    summary["split"] = split
+    summary["model"] = str(model_path)
+    out = Path(output) if output else run
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if examples:
+        save_grid(examples, out / "eval_grid.png", cfg["eval"]["threshold"])
+    history = run / "history.json"
+    if history.is_file():
+        save_curves(json.loads(history.read_text()), out / "curves.png")
+    print(format_table(summary))
+    print(f"wrote {out / 'eval.json'}, {out / 'eval_grid.png'}" + (", curves.png" if history.is_file() else ""))
+    return summary
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Handler of ``lineside eval``."""
+    from training.config import parse_override
+
+    overrides = dict(parse_override(text) for text in (args.set or []))
+    evaluate_run(args.run, args.config, overrides, args.output, args.split, args.examples)
+    return 0
