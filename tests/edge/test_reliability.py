@@ -107,8 +107,6 @@ def test_camera_stall_and_disconnect_give_no_decision_then_reconnect(
     assert max(b - a for a, b in itertools.pairwise(steady_ts)) < 1.0
     # Every decision except the two faults has a real frame behind it.
     assert all(r["decision"] in ("PASS", "FAIL") for r in flaky_results if r not in faults)
-    metrics = tmp_path / "metrics.txt"
-    assert not metrics.exists()  # nothing else writes here; the reconnects are checked in the log
     assert "flaky: connected" in daemon.output()
     assert daemon.output().count("flaky: camera fault") == 2
 

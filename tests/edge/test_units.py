@@ -107,7 +107,8 @@ def frame_parts(cam: str, seq: int, policy: str, size: int = 8) -> list[bytes]:
     return [protocol.encode_header(header), image.tobytes()]
 
 
-def Msg(data: bytes) -> zmq.Frame:  # noqa: N802 (reads like the frames recv_multipart(copy=False) gives)
+def Msg(data: bytes) -> zmq.Frame:
+    """A message frame as recv_multipart(copy=False) gives it."""
     return zmq.Frame(data)
 
 
