@@ -8,6 +8,7 @@ numbers do.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -99,3 +100,123 @@ def bench_backend(
             json.dumps({"backend": backend, "precision": precision, "rows": rows}, indent=2)
         )
     return rows
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pipeline_config(package_dir: str, cameras: int, workers: int, max_batch: int, threads: int) -> dict:
+    """A line that runs as fast as it can: synthetic cameras unthrottled, no sinks.
+
+    Cameras use the ``latest`` policy, so the end-to-end latency is that of a
+    saturated line that always inspects the freshest frame, not the age of a backlog.
+    """
+    package = ModelPackage.open(package_dir)
+    size = package.manifest.input.height
+    return {
+        "name": "bench",
+        "model": {"package": str(Path(package_dir).resolve()), "backend": "onnxruntime", "threads": threads},
+        "cameras": [
+            {
+                "id": f"cam{i + 1}",
+                "source": "synthetic",
+                "fps": 0,
+                "policy": "latest",
+                "max_age_ms": 0,
+                "options": {"size": size, "defect_rate": 0.3, "seed": i},
+            }
+            for i in range(cameras)
+        ],
+        "workers": {"count": workers, "max_batch": max_batch, "max_wait_ms": 20},
+        "endpoints": {"publish": f"tcp://127.0.0.1:{_free_port()}"},
+        "sinks": {"decision_log": "", "ng_store": ""},
+        "metrics": {"port": 0},
+        "status_interval_s": 3600,
+    }
+
+
+def measure_pipeline(cfg: dict, seconds: float, warmup_s: float = 5.0) -> dict:
+    """Run `lineside run` on ``cfg`` and count decisions on its publish socket after warm-up."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import yaml
+    import zmq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"result.")
+        sub.setsockopt(zmq.RCVHWM, 100000)
+        sub.connect(cfg["endpoints"]["publish"])
+        argv = [sys.executable, "-m", "edge.cli", "run", "--config", str(path)]
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        e2e: list[float] = []
+        first = None
+        count = 0
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                if not sub.poll(200):
+                    continue
+                _, header = sub.recv_multipart()[:2]
+                now = time.monotonic()
+                first = first or now
+                if now - first < warmup_s:
+                    continue
+                if now - first >= warmup_s + seconds:
+                    break
+                count += 1
+                e2e.append(json.loads(header)["latency_ms"]["end_to_end"])
+        finally:
+            proc.terminate()
+            err = proc.communicate(timeout=60)[1]
+            sub.close(0)
+            ctx.term()
+        if not e2e:
+            msg = f"the pipeline decided nothing; its log:\n{err[-2000:]}"
+            raise RuntimeError(msg)
+        return {
+            "img_per_s": count / seconds,
+            "e2e_p50_ms": float(np.percentile(e2e, 50)),
+            "e2e_p99_ms": float(np.percentile(e2e, 99)),
+        }
+
+
+def bench_pipeline(
+    package_dir: str,
+    cameras: int,
+    workers: list[int],
+    max_batch: int,
+    seconds: float,
+    threads: int,
+    json_path: str | None = None,
+) -> dict:
+    """The whole line against the bare backend, side by side in one run."""
+    print(f"== bare backend, batch {max_batch}")
+    bare = bench_backend(package_dir, "onnxruntime", "fp32", [max_batch], min(seconds, 10.0), threads)[0]
+    rows = []
+    print(f"== pipeline: {cameras} synthetic camera(s), unthrottled, latest; {seconds:.0f} s after warm-up")
+    print(f"{'workers':>7} {'img/s':>8} {'vs bare':>8} {'e2e p50':>9} {'e2e p99':>9}")
+    for n in workers:
+        # Split the cores between workers so they do not fight over them.
+        per_worker = threads or max(1, (os.cpu_count() or 1) // n)
+        row = measure_pipeline(pipeline_config(package_dir, cameras, n, max_batch, per_worker), seconds)
+        row.update(workers=n, ratio_vs_bare=row["img_per_s"] / bare["img_per_s"])
+        rows.append(row)
+        print(
+            f"{n:>7} {row['img_per_s']:>8.1f} {row['ratio_vs_bare']:>7.2f}x "
+            f"{row['e2e_p50_ms']:>7.0f}ms {row['e2e_p99_ms']:>7.0f}ms"
+        )
+    out = {"bare": bare, "pipeline": rows, "cameras": cameras, "max_batch": max_batch}
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=2))
+    return out

@@ -47,6 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="time per batch size")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = all cores)")
     p.add_argument("--json", default=None, help="also write the figures as JSON here")
+    p.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="run the whole line (cameras, router, workers, collector); compare its img/s with the bare backend",
+    )
+    p.add_argument("--cameras", type=int, default=2, help="--pipeline: synthetic cameras")
+    p.add_argument("--workers", default="1,2", help="--pipeline: comma-separated worker counts to compare")
     p.set_defaults(func=cmd_bench)
 
     register_demo(sub)
@@ -115,6 +122,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from edge.bench import bench_backend
 
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
+    if args.pipeline:
+        from edge.bench import bench_pipeline
+
+        workers = [int(w) for w in args.workers.split(",") if w.strip()]
+        bench_pipeline(
+            args.package, args.cameras, workers, max(batches), args.seconds, args.threads, args.json
+        )
+        return 0
     bench_backend(args.package, args.backend, args.precision, batches, args.seconds, args.threads, args.json)
     return 0
 

@@ -196,3 +196,39 @@ def test_worker_sends_a_partial_batch_when_its_deadline_passes(trained_package: 
         results_in.close(0)
         results.close(0)
         ctx.term()
+
+
+def test_a_frame_larger_than_the_model_is_tiled_and_joined(trained_package: Path) -> None:
+    """A strip wider than the model input becomes tiles; their results join into one decision."""
+    from edge.worker import open_worker
+
+    cfg = cfg_for(trained_package, max_batch=8, max_wait_ms=0)
+    worker = open_worker(cfg, "w-tiles")
+    ctx = zmq.Context()
+    results_in = ctx.socket(zmq.PULL)
+    results_in.bind("inproc://tiles")
+    results = ctx.socket(zmq.PUSH)
+    results.connect("inproc://tiles")
+    try:
+        h, w = worker.hw
+        strip = np.full((h, 3 * w + w // 2), 128, np.uint8)  # 3.5 model widths: 4 tiles, one overlapping
+        header = protocol.frame_header("strip", 0, time.time(), strip, sent_ts=time.time(), epoch=1)
+        worker.on_frame([Msg(protocol.encode_header(header)), Msg(strip.tobytes())], results)
+        worker.process(results)
+        parts = results_in.recv_multipart()
+        result = json.loads(parts[0])
+        assert not results_in.poll(100), "a tiled frame must give exactly one result"
+        assert result["mask_shape"] == [h, strip.shape[1]]
+        assert len(parts[1]) == strip.size
+        assert result["decision"] in (PASS, FAIL, NO_DECISION)
+        narrow = np.zeros((h // 2, w // 2), np.uint8)  # smaller than the model: refused, not guessed
+        header = protocol.frame_header("strip", 1, time.time(), narrow, sent_ts=time.time(), epoch=1)
+        worker.on_frame([Msg(protocol.encode_header(header)), Msg(narrow.tobytes())], results)
+        worker.process(results)
+        refused = json.loads(results_in.recv_multipart()[0])
+        assert refused["decision"] == NO_DECISION and "wrong shape" in refused["reason"]
+    finally:
+        worker.backend.deactivate()
+        results_in.close(0)
+        results.close(0)
+        ctx.term()

@@ -1,0 +1,87 @@
+"""``train()``: the checkpoint contract, resume from the saved step, same seed gives the same model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.training.conftest import tiny_recipe
+
+pytestmark = pytest.mark.slow
+
+
+def test_checkpoint_contract(trained_run):
+    import keras
+
+    info = json.loads((trained_run / "training.json").read_text())
+    assert info["architecture"] == "tinyunet"
+    assert info["input"] == {"height": 64, "width": 64, "channels": 1}
+    assert info["normalization"] == "zero_one" and info["threshold"] == 0.5 and info["min_defect_area"] == 4
+    assert info["dataset"]["kind"] == "dagm" and info["dataset"]["classes"] == [1, 2]
+    assert info["seed"] == 3 and info["model_file"] == "model.keras" and info["epochs_done"] == 2
+    assert info["steps_done"] == 6
+    for key in ("dice", "iou", "tpr", "tnr", "per_class"):
+        assert key in info["metrics"]
+    assert info["metrics"]["images"] == 8 and set(info["metrics"]["per_class"]) == {"1", "2"}
+    model = keras.models.load_model(trained_run / info["model_file"], compile=False)
+    out = model.predict(np.zeros((1, 64, 64, 1), np.float32), verbose=0)
+    assert out.shape == (1, 64, 64, 1)
+    history = json.loads((trained_run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2] and all("loss" in h for h in history)
+
+
+def test_model_file_loads_without_the_training_package(trained_run):
+    """The converter loads model.keras with plain Keras; no custom object may be needed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, keras; "
+        f"m = keras.models.load_model({str(trained_run / 'model.keras')!r}, compile=False); "
+        "assert 'training' not in sys.modules; print(m.output_shape)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(None, None, None, 1)" in result.stdout
+
+
+def _weights(run):
+    import keras
+
+    return keras.models.load_model(run / "model.keras", compile=False).get_weights()
+
+
+def test_resume_continues_from_the_saved_step(dagm_root, tmp_path, trained_run):
+    from training.callbacks import load_state
+    from training.train import train
+
+    out = tmp_path / "resumed"
+    # "interrupted" after epoch 1 of 2
+    train(tiny_recipe(dagm_root, out, epochs=1))
+    assert load_state(out) == {"epoch": 1, "step": 3}
+    train(tiny_recipe(dagm_root, out, epochs=2))
+    assert load_state(out) == {"epoch": 2, "step": 6}
+    info = json.loads((out / "training.json").read_text())
+    assert info["epochs_done"] == 2 and info["steps_done"] == 6
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    # the resumed run ends where the uninterrupted run with the same seed ended
+    for resumed, straight in zip(_weights(out), _weights(trained_run), strict=True):
+        assert np.allclose(resumed, straight, atol=1e-5)
+    # a finished run is not trained again
+    train(tiny_recipe(dagm_root, out, epochs=2))
+    assert load_state(out) == {"epoch": 2, "step": 6}
+
+
+def test_same_seed_same_model(dagm_root, tmp_path, trained_run):
+    from training.train import train
+
+    again = train(tiny_recipe(dagm_root, tmp_path / "again"))
+    for a, b in zip(_weights(again), _weights(trained_run), strict=True):
+        assert np.array_equal(a, b)
+    other = tiny_recipe(dagm_root, tmp_path / "other", epochs=1)
+    other["seed"] = 4
+    first_layer_other = _weights(train(other))[0]
+    assert not np.array_equal(first_layer_other, _weights(trained_run)[0])
