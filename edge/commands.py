@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--pipeline",
         action="store_true",
-        help="run the whole line (cameras, router, workers, collector); compare its img/s with the bare backend",
+        help="run the whole line (cameras to collector) and compare its img/s with the bare backend",
     )
     p.add_argument("--cameras", type=int, default=2, help="--pipeline: synthetic cameras")
     p.add_argument("--workers", default="1,2", help="--pipeline: comma-separated worker counts to compare")
