@@ -40,7 +40,8 @@ def add_variants(
 ) -> ModelPackage:
     """Make, gate and write the requested variants of ``package``; returns it re-opened.
 
-    Raises GateError (nothing written for that precision) when a graph fails its gate.
+    Raises GateError when a graph fails its gate: nothing is written for that precision, and
+    the variants that passed before it stay written and recorded in the manifest.
     """
     m = package.manifest
     if not precisions and not folded:
@@ -74,6 +75,7 @@ def add_variants(
         )
         _save(model, package.root / FILES["fp16"])
         m.files["fp16"], m.gates["fp16"] = FILES["fp16"], report.to_dict()
+        m.save(package.root)  # a later gate failing must not orphan this graph
     if "int8" in precisions:
         from converter.int8 import DEFAULT_CALIBRATION, make_int8
 
@@ -90,6 +92,7 @@ def add_variants(
         gate = report.to_dict()
         gate["calibration"] = {"images": len(calib_set), "method": int8_method or DEFAULT_CALIBRATION}
         m.files["int8"], m.gates["int8"] = FILES["int8"], gate
+        m.save(package.root)
     if folded:
         from converter.folded import check_fold, fold
 
@@ -97,5 +100,5 @@ def add_variants(
         report = check_fold(fp32, model, gate_set.images, m.normalization, m.threshold)
         _save(model, package.root / FILES["uint8"])
         m.files["uint8"], m.gates["uint8"] = FILES["uint8"], report.to_dict()
-    m.save(package.root)
+        m.save(package.root)
     return ModelPackage.open(package.root)

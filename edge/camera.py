@@ -12,6 +12,7 @@ import collections
 import concurrent.futures
 import hashlib
 import logging
+import queue
 import signal
 import threading
 import time
@@ -45,6 +46,26 @@ def build_source(cam: CameraConfig) -> FrameSource:
     return make_source(cam.source, **options)
 
 
+class _CaptureThread:
+    """A daemon thread that runs capture calls one at a time.
+
+    Daemon, so that a capture stuck forever in a C library cannot keep the
+    camera process from exiting (a ThreadPoolExecutor thread would be joined).
+    """
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="capture", daemon=True).start()
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            fn, future = job
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the caller, which decides
+                future.set_exception(exc)
+
+
 class DeadlineReader:
     """Runs ``open``/``read`` of a source in a helper thread with a deadline.
 
@@ -58,12 +79,13 @@ class DeadlineReader:
         self.stop = stop
         #: off for sources that enforce their own deadlines (OpenCV): one hand-off is enough
         self.enabled = enabled
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="capture")
+        self._thread = _CaptureThread() if enabled else None
 
     def call(self, fn: Any, timeout_s: float, what: str) -> Any:
-        if not self.enabled:
+        if self._thread is None:
             return fn()
-        future = self._pool.submit(fn)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._thread.jobs.put((fn, future))
         deadline = time.monotonic() + timeout_s
         while not future.done():
             left = deadline - time.monotonic()
@@ -76,12 +98,13 @@ class DeadlineReader:
         return future.result()
 
     def _abandon(self) -> None:
-        """Leave the stuck thread behind; the next call gets a fresh one."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="capture")
+        """Leave the stuck thread behind (it ends once its call returns); use a fresh one."""
+        self._thread.jobs.put(None)
+        self._thread = _CaptureThread()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._thread is not None:
+            self._thread.jobs.put(None)
 
 
 def frame_digest(image: np.ndarray) -> bytes:

@@ -31,7 +31,11 @@ def make_progress_callback(steps_per_epoch: int, epochs: int):
     class TqdmProgress(_keras_callback_base()):
         def on_epoch_begin(self, epoch, logs=None):
             self.bar = tqdm(
-                total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=True, mininterval=2.0
+                total=steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{epochs}",
+                unit="step",
+                leave=True,
+                mininterval=2.0,
             )
 
         def on_train_batch_end(self, batch, logs=None):
@@ -57,15 +61,15 @@ def restore(model, output_dir: Path) -> dict[str, Any] | None:
     if state is None:
         return None
     ckpt = output_dir / CHECKPOINT_DIR
-    model.load_weights(str(ckpt / WEIGHTS_FILE))
     opt = model.optimizer
-    opt.build(model.trainable_variables)
+    opt.build(model.trainable_variables)  # before load_weights, so the optimizer slots exist
+    model.load_weights(str(ckpt / WEIGHTS_FILE))
     saved = np.load(ckpt / OPTIMIZER_FILE)
     values = [saved[f"v{i}"] for i in range(len(saved.files))]
     if len(values) != len(opt.variables):
         from converter.errors import LinesideError
 
-        msg = f"checkpoint {ckpt} was written by another model or optimizer; delete it or use another output_dir"
+        msg = f"checkpoint {ckpt} is from another model or optimizer; delete it or use another output_dir"
         raise LinesideError(msg)
     for var, value in zip(opt.variables, values, strict=True):
         var.assign(value)
@@ -83,7 +87,8 @@ def make_checkpoint_callback(output_dir: Path):
         def on_epoch_end(self, epoch, logs=None):
             model = self.model
             model.save_weights(str(ckpt / ("tmp." + WEIGHTS_FILE)))
-            np.savez(ckpt / ("tmp." + OPTIMIZER_FILE), **{f"v{i}": np.asarray(v) for i, v in enumerate(model.optimizer.variables)})
+            slots = {f"v{i}": np.asarray(v) for i, v in enumerate(model.optimizer.variables)}
+            np.savez(ckpt / ("tmp." + OPTIMIZER_FILE), **slots)
             (ckpt / ("tmp." + WEIGHTS_FILE)).replace(ckpt / WEIGHTS_FILE)
             (ckpt / ("tmp." + OPTIMIZER_FILE)).replace(ckpt / OPTIMIZER_FILE)
             history = json.loads(history_path.read_text()) if history_path.is_file() else []

@@ -18,8 +18,13 @@ def _overrides(args: argparse.Namespace) -> dict:
     from training.config import parse_override
 
     out = dict(parse_override(text) for text in (args.set or []))
-    for key, attr in (("train.epochs", "epochs"), ("train.output_dir", "output"), ("seed", "seed"),
-                      ("train.mixed_precision", "mixed_precision"), ("train.strategy", "strategy")):
+    for key, attr in (
+        ("train.epochs", "epochs"),
+        ("train.output_dir", "output"),
+        ("seed", "seed"),
+        ("train.mixed_precision", "mixed_precision"),
+        ("train.strategy", "strategy"),
+    ):
         value = getattr(args, attr, None)
         if value is not None:
             out[key] = str(value) if attr == "output" else value
@@ -30,8 +35,13 @@ def _synth(args: argparse.Namespace) -> int:
     from converter.synthetic import write_dagm
 
     summary = write_dagm(
-        args.output, classes=tuple(args.classes), n_train=args.n_train, n_test=args.n_test,
-        size=args.size, defect_fraction=args.defect_fraction, seed=args.seed,
+        args.output,
+        classes=tuple(args.classes),
+        n_train=args.n_train,
+        n_test=args.n_test,
+        size=args.size,
+        defect_fraction=args.defect_fraction,
+        seed=args.seed,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -43,7 +53,10 @@ def _train(args: argparse.Namespace) -> int:
     out = train(args.config, _overrides(args))
     info = json.loads((out / "training.json").read_text())
     m = info["metrics"]
-    print(f"model: {out / info['model_file']}  epochs: {info['epochs_done']}  train time: {info['train_seconds']} s")
+    print(
+        f"model: {out / info['model_file']}  epochs: {info['epochs_done']}  "
+        f"train time: {info['train_seconds']} s"
+    )
     print(f"{m['split']}: Dice {m['dice']:.4f}  TPR {m['tpr']}  TNR {m['tnr']}  ({m['images']} images)")
     return 0
 
@@ -69,18 +82,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a segmentation model from a recipe (configs/train/*.yaml)")
     p.add_argument("config", type=Path, help="recipe YAML, e.g. configs/train/demo.yaml")
     p.add_argument("-o", "--output", type=Path, help="output dir (overrides train.output_dir)")
-    p.add_argument("--epochs", type=int, help="overrides train.epochs; more epochs than a finished run resumes it")
+    p.add_argument(
+        "--epochs", type=int, help="overrides train.epochs; more epochs than a finished run resumes it"
+    )
     p.add_argument("--seed", type=int, help="overrides seed")
     p.add_argument("--mixed-precision", action="store_const", const=True, help="mixed_float16 (GPUs)")
-    p.add_argument("--strategy", choices=("default", "mirrored", "multi_worker"), help="tf.distribute strategy")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any recipe key, e.g. input.crop=128")
+    p.add_argument(
+        "--strategy", choices=("default", "mirrored", "multi_worker"), help="tf.distribute strategy"
+    )
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override any recipe key, e.g. input.crop=128"
+    )
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="evaluate a trained model: per-class table, JSON, PNG grid and curves")
     p.add_argument("run", type=Path, help="a training output dir (holds model.keras and training.json)")
-    p.add_argument("--config", type=Path, help="recipe to take the data set from (default: the run's recipe.json)")
+    p.add_argument(
+        "--config", type=Path, help="recipe to take the data set from (default: the run's recipe.json)"
+    )
     p.add_argument("--split", choices=("validation", "train"), default="validation")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key, e.g. eval.threshold=0.75")
-    p.add_argument("-o", "--output", type=Path, help="where to write eval.json and the PNGs (default: the run dir)")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a recipe key, e.g. eval.threshold=0.75"
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, help="where to write eval.json and the PNGs (default: the run dir)"
+    )
     p.add_argument("--examples", type=int, default=6, help="images in the PNG grid")
     p.set_defaults(func=_eval)

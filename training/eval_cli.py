@@ -66,7 +66,9 @@ def evaluate_run(
     if history.is_file():
         save_curves(json.loads(history.read_text()), out / "curves.png")
     print(format_table(summary))
-    print(f"wrote {out / 'eval.json'}, {out / 'eval_grid.png'}" + (", curves.png" if history.is_file() else ""))
+    print(
+        f"wrote {out / 'eval.json'}, {out / 'eval_grid.png'}" + (", curves.png" if history.is_file() else "")
+    )
     return summary
 
 

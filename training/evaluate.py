@@ -38,19 +38,26 @@ def evaluate_model(
             check_input_size(cfg["model"]["architecture"], int(images.shape[1]), int(images.shape[2]))
             checked = True
         probs = np.asarray(model(images, training=False))
-        for image, mask, prob, class_id in zip(np.asarray(images), np.asarray(masks), probs, np.asarray(class_ids), strict=True):
+        for image, mask, prob, class_id in zip(
+            np.asarray(images), np.asarray(masks), probs, np.asarray(class_ids), strict=True
+        ):
             row = scores.add(prob[..., 0], mask[..., 0], int(class_id))
             bucket, want = (defective_ex, want_def) if row["defective"] else (clean_ex, want_clean)
             if len(bucket) < want:
                 pixels = np.clip((image[..., 0] - offset) / scale, 0, 255).round().astype(np.uint8)
-                bucket.append({"image": pixels, "mask": mask[..., 0], "prob": prob[..., 0], "class_id": int(class_id)})
-    examples = [e for pair in zip(defective_ex, clean_ex) for e in pair]
-    examples += defective_ex[len(clean_ex):] + clean_ex[len(defective_ex):]
+                bucket.append(
+                    {"image": pixels, "mask": mask[..., 0], "prob": prob[..., 0], "class_id": int(class_id)}
+                )
+    examples = [e for pair in zip(defective_ex, clean_ex, strict=False) for e in pair]
+    examples += defective_ex[len(clean_ex) :] + clean_ex[len(defective_ex) :]
     summary = scores.summary()
     overall = summary["overall"]
     logger.info(
         "evaluated %d images: Dice@%s %.4f, TPR %s, TNR %s",
-        overall["images"], ev["threshold"], overall["dice"][str(ev["threshold"])] or float("nan"),
-        overall["tpr"], overall["tnr"],
+        overall["images"],
+        ev["threshold"],
+        overall["dice"][str(ev["threshold"])] or float("nan"),
+        overall["tpr"],
+        overall["tnr"],
     )
     return summary, examples

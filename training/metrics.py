@@ -112,7 +112,10 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
 def format_table(summary: dict[str, Any]) -> str:
     """A per-class text table at the decision threshold (and Dice/IoU at 0.75, NVIDIA's reference)."""
     t = str(summary["threshold"])
-    header = f"{'class':>7} {'images':>6} {'defect':>6} {'Dice@' + t:>9} {'IoU@' + t:>9} {'IoU@0.75':>9} {'TPR':>7} {'TNR':>7}"
+    header = (
+        f"{'class':>7} {'images':>6} {'defect':>6} {'Dice@' + t:>9} {'IoU@' + t:>9} "
+        f"{'IoU@0.75':>9} {'TPR':>7} {'TNR':>7}"
+    )
     lines = [header, "-" * len(header)]
 
     def fmt(v: float | None, pct: bool = False) -> str:
@@ -123,8 +126,11 @@ def format_table(summary: dict[str, Any]) -> str:
     rows = [*summary["per_class"].items(), ("all", summary["overall"])]
     for name, s in rows:
         lines.append(
-            f"{name:>7} {s['images']:>6} {s['defective']:>6} {fmt(s['dice'].get(t)):>9} {fmt(s['iou'].get(t)):>9} "
+            f"{name:>7} {s['images']:>6} {s['defective']:>6} "
+            f"{fmt(s['dice'].get(t)):>9} {fmt(s['iou'].get(t)):>9} "
             f"{fmt(s['iou'].get('0.75')):>9} {fmt(s['tpr'], True):>7} {fmt(s['tnr'], True):>7}"
         )
-    lines.append(f"(Dice/IoU: mean over defective images; decision: region >= {summary['min_defect_area']} px)")
+    lines.append(
+        f"(Dice/IoU: mean over defective images; decision: region >= {summary['min_defect_area']} px)"
+    )
     return "\n".join(lines)

@@ -51,7 +51,7 @@ def _conv(
     activation: str | None = "relu",
     batch_norm: bool = False,
 ):
-    """Conv2D 'same' + ReLU, or Conv2D + BatchNorm + ReLU when ``batch_norm`` (converges far faster on a CPU)."""
+    """Conv2D 'same' + ReLU, or Conv2D + BatchNorm + ReLU when ``batch_norm`` (converges far faster)."""
     reg = keras.regularizers.L2(weight_decay) if weight_decay else None
     use_bn = batch_norm and activation is not None
     conv = keras.layers.Conv2D(
@@ -164,7 +164,12 @@ def build_unet_lowered(
 
 
 #: MobileNetV2 activations used as skips, at 1/2, 1/4, 1/8, 1/16 of the input, then the 1/32 bottleneck
-_MOBILENET_SKIPS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu")
+_MOBILENET_SKIPS = (
+    "block_1_expand_relu",
+    "block_3_expand_relu",
+    "block_6_expand_relu",
+    "block_13_expand_relu",
+)
 _MOBILENET_BOTTOM = "block_16_project"
 
 
@@ -198,7 +203,9 @@ def build_mobilenetv2_unet(
     if encoder_weights is not None:
         path = Path(encoder_weights)
         if not path.is_file():
-            msg = f"model.encoder_weights {path} does not exist; give a local MobileNetV2 weights file or null"
+            msg = (
+                f"model.encoder_weights {path} does not exist; give a local MobileNetV2 weights file or null"
+            )
             raise ModelError(msg)
         try:
             encoder_base.load_weights(str(path), skip_mismatch=False)
@@ -211,7 +218,9 @@ def build_mobilenetv2_unet(
     if freeze_until is not None:
         names = [layer.name for layer in encoder.layers]
         if freeze_until not in names:
-            msg = f"model.freeze_until {freeze_until!r} is not a MobileNetV2 layer, e.g. block_6_expand or null"
+            msg = (
+                f"model.freeze_until {freeze_until!r} is not a MobileNetV2 layer, e.g. block_6_expand or null"
+            )
             raise ModelError(msg)
         for layer in encoder.layers[: names.index(freeze_until)]:
             layer.trainable = False

@@ -76,7 +76,7 @@ def normalize(image, normalization: str):
 
 
 def _crop(image, mask, size: int, defect_fraction: float, seed):
-    """A size x size crop; with probability ``defect_fraction`` it contains a defect pixel when there is one."""
+    """A size x size crop; with probability ``defect_fraction`` it holds a defect pixel when there is one."""
     import tensorflow as tf
 
     shape = tf.shape(image)
@@ -101,9 +101,7 @@ def _crop(image, mask, size: int, defect_fraction: float, seed):
         l_ = tf.clip_by_value(cx - size // 2 + jitter[1], 0, w - size)
         return t, l_
 
-    top, left = tf.cond(
-        tf.logical_and(n_def > 0, u[2] < defect_fraction), around_defect, lambda: (top, left)
-    )
+    top, left = tf.cond(tf.logical_and(n_def > 0, u[2] < defect_fraction), around_defect, lambda: (top, left))
     return (
         tf.slice(image, [top, left, 0], [size, size, -1]),
         tf.slice(mask, [top, left, 0], [size, size, -1]),
@@ -111,7 +109,7 @@ def _crop(image, mask, size: int, defect_fraction: float, seed):
 
 
 def _augment(image, mask, aug: dict[str, Any], seed, square: bool):
-    """Flips, 90-degree rotations (square inputs only), brightness and contrast; image is float in [0, 255]."""
+    """Flips, 90-degree rotations (square inputs only), brightness, contrast; image is float in [0, 255]."""
     import tensorflow as tf
 
     s = tf.random.experimental.stateless_split(seed, 4)
@@ -133,7 +131,9 @@ def _augment(image, mask, aug: dict[str, Any], seed, square: bool):
     return tf.clip_by_value(image, 0.0, 255.0), mask
 
 
-def decoded_dataset(samples: list[Sample], input_cfg: dict[str, Any], image_size: list[int] | None, cache: bool):
+def decoded_dataset(
+    samples: list[Sample], input_cfg: dict[str, Any], image_size: list[int] | None, cache: bool
+):
     """(uint8 image, uint8 mask, class_id) per sample, decoded in parallel and optionally cached in memory."""
     import tensorflow as tf
 
@@ -203,4 +203,7 @@ def eval_dataset(samples: list[Sample], cfg: dict[str, Any], batch_size: int | N
         return normalize(image, inp["normalization"]), tf.cast(mask, tf.float32), class_id
 
     ds = base.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size or cfg["eval"]["batch_size"]).prefetch(tf.data.AUTOTUNE)
+    batch = batch_size or cfg["eval"]["batch_size"]
+    if cfg["dataset"]["kind"] == "folders" and not cfg["dataset"]["image_size"]:
+        batch = 1  # plain folders may mix image sizes, which cannot share a batch
+    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)

@@ -85,7 +85,6 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
     out.mkdir(parents=True, exist_ok=True)
 
     import keras
-    import tensorflow as tf
 
     from training.callbacks import make_checkpoint_callback, make_progress_callback, restore
     from training.datasets import load_splits
@@ -152,8 +151,9 @@ def _input_hw(cfg: dict[str, Any], val_samples) -> tuple[int, int]:
     return 512, 512
 
 
-def write_training_json(out: Path, cfg: dict[str, Any], summary: dict[str, Any], train_seconds: float,
-                        channels: int, val_samples) -> Path:
+def write_training_json(
+    out: Path, cfg: dict[str, Any], summary: dict[str, Any], train_seconds: float, channels: int, val_samples
+) -> Path:
     """Write the checkpoint manifest that ``lineside export`` reads."""
     from training.callbacks import load_state
 
@@ -186,8 +186,10 @@ def write_training_json(out: Path, cfg: dict[str, Any], summary: dict[str, Any],
             "tpr": overall["tpr"],
             "tnr": overall["tnr"],
             "accuracy": overall["accuracy"],
-            "per_class": {c: {"dice": s["dice"][t], "tpr": s["tpr"], "tnr": s["tnr"]}
-                          for c, s in summary["per_class"].items()},
+            "per_class": {
+                c: {"dice": s["dice"][t], "tpr": s["tpr"], "tnr": s["tnr"]}
+                for c, s in summary["per_class"].items()
+            },
         },
         "seed": cfg["seed"],
         "model_file": MODEL_FILE,

@@ -85,7 +85,7 @@ def _parser_error(error) -> str:
     return desc
 
 
-def make_progress_monitor(stream=sys.stderr):
+def make_progress_monitor(stream=None):
     """A trt.IProgressMonitor that prints phases and, at most every 2 s, step counts.
 
     Built inside a function so importing this module never needs TensorRT.
@@ -105,7 +105,12 @@ def make_progress_monitor(stream=sys.stderr):
             self._steps: dict[str, int] = {}
 
         def _print(self, text: str) -> None:
-            print(f"[{time.monotonic() - self._start:6.1f}s] {text}", file=stream, flush=True)
+            try:
+                print(
+                    f"[{time.monotonic() - self._start:6.1f}s] {text}", file=stream or sys.stderr, flush=True
+                )
+            except (OSError, ValueError) as exc:  # a closed terminal must not abort a build of minutes
+                log.debug("progress line lost: %s", exc)
 
         def phase_start(self, phase_name, parent_phase, num_steps):
             depth = self._depth.get(parent_phase, -1) + 1 if parent_phase else 0
@@ -284,9 +289,7 @@ def build_engine_for_package(
     )
     logger = trt.Logger(trt.Logger.WARNING)
     start = time.monotonic()
-    builder, network, _parser = network_from_onnx(
-        trt, logger, onnx_path, strongly_typed=not builder_flag_fp16
-    )
+    builder, network, _parser = network_from_onnx(logger, onnx_path, strongly_typed=not builder_flag_fp16)
     config = builder_config(
         builder,
         network,

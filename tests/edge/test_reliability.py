@@ -213,3 +213,36 @@ def test_sigterm_drains_within_bound_and_logs_every_decision(trained_package: Pa
     published = {(r["cam"], r["seq"]) for r in sub.results}
     assert published and published == logged
     print(f"SIGTERM drain took {took:.2f} s; {len(logged)} decisions logged")
+
+
+def readyz(port: int) -> dict:
+    import urllib.error
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as err:  # 503 carries the reasons
+        assert err.code == 503
+        return json.load(err)
+
+
+def test_readiness_goes_false_while_a_camera_is_silent(trained_package: Path, tmp_path: Path) -> None:
+    silent = synthetic_camera("silent", size=MODEL_SIZE, fps=10, seed=9, stall_at=20, stall_s=30.0)
+    silent.update(read_timeout_s=6.0, silent_after_s=2.0)
+    cfg = line_config(tmp_path, trained_package, [silent])
+    port = cfg["metrics"]["port"]
+    daemon, sub = start(tmp_path, cfg)
+    try:
+        assert sub.wait_for(lambda s: len(s.results) >= 10, 60), daemon.output()
+        assert readyz(port)["ready"] is True
+        # The camera hangs at frame 20; within silent_after_s (+ one stats period) readiness drops.
+        assert sub.wait_for(lambda s: not readyz(port)["ready"], 10), daemon.output()
+        reasons = readyz(port)["reasons"]
+        assert any("silent" in r for r in reasons), reasons
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            assert json.load(r)["alive"] is True  # silent camera: not ready, but the daemon is alive
+        # The read deadline ends the hang, the camera reconnects and the line is ready again.
+        assert sub.wait_for(lambda s: readyz(port)["ready"], 20), readyz(port)
+    finally:
+        daemon.terminate()
+    assert stop(daemon, sub) == 0, daemon.output()

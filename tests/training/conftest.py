@@ -6,11 +6,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from converter.synthetic import write_dagm  # noqa: E402
+from converter.synthetic import write_dagm
 
 
 def tiny_recipe(root: Path, out: Path, **train: object) -> dict:

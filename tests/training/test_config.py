@@ -30,12 +30,18 @@ def test_defaults_merge_and_overrides():
     ("recipe", "message"),
     [
         ({"modle": {}}, "unknown key 'modle'; allowed: name, seed, dataset"),
-        ({"model": {"architecture": "resnet"}}, "'model.architecture' is 'resnet'; allowed: tinyunet, unet_lowered"),
+        (
+            {"model": {"architecture": "resnet"}},
+            "'model.architecture' is 'resnet'; allowed: tinyunet, unet_lowered",
+        ),
         ({"loss": "focal"}, "'loss' is 'focal'; allowed: bce, dice, adaptive, bce_dice"),
         ({"input": {"normalization": "imagenet"}}, "allowed: zero_one, zero_centered"),
         ({"train": {"epochs": "ten"}}, "'train.epochs' must be int, got 'ten'"),
         ({"train": {"epochs": 0}}, "'train.epochs' is 0; it must be >= 1"),
-        ({"input": {"augment": {"rotate": True}}}, "unknown key 'input.augment.rotate'; allowed: flip, rot90"),
+        (
+            {"input": {"augment": {"rotate": True}}},
+            "unknown key 'input.augment.rotate'; allowed: flip, rot90",
+        ),
         ({"dataset": {"kind": "dagm", "root": ""}}, "'dataset.root'"),
         ({"dataset": {"classes": []}}, "'dataset.classes'"),
         ({"optimizer": {"name": "sgd"}}, "allowed: rmsprop, adam"),

@@ -30,7 +30,7 @@ def test_dagm_loader_reads_labels_and_selects_classes(dagm_root):
 def test_dagm_errors_name_the_path(dagm_root, tmp_path):
     with pytest.raises(DatasetError, match=r"Class9 does not exist; found: Class1, Class2"):
         load_dagm(dagm_root, [9])
-    with pytest.raises(DatasetError, match="DAGM root .*missing"):
+    with pytest.raises(DatasetError, match=r"DAGM root .*missing"):
         load_dagm(tmp_path / "missing", [1])
     broken = tmp_path / "broken"
     shutil.copytree(dagm_root / "Class1", broken / "Class1")
@@ -97,7 +97,9 @@ def test_severstal_loader_and_pipeline_decode_the_runs(tmp_path):
     assert not by_name["img2.jpg"].defective  # class 3 is not selected
     assert not by_name["img3.jpg"].defective and by_name["img3.jpg"].rle == ""
     cfg = load_config({"dataset": {"kind": "severstal", "root": str(tmp_path)}})
-    for (image, mask, _), sample in zip(decoded_dataset(samples, cfg["input"], None, False), samples, strict=True):
+    for (image, mask, _), sample in zip(
+        decoded_dataset(samples, cfg["input"], None, False), samples, strict=True
+    ):
         assert image.shape == (HEIGHT, WIDTH, 1) and image.dtype == tf.uint8
         expected = masks[Path(sample.image).name] if sample.defective else np.zeros((HEIGHT, WIDTH), np.uint8)
         assert np.array_equal(mask.numpy()[..., 0], expected)
@@ -114,7 +116,7 @@ def test_severstal_errors_name_the_file(tmp_path):
     with pytest.raises(DatasetError, match=r"train.csv:2: .*odd number"):
         load_severstal(tmp_path, classes=[1])
     (tmp_path / "train.csv").write_text("ImageId,ClassId,EncodedPixels\nnope.jpg,1,1 2\n")
-    with pytest.raises(DatasetError, match="missing from .*nope.jpg"):
+    with pytest.raises(DatasetError, match=r"missing from .*nope\.jpg"):
         load_severstal(tmp_path, classes=[1])
 
 

@@ -25,7 +25,12 @@ def test_tinyunet_matches_nvidia_block_structure():
     model = build_model(_model_cfg(architecture="tinyunet", base_filters=32))
     convs = {layer.name: layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"}
     # input block and 3 down blocks of 2 convs, bottleneck, 3 up blocks, output block
-    assert [convs[f"{b}_conv1"].filters for b in ("input_block", "down_1", "down_2", "down_3")] == [32, 32, 64, 128]
+    assert [convs[f"{b}_conv1"].filters for b in ("input_block", "down_1", "down_2", "down_3")] == [
+        32,
+        32,
+        64,
+        128,
+    ]
     assert convs["bottleneck_conv2"].filters == 256 and convs["bottleneck_upconv"].kernel_size == (2, 2)
     assert [convs[f"up_{i}_conv2"].filters for i in (1, 2, 3)] == [64, 32, 16]
     assert convs["output_logits"].kernel_size == (1, 1) and convs["output_logits"].filters == 1
@@ -83,12 +88,16 @@ def test_mobilenet_encoder_weights_from_a_local_file(tmp_path):
 
     cfg = MODELS["mobilenetv2_unet"]
     model = build_model(_model_cfg(**cfg))
-    encoder_base = keras.applications.MobileNetV2(input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35)
+    encoder_base = keras.applications.MobileNetV2(
+        input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35
+    )
     weights = tmp_path / "encoder.weights.h5"
     encoder_base.save_weights(weights)
     loaded = build_model(_model_cfg(**cfg, encoder_weights=str(weights)))
     encoder = loaded.get_layer("mobilenetv2_encoder")
-    assert np.array_equal(encoder.get_layer("Conv1").get_weights()[0], encoder_base.get_layer("Conv1").get_weights()[0])
+    assert np.array_equal(
+        encoder.get_layer("Conv1").get_weights()[0], encoder_base.get_layer("Conv1").get_weights()[0]
+    )
     # layers before freeze_until are frozen, the rest train
     assert not encoder.get_layer("block_1_expand").trainable and encoder.get_layer("block_6_expand").trainable
     assert model.count_params() == loaded.count_params()

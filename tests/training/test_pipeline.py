@@ -84,8 +84,12 @@ def test_augmentation_changes_brightness_and_contrast(dagm_root):
     from training.pipeline import train_dataset
 
     train, _ = load_dagm(dagm_root, [1])
-    plain = _cfg(dagm_root, crop=32, augment={"flip": False, "rot90": False, "brightness": 0.0, "contrast": 0.0})
-    jitter = _cfg(dagm_root, crop=32, augment={"flip": False, "rot90": False, "brightness": 0.3, "contrast": 0.3})
+    plain = _cfg(
+        dagm_root, crop=32, augment={"flip": False, "rot90": False, "brightness": 0.0, "contrast": 0.0}
+    )
+    jitter = _cfg(
+        dagm_root, crop=32, augment={"flip": False, "rot90": False, "brightness": 0.3, "contrast": 0.3}
+    )
     a = next(iter(train_dataset(train, plain, seed=4)))[0].numpy()
     b = next(iter(train_dataset(train, jitter, seed=4)))[0].numpy()
     assert a.shape == b.shape and not np.allclose(a, b)

@@ -20,7 +20,7 @@ def test_families_and_classes_cover_the_spec():
         assert kinds and set(kinds) <= set(synthetic.DEFECT_KINDS)
         used_kinds |= set(kinds)
     assert used_kinds == set(synthetic.DEFECT_KINDS)
-    with pytest.raises(LinesideError, match="allowed: 1..10"):
+    with pytest.raises(LinesideError, match=r"allowed: 1\.\.10"):
         synthetic.class_spec(11)
 
 
@@ -80,4 +80,7 @@ def test_write_dagm_layout(dagm_root):
                 assert label_path.is_file() == (flag == "1")
                 assert label_name == (label_path.name if flag == "1" else "0")
             assert sum(row[1] == "1" for row in rows) == n // 2
-    assert cv2.imread(str(dagm_root / "Class1" / "Train" / "0001.PNG"), cv2.IMREAD_UNCHANGED).shape == (64, 64)
+    assert cv2.imread(str(dagm_root / "Class1" / "Train" / "0001.PNG"), cv2.IMREAD_UNCHANGED).shape == (
+        64,
+        64,
+    )

@@ -42,7 +42,9 @@ def test_model_file_loads_without_the_training_package(trained_run):
         f"m = keras.models.load_model({str(trained_run / 'model.keras')!r}, compile=False); "
         "assert 'training' not in sys.modules; print(m.output_shape)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd="/"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "(None, None, None, 1)" in result.stdout
 
@@ -85,3 +87,28 @@ def test_same_seed_same_model(dagm_root, tmp_path, trained_run):
     other["seed"] = 4
     first_layer_other = _weights(train(other))[0]
     assert not np.array_equal(first_layer_other, _weights(trained_run)[0])
+
+
+def test_mixed_precision_run_saves_a_float32_model(dagm_root, tmp_path):
+    import keras
+
+    from training.train import train
+
+    out = train(tiny_recipe(dagm_root, tmp_path / "mp", epochs=1, mixed_precision=True))
+    try:
+        model = keras.models.load_model(out / "model.keras", compile=False)
+        # the exported graph must not inherit float16 compute from training
+        assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_distribution_strategies():
+    import tensorflow as tf
+
+    from training.config import ConfigError
+    from training.train import _strategy
+
+    assert isinstance(_strategy("mirrored"), tf.distribute.MirroredStrategy)
+    with pytest.raises(ConfigError, match="TF_CONFIG"):
+        _strategy("multi_worker")

@@ -47,7 +47,7 @@ def ensure_synthetic(root: str | Path, classes: list[int], params: dict[str, Any
         msg = f"{root} holds another synthetic set ({marker}); delete it or choose another dataset.root"
         raise DatasetError(msg)
     if root.exists() and any(root.iterdir()):
-        msg = f"{root} is not empty and holds no {SYNTHETIC_MARKER}; choose an empty dataset.root for synthetic data"
+        msg = f"{root} is not empty and holds no {SYNTHETIC_MARKER}; choose an empty dataset.root"
         raise DatasetError(msg)
     write_dagm(root, classes=classes, seed=seed, **params)
     marker.write_text(json.dumps(wanted, indent=2) + "\n")

@@ -33,7 +33,9 @@ class Sample:
     defective: bool = False
 
 
-def split_train_val(samples: list[Sample], train_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+def split_train_val(
+    samples: list[Sample], train_fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
     """Deterministic shuffled split; both parts keep at least one image when there are two or more."""
     import numpy as np
 

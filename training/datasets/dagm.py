@@ -43,7 +43,9 @@ def load_dagm_split(root: str | Path, class_id: int, split: str) -> list[Sample]
         found = sorted(p.name for p in root.glob("Class*") if p.is_dir())
         msg = f"DAGM class folder {class_dir} does not exist; found: {', '.join(found) or 'none'}"
         raise DatasetError(msg)
-    split_dir = require_dir(class_dir / split, "DAGM split folder", "DAGM has Train/ and Test/ in every ClassN")
+    split_dir = require_dir(
+        class_dir / split, "DAGM split folder", "DAGM has Train/ and Test/ in every ClassN"
+    )
     label_dir = split_dir / "Label"
     images = sorted(p for p in split_dir.iterdir() if p.suffix in _IMAGE_SUFFIXES and p.is_file())
     if not images:
@@ -58,14 +60,23 @@ def load_dagm_split(root: str | Path, class_id: int, split: str) -> list[Sample]
         if listed is not None and listed.get(image.name):
             label = label_dir / listed[image.name]
             if not label.is_file():
-                msg = f"{label_dir / 'Labels.txt'} names {listed[image.name]} for {image.name}, but {label} is missing"
+                msg = (
+                    f"{label_dir / 'Labels.txt'} names {label.name} for {image.name}, but {label} is missing"
+                )
                 raise DatasetError(msg)
         defective = label.is_file()
         samples.append(
-            Sample(image=str(image), mask=str(label) if defective else "", class_id=class_id, defective=defective)
+            Sample(
+                image=str(image), mask=str(label) if defective else "", class_id=class_id, defective=defective
+            )
         )
-    logger.debug("DAGM Class%d/%s: %d images, %d defective", class_id, split, len(samples),
-                 sum(s.defective for s in samples))
+    logger.debug(
+        "DAGM Class%d/%s: %d images, %d defective",
+        class_id,
+        split,
+        len(samples),
+        sum(s.defective for s in samples),
+    )
     return samples
 
 

@@ -55,7 +55,9 @@ def _pairs_per_id(train_dir: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def load_folders(root: str | Path, train_fraction: float = 0.85, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+def load_folders(
+    root: str | Path, train_fraction: float = 0.85, seed: int = 0
+) -> tuple[list[Sample], list[Sample]]:
     """(train, validation) samples from either layout; a mask decides whether an image is defective."""
     root = require_dir(root, "image folder root", "it must hold images/ + masks/, or train/<id>/images/")
     if (root / "images").is_dir():
@@ -63,7 +65,9 @@ def load_folders(root: str | Path, train_fraction: float = 0.85, seed: int = 0) 
     elif (root / "train").is_dir():
         pairs = _pairs_per_id(root / "train")
     else:
-        msg = f"{root} holds neither images/ + masks/ nor train/<id>/images/<id>.png; use one of these layouts"
+        msg = (
+            f"{root} holds neither images/ + masks/ nor train/<id>/images/<id>.png; use one of these layouts"
+        )
         raise DatasetError(msg)
     if not pairs:
         msg = f"{root} holds no images with masks"

@@ -20,7 +20,9 @@ def parse_rle(text: str, where: str = "EncodedPixels") -> np.ndarray:
         msg = f"{where}: run-length pairs must be integers, got {text[:40]!r}"
         raise DatasetError(msg) from None
     if len(values) % 2:
-        msg = f"{where}: run-length text has an odd number of values ({len(values)}); it must be start/length pairs"
+        msg = (
+            f"{where}: run-length text has an odd number of values ({len(values)}); write start/length pairs"
+        )
         raise DatasetError(msg)
     pairs = values.reshape(-1, 2)
     if len(pairs) and (pairs[:, 0].min() < 1 or pairs[:, 1].min() < 1):

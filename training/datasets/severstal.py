@@ -33,7 +33,9 @@ def read_severstal_csv(csv_path: str | Path) -> dict[str, dict[int, str]]:
         header = reader.fieldnames or []
         old_format = "ImageId_ClassId" in header
         if not old_format and not {"ImageId", "ClassId", "EncodedPixels"} <= set(header):
-            msg = f"{csv_path}: header is {','.join(header) or 'empty'}; expected ImageId,ClassId,EncodedPixels"
+            msg = (
+                f"{csv_path}: header is {','.join(header) or 'empty'}; expected ImageId,ClassId,EncodedPixels"
+            )
             raise DatasetError(msg)
         for lineno, row in enumerate(reader, start=2):
             where = f"{csv_path}:{lineno}"
@@ -67,7 +69,9 @@ def load_severstal(
             msg = f"Severstal class {class_id} is unknown; dataset.classes allows {list(CLASSES)}"
             raise DatasetError(msg)
     rows = read_severstal_csv(root / "train.csv")
-    image_dir = require_dir(root / "train_images", "Severstal image folder", "it must hold the JPEGs named in train.csv")
+    image_dir = require_dir(
+        root / "train_images", "Severstal image folder", "it must hold the JPEGs named in train.csv"
+    )
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     on_disk = {p.name for p in images}
     missing = [image_id for image_id in rows if image_id not in on_disk]
@@ -87,5 +91,7 @@ def load_severstal(
                 defective=bool(selected),
             )
         )
-    logger.info("Severstal: %d images, %d with classes %s", len(samples), sum(s.defective for s in samples), classes)
+    logger.info(
+        "Severstal: %d images, %d with classes %s", len(samples), sum(s.defective for s in samples), classes
+    )
     return split_train_val(samples, train_fraction, seed)

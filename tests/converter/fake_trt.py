@@ -1,0 +1,301 @@
+"""Stand-ins for the tensorrt and pycuda.driver modules, for plain-Python tests of our
+control flow (order of checks, buffers, chunking, padding, freeing) without a GPU.
+
+They model only what converter/engine uses, with the same names and return types as
+the real APIs; "device memory" is a dict of numpy arrays and the "engine" doubles its input.
+They prove nothing about TensorRT itself: tests marked ``gpu`` do that.
+"""
+
+from __future__ import annotations
+
+import itertools
+import types
+
+import numpy as np
+
+PLAN_BYTES = b"fake-engine"
+
+
+def make_pycuda() -> tuple[types.ModuleType, types.ModuleType, dict[int, np.ndarray]]:
+    memory: dict[int, np.ndarray] = {}
+    addresses = itertools.count(0x1000, 0x1000)
+    driver = types.ModuleType("pycuda.driver")
+
+    class Error(Exception):
+        pass
+
+    class HostAllocation(bytearray):
+        freed = False
+
+        def free(self) -> None:
+            self.freed = True
+
+    class DeviceAllocation:
+        def __init__(self, nbytes: int) -> None:
+            self.address = next(addresses)
+            memory[self.address] = np.zeros(nbytes, np.uint8)
+
+        def __int__(self) -> int:
+            return self.address
+
+        def free(self) -> None:
+            memory.pop(self.address)
+
+    class PrimaryContext:
+        pushed = 0
+
+        def push(self) -> None:
+            PrimaryContext.pushed += 1
+
+        def detach(self) -> None:
+            PrimaryContext.detached = True
+
+    class Context:
+        @staticmethod
+        def pop() -> None:
+            PrimaryContext.pushed -= 1
+
+    class Device:
+        @staticmethod
+        def count() -> int:
+            return 1
+
+        def __init__(self, index: int) -> None:
+            self.index = index
+
+        def name(self) -> str:
+            return "NVIDIA L4"
+
+        def compute_capability(self) -> tuple[int, int]:
+            return (8, 9)
+
+        def retain_primary_context(self) -> PrimaryContext:
+            return PrimaryContext()
+
+    class Stream:
+        handle = 7
+
+        def synchronize(self) -> None:
+            pass
+
+    def pagelocked_empty(shape, dtype):
+        dtype = np.dtype(dtype)
+        return np.ndarray(shape, dtype=dtype, buffer=HostAllocation(int(np.prod(shape)) * dtype.itemsize))
+
+    def memcpy_htod_async(dest, src, stream=None) -> None:
+        flat = np.ascontiguousarray(src).reshape(-1).view(np.uint8)
+        memory[int(dest)][: flat.size] = flat
+
+    def memcpy_dtoh_async(dest, src, stream=None) -> None:
+        flat = dest.reshape(-1).view(np.uint8)
+        flat[:] = memory[int(src)][: flat.size]
+
+    driver.__dict__.update(
+        Error=Error,
+        init=lambda: None,
+        Device=Device,
+        Context=Context,
+        Stream=Stream,
+        pagelocked_empty=pagelocked_empty,
+        mem_alloc=DeviceAllocation,
+        memcpy_htod_async=memcpy_htod_async,
+        memcpy_dtoh_async=memcpy_dtoh_async,
+        get_version=lambda: (12, 9, 0),
+        get_driver_version=lambda: 12090,
+        PrimaryContext=PrimaryContext,
+    )
+    package = types.ModuleType("pycuda")
+    package.driver = driver
+    return package, driver, memory
+
+
+def make_tensorrt(memory: dict[int, np.ndarray], profile=((2, 8, 8, 1), (4, 8, 8, 1), (4, 8, 8, 1))):
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.16.1.11"
+    trt.executions = []
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity: int) -> None:
+            self.severity = severity
+
+    class TensorIOMode:
+        INPUT, OUTPUT = 0, 1
+
+    class ExecutionContext:
+        def __init__(self) -> None:
+            self.shapes = {"image": profile[2]}
+            self.addresses: dict[str, int] = {}
+
+        def set_input_shape(self, name: str, shape) -> bool:
+            shape = tuple(shape)
+            if not all(lo <= s <= hi for lo, s, hi in zip(profile[0], shape, profile[2], strict=True)):
+                return False
+            self.shapes["image"] = shape
+            return True
+
+        def get_tensor_shape(self, name: str):
+            return list(self.shapes["image"])
+
+        def set_tensor_address(self, name: str, address: int) -> bool:
+            self.addresses[name] = address
+            return True
+
+        def execute_async_v3(self, stream_handle: int) -> bool:
+            shape = self.shapes["image"]
+            n = int(np.prod(shape))
+            x = memory[self.addresses["image"]][: n * 4].view(np.float32).reshape(shape)
+            memory[self.addresses["probability"]][: n * 4] = (x * 2).reshape(-1).view(np.uint8)
+            trt.executions.append(shape[0])
+            return True
+
+    class Engine:
+        num_io_tensors = 2
+
+        def get_tensor_name(self, index: int) -> str:
+            return ("image", "probability")[index]
+
+        def get_tensor_mode(self, name: str) -> int:
+            return TensorIOMode.INPUT if name == "image" else TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, name: str):
+            return np.float32
+
+        def get_tensor_profile_shape(self, name: str, index: int):
+            return [list(p) for p in profile]
+
+        def create_execution_context(self) -> ExecutionContext:
+            return ExecutionContext()
+
+    class Runtime:
+        def __init__(self, logger: Logger) -> None:
+            self.logger = logger
+
+        def deserialize_cuda_engine(self, data: bytes):
+            trt.deserialized = True
+            return Engine() if data == PLAN_BYTES else None
+
+    trt.__dict__.update(
+        Logger=Logger,
+        TensorIOMode=TensorIOMode,
+        Runtime=Runtime,
+        nptype=lambda dtype: dtype,
+        deserialized=False,
+    )
+    return trt
+
+
+def add_builder(trt: types.ModuleType, *, has_fp16_flag: bool = True, parse_ok: bool = True) -> dict:
+    """Builder-side stand-ins; returns a dict recording what the build asked for."""
+    seen: dict = {"flags": [], "shapes": None, "workspace": None, "cache_in": None}
+
+    class IProgressMonitor:
+        def __init__(self) -> None:
+            pass
+
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 5
+
+    class MemoryPoolType:
+        WORKSPACE = 0
+
+    builder_flags = {"FP16": 1} if has_fp16_flag else {}
+    BuilderFlag = type("BuilderFlag", (), builder_flags)
+
+    class Tensor:
+        name = "image"
+
+    class Network:
+        def __init__(self, flags: int) -> None:
+            seen["network_flags"] = flags
+
+        def get_input(self, index: int) -> Tensor:
+            return Tensor()
+
+    class ParserError:
+        def desc(self) -> str:
+            return "unsupported op"
+
+        def node_name(self) -> str:
+            return "conv7"
+
+        def node_operator(self) -> str:
+            return "Conv"
+
+    class OnnxParser:
+        num_errors = 0 if parse_ok else 1
+
+        def __init__(self, network: Network, logger) -> None:
+            pass
+
+        def parse_from_file(self, path: str) -> bool:
+            seen["parsed"] = path
+            return parse_ok
+
+        def get_error(self, index: int) -> ParserError:
+            return ParserError()
+
+    class Profile:
+        def set_shape(self, name, low, opt, high) -> None:
+            seen["shapes"] = (name, tuple(low), tuple(opt), tuple(high))
+
+    class TimingCache:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def serialize(self) -> bytes:
+            return self.data + b"+timings"
+
+    class Config:
+        progress_monitor = None
+
+        def set_memory_pool_limit(self, pool, size: int) -> None:
+            seen["workspace"] = size
+
+        def add_optimization_profile(self, profile: Profile) -> int:
+            return 0
+
+        def set_flag(self, flag) -> None:
+            seen["flags"].append(flag)
+
+        def create_timing_cache(self, data: bytes) -> TimingCache:
+            seen["cache_in"] = data
+            return TimingCache(data)
+
+        def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
+            self.cache = cache
+            return True
+
+        def get_timing_cache(self) -> TimingCache:
+            return self.cache
+
+    class Builder:
+        def __init__(self, logger) -> None:
+            pass
+
+        def create_network(self, flags: int) -> Network:
+            return Network(flags)
+
+        def create_builder_config(self) -> Config:
+            return Config()
+
+        def create_optimization_profile(self) -> Profile:
+            return Profile()
+
+        def build_serialized_network(self, network: Network, config: Config):
+            monitor = config.progress_monitor
+            monitor.phase_start("Building engine", None, 2)
+            monitor.step_complete("Building engine", 0)
+            monitor.phase_finish("Building engine")
+            return PLAN_BYTES
+
+    trt.__dict__.update(
+        IProgressMonitor=IProgressMonitor,
+        NetworkDefinitionCreationFlag=NetworkDefinitionCreationFlag,
+        MemoryPoolType=MemoryPoolType,
+        BuilderFlag=BuilderFlag,
+        OnnxParser=OnnxParser,
+        Builder=Builder,
+    )
+    return seen
