@@ -101,3 +101,22 @@ def make_checkpoint_callback(output_dir: Path):
             tmp.replace(ckpt / STATE_FILE)  # the state names the epoch only once its files are complete
 
     return EpochCheckpoint()
+
+
+def make_time_budget_callback(max_minutes: float):
+    """Ends training after the first epoch that finishes past ``max_minutes`` of wall time."""
+    import time
+
+    class TimeBudget(_keras_callback_base()):
+        def on_train_begin(self, logs=None):
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            elapsed = (time.perf_counter() - self.started) / 60
+            if elapsed >= max_minutes:
+                logger.info(
+                    "time budget of %.1f min reached after epoch %d; stopping", max_minutes, epoch + 1
+                )
+                self.model.stop_training = True
+
+    return TimeBudget()

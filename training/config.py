@@ -87,6 +87,8 @@ DEFAULTS: dict[str, Any] = {
         "tensorboard": True,
         "deterministic": True,
         "progress": True,
+        # stop at the end of the first epoch that passes this many minutes of training (0: no limit)
+        "max_minutes": 0.0,
     },
     "eval": {
         "threshold": 0.5,
@@ -186,6 +188,8 @@ def _check_ranges(cfg: dict[str, Any], source: str) -> None:
     for key in ("epochs", "steps_per_epoch"):
         if cfg["train"][key] < 1:
             bad(f"train.{key}", cfg["train"][key], ">= 1")
+    if cfg["train"]["max_minutes"] < 0:
+        bad("train.max_minutes", cfg["train"]["max_minutes"], ">= 0 (0: no limit)")
     if cfg["model"]["base_filters"] < 1:
         bad("model.base_filters", cfg["model"]["base_filters"], ">= 1")
     if not 0.0 <= cfg["model"]["dropout"] < 1.0:

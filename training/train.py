@@ -86,7 +86,12 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
 
     import keras
 
-    from training.callbacks import make_checkpoint_callback, make_progress_callback, restore
+    from training.callbacks import (
+        make_checkpoint_callback,
+        make_progress_callback,
+        make_time_budget_callback,
+        restore,
+    )
     from training.datasets import load_splits
     from training.evaluate import evaluate_model
     from training.models import build_model, check_input_size
@@ -111,6 +116,8 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
     callbacks = [make_checkpoint_callback(out)]
     if tcfg["progress"]:
         callbacks.append(make_progress_callback(tcfg["steps_per_epoch"], tcfg["epochs"]))
+    if tcfg["max_minutes"]:
+        callbacks.append(make_time_budget_callback(tcfg["max_minutes"]))
     if tcfg["tensorboard"]:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "logs"), update_freq="epoch"))
     started = time.perf_counter()

@@ -161,3 +161,39 @@ def test_parser_errors_are_one_line(fakes, package_copy):
     fake_trt.add_builder(trt, parse_ok=False)
     with pytest.raises(EngineBuildError, match=r"ONNX parser failed: conv7 \(Conv\): unsupported op"):
         build_engine_for_package(package_copy.root, precision="fp32")
+
+
+def test_verify_reports_dice_and_agreement(monkeypatch, package_copy, dataset, capsys):
+    """build-engine --verify end to end, with an 'engine' that runs the FP32 graph in ONNX Runtime."""
+    from converter import onnx_graph
+    from tests.converter.test_cli import run
+
+    session = onnx_graph.session(package_copy.onnx_path())
+    pycuda, driver, memory = fake_trt.make_pycuda()
+    shape = (64, 64, 1)
+    trt = fake_trt.make_tensorrt(
+        memory,
+        profile=((1, *shape), (4, *shape), (8, *shape)),
+        compute=lambda x: session.run(None, {"image": x})[0],
+    )
+    fake_trt.add_builder(trt)
+    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    argv = ["build-engine", str(package_copy.root), "--precision", "fp32", "--verify", "--data", str(dataset)]
+    argv += ["--verify-samples", "10"]
+    code = run(argv)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "TensorRT fp32 engine vs ONNX Runtime FP32 gate PASS: mask Dice 1.0000" in out
+    assert "pass/fail agreement 100.00% on 10 images" in out
+    assert trt.executions == [8, 2]  # 10 images in profile-sized chunks
+    # an engine that gives other answers fails --verify with exit 1
+    trt.executions.clear()
+    broken = fake_trt.make_tensorrt(
+        memory, profile=((1, *shape), (4, *shape), (8, *shape)), compute=lambda x: x * 0
+    )
+    fake_trt.add_builder(broken)
+    monkeypatch.setitem(sys.modules, "tensorrt", broken)
+    code = run(argv)
+    assert code == 1 and "gate FAIL" in capsys.readouterr().out

@@ -103,12 +103,13 @@ def test_mixed_precision_run_saves_a_float32_model(dagm_root, tmp_path):
         keras.mixed_precision.set_global_policy("float32")
 
 
-def test_distribution_strategies():
+def test_distribution_strategies(monkeypatch):
     import tensorflow as tf
 
     from training.config import ConfigError
     from training.train import _strategy
 
     assert isinstance(_strategy("mirrored"), tf.distribute.MirroredStrategy)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="TF_CONFIG"):
         _strategy("multi_worker")
