@@ -65,6 +65,8 @@ class Child:
     restart_at: float = 0.0
     restarts: int = 0
     started_at: float = 0.0
+    #: a camera whose stream ended (a video file, a folder without loop) exits 0 and stays down
+    finished: bool = False
 
 
 class Supervisor:
@@ -190,6 +192,10 @@ class Supervisor:
                 proc.join(0)
                 child.process = None
                 uptime = now - child.started_at
+                if code == 0 and child.role.startswith("camera:"):
+                    child.finished = True
+                    log.info("%s: stream ended", child.role)
+                    continue
                 if uptime > 30:
                     child.backoff.reset()  # it ran fine for a while: this is a fresh failure
                 delay = child.backoff.next_delay()
@@ -197,7 +203,7 @@ class Supervisor:
                 log.warning(
                     "%s exited (code %s) after %.1f s; restarting in %.1f s", child.role, code, uptime, delay
                 )
-            elif proc is None and now >= child.restart_at:
+            elif proc is None and not child.finished and now >= child.restart_at:
                 child.restarts += 1
                 self.spawn(child)
                 self.not_ready.pop(child.role, None)
@@ -264,9 +270,13 @@ class Supervisor:
                 self.cfg.endpoint("publish"),
             )
             end = time.monotonic() + self.duration if self.duration else None
+            cameras = [c for c in self.children if c.role.startswith("camera:")]
             while not self.stopping:
                 self.watch_once(status)
                 if end is not None and time.monotonic() >= end:
+                    break
+                if all(c.finished for c in cameras):
+                    log.info("every camera's stream has ended; stopping")
                     break
                 time.sleep(0.2)
             return self.shutdown()
