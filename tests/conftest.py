@@ -23,7 +23,10 @@ MODEL_SIZE = 128
 
 
 def _gpu_skip_reason() -> str | None:
-    for module, hint in (("tensorrt", "pip install tensorrt"), ("pycuda", "pip install pycuda (needs CUDA_ROOT)")):
+    for module, hint in (
+        ("tensorrt", "pip install tensorrt"),
+        ("pycuda", "pip install pycuda (needs CUDA_ROOT)"),
+    ):
         if importlib.util.find_spec(module) is None:
             return f"{module} is not installed ({hint}); TensorRT tests run on a GPU box"
     try:
@@ -79,5 +82,7 @@ def trained_package(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset:
             "train.output_dir": str(out / "checkpoint"),
         },
     )
-    package = export_package(checkpoint, out / "package", data_dir=synthetic_dataset, model_id="session-tinyunet")
+    package = export_package(
+        checkpoint, out / "package", data_dir=synthetic_dataset, model_id="session-tinyunet"
+    )
     return Path(package.root)

@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 TRAINING_JSON = "training.json"
+#: images are decoded as grayscale (DAGM, Severstal and line cameras are monochrome)
+INPUT_CHANNELS = 1
 
 
 def _set_seeds(seed: int, deterministic: bool) -> None:
@@ -70,8 +72,10 @@ def _float32_copy(model, cfg: dict[str, Any], channels: int):
     return clean
 
 
-def _input_channels(cfg: dict[str, Any]) -> int:
-    return 1
+def _has_tensorboard() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None = None) -> Path:
@@ -104,7 +108,7 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
     logger.info("data: %d training images, %d validation images", len(train_samples), len(val_samples))
     if cfg["input"]["crop"]:
         check_input_size(cfg["model"]["architecture"], cfg["input"]["crop"], cfg["input"]["crop"])
-    channels = _input_channels(cfg)
+    channels = INPUT_CHANNELS
     strategy = _strategy(tcfg["strategy"])
     with strategy.scope():
         model = build_model(cfg["model"], channels, cfg["optimizer"]["weight_decay"])
@@ -119,12 +123,14 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
     if tcfg["max_minutes"]:
         callbacks.append(make_time_budget_callback(tcfg["max_minutes"]))
     if tcfg["tensorboard"]:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "logs"), update_freq="epoch"))
+        if _has_tensorboard():
+            callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "logs"), update_freq="epoch"))
+        else:
+            logger.warning("tensorboard is not installed (pip install 'lineside[train]'); no logs/")
     started = time.perf_counter()
     if start_epoch < tcfg["epochs"]:
+        # Keras distributes a plain tf.data dataset over the strategy it was compiled under
         ds = train_dataset(train_samples, cfg, seed, start_epoch=start_epoch)
-        if tcfg["strategy"] != "default":
-            ds = strategy.experimental_distribute_dataset(ds)
         model.fit(
             ds,
             epochs=tcfg["epochs"],

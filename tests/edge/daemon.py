@@ -180,3 +180,20 @@ def check_ledger(summary: dict) -> None:
         dropped = sum(led["dropped"].values())
         assert led["captured"] == led["decided"] + dropped + led["in_flight"], (cam, led)
         assert led["in_flight"] == 0, (cam, led)
+
+
+def start_line(tmp: Path, cfg: dict, duration: float = 0.0) -> tuple[Daemon, Subscriber]:
+    """A subscriber first (no slow-joiner loss), then the daemon."""
+    sub = Subscriber(cfg["endpoints"]["publish"]).start()
+    return Daemon(cfg, tmp, duration=duration).start(), sub
+
+
+def finish(daemon: Daemon, sub: Subscriber, timeout: float = 60) -> int:
+    """Wait for the daemon to exit (killing it past ``timeout``) and for its final status."""
+    try:
+        code = daemon.wait(timeout)
+    finally:
+        daemon.kill()
+        sub.wait_for(lambda s: any(st.get("final") for st in s.statuses), 5)
+        sub.close()
+    return code

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MODEL_SIZE
-from tests.edge.daemon import Daemon, Subscriber, check_ledger, line_config, synthetic_camera
+from tests.edge.daemon import check_ledger, finish, line_config, start_line, synthetic_camera
 
 pytestmark = pytest.mark.slow
 
@@ -34,14 +34,8 @@ def test_defective_frames_fail_and_clean_frames_pass(trained_package: Path, tmp_
         synthetic_camera("cam2", size=MODEL_SIZE, fps=10, seed=12),
     ]
     cfg = line_config(tmp_path, trained_package, cameras, workers={"count": 2})
-    sub = Subscriber(cfg["endpoints"]["publish"]).start()
-    daemon = Daemon(cfg, tmp_path, duration=10).start()
-    try:
-        code = daemon.wait(90)
-    finally:
-        daemon.kill()
-        sub.wait_for(lambda s: any(st.get("final") for st in s.statuses), 5)
-        sub.close()
+    daemon, sub = start_line(tmp_path, cfg, duration=10)
+    code = finish(daemon, sub, timeout=90)
     out = daemon.output()
     assert code == 0, out
     assert "PASS=" in out and "e2e p50=" in out, "the status line is missing"

@@ -16,24 +16,9 @@ import pytest
 import zmq
 
 from tests.conftest import MODEL_SIZE
-from tests.edge.daemon import Daemon, Subscriber, check_ledger, line_config, synthetic_camera
+from tests.edge.daemon import Subscriber, check_ledger, finish, line_config, start_line, synthetic_camera
 
 pytestmark = pytest.mark.slow
-
-
-def start(tmp: Path, cfg: dict, duration: float = 0.0) -> tuple[Daemon, Subscriber]:
-    sub = Subscriber(cfg["endpoints"]["publish"]).start()
-    return Daemon(cfg, tmp, duration=duration).start(), sub
-
-
-def stop(daemon: Daemon, sub: Subscriber, timeout: float = 60) -> int:
-    try:
-        code = daemon.wait(timeout)
-    finally:
-        daemon.kill()
-        sub.wait_for(lambda s: any(st.get("final") for st in s.statuses), 5)
-        sub.close()
-    return code
 
 
 def results_of(sub: Subscriber, cam: str) -> list[dict]:
@@ -47,7 +32,7 @@ def test_worker_killed_mid_run_is_restarted_and_its_frames_counted(
     cfg = line_config(
         tmp_path, trained_package, cams, workers={"count": 2, "max_batch": 8, "max_wait_ms": 200}
     )
-    daemon, sub = start(tmp_path, cfg)
+    daemon, sub = start_line(tmp_path, cfg)
     try:
         assert sub.wait_for(lambda s: len(s.results) >= 20 and s.statuses, 60), daemon.output()
         pids = sub.statuses[-1]["processes"]
@@ -68,7 +53,7 @@ def test_worker_killed_mid_run_is_restarted_and_its_frames_counted(
         time.sleep(2)
     finally:
         daemon.terminate()
-    assert stop(daemon, sub) == 0, daemon.output()
+    assert finish(daemon, sub) == 0, daemon.output()
     summary = daemon.summary()
     check_ledger(summary)  # the victim's frames were counted, not lost silently
     lost = sum(led["dropped"].get("worker_lost", 0) for led in summary["cameras"].values())
@@ -86,8 +71,8 @@ def test_camera_stall_and_disconnect_give_no_decision_then_reconnect(
     flaky.update(read_timeout_s=1.0, reconnect_initial_s=0.2, reconnect_max_s=1.0)
     steady = synthetic_camera("steady", size=MODEL_SIZE, fps=10, seed=4)
     cfg = line_config(tmp_path, trained_package, [flaky, steady])
-    daemon, sub = start(tmp_path, cfg, duration=10)
-    assert stop(daemon, sub) == 0, daemon.output()
+    daemon, sub = start_line(tmp_path, cfg, duration=10)
+    assert finish(daemon, sub) == 0, daemon.output()
     summary = daemon.summary()
     check_ledger(summary)
 
@@ -121,8 +106,8 @@ def test_stalled_subscriber_does_not_slow_the_line(trained_package: Path, tmp_pa
     stalled.setsockopt(zmq.SUBSCRIBE, b"")
     stalled.connect(cfg["endpoints"]["publish"])  # connects, subscribes, never reads
     try:
-        daemon, sub = start(tmp_path, cfg, duration=8)
-        assert stop(daemon, sub) == 0, daemon.output()
+        daemon, sub = start_line(tmp_path, cfg, duration=8)
+        assert finish(daemon, sub) == 0, daemon.output()
     finally:
         stalled.close(0)
         ctx.term()
@@ -136,14 +121,21 @@ def test_stalled_subscriber_does_not_slow_the_line(trained_package: Path, tmp_pa
 def test_malformed_messages_are_counted_and_nothing_crashes(trained_package: Path, tmp_path: Path) -> None:
     cams = [synthetic_camera("cam1", size=MODEL_SIZE, fps=10, seed=6)]
     cfg = line_config(tmp_path, trained_package, cams)
-    daemon, sub = start(tmp_path, cfg)
+    daemon, sub = start_line(tmp_path, cfg)
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 1000)
     push.connect(cfg["endpoints"]["frames"])
     try:
         assert sub.wait_for(lambda s: len(s.results) >= 5, 60), daemon.output()
-        good = {"t": "frame", "cam": "evil", "seq": 0, "ts": time.time(), "shape": [MODEL_SIZE, MODEL_SIZE]}
+        good = {
+            "t": "frame",
+            "cam": "evil",
+            "seq": 0,
+            "ts": time.time(),
+            "shape": [MODEL_SIZE, MODEL_SIZE],
+            "policy": "lossless",
+        }
         garbage = [
             [b"\xff\xfe not json"],
             [b"[1, 2, 3]"],
@@ -166,7 +158,7 @@ def test_malformed_messages_are_counted_and_nothing_crashes(trained_package: Pat
         push.close()
         ctx.term()
         daemon.terminate()
-    assert stop(daemon, sub) == 0, daemon.output()
+    assert finish(daemon, sub) == 0, daemon.output()
     summary = daemon.summary()
     out = daemon.output()
     assert summary["malformed"] >= 4, summary
@@ -183,7 +175,7 @@ def test_malformed_messages_are_counted_and_nothing_crashes(trained_package: Pat
 def test_sigterm_drains_within_bound_and_logs_every_decision(trained_package: Path, tmp_path: Path) -> None:
     cams = [synthetic_camera(f"cam{i}", size=MODEL_SIZE, fps=15, seed=i) for i in (7, 8)]
     cfg = line_config(tmp_path, trained_package, cams, shutdown_timeout_s=6)
-    daemon, sub = start(tmp_path, cfg)
+    daemon, sub = start_line(tmp_path, cfg)
     assert sub.wait_for(lambda s: len(s.results) >= 30, 60), daemon.output()
     # Health: liveness and readiness are separate endpoints, and the line is ready now.
     base = f"http://127.0.0.1:{cfg['metrics']['port']}"
@@ -202,7 +194,7 @@ def test_sigterm_drains_within_bound_and_logs_every_decision(trained_package: Pa
         assert name in text, name
     t0 = time.monotonic()
     daemon.terminate()
-    code = stop(daemon, sub, timeout=30)
+    code = finish(daemon, sub, timeout=30)
     took = time.monotonic() - t0
     assert code == 0, daemon.output()
     assert took < cfg["shutdown_timeout_s"] + 3, took
@@ -231,7 +223,7 @@ def test_readiness_goes_false_while_a_camera_is_silent(trained_package: Path, tm
     silent.update(read_timeout_s=6.0, silent_after_s=2.0)
     cfg = line_config(tmp_path, trained_package, [silent])
     port = cfg["metrics"]["port"]
-    daemon, sub = start(tmp_path, cfg)
+    daemon, sub = start_line(tmp_path, cfg)
     try:
         assert sub.wait_for(lambda s: len(s.results) >= 10, 60), daemon.output()
         assert readyz(port)["ready"] is True
@@ -245,4 +237,4 @@ def test_readiness_goes_false_while_a_camera_is_silent(trained_package: Path, tm
         assert sub.wait_for(lambda s: readyz(port)["ready"], 20), readyz(port)
     finally:
         daemon.terminate()
-    assert stop(daemon, sub) == 0, daemon.output()
+    assert finish(daemon, sub) == 0, daemon.output()

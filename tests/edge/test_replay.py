@@ -11,7 +11,7 @@ import pytest
 
 from converter import synthetic
 from tests.conftest import MODEL_SIZE
-from tests.edge.daemon import Daemon, Subscriber, check_ledger, line_config
+from tests.edge.daemon import check_ledger, finish, line_config, start_line
 
 pytestmark = pytest.mark.slow
 
@@ -50,14 +50,8 @@ def test_folder_and_video_replay_decide_every_frame_then_stop(trained_package: P
         },
     ]
     cfg = line_config(tmp_path, trained_package, cameras)
-    sub = Subscriber(cfg["endpoints"]["publish"]).start()
-    daemon = Daemon(cfg, tmp_path).start()  # no --duration: it must stop on its own
-    try:
-        code = daemon.wait(90)
-    finally:
-        daemon.kill()
-        sub.wait_for(lambda s: any(st.get("final") for st in s.statuses), 5)
-        sub.close()
+    daemon, sub = start_line(tmp_path, cfg)  # no --duration: it must stop on its own
+    code = finish(daemon, sub, timeout=90)
     out = daemon.output()
     assert code == 0, out
     assert "every camera's stream has ended" in out

@@ -165,70 +165,82 @@ def test_router_policies_credits_and_lost_worker() -> None:
 
 
 # -- worker batching -------------------------------------------------------------------------
-def test_worker_sends_a_partial_batch_when_its_deadline_passes(trained_package: Path) -> None:
-    """One camera frame and no more: the batch goes out after max_wait_ms, not never."""
+@pytest.fixture
+def worker_sockets(trained_package: Path):
+    """A worker on the session model, its results socket and a PULL to read them (inproc)."""
     from edge.worker import open_worker
 
-    cfg = cfg_for(trained_package, max_batch=8, max_wait_ms=100)
-    worker = open_worker(cfg, "w-test")
+    worker = open_worker(cfg_for(trained_package, max_batch=8, max_wait_ms=150), "w-test")
     ctx = zmq.Context()
     results_in = ctx.socket(zmq.PULL)
-    results_in.bind("inproc://r")
+    results_in.bind("inproc://results")
     results = ctx.socket(zmq.PUSH)
-    results.connect("inproc://r")
+    results.connect("inproc://results")
+    yield worker, ctx, results, results_in
+    worker.backend.deactivate()
+    results_in.close(0)
+    results.close(0)
+    ctx.term()
+
+
+def test_worker_sends_a_partial_batch_when_its_deadline_passes(worker_sockets) -> None:
+    """One frame and no more (the other cameras are dead): the batch of 8 goes out after
+    max_wait_ms with that one frame, in the worker's real loop."""
+    import threading
+
+    worker, ctx, results, results_in = worker_sockets
+    router = ctx.socket(zmq.ROUTER)
+    router.bind("inproc://work")
+    work = ctx.socket(zmq.DEALER)
+    work.setsockopt(zmq.IDENTITY, b"w-test")
+    work.connect("inproc://work")
+    loop = threading.Thread(target=worker.run, args=(work, results), daemon=True)
+    loop.start()
     try:
+        ident, ready = router.recv_multipart()
+        assert json.loads(ready) == {"t": "ready", "worker": "w-test", "credits": 16, "done": []}
         size = worker.hw[0]
-        worker.on_frame([Msg(p) for p in frame_parts("a", 0, "lossless", size)], results)
-        assert len(worker.batch) == 1
-        start = time.monotonic()
-        while time.monotonic() - worker.batch[0].received < worker.max_wait:
-            time.sleep(0.005)
-        worker.process(results)
+        sent = time.monotonic()
+        router.send_multipart([ident, *frame_parts("a", 0, "lossless", size)])
+        assert results_in.poll(10_000), "a lone frame was never decided"
+        waited = time.monotonic() - sent
         parts = results_in.recv_multipart()
         header = json.loads(parts[0])
-        assert header["t"] == "result" and header["seq"] == 0
+        assert header["t"] == "result" and (header["cam"], header["epoch"], header["seq"]) == ("a", 1, 0)
         assert header["decision"] in (PASS, FAIL)
         assert len(parts[1]) == size * size  # the mask travels with the result
-        assert time.monotonic() - start < 5
-        assert worker.done == [["a", 1, 0]]
+        assert waited >= worker.max_wait  # it did wait for more frames ...
+        assert waited < worker.max_wait + 3.0  # ... but not for a full batch
+        worker.stop.set()
+        loop.join(10)
+        kinds = [json.loads(router.recv_multipart()[1]) for _ in range(2) if router.poll(2000)]
+        assert kinds[-1]["t"] == "bye"
+        done = [d for k in kinds for d in k["done"]]
+        assert done == [["a", 1, 0]]  # the router learns the frame is finished
     finally:
-        worker.backend.deactivate()
-        results_in.close(0)
-        results.close(0)
-        ctx.term()
+        worker.stop.set()
+        loop.join(10)
+        router.close(0)
+        work.close(0)
 
 
-def test_a_frame_larger_than_the_model_is_tiled_and_joined(trained_package: Path) -> None:
+def test_a_frame_larger_than_the_model_is_tiled_and_joined(worker_sockets) -> None:
     """A strip wider than the model input becomes tiles; their results join into one decision."""
-    from edge.worker import open_worker
-
-    cfg = cfg_for(trained_package, max_batch=8, max_wait_ms=0)
-    worker = open_worker(cfg, "w-tiles")
-    ctx = zmq.Context()
-    results_in = ctx.socket(zmq.PULL)
-    results_in.bind("inproc://tiles")
-    results = ctx.socket(zmq.PUSH)
-    results.connect("inproc://tiles")
-    try:
-        h, w = worker.hw
-        strip = np.full((h, 3 * w + w // 2), 128, np.uint8)  # 3.5 model widths: 4 tiles, one overlapping
-        header = protocol.frame_header("strip", 0, time.time(), strip, sent_ts=time.time(), epoch=1)
-        worker.on_frame([Msg(protocol.encode_header(header)), Msg(strip.tobytes())], results)
-        worker.process(results)
-        parts = results_in.recv_multipart()
-        result = json.loads(parts[0])
-        assert not results_in.poll(100), "a tiled frame must give exactly one result"
-        assert result["mask_shape"] == [h, strip.shape[1]]
-        assert len(parts[1]) == strip.size
-        assert result["decision"] in (PASS, FAIL, NO_DECISION)
-        narrow = np.zeros((h // 2, w // 2), np.uint8)  # smaller than the model: refused, not guessed
-        header = protocol.frame_header("strip", 1, time.time(), narrow, sent_ts=time.time(), epoch=1)
-        worker.on_frame([Msg(protocol.encode_header(header)), Msg(narrow.tobytes())], results)
-        worker.process(results)
-        refused = json.loads(results_in.recv_multipart()[0])
-        assert refused["decision"] == NO_DECISION and "wrong shape" in refused["reason"]
-    finally:
-        worker.backend.deactivate()
-        results_in.close(0)
-        results.close(0)
-        ctx.term()
+    worker, _, results, results_in = worker_sockets
+    h, w = worker.hw
+    strip = np.full((h, 3 * w + w // 2), 128, np.uint8)  # 3.5 model widths: 4 tiles, one overlapping
+    header = protocol.frame_header("strip", 0, time.time(), strip, sent_ts=time.time(), epoch=1)
+    worker.on_frame([Msg(protocol.encode_header(header)), Msg(strip.tobytes())], results)
+    worker.process(results)
+    parts = results_in.recv_multipart()
+    result = json.loads(parts[0])
+    assert not results_in.poll(100), "a tiled frame must give exactly one result"
+    assert result["mask_shape"] == [h, strip.shape[1]]
+    assert len(parts[1]) == strip.size
+    assert result["decision"] in (PASS, FAIL, NO_DECISION)
+    narrow = np.zeros((h // 2, w // 2), np.uint8)  # smaller than the model: refused, not guessed
+    header = protocol.frame_header("strip", 1, time.time(), narrow, sent_ts=time.time(), epoch=1)
+    worker.on_frame([Msg(protocol.encode_header(header)), Msg(narrow.tobytes())], results)
+    worker.process(results)
+    refused = json.loads(results_in.recv_multipart()[0])
+    assert refused["decision"] == NO_DECISION and "wrong shape" in refused["reason"]

@@ -113,3 +113,13 @@ def test_distribution_strategies(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ConfigError, match="TF_CONFIG"):
         _strategy("multi_worker")
+
+
+def test_mirrored_strategy_trains(dagm_root, tmp_path):
+    """MirroredStrategy runs the same training loop (one replica on a CPU-only machine)."""
+    from training.callbacks import load_state
+    from training.train import train
+
+    out = train(tiny_recipe(dagm_root, tmp_path / "mirrored", epochs=1, strategy="mirrored"))
+    assert load_state(out) == {"epoch": 1, "step": 3}
+    assert json.loads((out / "training.json").read_text())["epochs_done"] == 1
