@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 import zmq
 
+from tests.conftest import MODEL_CLASS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -66,7 +68,7 @@ def synthetic_camera(
         "fps": fps,
         "policy": policy,
         "max_age_ms": 0,
-        "options": {"size": size, "class_id": 1, "defect_rate": 0.5, **options},
+        "options": {"size": size, "class_id": MODEL_CLASS, "defect_rate": 0.5, **options},
     }
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from converter import synthetic
-from tests.conftest import MODEL_SIZE
+from tests.conftest import MODEL_CLASS, MODEL_SIZE
 from tests.edge.daemon import check_ledger, finish, line_config, start_line
 
 pytestmark = pytest.mark.slow
@@ -21,13 +21,15 @@ def test_folder_and_video_replay_decide_every_frame_then_stop(trained_package: P
     folder = tmp_path / "stills"
     folder.mkdir()
     for i in range(10):
-        image, _, _ = synthetic.render(rng, 2 * MODEL_SIZE, 1, defective=bool(i % 2))
+        image, _, _ = synthetic.render(rng, 2 * MODEL_SIZE, MODEL_CLASS, defective=bool(i % 2))
         cv2.imwrite(str(folder / f"{i:03d}.png"), image)  # twice the model size: resized
     (folder / "zz-corrupt.png").write_bytes(b"\x89PNG not really")
     video = tmp_path / "line.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (MODEL_SIZE + 40, MODEL_SIZE))
     for i in range(12):
-        image, _, _ = synthetic.render(rng, (MODEL_SIZE, MODEL_SIZE + 40), 1, defective=bool(i % 3 == 0))
+        image, _, _ = synthetic.render(
+            rng, (MODEL_SIZE, MODEL_SIZE + 40), MODEL_CLASS, defective=bool(i % 3 == 0)
+        )
         writer.write(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR))  # a colour camera
     writer.release()
     cameras = [
