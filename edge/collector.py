@@ -94,6 +94,8 @@ class Collector:
         self.camera_seen: dict[str, float] = {}
         self.supervisor: dict[str, Any] = {}
         self.backends: collections.Counter = collections.Counter()
+        #: (truth, decision) -> count, for frames whose source knew the ground truth
+        self.scored: collections.Counter = collections.Counter()
         self.malformed = 0
         self.last_tick = time.monotonic()
         self._fps_marks: dict[str, tuple[float, int]] = {}
@@ -192,6 +194,9 @@ class Collector:
         h["latency_ms"] = lat
         self.e2e.append(lat["end_to_end"])
         self.backends[h.get("backend", "?")] += 1
+        truth = (h.get("truth") or {}).get("defective")
+        if truth is not None:  # synthetic cameras know the answer: score the line against it
+            self.scored[("defective" if truth else "clean", outcome)] += 1
         m = self.metrics
         m.decisions.labels(cam, outcome).inc()
         for stage, ms in lat.items():
@@ -284,7 +289,18 @@ class Collector:
             f"PASS={t.get('PASS', 0)} FAIL={t.get('FAIL', 0)} NO_DECISION={t.get('NO_DECISION', 0)} "
             f"dropped={t.get('dropped', 0)} in_flight={t.get('in_flight', 0)} "
             f"fps={fps:.1f} e2e p50={lat[0]:.0f}ms p99={lat[1]:.0f}ms "
-            f"workers={self.router.get('workers', 0)} backend={backend}"
+            f"workers={self.router.get('workers', 0)} backend={backend}{self.truth_score()}"
+        )
+
+    def truth_score(self) -> str:
+        """' truth: FAIL 65/67 defective, PASS 140/143 clean' when sources carry ground truth."""
+        defective = sum(n for (truth, _), n in self.scored.items() if truth == "defective")
+        clean = sum(n for (truth, _), n in self.scored.items() if truth == "clean")
+        if not defective + clean:
+            return ""
+        return (
+            f" | vs truth: FAIL {self.scored['defective', 'FAIL']}/{defective} defective, "
+            f"PASS {self.scored['clean', 'PASS']}/{clean} clean"
         )
 
     def update_gauges(self) -> None:
@@ -304,6 +320,7 @@ class Collector:
                 "p99": float(np.percentile(self.e2e, 99)) if self.e2e else None,
             },
             "backends": dict(self.backends),
+            "vs_truth": {f"{t}:{d}": n for (t, d), n in self.scored.items()},
             "processes": self.supervisor.get("pids", {}),
             "restarts": self.supervisor.get("restarts", {}),
             "ng_saved": getattr(self.ng_store, "saved", 0),
