@@ -244,3 +244,39 @@ def test_a_frame_larger_than_the_model_is_tiled_and_joined(worker_sockets) -> No
     worker.process(results)
     refused = json.loads(results_in.recv_multipart()[0])
     assert refused["decision"] == NO_DECISION and "wrong shape" in refused["reason"]
+
+
+def test_router_drops_frames_older_than_their_max_age() -> None:
+    from edge.router import Router
+
+    ctx = zmq.Context()
+    work = ctx.socket(zmq.ROUTER)
+    work.bind("inproc://work-age")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.IDENTITY, b"w1")
+    dealer.connect("inproc://work-age")
+    results_in = ctx.socket(zmq.PULL)
+    results_in.bind("inproc://results-age")
+    results = ctx.socket(zmq.PUSH)
+    results.connect("inproc://results-age")
+    try:
+        router = Router(cfg_for())
+        image = np.zeros((8, 8), np.uint8)
+        stale = protocol.frame_header("a", 0, time.time() - 5, image, sent_ts=0, max_age_ms=500, epoch=1)
+        fresh = protocol.frame_header("a", 1, time.time(), image, sent_ts=0, max_age_ms=500, epoch=1)
+        for header in (stale, fresh):
+            header["policy"] = "lossless"
+            router.on_frame([Msg(protocol.encode_header(header)), Msg(image.tobytes())], results)
+        dealer.send(protocol.encode_header({"t": "ready", "worker": "w1", "credits": 4}))
+        ident, raw = work.recv_multipart()
+        router.on_worker([Msg(ident), Msg(raw)], results)
+        router.dispatch(work)
+        router.flush_drops(results)
+        got = json.loads(dealer.recv_multipart()[0])
+        assert got["seq"] == 1 and not dealer.poll(100)  # only the fresh frame costs an inference
+        drops = drain(results_in)
+        assert [(d["reason"], d["seqs"]) for d in drops] == [("too_old", [0])]
+    finally:
+        for s in (work, dealer, results_in, results):
+            s.close(0)
+        ctx.term()
