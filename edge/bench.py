@@ -29,7 +29,7 @@ def make_backend(package: ModelPackage, backend: str, precision: str, threads: i
         if plan is None:
             msg = f"no TensorRT engine usable here: {why}"
             raise BackendError(msg)
-        return TensorRTBackend(plan)
+        return TensorRTBackend.for_package(package, plan)
     from edge.backends.onnxrt.runner import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(package.onnx_path(precision), threads=threads)

@@ -48,7 +48,7 @@ def select_backend(cfg: LineConfig, package: ModelPackage) -> tuple[Backend, str
         if plan is not None:
             from edge.backends.trt.runner import TensorRTBackend
 
-            return TensorRTBackend(plan), f"tensorrt: {why}"
+            return TensorRTBackend.for_package(package, plan), f"tensorrt: {why}"
         if wanted == "tensorrt":
             msg = f"backend tensorrt requested but unusable: {why}; set model.backend to auto or onnxruntime"
             raise BackendError(msg)
