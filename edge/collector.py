@@ -96,7 +96,7 @@ class Collector:
         self.backends: collections.Counter = collections.Counter()
         #: (truth, decision) -> count, for frames whose source knew the ground truth
         self.scored: collections.Counter = collections.Counter()
-        self.malformed = 0
+        self.rejected = protocol.Rejections("results", log)
         self.last_tick = time.monotonic()
         self._fps_marks: dict[str, tuple[float, int]] = {}
         self._status_mark = (time.monotonic(), 0)
@@ -139,6 +139,9 @@ class Collector:
             elif kind == "stats":
                 self.on_camera_stats(header)
             elif kind == "router_stats":
+                frames_rejected = int(header.get("malformed", 0)) - int(self.router.get("malformed", 0))
+                if frames_rejected > 0:
+                    self.metrics.malformed.labels("frames").inc(frames_rejected)
                 self.router = header
                 for cam, depth in header.get("queues", {}).items():
                     self.metrics.queue_depth.labels(cam).set(depth)
@@ -151,10 +154,8 @@ class Collector:
             self.on_malformed(f"{kind} message missing or bad field: {exc!r}")
 
     def on_malformed(self, why: str) -> None:
-        self.malformed += 1
+        self.rejected(why)
         self.metrics.malformed.labels("results").inc()
-        if self.malformed <= 10 or self.malformed % 1000 == 0:
-            log.warning("malformed message on the results socket (#%d): %s", self.malformed, why)
 
     def on_camera_stats(self, h: dict[str, Any]) -> None:
         cam, epoch = h["cam"], h.get("epoch", 0)
@@ -314,7 +315,7 @@ class Collector:
             "elapsed_s": time.time() - self.started,
             "totals": t,
             "cameras": self.ledger.snapshot(),
-            "malformed": self.malformed + int(self.router.get("malformed", 0)),
+            "malformed": self.rejected.count + int(self.router.get("malformed", 0)),
             "e2e_ms": {
                 "p50": float(np.percentile(self.e2e, 50)) if self.e2e else None,
                 "p99": float(np.percentile(self.e2e, 99)) if self.e2e else None,

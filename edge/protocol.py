@@ -17,6 +17,7 @@ Message kinds (header ``"t"``):
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,21 @@ MAX_FRAME_PIXELS = 64 * 1024 * 1024
 
 class ProtocolError(LinesideError):
     """A message that does not follow the protocol; it is counted and dropped, never fatal."""
+
+
+class Rejections:
+    """Counts rejected (malformed) messages on one socket; logs the first ten, then every
+    thousandth, so a flood of garbage is visible without flooding the log."""
+
+    def __init__(self, where: str, logger: logging.Logger) -> None:
+        self.where = where
+        self.logger = logger
+        self.count = 0
+
+    def __call__(self, why: str) -> None:
+        self.count += 1
+        if self.count <= 10 or self.count % 1000 == 0:
+            self.logger.warning("malformed message on the %s socket (#%d): %s", self.where, self.count, why)
 
 
 def encode_header(header: dict[str, Any]) -> bytes:

@@ -51,7 +51,7 @@ class Router:
         self.policies: dict[str, str] = {}
         self.workers: dict[bytes, WorkerState] = {}
         self._rr: collections.deque[str] = collections.deque()
-        self.malformed = 0
+        self.rejected = protocol.Rejections("frames", log)
         self.lossless_queued = 0
         #: (camera, epoch) -> reason -> seqs, sent to the collector in batches
         self.drops: dict[tuple[str, int], dict[str, list[int]]] = collections.defaultdict(
@@ -75,18 +75,18 @@ class Router:
         try:
             header = protocol.decode_header(parts[0].bytes)
         except protocol.ProtocolError as exc:
-            self.on_malformed(str(exc))
+            self.rejected(str(exc))
             return
         kind = header["t"]
         if kind == "stats":
             results.send(parts[0].bytes)  # camera counters go straight to the collector
             return
         if kind != "frame" or len(parts) != 2:
-            self.on_malformed(f"unexpected message kind {kind!r} with {len(parts)} part(s) on frames")
+            self.rejected(f"unexpected message kind {kind!r} with {len(parts)} part(s) on frames")
             return
         cam, seq = header.get("cam"), header.get("seq")
         if not isinstance(cam, str) or not isinstance(seq, int):
-            self.on_malformed("frame header without a string cam and an integer seq")
+            self.rejected("frame header without a string cam and an integer seq")
             return
         policy = header.get("policy", "latest")
         queue = self.queues.get(cam)
@@ -101,11 +101,6 @@ class Router:
         else:
             self.lossless_queued += 1
         queue.append((header, parts[1]))
-
-    def on_malformed(self, why: str) -> None:
-        self.malformed += 1
-        if self.malformed <= 10 or self.malformed % 1000 == 0:
-            log.warning("malformed message on the frames socket (#%d): %s", self.malformed, why)
 
     def on_worker(self, parts: list[Any], results: zmq.Socket) -> None:
         ident = parts[0].bytes
@@ -189,7 +184,7 @@ class Router:
             "workers": len(self.workers),
             "credits": sum(w.credits for w in self.workers.values()),
             "inflight": sum(len(w.inflight) for w in self.workers.values()),
-            "malformed": self.malformed,
+            "malformed": self.rejected.count,
             "dispatched": self.dispatched,
         }
 

@@ -116,7 +116,7 @@ class Worker:
         self.batch: list[Item] = []
         self.done: list[list[Any]] = []
         self.processed = 0
-        self.malformed = 0
+        self.rejected = protocol.Rejections("work", log)
         # One input buffer reused for every batch: no allocation on the hot path.
         shape = (
             (self.max_batch * 8, self.channels, *self.hw)
@@ -151,8 +151,7 @@ class Worker:
                 raise protocol.ProtocolError(f"expected a frame message, got {header.get('t')!r}")
             image = protocol.image_from_frame(header, parts[1].buffer) if header.get("decide", True) else None
         except protocol.ProtocolError as exc:
-            self.malformed += 1
-            log.warning("rejected a malformed frame: %s", exc)
+            self.rejected(str(exc))
             header = locals().get("header")
             if (
                 isinstance(header, dict)
@@ -194,8 +193,7 @@ class Worker:
             tiles = self.tiles_of(image) if image.ndim == 2 else None
             if tiles is None:
                 why = f"wrong shape {list(item.image.shape)}: model takes {list(self.hw)} greyscale"
-                self.malformed += 1
-                log.warning("%s#%d: %s", item.header["cam"], item.header["seq"], why)
+                self.rejected(f"{item.header['cam']}#{item.header['seq']}: {why}")
                 self.send_result(results, item, Decision(NO_DECISION, why), {}, None)
                 continue
             start = len(pieces)

@@ -140,7 +140,7 @@ def test_router_policies_credits_and_lost_worker() -> None:
             router.on_frame([Msg(p) for p in frame_parts("trig", seq, "lossless")], results)
         assert router.stats_header()["queues"] == {"live": 1, "trig": 3}
         router.on_frame([Msg(b"not json")], results)
-        assert router.malformed == 1
+        assert router.rejected.count == 1
 
         dealer.send(protocol.encode_header({"t": "ready", "worker": "w1", "credits": 2}))
         ident, raw = work.recv_multipart()
