@@ -76,13 +76,17 @@ def trained_package(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset:
     from training.train import train
 
     out = tmp_path_factory.mktemp("session-model")
-    # The tests' recipe (configs/train/tiny.yaml) on the session's data set: about a minute.
+    # The tiny recipe on the session's data set, with the settings measured for it pinned here
+    # (test Dice 0.89, TPR 100 %, TNR 96 %, about a minute on 2 cores).
     checkpoint = train(
         ROOT / "configs" / "train" / "tiny.yaml",
         {
             "dataset.kind": "dagm",
             "dataset.root": str(synthetic_dataset),
             "dataset.classes": [MODEL_CLASS],
+            "input.crop": 64,
+            "train.epochs": 10,
+            "train.steps_per_epoch": 20,
             "train.output_dir": str(out / "checkpoint"),
         },
     )
