@@ -10,6 +10,7 @@ worker that dies as lost.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import signal
@@ -88,6 +89,17 @@ def load_ignore_masks(cfg: LineConfig, hw: tuple[int, int]) -> dict[str, np.ndar
 
 
 @dataclass
+class Prepared:
+    """A normalized batch waiting for (or in) the backend."""
+
+    inputs: np.ndarray
+    #: (frame, first piece, end piece, tile offsets) per frame
+    spans: list[tuple[Item, int, int, list[tuple[int, int]]]]
+    started_at: float
+    prepared_at: float
+
+
+@dataclass
 class Item:
     """One frame waiting in the worker."""
 
@@ -117,13 +129,27 @@ class Worker:
         self.done: list[list[Any]] = []
         self.processed = 0
         self.rejected = protocol.Rejections("work", log)
-        # One input buffer reused for every batch: no allocation on the hot path.
+        # Input buffers reused for every batch: no allocation on the hot path.
         shape = (
-            (self.max_batch * 8, self.channels, *self.hw)
+            (self.max_batch, self.channels, *self.hw)
             if self.nchw
-            else (self.max_batch * 8, *self.hw, self.channels)
+            else (self.max_batch, *self.hw, self.channels)
         )
-        self._input = np.empty(shape, np.float32)
+        self._inputs = [np.empty(shape, np.float32), np.empty(shape, np.float32)]
+        self._next_slot = 0
+        # Every backend call runs in this one thread: the next batch is received and
+        # normalized, and the last one decided and sent, while the model computes; and a
+        # CUDA context, which belongs to the thread that made it, stays on one thread.
+        self._infer_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="infer")
+
+    def on_backend_thread(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn`` on the backend's thread and wait for it."""
+        return self._infer_pool.submit(fn, *args).result()
+
+    def close(self) -> None:
+        """Free the backend (on its own thread) and stop that thread."""
+        self.on_backend_thread(self.backend.deactivate)
+        self._infer_pool.shutdown(wait=True)
 
     # -- messages ------------------------------------------------------------------
     def ready(self, work: zmq.Socket, credits: int) -> None:
@@ -179,7 +205,11 @@ class Worker:
             return list(imageops.cut_tiles(image, plan, *self.hw)), plan
         return None
 
-    def process(self, results: zmq.Socket) -> None:
+    def prepare(self, results: zmq.Socket) -> Prepared | None:
+        """Take the waiting frames as a batch: answer faults at once, cut tiles, normalize.
+
+        Returns None when nothing in the batch needs the model.
+        """
         batch, self.batch = self.batch, []
         t0 = time.time()
         pieces: list[np.ndarray] = []
@@ -200,22 +230,35 @@ class Worker:
             pieces.extend(tiles[0])
             spans.append((item, start, len(pieces), tiles[1]))
         if not pieces:
-            return
+            return None
         n = len(pieces)
-        if n > self._input.shape[0]:
-            self._input = np.empty((n, *self._input.shape[1:]), np.float32)
-        inp = self._input[:n]
+        # Two input buffers, used in turn: one can be read by the backend while the
+        # next batch is normalized into the other.
+        slot = self._next_slot
+        self._next_slot = 1 - slot
+        if n > self._inputs[slot].shape[0]:
+            self._inputs[slot] = np.empty((n, *self._inputs[slot].shape[1:]), np.float32)
+        inp = self._inputs[slot][:n]
         stacked = np.stack(pieces)
         if self.nchw:
             normalize(stacked[:, None], self.package.manifest.normalization, out=inp)
         else:
             normalize(stacked[..., None], self.package.manifest.normalization, out=inp)
-        t1 = time.time()
+        return Prepared(inp, spans, t0, time.time())
+
+    def infer(self, prepared: Prepared) -> np.ndarray:
+        """Run the backend over a prepared batch, in chunks the engine accepts."""
+        n = prepared.inputs.shape[0]
         probs = np.empty((n, *self.hw), np.float32)
-        for s in range(0, n, self.backend.max_batch):
-            probs[s : s + self.backend.max_batch] = self.backend.infer(inp[s : s + self.backend.max_batch])
-        t2 = time.time()
-        for item, start, end, plan in spans:
+        step = self.backend.max_batch
+        for s in range(0, n, step):
+            probs[s : s + step] = self.backend.infer(prepared.inputs[s : s + step])
+        return probs
+
+    def finish(self, prepared: Prepared, probs: np.ndarray, t_infer_done: float, results: zmq.Socket) -> None:
+        """Decide each frame of an inferred batch and send its result."""
+        t1, t2 = prepared.prepared_at, t_infer_done
+        for item, start, end, plan in prepared.spans:
             rules = self.rules
             ignore = self.ignore.get(item.header["cam"])
             if ignore is not None:
@@ -232,11 +275,18 @@ class Worker:
                 mask = imageops.join_tiles(maps, plan, h, w)
             t3 = time.time()
             lat = {
-                "preprocess": (t1 - t0) * 1000,
+                "preprocess": (t1 - prepared.started_at) * 1000,
                 "infer": (t2 - t1) * 1000,
                 "postprocess": (t3 - t2) * 1000,
             }
             self.send_result(results, item, result, lat, mask)
+
+    def process(self, results: zmq.Socket) -> None:
+        """Prepare, infer and finish the waiting frames in this thread (shutdown, tests)."""
+        prepared = self.prepare(results)
+        if prepared is not None:
+            probs = self.on_backend_thread(self.infer, prepared)
+            self.finish(prepared, probs, time.time(), results)
 
     def send_result(
         self, results: zmq.Socket, item: Item, d: Decision, lat: dict[str, float], mask: np.ndarray | None
@@ -287,11 +337,16 @@ class Worker:
         last_beat = time.monotonic()
         poller = zmq.Poller()
         poller.register(work, zmq.POLLIN)
+        # At most one batch in the backend and one normalized batch waiting for it.
+        running: tuple[concurrent.futures.Future, Prepared] | None = None
+        waiting: Prepared | None = None
         while not self.stop.is_set():
             timeout_ms = 100
-            if self.batch:
+            if self.batch and waiting is None:
                 left = self.batch[0].received + self.max_wait - time.monotonic()
                 timeout_ms = max(0, int(left * 1000))
+            if running is not None:
+                timeout_ms = min(timeout_ms, 2)  # look at the backend often
             if poller.poll(timeout_ms):
                 while len(self.batch) < self.max_batch:
                     try:
@@ -299,12 +354,18 @@ class Worker:
                     except zmq.Again:
                         break
                     credits_out -= self.on_frame(parts, results)
+            if running is not None and running[0].done():
+                self.finish(running[1], running[0].result(), time.time(), results)
+                running = None
             due = self.batch and (
                 len(self.batch) >= self.max_batch
                 or time.monotonic() - self.batch[0].received >= self.max_wait
             )
-            if due:
-                self.process(results)
+            if due and waiting is None:
+                waiting = self.prepare(results)
+            if waiting is not None and running is None:
+                running = (self._infer_pool.submit(self.infer, waiting), waiting)
+                waiting = None
             if credits_out < self.max_batch and not self.stop.is_set():
                 self.ready(work, self.max_batch * 2 - credits_out)
                 credits_out = self.max_batch * 2
@@ -313,6 +374,10 @@ class Worker:
                 self.heartbeat(work)
                 last_beat = time.monotonic()
         # Finish what we hold, then tell the router we are leaving.
+        if running is not None:
+            self.finish(running[1], running[0].result(), time.time(), results)
+        if waiting is not None:
+            self.finish(waiting, self.on_backend_thread(self.infer, waiting), time.time(), results)
         while True:
             try:
                 parts = work.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -328,9 +393,15 @@ def open_worker(cfg: LineConfig, name: str) -> Worker:
     """Load the package and backend a worker runs (fails fast with one clear line)."""
     package = ModelPackage.open(cfg.resolve(cfg.model.package))
     backend, why = select_backend(cfg, package)
-    backend.activate()
+    worker = Worker(cfg, package, backend, name)
+    try:
+        worker.on_backend_thread(backend.activate)
+    except BaseException:
+        worker._infer_pool.shutdown(wait=False)
+        raise
+    worker.max_batch = min(cfg.workers.max_batch, backend.max_batch)  # an engine profile may cap it
     log.info("%s: backend %s — %s", name, backend.describe(), why)
-    return Worker(cfg, package, backend, name)
+    return worker
 
 
 def worker_main(
@@ -357,5 +428,5 @@ def worker_main(
             ready.set()
         worker.run(work, results)
     finally:
-        worker.backend.deactivate()
+        worker.close()
         sockets.close_all(ctx, work, results)

@@ -177,7 +177,7 @@ def worker_sockets(trained_package: Path):
     results = ctx.socket(zmq.PUSH)
     results.connect("inproc://results")
     yield worker, ctx, results, results_in
-    worker.backend.deactivate()
+    worker.close()
     results_in.close(0)
     results.close(0)
     ctx.term()
