@@ -27,6 +27,9 @@ class Backend(ABC):
 
     #: short name shown in logs and metrics ("onnxruntime", "tensorrt")
     name = "backend"
+    #: True when inference leaves the CPU free (a GPU), so the worker should prepare the
+    #: next batch meanwhile; on a CPU backend that only takes cores from the model
+    overlaps_host_work = False
 
     def __init__(self) -> None:
         self.is_active = False

@@ -25,6 +25,7 @@ class TensorRTBackend(Backend):
     """Runs a TensorRT engine plan of a model package on one GPU."""
 
     name = "tensorrt"
+    overlaps_host_work = True
 
     def __init__(self, plan_path: str | Path, *, onnx_sha256: str | None = None, device: int = 0) -> None:
         super().__init__()
