@@ -280,3 +280,45 @@ def test_router_drops_frames_older_than_their_max_age() -> None:
         for s in (work, dealer, results_in, results):
             s.close(0)
         ctx.term()
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["in-turn", "overlapped"])
+def test_worker_loop_decides_every_frame(worker_sockets, overlap: bool) -> None:
+    """Both loop modes (host work in turn with the model, or beside it as on a GPU) decide
+    every frame once, and acknowledge each to the router."""
+    import threading
+
+    worker, ctx, results, results_in = worker_sockets
+    worker.backend.overlaps_host_work = overlap  # the GPU path, exercised with ONNX Runtime
+    router = ctx.socket(zmq.ROUTER)
+    router.bind("inproc://work-loop")
+    work = ctx.socket(zmq.DEALER)
+    work.setsockopt(zmq.IDENTITY, b"w-test")
+    work.connect("inproc://work-loop")
+    loop = threading.Thread(target=worker.run, args=(work, results), daemon=True)
+    loop.start()
+    try:
+        ident, _ = router.recv_multipart()
+        size = worker.hw[0]
+        done = []
+        for seq in range(20):  # more than the 16 credits: the worker must ask for more
+            if seq == 16:
+                assert router.poll(10_000)
+                message = json.loads(router.recv_multipart()[1])
+                assert message["t"] in ("ready", "heartbeat")
+                done += message["done"]
+            router.send_multipart([ident, *frame_parts("a", seq, "lossless", size)])
+        seqs = []
+        while len(seqs) < 20 and results_in.poll(10_000):
+            seqs.append(json.loads(results_in.recv_multipart()[0])["seq"])
+        assert sorted(seqs) == list(range(20))
+        worker.stop.set()
+        loop.join(10)
+        while router.poll(500):
+            done += json.loads(router.recv_multipart()[1])["done"]
+        assert sorted(seq for _, _, seq in done) == list(range(20))
+    finally:
+        worker.stop.set()
+        loop.join(10)
+        router.close(0)
+        work.close(0)
