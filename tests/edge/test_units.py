@@ -183,9 +183,9 @@ def worker_sockets(trained_package: Path):
     ctx.term()
 
 
-def test_worker_sends_a_partial_batch_when_its_deadline_passes(worker_sockets) -> None:
-    """One frame and no more (the other cameras are dead): the batch of 8 goes out after
-    max_wait_ms with that one frame, in the worker's real loop."""
+@pytest.fixture
+def worker_loop(worker_sockets):
+    """The worker's real loop in a thread, talking to a ROUTER socket the test plays."""
     import threading
 
     worker, ctx, results, results_in = worker_sockets
@@ -195,33 +195,39 @@ def test_worker_sends_a_partial_batch_when_its_deadline_passes(worker_sockets) -
     work.setsockopt(zmq.IDENTITY, b"w-test")
     work.connect("inproc://work")
     loop = threading.Thread(target=worker.run, args=(work, results), daemon=True)
+    yield worker, router, loop, results_in
+    worker.stop.set()
+    if loop.is_alive():
+        loop.join(10)
+    router.close(0)
+    work.close(0)
+
+
+def test_worker_sends_a_partial_batch_when_its_deadline_passes(worker_loop) -> None:
+    """One frame and no more (the other cameras are dead): the batch of 8 goes out after
+    max_wait_ms with that one frame, in the worker's real loop."""
+    worker, router, loop, results_in = worker_loop
     loop.start()
-    try:
-        ident, ready = router.recv_multipart()
-        assert json.loads(ready) == {"t": "ready", "worker": "w-test", "credits": 16, "done": []}
-        size = worker.hw[0]
-        sent = time.monotonic()
-        router.send_multipart([ident, *frame_parts("a", 0, "lossless", size)])
-        assert results_in.poll(10_000), "a lone frame was never decided"
-        waited = time.monotonic() - sent
-        parts = results_in.recv_multipart()
-        header = json.loads(parts[0])
-        assert header["t"] == "result" and (header["cam"], header["epoch"], header["seq"]) == ("a", 1, 0)
-        assert header["decision"] in (PASS, FAIL)
-        assert len(parts[1]) == size * size  # the mask travels with the result
-        assert waited >= worker.max_wait  # it did wait for more frames ...
-        assert waited < worker.max_wait + 3.0  # ... but not for a full batch
-        worker.stop.set()
-        loop.join(10)
-        kinds = [json.loads(router.recv_multipart()[1]) for _ in range(2) if router.poll(2000)]
-        assert kinds[-1]["t"] == "bye"
-        done = [d for k in kinds for d in k["done"]]
-        assert done == [["a", 1, 0]]  # the router learns the frame is finished
-    finally:
-        worker.stop.set()
-        loop.join(10)
-        router.close(0)
-        work.close(0)
+    ident, ready = router.recv_multipart()
+    assert json.loads(ready) == {"t": "ready", "worker": "w-test", "credits": 16, "done": []}
+    size = worker.hw[0]
+    sent = time.monotonic()
+    router.send_multipart([ident, *frame_parts("a", 0, "lossless", size)])
+    assert results_in.poll(10_000), "a lone frame was never decided"
+    waited = time.monotonic() - sent
+    parts = results_in.recv_multipart()
+    header = json.loads(parts[0])
+    assert header["t"] == "result" and (header["cam"], header["epoch"], header["seq"]) == ("a", 1, 0)
+    assert header["decision"] in (PASS, FAIL)
+    assert len(parts[1]) == size * size  # the mask travels with the result
+    assert waited >= worker.max_wait  # it did wait for more frames ...
+    assert waited < worker.max_wait + 3.0  # ... but not for a full batch
+    worker.stop.set()
+    loop.join(10)
+    kinds = [json.loads(router.recv_multipart()[1]) for _ in range(2) if router.poll(2000)]
+    assert kinds[-1]["t"] == "bye"
+    done = [d for k in kinds for d in k["done"]]
+    assert done == [["a", 1, 0]]  # the router learns the frame is finished
 
 
 def test_a_frame_larger_than_the_model_is_tiled_and_joined(worker_sockets) -> None:
@@ -283,42 +289,28 @@ def test_router_drops_frames_older_than_their_max_age() -> None:
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["in-turn", "overlapped"])
-def test_worker_loop_decides_every_frame(worker_sockets, overlap: bool) -> None:
+def test_worker_loop_decides_every_frame(worker_loop, overlap: bool) -> None:
     """Both loop modes (host work in turn with the model, or beside it as on a GPU) decide
     every frame once, and acknowledge each to the router."""
-    import threading
-
-    worker, ctx, results, results_in = worker_sockets
+    worker, router, loop, results_in = worker_loop
     worker.backend.overlaps_host_work = overlap  # the GPU path, exercised with ONNX Runtime
-    router = ctx.socket(zmq.ROUTER)
-    router.bind("inproc://work-loop")
-    work = ctx.socket(zmq.DEALER)
-    work.setsockopt(zmq.IDENTITY, b"w-test")
-    work.connect("inproc://work-loop")
-    loop = threading.Thread(target=worker.run, args=(work, results), daemon=True)
     loop.start()
-    try:
-        ident, _ = router.recv_multipart()
-        size = worker.hw[0]
-        done = []
-        for seq in range(20):  # more than the 16 credits: the worker must ask for more
-            if seq == 16:
-                assert router.poll(10_000)
-                message = json.loads(router.recv_multipart()[1])
-                assert message["t"] in ("ready", "heartbeat")
-                done += message["done"]
-            router.send_multipart([ident, *frame_parts("a", seq, "lossless", size)])
-        seqs = []
-        while len(seqs) < 20 and results_in.poll(10_000):
-            seqs.append(json.loads(results_in.recv_multipart()[0])["seq"])
-        assert sorted(seqs) == list(range(20))
-        worker.stop.set()
-        loop.join(10)
-        while router.poll(500):
-            done += json.loads(router.recv_multipart()[1])["done"]
-        assert sorted(seq for _, _, seq in done) == list(range(20))
-    finally:
-        worker.stop.set()
-        loop.join(10)
-        router.close(0)
-        work.close(0)
+    ident, _ = router.recv_multipart()
+    size = worker.hw[0]
+    done = []
+    for seq in range(20):  # more than the 16 credits: the worker must ask for more
+        if seq == 16:
+            assert router.poll(10_000)
+            message = json.loads(router.recv_multipart()[1])
+            assert message["t"] in ("ready", "heartbeat")
+            done += message["done"]
+        router.send_multipart([ident, *frame_parts("a", seq, "lossless", size)])
+    seqs = []
+    while len(seqs) < 20 and results_in.poll(10_000):
+        seqs.append(json.loads(results_in.recv_multipart()[0])["seq"])
+    assert sorted(seqs) == list(range(20))
+    worker.stop.set()
+    loop.join(10)
+    while router.poll(500):
+        done += json.loads(router.recv_multipart()[1])["done"]
+    assert sorted(seq for _, _, seq in done) == list(range(20))
