@@ -359,11 +359,10 @@ class CameraLoop:
             time.sleep(0.02)
 
     def _close_source(self, source: FrameSource) -> None:
-        if source is not None:
-            try:
-                source.close()
-            except Exception as exc:  # closing a broken capture must not kill the camera loop
-                log.debug("%s: close failed: %s", self.cam.id, exc)
+        try:
+            source.close()
+        except Exception as exc:  # closing a broken capture must not kill the camera loop
+            log.debug("%s: close failed: %s", self.cam.id, exc)
 
 
 def camera_main(cfg_dict: dict, camera_index: int, input_hw: tuple[int, int], log_level: int) -> None:

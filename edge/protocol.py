@@ -21,6 +21,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import zmq
 
 from converter.errors import LinesideError
 
@@ -134,8 +135,6 @@ def image_from_frame(header: dict[str, Any], buffer: Any) -> np.ndarray:
 
 def send_multipart(socket: Any, header: dict[str, Any], *buffers: Any, flags: int = 0) -> None:
     """Send a header and buffers; large buffers go zero-copy, small ones are copied."""
-    import zmq
-
     socket.send(encode_header(header), flags | zmq.SNDMORE if buffers else flags)
     for i, buf in enumerate(buffers):
         last = i == len(buffers) - 1

@@ -40,12 +40,9 @@ def select_backend(cfg: LineConfig, package: ModelPackage) -> tuple[Backend, str
     """The backend the config asks for, and why it was chosen (for the log)."""
     wanted = cfg.model.backend
     if wanted in ("auto", "tensorrt"):
-        try:
-            from converter.engine.select import select_engine
-        except ImportError:  # converter without engine support: only ONNX Runtime
-            plan, why = None, "this lineside has no TensorRT engine support"
-        else:
-            plan, why = select_engine(package)
+        from converter.engine.select import select_engine
+
+        plan, why = select_engine(package)
         if plan is not None:
             from edge.backends.trt.runner import TensorRTBackend
 
@@ -122,7 +119,8 @@ class Worker:
         self.nchw = m.input.layout == "NCHW"
         self.rules = decision_rules(cfg, package)
         self.ignore = load_ignore_masks(cfg, self.hw)
-        self.max_batch = min(cfg.workers.max_batch, backend.max_batch)
+        #: capped by the backend's own limit once it is active (see open_worker)
+        self.max_batch = cfg.workers.max_batch
         self.max_wait = cfg.workers.max_wait_ms / 1000
         self.stop = threading.Event()
         self.batch: list[Item] = []
@@ -168,9 +166,10 @@ class Worker:
         results.send(protocol.encode_header(msg))
         self.done.append([header["cam"], epoch, header["seq"]])
 
-    def on_frame(self, parts: list[Any], results: zmq.Socket) -> int:
-        """Validate one frame message; return the credits it used up (1, or 0 if foreign)."""
+    def on_frame(self, parts: list[Any], results: zmq.Socket) -> None:
+        """Validate one frame message: batch it, or report it dropped (malformed, too old)."""
         now = time.time()
+        header = None
         try:
             header = protocol.decode_header(parts[0].bytes)
             if header.get("t") != "frame" or len(parts) != 2:
@@ -178,21 +177,16 @@ class Worker:
             image = protocol.image_from_frame(header, parts[1].buffer) if header.get("decide", True) else None
         except protocol.ProtocolError as exc:
             self.rejected(str(exc))
-            header = locals().get("header")
-            if (
-                isinstance(header, dict)
-                and isinstance(header.get("cam"), str)
-                and isinstance(header.get("seq"), int)
-            ):
+            # A header that names its frame lets the ledger close it; garbage is only counted.
+            if header and isinstance(header.get("cam"), str) and isinstance(header.get("seq"), int):
                 self.report_drop(results, header, "malformed")
-            return 1
+            return
         header["recv"] = now
         max_age = header.get("max_age_ms") or 0
         if image is not None and max_age and (now - header["ts"]) * 1000 > max_age:
             self.report_drop(results, header, "too_old")
-            return 1
+            return
         self.batch.append(Item(header, image, time.monotonic()))
-        return 1
 
     # -- batch processing --------------------------------------------------------------
     def tiles_of(self, image: np.ndarray) -> tuple[list[np.ndarray], list[tuple[int, int]]] | None:
@@ -353,7 +347,8 @@ class Worker:
                         parts = work.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    credits_out -= self.on_frame(parts, results)
+                    credits_out -= 1  # every message the router sent used one credit
+                    self.on_frame(parts, results)
             if running is not None and running[0].done():
                 self.finish(running[1], running[0].result(), time.time(), results)
                 running = None
