@@ -167,7 +167,6 @@ class Collector:
         prev = self.cameras.get(cam, {})
         if h["captured"] != prev.get("captured"):
             self.camera_seen[cam] = time.monotonic()
-        self.camera_seen.setdefault(cam, time.monotonic())
         self.cameras[cam] = h
         m = self.metrics
         m.captured.labels(cam).set(h["captured"])
