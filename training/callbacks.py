@@ -104,18 +104,28 @@ def make_checkpoint_callback(output_dir: Path):
 
 
 def make_time_budget_callback(max_minutes: float):
-    """Ends training after the first epoch that finishes past ``max_minutes`` of wall time."""
+    """Ends training after the last epoch that fits in ``max_minutes`` of wall time.
+
+    An epoch is expected to take as long as the one before it, so training stops when
+    the next epoch would end past the budget; the run stays within it.
+    """
     import time
 
     class TimeBudget(_keras_callback_base()):
         def on_train_begin(self, logs=None):
             self.started = time.perf_counter()
 
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_started = time.perf_counter()
+
         def on_epoch_end(self, epoch, logs=None):
-            elapsed = (time.perf_counter() - self.started) / 60
-            if elapsed >= max_minutes:
+            now = time.perf_counter()
+            if now - self.started + (now - self.epoch_started) > max_minutes * 60:
                 logger.info(
-                    "time budget of %.1f min reached after epoch %d; stopping", max_minutes, epoch + 1
+                    "time budget of %.1f min: stopping after epoch %d (%.1f min), the next would pass it",
+                    max_minutes,
+                    epoch + 1,
+                    (now - self.started) / 60,
                 )
                 self.model.stop_training = True
 

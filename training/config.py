@@ -23,6 +23,7 @@ ARCHITECTURES = ("tinyunet", "unet_lowered", "mobilenetv2_unet")
 DATASET_KINDS = ("dagm", "severstal", "folders", "synthetic")
 LOSSES = ("bce", "dice", "adaptive", "bce_dice")
 OPTIMIZERS = ("rmsprop", "adam")
+SCHEDULES = ("exponential", "cosine")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 #: Every key a recipe may set, with its default. ``None`` defaults take the type in ``_NULLABLE``.
@@ -69,7 +70,10 @@ DEFAULTS: dict[str, Any] = {
     "optimizer": {
         "name": "rmsprop",
         "learning_rate": 1e-4,
-        # exponential decay, staircase: lr * decay_rate ** (step // decay_steps); 0 disables it
+        # exponential: staircase lr * decay_rate ** (step // decay_steps) (UNet_Industrial);
+        # cosine: from learning_rate down to 0 over the whole run (train.epochs x steps_per_epoch)
+        "schedule": "exponential",
+        # exponential only; decay_steps 0 keeps the learning rate constant
         "decay_steps": 500,
         "decay_rate": 0.8,
         "rho": 0.9,
@@ -93,6 +97,9 @@ DEFAULTS: dict[str, Any] = {
     "eval": {
         "threshold": 0.5,
         "min_defect_area": 16,
+        # hold this fraction of the training images out to choose threshold and min_defect_area
+        # after training (training.calibrate); 0 keeps the two values above
+        "calibration_fraction": 0.0,
         "batch_size": 4,
         "max_images": 0,
     },
@@ -104,6 +111,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.architecture": ARCHITECTURES,
     "loss": LOSSES,
     "optimizer.name": OPTIMIZERS,
+    "optimizer.schedule": SCHEDULES,
     "train.strategy": STRATEGIES,
 }
 
@@ -200,6 +208,8 @@ def _check_ranges(cfg: dict[str, Any], source: str) -> None:
         bad("eval.threshold", cfg["eval"]["threshold"], "in [0, 1]")
     if cfg["eval"]["min_defect_area"] < 0:
         bad("eval.min_defect_area", cfg["eval"]["min_defect_area"], ">= 0")
+    if not 0.0 <= cfg["eval"]["calibration_fraction"] <= 0.5:
+        bad("eval.calibration_fraction", cfg["eval"]["calibration_fraction"], "in [0, 0.5] (0: none)")
     if cfg["dataset"]["kind"] != "synthetic" and not cfg["dataset"]["root"]:
         bad("dataset.root", "", "the folder of the data set")
 

@@ -44,6 +44,7 @@ def evaluate_run(
             raise EvalError(msg)
         config = json.loads(recipe.read_text())
     cfg = load_config(config, overrides)
+    _use_trained_decision(cfg, run, overrides or {})
     import keras
 
     from training.datasets import load_splits
@@ -70,6 +71,21 @@ def evaluate_run(
         f"wrote {out / 'eval.json'}, {out / 'eval_grid.png'}" + (", curves.png" if history.is_file() else "")
     )
     return summary
+
+
+def _use_trained_decision(cfg: dict[str, Any], run: Path, overrides: dict[str, Any]) -> None:
+    """Score with the threshold and minimum area the run decided with (calibrated ones included).
+
+    ``training.json`` holds what ``lineside export`` ships to the line; a ``--set`` of
+    either key still wins.
+    """
+    info_path = run / "training.json"
+    if not info_path.is_file():
+        return
+    info = json.loads(info_path.read_text())
+    for key in ("threshold", "min_defect_area"):
+        if f"eval.{key}" not in overrides and key in info:
+            cfg["eval"][key] = info[key]
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -6,6 +6,11 @@ Per image and threshold t, with P = prob > t and G = mask > 0.5:
 whose "IoU" is in fact this Dice). Scores are means over images, reported both over
 defective images only (the strict figure) and over all images (UNet_Industrial's).
 
+Cerebras reports DAGM scores from one confusion matrix over every pixel of the split:
+``dsc_2class`` and ``miou_2class`` are the Dice and IoU of the defect class and of the
+background class, averaged over the two (its "DSC" and "mIOU"); ``pixel_dice`` is the
+defect class's share alone, the strictest pixel figure.
+
 An image is called defective when the prediction at the decision threshold has a
 connected region (8-connectivity) of at least ``min_defect_area`` pixels, the same
 rule the line-side daemon applies.
@@ -62,8 +67,13 @@ class SegmentationScores:
             "defective": truth,
             "predicted_defective": is_defective(prob, self.threshold, self.min_defect_area),
         }
+        gt = mask > 0.5
         for t in self.thresholds:
             row[f"dice@{t}"], row[f"iou@{t}"] = dice_iou(prob, mask, t)
+            pred = prob > t
+            tp = int(np.count_nonzero(pred & gt))
+            fp, fn = int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(gt)) - tp
+            row[f"pixels@{t}"] = (tp, fp, fn, gt.size)
         self._rows.append(row)
         return row
 
@@ -90,6 +100,9 @@ class SegmentationScores:
         for kind in ("dice", "iou"):
             out[kind] = {str(t): _mean(defective, f"{kind}@{t}") for t in self.thresholds}
             out[f"{kind}_all_images"] = {str(t): _mean(rows, f"{kind}@{t}") for t in self.thresholds}
+        pixel = {t: _pixel_scores(rows, f"pixels@{t}") for t in self.thresholds}
+        for key in ("pixel_dice", "dsc_2class", "miou_2class"):
+            out[key] = {str(t): pixel[t][key] for t in self.thresholds}
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -103,6 +116,26 @@ class SegmentationScores:
             "overall": self._summary(self._rows),
             "per_class": {str(c): self._summary(rows) for c, rows in sorted(by_class.items())},
         }
+
+
+def _pixel_scores(rows: list[dict[str, Any]], key: str) -> dict[str, float | None]:
+    """Split-level pixel scores from the summed confusion counts (tp, fp, fn, pixels) of ``rows``.
+
+    A class that appears in neither the labels nor the predictions is left out of the
+    two-class means, as in Cerebras' streaming metrics.
+    """
+    tp, fp, fn, n = (sum(r[key][i] for r in rows) for i in range(4))
+    tn = n - tp - fp - fn
+    dice, iou = [], []
+    for hit, wrong in ((tp, fp + fn), (tn, fp + fn)):
+        if hit + wrong:
+            dice.append(2 * hit / (2 * hit + wrong))
+            iou.append(hit / (hit + wrong))
+    return {
+        "pixel_dice": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+        "dsc_2class": float(np.mean(dice)) if dice else None,
+        "miou_2class": float(np.mean(iou)) if iou else None,
+    }
 
 
 def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
@@ -132,5 +165,11 @@ def format_table(summary: dict[str, Any]) -> str:
         )
     lines.append(
         f"(Dice/IoU: mean over defective images; decision: region >= {summary['min_defect_area']} px)"
+    )
+    o = summary["overall"]
+    lines.append(
+        f"published ways @{t}: UNet_Industrial (all images) Dice {fmt(o['dice_all_images'].get(t))}; "
+        f"Cerebras (split pixels, 2-class mean) DSC {fmt(o['dsc_2class'].get(t))}, "
+        f"mIoU {fmt(o['miou_2class'].get(t))}; defect-class pixel Dice {fmt(o['pixel_dice'].get(t))}"
     )
     return "\n".join(lines)

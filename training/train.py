@@ -57,7 +57,9 @@ def _compile(model, cfg: dict[str, Any]) -> None:
     def dice(y_true, y_pred):
         return dice_coefficient(y_true, y_pred)
 
-    model.compile(optimizer=build_optimizer(cfg["optimizer"]), loss=get_loss(cfg["loss"]), metrics=[dice])
+    total_steps = cfg["train"]["epochs"] * cfg["train"]["steps_per_epoch"]
+    optimizer = build_optimizer(cfg["optimizer"], total_steps)
+    model.compile(optimizer=optimizer, loss=get_loss(cfg["loss"]), metrics=[dice])
 
 
 def _float32_copy(model, cfg: dict[str, Any], channels: int):
@@ -90,6 +92,7 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
 
     import keras
 
+    from training.calibrate import calibrate, hold_out
     from training.callbacks import (
         make_checkpoint_callback,
         make_progress_callback,
@@ -105,7 +108,15 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
     _set_seeds(seed, tcfg["deterministic"])
     keras.mixed_precision.set_global_policy("mixed_float16" if tcfg["mixed_precision"] else "float32")
     train_samples, val_samples = load_splits(cfg)
-    logger.info("data: %d training images, %d validation images", len(train_samples), len(val_samples))
+    held_out = []
+    if cfg["eval"]["calibration_fraction"]:
+        train_samples, held_out = hold_out(train_samples, cfg["eval"]["calibration_fraction"], seed)
+    logger.info(
+        "data: %d training images, %d held out for calibration, %d validation images",
+        len(train_samples),
+        len(held_out),
+        len(val_samples),
+    )
     if cfg["input"]["crop"]:
         check_input_size(cfg["model"]["architecture"], cfg["input"]["crop"], cfg["input"]["crop"])
     channels = INPUT_CHANNELS
@@ -143,9 +154,14 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
     if tcfg["mixed_precision"]:
         model = _float32_copy(model, cfg, channels)
     model.save(out / MODEL_FILE)
+    calibration = None
+    if held_out:
+        calibration = calibrate(model, held_out, cfg)
+        cfg["eval"]["threshold"] = calibration["threshold"]
+        cfg["eval"]["min_defect_area"] = calibration["min_defect_area"]
     summary, _ = evaluate_model(model, val_samples, cfg)
     (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_training_json(out, cfg, summary, train_seconds, channels, val_samples)
+    write_training_json(out, cfg, summary, train_seconds, channels, val_samples, calibration)
     logger.info("trained %s in %.0f s -> %s", cfg["model"]["architecture"], train_seconds, out)
     return out
 
@@ -165,9 +181,19 @@ def _input_hw(cfg: dict[str, Any], val_samples) -> tuple[int, int]:
 
 
 def write_training_json(
-    out: Path, cfg: dict[str, Any], summary: dict[str, Any], train_seconds: float, channels: int, val_samples
+    out: Path,
+    cfg: dict[str, Any],
+    summary: dict[str, Any],
+    train_seconds: float,
+    channels: int,
+    val_samples,
+    calibration: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the checkpoint manifest that ``lineside export`` reads."""
+    """Write the checkpoint manifest that ``lineside export`` reads.
+
+    ``threshold`` and ``min_defect_area`` are the calibrated values when ``calibration``
+    (training.calibrate) chose them, else the recipe's.
+    """
     from training.callbacks import load_state
 
     state = load_state(out) or {"epoch": 0, "step": 0}
@@ -196,6 +222,9 @@ def write_training_json(
             "iou": overall["iou"][t],
             "iou@0.75": overall["iou"].get("0.75"),
             "dice_all_images": overall["dice_all_images"][t],
+            "dsc_2class": overall["dsc_2class"][t],
+            "miou_2class": overall["miou_2class"][t],
+            "pixel_dice": overall["pixel_dice"][t],
             "tpr": overall["tpr"],
             "tnr": overall["tnr"],
             "accuracy": overall["accuracy"],
@@ -212,6 +241,7 @@ def write_training_json(
         "recipe": cfg["name"],
         "model": cfg["model"],
         "loss": cfg["loss"],
+        "calibration": calibration,
     }
     path = out / TRAINING_JSON
     path.write_text(json.dumps(info, indent=2) + "\n")

@@ -38,6 +38,7 @@ def test_defaults_merge_and_overrides():
         ({"input": {"normalization": "imagenet"}}, "allowed: zero_one, zero_centered"),
         ({"train": {"epochs": "ten"}}, "'train.epochs' must be int, got 'ten'"),
         ({"train": {"epochs": 0}}, "'train.epochs' is 0; it must be >= 1"),
+        ({"eval": {"calibration_fraction": 0.7}}, "'eval.calibration_fraction' is 0.7; it must be in"),
         (
             {"input": {"augment": {"rotate": True}}},
             "unknown key 'input.augment.rotate'; allowed: flip, rot90",

@@ -75,5 +75,12 @@ def test_image_level_rates_per_class():
     # Dice over defective images: (1 + ~0) / 2; over all images the clean correct one adds a 1
     assert c1["dice"]["0.5"] == pytest.approx(0.5, abs=1e-4)
     assert c1["dice_all_images"]["0.5"] == pytest.approx(2 / 3, abs=1e-4)
+    # split-level pixel counts. Class 1: tp 9, fn 9, fp 0 over 3 x 64 pixels (tn 174)
+    assert c1["pixel_dice"]["0.5"] == pytest.approx(18 / 27)
+    assert c1["dsc_2class"]["0.5"] == pytest.approx((18 / 27 + 348 / 357) / 2)
+    assert c1["miou_2class"]["0.5"] == pytest.approx((9 / 18 + 174 / 183) / 2)
+    # class 2: only a false alarm (fp 9, tn 55): the defect class scores 0, background 110/119
+    assert c2["pixel_dice"]["0.5"] == 0.0 and c2["dsc_2class"]["0.5"] == pytest.approx(110 / 238)
+    assert overall["pixel_dice"]["0.5"] == pytest.approx(18 / 36)
     table = format_table(summary)
     assert "     1 " in table and "   all " in table and "50.0%" in table

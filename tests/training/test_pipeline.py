@@ -94,3 +94,26 @@ def test_augmentation_changes_brightness_and_contrast(dagm_root):
     b = next(iter(train_dataset(train, jitter, seed=4)))[0].numpy()
     assert a.shape == b.shape and not np.allclose(a, b)
     assert b.min() >= 0.0 and b.max() <= 1.0
+
+
+def test_random_crops_reach_every_image_edge():
+    """Whole images have edges; training crops must show them (edge false alarms otherwise)."""
+    import tensorflow as tf
+
+    from training.pipeline import _crop
+
+    # pixel values encode their own position, so a crop's first pixel gives its offset
+    image = tf.reshape(tf.range(512 * 512, dtype=tf.int32), [512, 512, 1])
+    mask = tf.zeros([512, 512, 1], tf.uint8)
+    offsets = []
+    for i in range(400):
+        crop, _ = _crop(image, mask, 160, 0.0, tf.constant([3, i], tf.int64))
+        assert crop.shape == (160, 160, 1)
+        offsets.append(divmod(int(crop[0, 0, 0]), 512))
+    tops, lefts = np.array(offsets).T
+    assert tops.min() == 0 and lefts.min() == 0 and tops.max() == 352 and lefts.max() == 352
+    for edge in (tops == 0, tops == 352, lefts == 0, lefts == 352):
+        # about 1 in 10 (uniform offsets would give 1 in 353)
+        assert 0.05 < edge.mean() < 0.16
+    # and the rest still cover the inside
+    assert len(set(tops.tolist())) > 150

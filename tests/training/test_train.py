@@ -94,6 +94,17 @@ def test_same_seed_same_model(dagm_root, tmp_path, trained_run):
     assert not np.array_equal(build_model(model_cfg).get_weights()[0], _weights(trained_run)[0])
 
 
+def test_time_budget_stops_before_the_epoch_that_would_overrun(dagm_root, tmp_path):
+    from training.callbacks import load_state
+    from training.train import train
+
+    # 0.002 min is 0.12 s: the first epoch (graph tracing included) already takes longer,
+    # so the run ends after it instead of starting the second of five
+    out = train(tiny_recipe(dagm_root, tmp_path / "budget", epochs=5, max_minutes=0.002))
+    assert load_state(out) == {"epoch": 1, "step": 3}
+    assert json.loads((out / "training.json").read_text())["epochs_done"] == 1
+
+
 def test_mixed_precision_run_saves_a_float32_model(dagm_root, tmp_path):
     import keras
 
