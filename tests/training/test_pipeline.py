@@ -106,7 +106,7 @@ def test_random_crops_reach_every_image_edge():
     image = tf.reshape(tf.range(512 * 512, dtype=tf.int32), [512, 512, 1])
     mask = tf.zeros([512, 512, 1], tf.uint8)
     offsets = []
-    for i in range(400):
+    for i in range(1000):
         crop, _ = _crop(image, mask, 160, 0.0, tf.constant([3, i], tf.int64))
         assert crop.shape == (160, 160, 1)
         offsets.append(divmod(int(crop[0, 0, 0]), 512))
@@ -114,6 +114,6 @@ def test_random_crops_reach_every_image_edge():
     assert tops.min() == 0 and lefts.min() == 0 and tops.max() == 352 and lefts.max() == 352
     for edge in (tops == 0, tops == 352, lefts == 0, lefts == 352):
         # about 1 in 10 (uniform offsets would give 1 in 353)
-        assert 0.05 < edge.mean() < 0.16
+        assert 0.04 < edge.mean() < 0.2
     # and the rest still cover the inside
-    assert len(set(tops.tolist())) > 150
+    assert len(set(tops.tolist())) > 250
