@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from training.datasets.base import Sample
-from training.metrics import THRESHOLDS, dice_iou
+from training.metrics import THRESHOLDS, dice_iou, largest_region
 
 logger = logging.getLogger(__name__)
 
@@ -50,17 +50,6 @@ def hold_out(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sa
     keep = [s for i, s in enumerate(samples) if i not in held]
     out = [s for i, s in enumerate(samples) if i in held]
     return keep, out
-
-
-def largest_region(prob: np.ndarray, threshold: float) -> int:
-    """Pixels in the largest 8-connected region of ``prob > threshold`` (0 when there is none)."""
-    import cv2
-
-    binary = (prob > threshold).astype(np.uint8)
-    if not binary.any():
-        return 0
-    n, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    return int(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0
 
 
 def choose_threshold(dice_by_threshold: dict[float, float]) -> float:

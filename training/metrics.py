@@ -28,24 +28,37 @@ THRESHOLDS: tuple[float, ...] = (0.05, 0.125, 0.25, 0.5, 0.75, 0.85, 0.95, 0.99)
 EPS = 1e-5
 
 
-def dice_iou(prob: np.ndarray, mask: np.ndarray, threshold: float) -> tuple[float, float]:
-    """(Dice, IoU) of one image's prediction at ``threshold`` against its mask."""
+def confusion(prob: np.ndarray, mask: np.ndarray, threshold: float) -> tuple[int, int, int]:
+    """(true, false, missed) defect pixels of one image's prediction at ``threshold``."""
     pred = prob > threshold
     gt = mask > 0.5
-    inter = float(np.logical_and(pred, gt).sum())
-    p, g = float(pred.sum()), float(gt.sum())
-    return (2 * inter + EPS) / (p + g + EPS), (inter + EPS) / (p + g - inter + EPS)
+    tp = int(np.count_nonzero(pred & gt))
+    return tp, int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(gt)) - tp
+
+
+def _dice_iou(tp: int, fp: int, fn: int) -> tuple[float, float]:
+    return (2 * tp + EPS) / (2 * tp + fp + fn + EPS), (tp + EPS) / (tp + fp + fn + EPS)
+
+
+def dice_iou(prob: np.ndarray, mask: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(Dice, IoU) of one image's prediction at ``threshold`` against its mask."""
+    return _dice_iou(*confusion(prob, mask, threshold))
+
+
+def largest_region(prob: np.ndarray, threshold: float) -> int:
+    """Pixels in the largest 8-connected region of ``prob > threshold`` (0 when there is none)."""
+    binary = (prob > threshold).astype(np.uint8)
+    if not binary.any():
+        return 0
+    n, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    return int(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0
 
 
 def is_defective(prob: np.ndarray, threshold: float, min_area: int) -> bool:
     """True when a connected region above ``threshold`` has at least ``min_area`` pixels."""
-    binary = (prob > threshold).astype(np.uint8)
     if min_area <= 1:
-        return bool(binary.any())
-    if binary.sum() < min_area:
-        return False
-    n, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    return bool(n > 1 and stats[1:, cv2.CC_STAT_AREA].max() >= min_area)
+        return bool((prob > threshold).any())
+    return largest_region(prob, threshold) >= min_area
 
 
 class SegmentationScores:
@@ -67,13 +80,10 @@ class SegmentationScores:
             "defective": truth,
             "predicted_defective": is_defective(prob, self.threshold, self.min_defect_area),
         }
-        gt = mask > 0.5
         for t in self.thresholds:
-            row[f"dice@{t}"], row[f"iou@{t}"] = dice_iou(prob, mask, t)
-            pred = prob > t
-            tp = int(np.count_nonzero(pred & gt))
-            fp, fn = int(np.count_nonzero(pred)) - tp, int(np.count_nonzero(gt)) - tp
-            row[f"pixels@{t}"] = (tp, fp, fn, gt.size)
+            tp, fp, fn = confusion(prob, mask, t)
+            row[f"dice@{t}"], row[f"iou@{t}"] = _dice_iou(tp, fp, fn)
+            row[f"pixels@{t}"] = (tp, fp, fn, mask.size)
         self._rows.append(row)
         return row
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from tests.training.conftest import tiny_recipe
-from training.calibrate import choose_min_area, choose_threshold, hold_out, largest_region
+from training.calibrate import choose_min_area, choose_threshold, hold_out
 from training.datasets.base import Sample
+from training.metrics import largest_region
 
 
 def _samples() -> list[Sample]:
