@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from training.datasets.base import Sample
-from training.metrics import THRESHOLDS, dice_iou, largest_region
+from training.metrics import THRESHOLDS, SegmentationScores, largest_region
 
 logger = logging.getLogger(__name__)
 
@@ -77,20 +77,19 @@ def calibrate(model, samples: list[Sample], cfg: dict[str, Any]) -> dict[str, An
     """Pick ``threshold`` and ``min_defect_area`` on ``samples``; returns them with the evidence."""
     from training.pipeline import eval_dataset
 
+    # the evaluation's own per-image scores, so held-out Dice is counted exactly as test Dice
+    scores = SegmentationScores(cfg["eval"]["threshold"], cfg["eval"]["min_defect_area"])
     probs: list[np.ndarray] = []
-    truth: list[bool] = []
-    dice: dict[float, list[float]] = {t: [] for t in THRESHOLDS}
     for images, masks, _ in eval_dataset(samples, cfg):
         for prob, mask in zip(np.asarray(model(images, training=False)), np.asarray(masks), strict=True):
-            p, m = prob[..., 0], mask[..., 0]
-            defective = bool((m > 0.5).any())
-            truth.append(defective)
-            probs.append(p)
-            if defective:
-                for t in THRESHOLDS:
-                    dice[t].append(dice_iou(p, m, t)[0])
-    mean_dice = {t: float(np.mean(v)) if v else 0.0 for t, v in dice.items()}
-    threshold = choose_threshold(mean_dice) if any(truth) else cfg["eval"]["threshold"]
+            scores.add(prob[..., 0], mask[..., 0])
+            probs.append(prob[..., 0])
+    truth = [row["defective"] for row in scores.rows]
+    overall = scores.summary()["overall"]
+    if overall["defective"]:
+        threshold = choose_threshold({t: overall["dice"][str(t)] for t in THRESHOLDS})
+    else:
+        threshold = cfg["eval"]["threshold"]
     areas = [largest_region(p, threshold) for p in probs]
     clean = [a for a, d in zip(areas, truth, strict=True) if not d]
     defective = [a for a, d in zip(areas, truth, strict=True) if d]
@@ -100,7 +99,7 @@ def calibrate(model, samples: list[Sample], cfg: dict[str, Any]) -> dict[str, An
         "defective": len(defective),
         "threshold": threshold,
         "min_defect_area": min_area,
-        "dice": mean_dice[threshold] if any(truth) else None,
+        "dice": overall["dice"][str(threshold)],
         "largest_clean_region": max(clean, default=0),
         "smallest_defect_region": min(defective, default=0),
         "tpr": sum(a >= min_area for a in defective) / len(defective) if defective else None,
