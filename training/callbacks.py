@@ -119,6 +119,8 @@ def make_time_budget_callback(max_minutes: float):
             self.epoch_started = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 >= self.params.get("epochs", 0):
+                return  # the last planned epoch: the run ends anyway, so there is nothing to report
             now = time.perf_counter()
             if now - self.started + (now - self.epoch_started) > max_minutes * 60:
                 logger.info(
