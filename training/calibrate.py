@@ -75,27 +75,28 @@ def choose_min_area(clean_areas: list[int], defective_areas: list[int]) -> int:
 
 def calibrate(model, samples: list[Sample], cfg: dict[str, Any]) -> dict[str, Any]:
     """Pick ``threshold`` and ``min_defect_area`` on ``samples``; returns them with the evidence."""
-    from training.pipeline import eval_dataset
+    from training.evaluate import predictions
 
     # the evaluation's own per-image scores, so held-out Dice is counted exactly as test Dice
     scores = SegmentationScores(cfg["eval"]["threshold"], cfg["eval"]["min_defect_area"])
-    probs: list[np.ndarray] = []
-    for images, masks, _ in eval_dataset(samples, cfg):
-        for prob, mask in zip(np.asarray(model(images, training=False)), np.asarray(masks), strict=True):
-            scores.add(prob[..., 0], mask[..., 0])
-            probs.append(prob[..., 0])
+    # every candidate threshold's largest region, so no probability map is kept in memory
+    regions: dict[float, list[int]] = {t: [] for t in {*THRESHOLDS, cfg["eval"]["threshold"]}}
+    for _, mask, prob, class_id in predictions(model, samples, cfg):
+        scores.add(prob, mask, class_id)
+        for t, found in regions.items():
+            found.append(largest_region(prob, t))
     truth = [row["defective"] for row in scores.rows]
     overall = scores.summary()["overall"]
     if overall["defective"]:
         threshold = choose_threshold({t: overall["dice"][str(t)] for t in THRESHOLDS})
     else:
         threshold = cfg["eval"]["threshold"]
-    areas = [largest_region(p, threshold) for p in probs]
+    areas = regions[threshold]
     clean = [a for a, d in zip(areas, truth, strict=True) if not d]
     defective = [a for a, d in zip(areas, truth, strict=True) if d]
     min_area = choose_min_area(clean, defective)
     result = {
-        "images": len(probs),
+        "images": len(areas),
         "defective": len(defective),
         "threshold": threshold,
         "min_defect_area": min_area,
