@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.training.conftest import tiny_recipe
+
+DEMO_RECIPE = Path(__file__).resolve().parents[2] / "configs" / "train" / "demo.yaml"
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +95,39 @@ def test_same_seed_same_model(dagm_root, tmp_path, trained_run):
     model_cfg = load_config(tiny_recipe(dagm_root, tmp_path / "x"))["model"]
     keras.utils.set_random_seed(4)
     assert not np.array_equal(build_model(model_cfg).get_weights()[0], _weights(trained_run)[0])
+
+
+def test_same_seed_same_model_across_processes_at_demo_shapes(tmp_path):
+    """Two ``lineside train`` processes give identical weights at the demo's crop and batch.
+
+    At these shapes (160 px crops, batches of 8, BatchNorm) ops that run side by side used
+    to add gradients in varying order; the in-process test above is too small to show it.
+    """
+    import subprocess
+    import sys
+
+    from converter.synthetic import write_dagm
+
+    write_dagm(tmp_path / "data", classes=(1,), n_train=6, n_test=2, size=512, seed=1)
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        sets = {
+            "dataset.kind": "dagm",
+            "dataset.root": str(tmp_path / "data"),
+            "train.epochs": 1,
+            "train.steps_per_epoch": 12,
+            "train.tensorboard": "false",
+            "train.progress": "false",
+        }
+        argv = [sys.executable, "-m", "edge.cli", "train", str(DEMO_RECIPE), "-o", str(out)]
+        for key, value in sets.items():
+            argv += ["--set", f"{key}={value}"]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs.append(_weights(out))
+    for a, b in zip(*runs, strict=True):
+        assert np.array_equal(a, b)
 
 
 def test_time_budget_stops_before_the_epoch_that_would_overrun(dagm_root, tmp_path):
