@@ -10,7 +10,7 @@ import pytest
 from tests.training.conftest import tiny_recipe
 from training.calibrate import choose_min_area, choose_threshold, hold_out
 from training.datasets.base import Sample
-from training.metrics import largest_region
+from training.metrics import largest_false_region, largest_region
 
 
 def _samples() -> list[Sample]:
@@ -84,10 +84,25 @@ def test_training_calibrates_and_eval_uses_it(dagm_root, tmp_path):
     # 2 classes x (4 defective + 4 clean) training images; a quarter of each group held out
     assert cal["images"] == 4 and cal["defective"] == 2
     assert info["threshold"] == cal["threshold"] and info["min_defect_area"] == cal["min_defect_area"]
-    if cal["largest_clean_region"] < cal["smallest_defect_region"]:
-        assert cal["largest_clean_region"] < cal["min_defect_area"] <= cal["smallest_defect_region"]
+    assert cal["largest_false_region"] >= cal["largest_clean_region"]
+    if cal["largest_false_region"] < cal["smallest_defect_region"]:
+        assert cal["largest_false_region"] < cal["min_defect_area"] <= cal["smallest_defect_region"]
         assert cal["tpr"] == cal["tnr"] == 1.0
     summary = evaluate_run(run)
     assert summary["threshold"] == cal["threshold"] and summary["min_defect_area"] == cal["min_defect_area"]
     override = evaluate_run(run, overrides={"eval.min_defect_area": 7}, output=tmp_path / "o")
     assert override["min_defect_area"] == 7
+
+
+def test_false_regions_are_those_that_touch_no_labelled_defect():
+    prob = np.zeros((20, 20), np.float32)
+    prob[2:6, 2:6] = 0.9  # 16 px over the defect
+    prob[12:15, 12:15] = 0.9  # 9 px false alarm elsewhere
+    prob[17, 2:6] = 0.9  # 4 px false alarm
+    truth = np.zeros((20, 20), np.float32)
+    truth[4:8, 4:8] = 1.0  # overlaps the 16 px region only
+    assert largest_false_region(prob, 0.5, truth) == 9
+    assert largest_false_region(prob, 0.5, np.zeros_like(truth)) == largest_region(prob, 0.5) == 16
+    truth[13, 13] = 1.0  # now both large regions touch a label
+    assert largest_false_region(prob, 0.5, truth) == 4
+    assert largest_false_region(prob, 0.95, truth) == 0

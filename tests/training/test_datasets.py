@@ -147,3 +147,28 @@ def test_folder_layouts(tmp_path):
         load_folders(flat)
     with pytest.raises(DatasetError, match="neither images/"):
         load_folders(tmp_path)
+
+
+def test_synthetic_set_is_reused_only_when_made_by_the_same_generator(tmp_path, monkeypatch):
+    import json
+
+    from converter.synthetic import GENERATOR_VERSION
+    from training.datasets import SYNTHETIC_MARKER, default_synthetic_root, ensure_synthetic
+
+    params = {"n_train": 2, "n_test": 2, "size": 64, "defect_fraction": 0.5}
+    root = ensure_synthetic(tmp_path / "set", [1], params, seed=3)
+    image = root / "Class1" / "Train" / "0001.PNG"
+    written = image.stat().st_mtime_ns
+    assert ensure_synthetic(root, [1], params, seed=3) == root and image.stat().st_mtime_ns == written
+    # a set from an older generator (same seed, other images) is refused, not silently reused
+    marker = root / SYNTHETIC_MARKER
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "generator": GENERATOR_VERSION - 1}))
+    with pytest.raises(DatasetError, match=r"older generator.*delete that folder"):
+        ensure_synthetic(root, [1], params, seed=3)
+    other = ensure_synthetic(tmp_path / "set2", [1], params, seed=3)
+    with pytest.raises(DatasetError, match="other settings"):
+        ensure_synthetic(other, [1], {**params, "n_train": 3}, seed=3)
+    # the default cache folder follows the generator too
+    before = default_synthetic_root([1], params, 3)
+    monkeypatch.setattr("converter.synthetic.GENERATOR_VERSION", GENERATOR_VERSION + 1)
+    assert default_synthetic_root([1], params, 3) != before

@@ -36,15 +36,18 @@ SYNTHETIC_MARKER = "synthetic.json"
 
 def ensure_synthetic(root: str | Path, classes: list[int], params: dict[str, Any], seed: int) -> Path:
     """Write the synthetic DAGM-like set under ``root`` unless the same one is already there."""
-    from converter.synthetic import write_dagm
+    from converter.synthetic import GENERATOR_VERSION, write_dagm
 
-    wanted = {"classes": list(classes), "seed": seed, **params}
+    wanted = {"generator": GENERATOR_VERSION, "classes": list(classes), "seed": seed, **params}
     root = Path(root)
     marker = root / SYNTHETIC_MARKER
     if marker.is_file():
         if json.loads(marker.read_text()) == wanted:
             return root
-        msg = f"{root} holds another synthetic set ({marker}); delete it or choose another dataset.root"
+        msg = (
+            f"{root} holds a synthetic set made with other settings or an older generator ({marker}); "
+            "delete that folder or choose another dataset.root"
+        )
         raise DatasetError(msg)
     if root.exists() and any(root.iterdir()):
         msg = f"{root} is not empty and holds no {SYNTHETIC_MARKER}; choose an empty dataset.root"
@@ -56,7 +59,11 @@ def ensure_synthetic(root: str | Path, classes: list[int], params: dict[str, Any
 
 def default_synthetic_root(classes: list[int], params: dict[str, Any], seed: int) -> Path:
     """A cache folder named after the generator settings, so equal settings reuse one set."""
-    key = json.dumps({"classes": list(classes), "seed": seed, **params}, sort_keys=True)
+    from converter.synthetic import GENERATOR_VERSION
+
+    key = json.dumps(
+        {"generator": GENERATOR_VERSION, "classes": list(classes), "seed": seed, **params}, sort_keys=True
+    )
     return Path("runs") / "data" / f"synthetic-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
