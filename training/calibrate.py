@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from training.datasets.base import Sample
-from training.metrics import THRESHOLDS, SegmentationScores, largest_false_region, largest_region
+from training.metrics import THRESHOLDS, SegmentationScores, largest_regions
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +67,12 @@ def choose_min_area(false_areas: list[int], defective_areas: list[int]) -> int:
     ``false_areas``: the largest false region of each held-out image; ``defective_areas``:
     the largest region of each held-out defective image.
     """
-    clean_max = max(false_areas, default=0)
+    false_max = max(false_areas, default=0)
     if not defective_areas:
-        return clean_max + 1
+        return false_max + 1
     defective_min = min(defective_areas)
-    if defective_min > clean_max:
-        return max(1, round(math.sqrt(max(clean_max, 1) * defective_min)))
+    if defective_min > false_max:
+        return max(1, round(math.sqrt(max(false_max, 1) * defective_min)))
 
     def mistakes(area: int) -> int:
         return sum(a >= area for a in false_areas) + sum(a < area for a in defective_areas)
@@ -95,8 +95,9 @@ def calibrate(model, samples: list[Sample], cfg: dict[str, Any]) -> dict[str, An
     for _, mask, prob, class_id in predictions(model, samples, cfg):
         scores.add(prob, mask, class_id)
         for t in candidates:
-            regions[t].append(largest_region(prob, t))
-            false_regions[t].append(largest_false_region(prob, t, mask))
+            largest, largest_false = largest_regions(prob, t, mask)
+            regions[t].append(largest)
+            false_regions[t].append(largest_false)
     truth = [row["defective"] for row in scores.rows]
     overall = scores.summary()["overall"]
     if overall["defective"]:

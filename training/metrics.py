@@ -54,19 +54,21 @@ def largest_region(prob: np.ndarray, threshold: float) -> int:
     return int(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0
 
 
-def largest_false_region(prob: np.ndarray, threshold: float, truth: np.ndarray) -> int:
-    """Pixels in the largest region of ``prob > threshold`` that touches no pixel of ``truth``.
+def largest_regions(prob: np.ndarray, threshold: float, truth: np.ndarray) -> tuple[int, int]:
+    """(largest region, largest false region) of ``prob > threshold``, in pixels (0 for none).
 
-    On a clean image (``truth`` all zero) that is the largest region; on a defective
-    one it is the largest false alarm away from the labelled defect.
+    A false region touches no pixel of ``truth``: on a clean image (``truth`` all zero)
+    it is the largest region; on a defective one, the largest alarm away from the
+    labelled defect. One labelling serves both, as calibration needs both per threshold.
     """
     binary = (prob > threshold).astype(np.uint8)
     if not binary.any():
-        return 0
+        return 0, 0
     _, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    true_ids = np.unique(labels[(truth > 0.5) & (labels > 0)])
-    areas = np.delete(stats[:, cv2.CC_STAT_AREA], np.concatenate([[0], true_ids]))
-    return int(areas.max()) if areas.size else 0
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    touched = np.unique(labels[(truth > 0.5) & (labels > 0)]) - 1
+    false_areas = np.delete(areas, touched)
+    return int(areas.max()), int(false_areas.max()) if false_areas.size else 0
 
 
 def is_defective(prob: np.ndarray, threshold: float, min_area: int) -> bool:

@@ -10,7 +10,7 @@ import pytest
 from tests.training.conftest import tiny_recipe
 from training.calibrate import choose_min_area, choose_threshold, hold_out
 from training.datasets.base import Sample
-from training.metrics import largest_false_region, largest_region
+from training.metrics import largest_region, largest_regions
 
 
 def _samples() -> list[Sample]:
@@ -101,8 +101,11 @@ def test_false_regions_are_those_that_touch_no_labelled_defect():
     prob[17, 2:6] = 0.9  # 4 px false alarm
     truth = np.zeros((20, 20), np.float32)
     truth[4:8, 4:8] = 1.0  # overlaps the 16 px region only
-    assert largest_false_region(prob, 0.5, truth) == 9
-    assert largest_false_region(prob, 0.5, np.zeros_like(truth)) == largest_region(prob, 0.5) == 16
+    assert largest_regions(prob, 0.5, truth) == (16, 9)
+    assert largest_regions(prob, 0.5, np.zeros_like(truth)) == (16, 16)
+    assert largest_region(prob, 0.5) == 16
     truth[13, 13] = 1.0  # now both large regions touch a label
-    assert largest_false_region(prob, 0.5, truth) == 4
-    assert largest_false_region(prob, 0.95, truth) == 0
+    assert largest_regions(prob, 0.5, truth) == (16, 4)
+    truth[17, 3] = 1.0  # and all three do
+    assert largest_regions(prob, 0.5, truth) == (16, 0)
+    assert largest_regions(prob, 0.95, truth) == (0, 0)

@@ -34,11 +34,18 @@ logger = logging.getLogger(__name__)
 SYNTHETIC_MARKER = "synthetic.json"
 
 
+def _synthetic_settings(classes: list[int], params: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Everything that decides a synthetic set's images, the generator's version included."""
+    from converter.synthetic import GENERATOR_VERSION
+
+    return {"generator": GENERATOR_VERSION, "classes": list(classes), "seed": seed, **params}
+
+
 def ensure_synthetic(root: str | Path, classes: list[int], params: dict[str, Any], seed: int) -> Path:
     """Write the synthetic DAGM-like set under ``root`` unless the same one is already there."""
-    from converter.synthetic import GENERATOR_VERSION, write_dagm
+    from converter.synthetic import write_dagm
 
-    wanted = {"generator": GENERATOR_VERSION, "classes": list(classes), "seed": seed, **params}
+    wanted = _synthetic_settings(classes, params, seed)
     root = Path(root)
     marker = root / SYNTHETIC_MARKER
     if marker.is_file():
@@ -59,11 +66,7 @@ def ensure_synthetic(root: str | Path, classes: list[int], params: dict[str, Any
 
 def default_synthetic_root(classes: list[int], params: dict[str, Any], seed: int) -> Path:
     """A cache folder named after the generator settings, so equal settings reuse one set."""
-    from converter.synthetic import GENERATOR_VERSION
-
-    key = json.dumps(
-        {"generator": GENERATOR_VERSION, "classes": list(classes), "seed": seed, **params}, sort_keys=True
-    )
+    key = json.dumps(_synthetic_settings(classes, params, seed), sort_keys=True)
     return Path("runs") / "data" / f"synthetic-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
