@@ -47,28 +47,27 @@ def dice_iou(prob: np.ndarray, mask: np.ndarray, threshold: float) -> tuple[floa
 
 def largest_region(prob: np.ndarray, threshold: float) -> int:
     """Pixels in the largest 8-connected region of ``prob > threshold`` (0 when there is none)."""
-    binary = (prob > threshold).astype(np.uint8)
-    if not binary.any():
-        return 0
-    n, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    return int(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0
+    return largest_regions(prob, threshold)[0]
 
 
-def largest_regions(prob: np.ndarray, threshold: float, truth: np.ndarray) -> tuple[int, int]:
+def largest_regions(prob: np.ndarray, threshold: float, truth: np.ndarray | None = None) -> tuple[int, int]:
     """(largest region, largest false region) of ``prob > threshold``, in pixels (0 for none).
 
-    A false region touches no pixel of ``truth``: on a clean image (``truth`` all zero)
-    it is the largest region; on a defective one, the largest alarm away from the
-    labelled defect. One labelling serves both, as calibration needs both per threshold.
+    A false region touches no pixel of ``truth``: on a clean image (``truth`` all zero
+    or None) it is the largest region; on a defective one, the largest alarm away from
+    the labelled defect. One labelling serves both, as calibration needs both per threshold.
     """
     binary = (prob > threshold).astype(np.uint8)
     if not binary.any():
         return 0, 0
     _, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     areas = stats[1:, cv2.CC_STAT_AREA]
+    largest = int(areas.max())
+    if truth is None:
+        return largest, largest
     touched = np.unique(labels[(truth > 0.5) & (labels > 0)]) - 1
     false_areas = np.delete(areas, touched)
-    return int(areas.max()), int(false_areas.max()) if false_areas.size else 0
+    return largest, int(false_areas.max()) if false_areas.size else 0
 
 
 def is_defective(prob: np.ndarray, threshold: float, min_area: int) -> bool:
