@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import queue
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 
 #: seconds between stats messages
 STATS_INTERVAL_S = 0.5
+#: a camera with frames waiting and no credit asks the router again after this long (a
+#: restarted router does not know the camera)
+HELLO_AGAIN_S = 1.0
 
 
 def build_source(cam: CameraConfig) -> FrameSource:
@@ -74,16 +78,14 @@ class DeadlineReader:
     next attempt: the watchdog that restarts a capture that has stuck.
     """
 
-    def __init__(self, stop: threading.Event, enabled: bool = True) -> None:
+    def __init__(self, stop: threading.Event) -> None:
         #: set on shutdown: a call in progress is abandoned at once instead of at its deadline
         self.stop = stop
-        #: off for sources that enforce their own deadlines (OpenCV): one hand-off is enough
-        self.enabled = enabled
-        self._thread = _CaptureThread() if enabled else None
+        self._thread = _CaptureThread()
 
-    def call(self, fn: Any, timeout_s: float, what: str) -> Any:
-        if self._thread is None:
-            return fn()
+    def call(self, fn: Any, timeout_s: float, what: str, tick: Any = None) -> Any:
+        """``fn()`` in the capture thread; CameraError past ``timeout_s``. ``tick()`` runs in
+        the caller's thread every few ms meanwhile (the camera keeps serving the line)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._thread.jobs.put((fn, future))
         deadline = time.monotonic() + timeout_s
@@ -94,7 +96,9 @@ class DeadlineReader:
                 why = "stopping" if self.stop.is_set() else f"timed out after {timeout_s:g} s"
                 msg = f"{what} {why}"
                 raise CameraError(msg)
-            concurrent.futures.wait([future], timeout=min(left, 0.05))
+            concurrent.futures.wait([future], timeout=min(left, 0.01))
+            if tick is not None and not future.done():
+                tick()
         return future.result()
 
     def _abandon(self) -> None:
@@ -103,8 +107,7 @@ class DeadlineReader:
         self._thread = _CaptureThread()
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._thread.jobs.put(None)
+        self._thread.jobs.put(None)
 
 
 def frame_digest(image: np.ndarray) -> bytes:
@@ -124,7 +127,18 @@ def check_frame(image: np.ndarray, last_digest: bytes | None) -> tuple[str | Non
 
 
 class CameraLoop:
-    """Capture -> shape -> send, with reconnect, fps limit and a drop policy."""
+    """Capture -> shape -> send, with reconnect, an fps limit, a drop policy and credits.
+
+    Frames go to the router only as far as it has given credit (``CAMERA_WINDOW``), so a
+    backlog waits here, in a bounded buffer that is counted, and never in a socket shared
+    with other cameras. Counters go straight to the collector on a socket of their own.
+    A live camera that is down publishes NO_DECISION ("camera down: ...") at its due rate
+    (its fps, or once a second when it has none), so a PLC that listens to one camera's
+    results learns of the outage without reading anything else. A recording (video file,
+    folder) is read at its own pace: a lossless replay pauses while the line is busy
+    instead of dropping frames, and at its end the camera waits until every frame has gone
+    to the router (the supervisor bounds that wait by the ledger's progress).
+    """
 
     def __init__(self, cfg: LineConfig, cam: CameraConfig, input_hw: tuple[int, int]) -> None:
         self.cfg, self.cam = cfg, cam
@@ -142,10 +156,23 @@ class CameraLoop:
         self._gap_start: float | None = None
         self._last_digest: bytes | None = None
         self._sent = 0
-        # lossless: frames waiting for room in the socket; latest: at most the freshest one
+        # lossless: frames waiting for credit; latest: at most the freshest one
         maxlen = cam.buffer if cam.policy == "lossless" else 1
         self.pending: collections.deque[tuple[dict, np.ndarray]] = collections.deque(maxlen=maxlen)
         self._last_buffer_warning = 0.0
+        #: frames the router will still take (its credit); see protocol.CAMERA_WINDOW
+        self.credits = 0
+        self._heard_router = 0.0
+        self._last_hello = 0.0
+        self._last_stats = 0.0
+        #: why the camera is down (None while it delivers), and when its next NO_DECISION is due
+        self.down: str | None = None
+        self._down_due = 0.0
+        self.down_period = 1.0 / cam.fps if cam.fps > 0 else 1.0
+        self.frames: zmq.Socket | None = None
+        self.stats: zmq.Socket | None = None
+        #: the source reached its end (a recording); the frames still pending go out first
+        self.ended = False
 
     # -- shaping -----------------------------------------------------------------
     def shape(self, image: np.ndarray) -> np.ndarray:
@@ -175,40 +202,92 @@ class CameraLoop:
                 return
         self.pending.append((header, image))
 
-    def flush(self, sock: zmq.Socket) -> None:
-        while self.pending:
+    def hello(self) -> None:
+        """Announce this camera (epoch, policy) to the router and ask for credit."""
+        header = {
+            "t": "hello",
+            "cam": self.cam.id,
+            "epoch": self.epoch,
+            "policy": self.cam.policy,
+            "credits": self.credits,
+        }
+        with contextlib.suppress(zmq.Again):
+            self.frames.send(protocol.encode_header(header), zmq.NOBLOCK)
+        self._last_hello = time.monotonic()
+
+    def receive_credits(self) -> None:
+        while True:
+            try:
+                raw = self.frames.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._heard_router = time.monotonic()
+            try:
+                header = protocol.decode_header(raw)
+                if header["t"] == "credit":
+                    self.credits += max(0, int(header["n"]))
+            except (protocol.ProtocolError, KeyError, TypeError, ValueError):
+                log.warning("%s: unexpected message from the router ignored", self.cam.id)
+        # A router that restarted does not know this camera: ask again while frames wait.
+        now = time.monotonic()
+        quiet = now - max(self._heard_router, self._last_hello)
+        if self.pending and self.credits <= 0 and quiet >= HELLO_AGAIN_S:
+            self.hello()
+
+    def flush(self) -> None:
+        while self.pending and self.credits > 0:
             header, image = self.pending[0]
             header["sent"] = time.time()
             try:
-                protocol.send_multipart(sock, header, image, flags=zmq.NOBLOCK)
+                protocol.send_multipart(self.frames, header, image, flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
             self.pending.popleft()
+            self.credits -= 1
             self._sent += 1
 
-    def send_stats(self, sock: zmq.Socket, final: bool = False) -> bool:
+    def send_stats(self, final: bool = False) -> bool:
         """Send counters and drops; False when the socket is full (drops are kept for later)."""
         header = {
             "t": "stats",
             "cam": self.cam.id,
             "epoch": self.epoch,
+            "policy": self.cam.policy,
             "captured": self.seq,
             "sent": self._sent,
+            # every seq below this has gone to the router or is in ``drops``
+            "pending_from": self.pending[0][0]["seq"] if self.pending else self.seq,
             "drops": {k: v for k, v in self.drops.items() if v},
             "connected": self.connected,
+            "down": self.down,
             "disconnects": self.disconnects,
             "reconnects": self.reconnects,
             "last_connected_ts": self.last_connected_ts,
             "gap_s": self.gap_s + (time.monotonic() - self._gap_start if self._gap_start else 0.0),
             "pending": len(self.pending),
+            "ended": self.ended,
             "final": final,
         }
+        self._last_stats = time.monotonic()
         try:
-            sock.send(protocol.encode_header(header), zmq.NOBLOCK)
+            self.stats.send(protocol.encode_header(header), zmq.NOBLOCK)
         except zmq.Again:
             return False  # drops stay in the lists and go out with the next stats message
         self.drops = collections.defaultdict(list)
         return True
+
+    def service(self) -> None:
+        """What the camera owes the line at any moment, also while it waits for its source:
+        take credit, send frames, send stats, and report a camera that is down."""
+        self.receive_credits()
+        self.flush()
+        now = time.monotonic()
+        if self.down is not None and now >= self._down_due:
+            self._down_due = max(self._down_due + self.down_period, now)
+            self.emit_fault(f"camera down: {self.down}")
+            self.flush()
+        if now - self._last_stats >= STATS_INTERVAL_S:
+            self.send_stats()
 
     # -- capture -----------------------------------------------------------------
     def next_seq(self) -> int:
@@ -260,6 +339,7 @@ class CameraLoop:
 
     def set_connected(self, up: bool) -> None:
         now = time.monotonic()
+        changed = up != self.connected
         if up and not self.connected:
             if self._gap_start is not None:
                 self.gap_s += now - self._gap_start
@@ -272,34 +352,48 @@ class CameraLoop:
         elif not up and self._gap_start is None:
             self._gap_start = now
         self.connected = up
+        if up:
+            self.down = None
+        if changed and self.stats is not None:
+            self.send_stats()  # readiness follows the camera's state at once, not at the next tick
 
-    def run(self, sock: zmq.Socket) -> None:
+    def went_down(self, why: str) -> None:
+        """The source failed: NO_DECISION now, and at the due rate until it delivers again."""
+        self.set_connected(False)
+        if self.down is None:
+            self.emit_fault(f"camera down: {why}")
+            self._down_due = time.monotonic() + self.down_period
+        self.down = why
+        self.send_stats()
+
+    def run(self, frames: zmq.Socket, stats: zmq.Socket) -> None:
+        self.frames, self.stats = frames, stats
         cam = self.cam
         backoff = Backoff(initial_s=cam.reconnect_initial_s, cap_s=cam.reconnect_max_s)
-        reader = DeadlineReader(self.stop, enabled=cam.source != "opencv")
+        reader = DeadlineReader(self.stop)
         # One source object for the camera's life: a reconnect closes and re-opens it.
         source = build_source(cam)
-        is_open = False
+        # An OpenCV source keeps its own (native) deadlines; ours is the backstop.
+        margin = 1.0 if cam.source == "opencv" else 0.0
+        replay = not source.live
+        is_open = ended = False
         period = 1.0 / cam.fps if cam.fps > 0 else 0.0
         next_due = time.monotonic()
-        last_stats = 0.0
+        self.hello()
         try:
             while not self.stop.is_set():
-                now = time.monotonic()
-                if now - last_stats >= STATS_INTERVAL_S:
-                    self.send_stats(sock)
-                    last_stats = now
+                self.service()
                 if not is_open:
                     try:
-                        reader.call(source.open, cam.open_timeout_s, f"{cam.id}: open")
+                        reader.call(source.open, cam.open_timeout_s + margin, f"{cam.id}: open", self.service)
                     except CameraError as exc:
-                        self.set_connected(False)
                         if self.stop.is_set():
                             break
+                        self.went_down(f"cannot open ({exc})")
                         delay = backoff.next_delay()
                         log.warning("%s: cannot open (%s); retry in %.1f s", cam.id, exc, delay)
                         self._close_source(source)
-                        self._sleep(delay, sock)
+                        self.wait(delay)
                         continue
                     is_open = True
                     self.set_connected(True)
@@ -308,54 +402,73 @@ class CameraLoop:
                 if period:
                     wait = next_due - time.monotonic()
                     if wait > 0:
-                        self._sleep(wait, sock)
+                        self.wait(wait)
                         if self.stop.is_set():
                             break
                     next_due = max(next_due + period, time.monotonic() - period)
+                # A lossless replay waits for room instead of dropping: the file can wait.
+                while replay and cam.policy == "lossless" and len(self.pending) >= cam.buffer:
+                    self.wait(0.01)
+                    if self.stop.is_set():
+                        break
                 try:
-                    captured = reader.call(source.read, cam.read_timeout_s, f"{cam.id}: read")
+                    captured = reader.call(
+                        source.read, cam.read_timeout_s + margin, f"{cam.id}: read", self.service
+                    )
                 except CameraError as exc:
-                    self.set_connected(False)
                     self._close_source(source)
                     is_open = False
                     if self.stop.is_set():
                         break
                     log.warning("%s: camera fault (%s); reconnecting", cam.id, exc)
-                    self.emit_fault(f"camera fault: {exc}")
-                    self._sleep(backoff.next_delay(), sock)
+                    self.went_down(str(exc))
+                    self.wait(backoff.next_delay())
                     continue
                 if captured is None:
                     log.info("%s: end of stream after %d frames", cam.id, self.seq)
+                    ended = True
                     break
                 self.emit(captured)
-                self.flush(sock)
+                self.flush()
         finally:
             self._close_source(source)
             reader.close()
             self.set_connected(False)
-            self._drain(sock)
+            if ended and not self.stop.is_set():
+                self._send_all()
+            self._drain()
 
-    def _sleep(self, seconds: float, sock: zmq.Socket) -> None:
-        """Sleep, but keep flushing pending frames and wake at once on stop."""
+    def wait(self, seconds: float) -> None:
+        """Sleep, but keep serving the line (credits, frames, stats, faults); wake at once on stop."""
         end = time.monotonic() + seconds
         while not self.stop.is_set():
-            self.flush(sock)
+            self.service()
             left = end - time.monotonic()
             if left <= 0:
                 return
-            self.stop.wait(min(left, 0.01 if self.pending else 0.1))
+            self.stop.wait(min(left, 0.005 if self.pending else 0.05))
 
-    def _drain(self, sock: zmq.Socket, timeout_s: float = 0.5) -> None:
+    def _send_all(self) -> None:
+        """At the natural end of a recording: send every pending frame as the router takes them.
+        Waiting is bounded by the supervisor, which stops the line (and this camera) when the
+        ledger has made no progress for ``shutdown_timeout_s``."""
+        self.ended = True
+        self.send_stats()
+        while self.pending and not self.stop.is_set():
+            self.wait(0.05)
+
+    def _drain(self, timeout_s: float = 0.5) -> None:
         """At shutdown: give pending frames a short chance, then count the rest as dropped."""
         end = time.monotonic() + timeout_s
         while self.pending and time.monotonic() < end:
-            self.flush(sock)
-            time.sleep(0.01)
+            self.receive_credits()
+            self.flush()
+            time.sleep(0.005)
         for header, _ in self.pending:
             self.drops["shutdown"].append(header["seq"])
         self.pending.clear()
         deadline = time.monotonic() + timeout_s
-        while not self.send_stats(sock, final=True) and time.monotonic() < deadline:
+        while not self.send_stats(final=True) and time.monotonic() < deadline:
             time.sleep(0.02)
 
     def _close_source(self, source: FrameSource) -> None:
@@ -368,20 +481,23 @@ class CameraLoop:
 def camera_main(cfg_dict: dict, camera_index: int, input_hw: tuple[int, int], log_level: int) -> None:
     """Entry point of a spawned camera process."""
     from edge.config import from_dict
-    from edge.process import setup_process
+    from edge.process import leave_run_dir, setup_process
 
     cfg = from_dict(cfg_dict)
     cam = cfg.cameras[camera_index]
-    setup_process(f"camera:{cam.id}", log_level)
     loop = CameraLoop(cfg, cam, input_hw)
+    setup_process(f"camera:{cam.id}", log_level, on_orphan=loop.stop.set)
     signal.signal(signal.SIGTERM, lambda *_: loop.stop.set())
     signal.signal(signal.SIGINT, lambda *_: loop.stop.set())
     ctx = zmq.Context()
-    # A small HWM keeps the freshest frame close to the camera (latest policy);
-    # lossless frames wait in the camera's own bounded buffer, where they are counted.
-    sock = sockets.make_socket(ctx, zmq.PUSH, sndhwm=4)
+    # Frames wait in the camera's own bounded buffer (where they are counted) until the
+    # router gives credit; the socket itself never holds more than that credit.
+    frames = sockets.make_socket(ctx, zmq.DEALER, sndhwm=64, rcvhwm=1000)
+    stats = sockets.make_socket(ctx, zmq.PUSH, sndhwm=1000)
     try:
-        sockets.connect(sock, cfg.endpoint("frames"))
-        loop.run(sock)
+        sockets.connect(frames, cfg.endpoint("frames"))
+        sockets.connect(stats, cfg.endpoint("results"))
+        loop.run(frames, stats)
     finally:
-        sockets.close_all(ctx, sock)
+        sockets.close_all(ctx, frames, stats)
+        leave_run_dir(cfg.run_dir)

@@ -11,12 +11,15 @@ status line every few seconds.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
+import os
 import queue
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ import numpy as np
 import zmq
 
 from edge import protocol, sockets
-from edge.accounting import Ledger
+from edge.accounting import DUPLICATE, LATE, REVOCABLE_DROPS, Ledger
 from edge.config import LineConfig
 from edge.metrics import LineMetrics, serve_http
 from edge.sinks import SinkError
@@ -77,28 +80,63 @@ class NgWriter:
         self.thread.join(timeout_s)
 
 
+#: seconds after a restart before the frames it lost are counted: long enough for the
+#: survivors (workers, cameras, the new router) to have told what they still hold
+SWEEP_GRACE_S = 3.0
+#: a sweep that waits this long past its grace for fresh evidence goes ahead with what it has
+SWEEP_PATIENCE_S = 10.0
+#: drop reasons a lossless camera's config asks for; any other drop of such a camera is a loss
+REQUESTED_LOSSLESS_DROPS = frozenset({"too_old"})
+#: shared progress slots the supervisor reads (see Collector.publish_progress)
+PROGRESS_SLOTS = ("in_flight", "settled", "lost", "ended_cameras", "final_cameras", "busy_workers")
+
+
+@dataclass
+class Sweep:
+    """Frames that died with a process, to be counted as ``reason`` once the evidence is in.
+
+    A frame is counted when, after the grace period, it is still neither decided nor
+    dropped, the router (a fresh report) does not hold it, and its camera has sent it (or
+    its camera process is gone). A decision that turns up later replaces the drop.
+    """
+
+    reason: str
+    due: float
+    #: (camera, epoch) pairs to look at; None: every epoch of every camera
+    scope: set[tuple[str, int]] | None = None
+
+
 class Collector:
     """See the module docstring."""
 
-    def __init__(self, cfg: LineConfig, started: float | None = None) -> None:
+    def __init__(self, cfg: LineConfig, started: float | None = None, shared: Any = None) -> None:
         self.cfg = cfg
         self.ledger = Ledger()
         self.metrics = LineMetrics()
         self.stop = threading.Event()
+        #: held while messages are processed, and by /metrics and /readyz, so one scrape
+        #: sees one consistent ledger
+        self.lock = threading.Lock()
         self.started = started or time.time()
         self.e2e: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.pending_log: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
         self.router: dict[str, Any] = {}
+        self.router_seen = 0.0
         self.cameras: dict[str, dict[str, Any]] = {}
         self.camera_seen: dict[str, float] = {}
+        #: camera -> (its newest epoch, when its stats last came)
+        self.camera_epoch: dict[str, int] = {}
+        self.stats_seen: dict[tuple[str, int], float] = {}
+        self.final_epochs: set[tuple[str, int]] = set()
+        self._counted: dict[tuple[str, int], dict[str, float]] = {}
+        self.sweeps: list[Sweep] = []
         self.supervisor: dict[str, Any] = {}
         self.backends: collections.Counter = collections.Counter()
         #: (truth, decision) -> count, for frames whose source knew the ground truth
         self.scored: collections.Counter = collections.Counter()
         self.rejected = protocol.Rejections("results", log)
         self.last_tick = time.monotonic()
-        self._fps_marks: dict[str, tuple[float, int]] = {}
         self._status_mark = (time.monotonic(), 0)
         self.decision_log = None
         self.ng_store = None
@@ -106,6 +144,11 @@ class Collector:
         self.log_errors = 0
         #: decisions that never reached the log (it failed for longer than MAX_PENDING_LOG allows)
         self.log_lost = 0
+        self.policies = {cam.id: cam.policy for cam in cfg.cameras}
+        #: progress for the supervisor (a shared array of PROGRESS_SLOTS), or None
+        self.shared = shared
+        self.snapshot_path = Path(cfg.run_dir) / "ledger.json" if cfg.run_dir else None
+        self.restore()
 
     def open_sinks(self) -> None:
         sinks = self.cfg.sinks
@@ -121,6 +164,41 @@ class Collector:
             )
             self.ng_writer = NgWriter(self.ng_store)
 
+    # -- a restarted collector carries on with the same books -----------------------------
+    def restore(self) -> None:
+        """Load the ledger an earlier collector of this run saved; what it had not saved yet is
+        counted as ``collector_lost`` after the grace period (or decided, if it still comes)."""
+        if self.snapshot_path is None or not self.snapshot_path.is_file():
+            return
+        try:
+            data = json.loads(self.snapshot_path.read_text())
+            self.ledger = Ledger.from_json(data["ledger"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("cannot read the saved ledger %s (%s); starting an empty one", self.snapshot_path, exc)
+            return
+        self.router["router_epoch"] = data.get("router_epoch")
+        self.camera_epoch = {cam: int(e) for cam, e in data.get("camera_epochs", {}).items()}
+        self.final_epochs = {(cam, int(e)) for cam, e in data.get("final_epochs", [])}
+        self.sweeps.append(Sweep("collector_lost", time.monotonic() + SWEEP_GRACE_S))
+        log.warning("collector restarted: carrying on with the ledger saved by the one before")
+
+    def save(self) -> None:
+        """Write the ledger where a restarted collector finds it (atomically)."""
+        if self.snapshot_path is None:
+            return
+        data = {
+            "ledger": self.ledger.to_json(),
+            "router_epoch": self.router.get("router_epoch"),
+            "camera_epochs": self.camera_epoch,
+            "final_epochs": sorted(self.final_epochs),
+        }
+        tmp = self.snapshot_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.snapshot_path)
+        except OSError as exc:
+            log.debug("cannot save the ledger: %s", exc)
+
     # -- messages ------------------------------------------------------------------
     def on_message(self, parts: list[Any], pub: zmq.Socket) -> None:
         try:
@@ -133,19 +211,11 @@ class Collector:
             if kind == "result":
                 self.on_result(header, parts, pub)
             elif kind == "drop":
-                for seq in header["seqs"]:
-                    if self.ledger.dropped(header["cam"], header.get("epoch", 0), int(seq), header["reason"]):
-                        self.metrics.drops.labels(header["cam"], header["reason"]).inc()
+                self.on_drop(header)
             elif kind == "stats":
                 self.on_camera_stats(header)
             elif kind == "router_stats":
-                frames_rejected = int(header.get("malformed", 0)) - int(self.router.get("malformed", 0))
-                if frames_rejected > 0:
-                    self.metrics.malformed.labels("frames").inc(frames_rejected)
-                self.router = header
-                for cam, depth in header.get("queues", {}).items():
-                    self.metrics.queue_depth.labels(cam).set(depth)
-                self.metrics.workers.set(header.get("workers", 0))
+                self.on_router_stats(header)
             elif kind == "supervisor":
                 self.supervisor = header
             else:
@@ -157,37 +227,91 @@ class Collector:
         self.rejected(why)
         self.metrics.malformed.labels("results").inc()
 
+    def on_drop(self, h: dict[str, Any]) -> None:
+        cam, epoch, reason = h["cam"], h.get("epoch", 0), h["reason"]
+        counted = sum(self.drop(cam, epoch, int(seq), reason) for seq in h["seqs"])
+        if reason in REVOCABLE_DROPS and h["seqs"]:
+            already = len(h["seqs"]) - counted
+            log.warning(
+                "%s: %d frame(s) counted %s%s",
+                cam,
+                counted,
+                reason,
+                f" ({already} reported were decided already)" if already else "",
+            )
+
+    def drop(self, cam: str, epoch: int, seq: int, reason: str) -> bool:
+        if self.ledger.dropped(cam, epoch, seq, reason):
+            self.metrics.drops.labels(cam, reason).inc()
+            return True
+        return False
+
+    def on_router_stats(self, h: dict[str, Any]) -> None:
+        previous = self.router.get("router_epoch")
+        if previous is not None and h.get("router_epoch") not in (None, previous):
+            log.warning("router restarted: frames it held will be counted router_lost")
+            self.sweeps.append(Sweep("router_lost", time.monotonic() + SWEEP_GRACE_S))
+        frames_rejected = int(h.get("malformed", 0)) - int(self.router.get("malformed", 0))
+        if frames_rejected > 0 and previous == h.get("router_epoch"):
+            self.metrics.malformed.labels("frames").inc(frames_rejected)
+        self.router = h
+        self.router_seen = time.monotonic()
+        for cam, depth in h.get("queues", {}).items():
+            self.metrics.queue_depth.labels(cam).set(depth)
+        self.metrics.workers.set(h.get("workers", 0))
+        self.metrics.worker_held.clear()
+        for name, state in h.get("worker_states", {}).items():
+            self.metrics.worker_held.labels(name).set(state.get("inflight", 0))
+
     def on_camera_stats(self, h: dict[str, Any]) -> None:
-        cam, epoch = h["cam"], h.get("epoch", 0)
-        self.ledger.captured(cam, epoch, int(h["captured"]))
+        cam, epoch = h["cam"], int(h.get("epoch", 0))
+        captured = int(h["captured"])
+        current = self.camera_epoch.get(cam)
+        if current is not None and epoch > current and (cam, current) not in self.final_epochs:
+            log.warning(
+                "%s: camera process restarted: frames the old one held will be counted camera_lost", cam
+            )
+            self.sweeps.append(Sweep("camera_lost", time.monotonic() + SWEEP_GRACE_S, {(cam, current)}))
+        if current is None or epoch >= current:
+            self.camera_epoch[cam] = epoch
+        self.stats_seen[(cam, epoch)] = time.monotonic()
+        if h.get("final"):
+            self.final_epochs.add((cam, epoch))
+        self.ledger.captured(cam, epoch, captured)
         for reason, seqs in h.get("drops", {}).items():
             for seq in seqs:
-                if self.ledger.dropped(cam, epoch, int(seq), reason):
-                    self.metrics.drops.labels(cam, reason).inc()
+                self.drop(cam, epoch, int(seq), reason)
         prev = self.cameras.get(cam, {})
-        if h["captured"] != prev.get("captured"):
+        if captured != prev.get("captured") or epoch != prev.get("epoch"):
             self.camera_seen[cam] = time.monotonic()
         self.cameras[cam] = h
         m = self.metrics
-        m.captured.labels(cam).set(h["captured"])
+        # The camera's counters are totals of its process (epoch); the metrics are counters
+        # of the line, so they grow by what each epoch adds.
+        counted = self._counted.setdefault((cam, epoch), {})
+        for name, counter, value in (
+            ("captured", m.captured, captured),
+            ("disconnects", m.disconnects, h.get("disconnects", 0)),
+            ("reconnects", m.reconnects, h.get("reconnects", 0)),
+            ("gap_s", m.gap_seconds, h.get("gap_s", 0.0)),
+        ):
+            delta = float(value) - counted.get(name, 0.0)
+            if delta > 0:
+                counter.labels(cam).inc(delta)
+                counted[name] = float(value)
         m.connected.labels(cam).set(1 if h.get("connected") else 0)
-        m.disconnects.labels(cam).set(h.get("disconnects", 0))
-        m.reconnects.labels(cam).set(h.get("reconnects", 0))
-        m.gap_seconds.labels(cam).set(h.get("gap_s", 0.0))
         m.last_connected.labels(cam).set(h.get("last_connected_ts", 0.0))
         m.camera_pending.labels(cam).set(h.get("pending", 0))
-        now = time.monotonic()
-        mark = self._fps_marks.get(cam)
-        if mark is None or now - mark[0] >= 2.0:
-            if mark is not None:
-                m.camera_fps.labels(cam).set((h["captured"] - mark[1]) / (now - mark[0]))
-            self._fps_marks[cam] = (now, h["captured"])
 
     def on_result(self, h: dict[str, Any], parts: list[Any], pub: zmq.Socket) -> None:
         cam, epoch, seq, outcome = h["cam"], h.get("epoch", 0), int(h["seq"]), h["decision"]
-        if not self.ledger.decided(cam, epoch, seq, outcome):
+        status = self.ledger.decided(cam, epoch, seq, outcome)
+        if status == DUPLICATE:
             log.debug("duplicate result %s#%d ignored", cam, seq)
             return
+        if status == LATE:
+            log.info("%s#%d: decided after it was counted lost; the decision replaces the drop", cam, seq)
+            self.metrics.late.labels(cam).inc()
         now = time.time()
         lat = dict(h.get("latency_ms", {}))
         lat["end_to_end"] = (now - h["ts"]) * 1000
@@ -199,6 +323,7 @@ class Collector:
             self.scored[("defective" if truth else "clean", outcome)] += 1
         m = self.metrics
         m.decisions.labels(cam, outcome).inc()
+        m.worker_decisions.labels(h.get("worker", "?")).inc()
         for stage, ms in lat.items():
             m.latency.labels(stage).observe(ms / 1000)
         mask_bytes = parts[1].bytes if len(parts) > 1 else b""
@@ -232,30 +357,63 @@ class Collector:
             self.ng_writer.submit(cam, epoch, seq, image, mask, {**meta, "capture_ts": h["ts"]})
 
     def flush_log(self, force: bool = False) -> None:
-        if not self.pending_log:
-            return
         if not force and time.monotonic() - self.last_flush < LOG_FLUSH_S:
             return
         self.last_flush = time.monotonic()
-        if self.decision_log is None:
-            self.pending_log = []
-            return
-        try:
-            self.decision_log.write_many(self.pending_log)
-        except SinkError as exc:
-            # Keep the decisions (bounded) and retry: a full disk that is freed loses nothing.
-            self.log_errors += 1
-            if self.log_errors == 1 or self.log_errors % 100 == 0:
-                log.error("decision log: %s (%d decisions waiting)", exc, len(self.pending_log))
-            if len(self.pending_log) > MAX_PENDING_LOG:
-                lost = len(self.pending_log) - MAX_PENDING_LOG
-                self.log_lost += lost
-                del self.pending_log[:lost]
-            return
+        if self.pending_log and self.decision_log is not None:
+            try:
+                self.decision_log.write_many(self.pending_log)
+            except SinkError as exc:
+                # Keep the decisions (bounded) and retry: a full disk that is freed loses nothing.
+                self.log_errors += 1
+                if self.log_errors == 1 or self.log_errors % 100 == 0:
+                    log.error("decision log: %s (%d decisions waiting)", exc, len(self.pending_log))
+                if len(self.pending_log) > MAX_PENDING_LOG:
+                    lost = len(self.pending_log) - MAX_PENDING_LOG
+                    self.log_lost += lost
+                    del self.pending_log[:lost]
+                return
         self.pending_log = []
+        # The ledger is saved with the log, so the two agree after a crash of this process.
+        self.save()
+
+    # -- frames that died with a process ----------------------------------------------------
+    def run_sweeps(self) -> None:
+        now = time.monotonic()
+        for sweep in list(self.sweeps):
+            if now < sweep.due:
+                continue
+            fresh = self.router_seen >= sweep.due
+            if not fresh and now < sweep.due + SWEEP_PATIENCE_S:
+                continue  # wait for a report from a router that started after the event
+            self.sweeps.remove(sweep)
+            counted = self.sweep(sweep.reason, sweep.scope)
+            if counted:
+                log.warning("%d frame(s) counted %s", counted, sweep.reason)
+
+    def sweep(self, reason: str, scope: set[tuple[str, int]] | None, at_exit: bool = False) -> int:
+        """Count as ``reason`` every frame in ``scope`` that nobody holds any more (``at_exit``:
+        every open frame, held or not: the line has stopped)."""
+        held = {} if at_exit else self.router.get("holding", {})
+        if scope is None:
+            scope = {(cam, e) for cam, led in self.ledger.cameras.items() for e in led.epochs}
+        counted = 0
+        for cam, epoch in sorted(scope):
+            alive = self.camera_epoch.get(cam) == epoch and (cam, epoch) not in self.final_epochs
+            # A live camera process still holds its unsent frames (from pending_from on).
+            below = self.cameras.get(cam, {}).get("pending_from") if alive and not at_exit else None
+            keep = set(held.get(cam, {}).get(str(epoch), []))
+            for seq in self.ledger.unaccounted(cam, epoch, below):
+                if seq not in keep and self.drop(cam, epoch, seq, reason):
+                    counted += 1
+        return counted
 
     # -- health and status ---------------------------------------------------------------
     def health(self) -> tuple[bool, bool, list[str]]:
+        with self.lock:
+            return self._health()
+
+    def _health(self) -> tuple[bool, bool, list[str]]:
         alive = time.monotonic() - self.last_tick < 5.0
         reasons: list[str] = list(self.supervisor.get("not_ready", []))
         if not self.router.get("workers"):
@@ -263,9 +421,12 @@ class Collector:
         now = time.monotonic()
         for cam in self.cfg.cameras:
             seen = self.camera_seen.get(cam.id)
-            if seen is None or now - seen > cam.silent_after_s:
+            stats = self.cameras.get(cam.id, {})
+            if stats.get("down"):
+                reasons.append(f"camera {cam.id} down: {stats['down']}")
+            elif seen is None or now - seen > cam.silent_after_s:
                 reasons.append(f"camera {cam.id} silent")
-            elif not self.cameras.get(cam.id, {}).get("connected"):
+            elif not stats.get("connected"):
                 reasons.append(f"camera {cam.id} disconnected")
             depth = self.router.get("queues", {}).get(cam.id, 0)
             if depth > cam.buffer:
@@ -274,20 +435,28 @@ class Collector:
         self.metrics.ready.set(1 if ready else 0)
         return alive, ready, reasons
 
+    def render_metrics(self) -> bytes:
+        """The /metrics page: gauges derived from the ledger are computed now, under the same
+        lock as the counters, so ``in_flight`` agrees with the counters of the same scrape."""
+        with self.lock:
+            self.update_gauges()
+            self._health()
+            return self.metrics.render()
+
     def status_line(self) -> str:
         t = self.ledger.totals()
         elapsed = time.time() - self.started
         lat = np.percentile(self.e2e, [50, 99]) if self.e2e else (float("nan"), float("nan"))
         # decisions per second since the previous status line
-        now, decided = time.monotonic(), t.get("decided", 0)
+        now, decided = time.monotonic(), t["decided"]
         last_t, last_n = self._status_mark
         fps = (decided - last_n) / (now - last_t) if now > last_t else 0.0
         self._status_mark = (now, decided)
         backend = ",".join(sorted(self.backends)) or "-"
         return (
-            f"[{self.cfg.name} {elapsed:6.1f}s] frames={t.get('captured', 0)} "
-            f"PASS={t.get('PASS', 0)} FAIL={t.get('FAIL', 0)} NO_DECISION={t.get('NO_DECISION', 0)} "
-            f"dropped={t.get('dropped', 0)} in_flight={t.get('in_flight', 0)} "
+            f"[{self.cfg.name} {elapsed:6.1f}s] frames={t['captured']} "
+            f"PASS={t['PASS']} FAIL={t['FAIL']} NO_DECISION={t['NO_DECISION']} "
+            f"dropped={t['dropped']} in_flight={t['in_flight']} "
             f"fps={fps:.1f} e2e p50={lat[0]:.0f}ms p99={lat[1]:.0f}ms "
             f"workers={self.router.get('workers', 0)} backend={backend}{self.truth_score()}"
         )
@@ -307,6 +476,38 @@ class Collector:
         for cam, led in self.ledger.cameras.items():
             self.metrics.inflight.labels(cam).set(led.in_flight)
 
+    def lost(self) -> dict[str, int]:
+        """Drops of lossless cameras that their config did not ask for, by reason."""
+        out: collections.Counter = collections.Counter()
+        for cam, led in self.ledger.cameras.items():
+            if self.policies.get(cam) == "lossless":
+                out.update({r: n for r, n in led.dropped.items() if r not in REQUESTED_LOSSLESS_DROPS})
+        return dict(out)
+
+    def publish_progress(self) -> None:
+        """Tell the supervisor how the ledger stands (it decides when a replay is done, and the
+        exit code): frames in flight, frames settled (decided or dropped), frames lost, how
+        many configured cameras have reached the end of their stream and how many have sent
+        their last word, and how many workers are computing."""
+        if self.shared is None:
+            return
+        t = self.ledger.totals()
+        final = [(c.id, self.camera_epoch.get(c.id)) in self.final_epochs for c in self.cfg.cameras]
+        ended = [
+            f or self.cameras.get(c.id, {}).get("ended", False)
+            for c, f in zip(self.cfg.cameras, final, strict=True)
+        ]
+        values = (
+            t["in_flight"],
+            t["decided"] + t["dropped"],
+            sum(self.lost().values()),
+            sum(ended),
+            sum(final),
+            self.router.get("busy", 0),
+        )
+        for i, value in enumerate(values):
+            self.shared[i] = value
+
     def summary(self) -> dict[str, Any]:
         t = self.ledger.totals()
         return {
@@ -314,6 +515,7 @@ class Collector:
             "elapsed_s": time.time() - self.started,
             "totals": t,
             "cameras": self.ledger.snapshot(),
+            "lost": self.lost(),
             "malformed": self.rejected.count + int(self.router.get("malformed", 0)),
             "e2e_ms": {
                 "p50": float(np.percentile(self.e2e, 50)) if self.e2e else None,
@@ -337,30 +539,52 @@ class Collector:
             self.last_tick = time.monotonic()
             got = False
             if results.poll(50):
-                for _ in range(1000):
-                    try:
-                        parts = results.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    got = True
-                    self.on_message(parts, pub)
-            self.flush_log()
+                with self.lock:
+                    for _ in range(1000):
+                        try:
+                            parts = results.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        got = True
+                        self.on_message(parts, pub)
+            with self.lock:
+                self.run_sweeps()
+                self.flush_log()
+                self.publish_progress()
             now = time.monotonic()
             if now - last_status >= self.cfg.status_interval_s:
-                self.update_gauges()
-                print(self.status_line(), flush=True)
-                pub.send_multipart([b"status", protocol.encode_header(self.summary())])
+                with self.lock:
+                    self.update_gauges()
+                    line, summary = self.status_line(), self.summary()
+                print(line, flush=True)
+                pub.send_multipart([b"status", protocol.encode_header(summary)])
                 last_status = now
             if self.stop.is_set():
-                # Drain: keep reading until the pipe has been quiet for a moment.
-                stop_deadline = stop_deadline or now + self.cfg.shutdown_timeout_s * 0.3
+                # Drain: keep reading until the books are closed or the pipe has been quiet for
+                # a moment after the router's last word, within the bound.
+                stop_deadline = stop_deadline or now + self.cfg.shutdown_timeout_s * 0.6
                 quiet_since = None if got else (quiet_since or now)
-                if (quiet_since and now - quiet_since > 0.3) or now > stop_deadline:
+                settled = self.ledger.totals()["in_flight"] == 0
+                router_done = self.router.get("final") or not self.router
+                if (
+                    quiet_since and now - quiet_since > 0.3 and (settled or router_done)
+                ) or now > stop_deadline:
                     break
-        self.flush_log(force=True)
-        self.update_gauges()
-        print(self.status_line(), flush=True)
-        pub.send_multipart([b"status", protocol.encode_header({**self.summary(), "final": True})])
+        with self.lock:
+            # Whatever is still open now was lost in the stop; never leave a frame in flight.
+            leftover = self.sweep("shutdown", None, at_exit=True)
+            if leftover:
+                log.warning("%d frame(s) still unaccounted at the end counted as shutdown", leftover)
+            self.flush_log(force=True)
+            self.publish_progress()
+            self.update_gauges()
+            line, summary = self.status_line(), {**self.summary(), "final": True}
+        print(line, flush=True)
+        pub.send_multipart([b"status", protocol.encode_header(summary)])
+        # The books are closed: nothing for a successor to carry on with.
+        if self.snapshot_path is not None:
+            with contextlib.suppress(OSError):
+                self.snapshot_path.unlink()
 
     def close(self) -> None:
         if self.ng_writer is not None:
@@ -370,15 +594,22 @@ class Collector:
 
 
 def collector_main(
-    cfg_dict: dict, log_level: int, started: float, summary_path: str | None = None, ready: Any = None
+    cfg_dict: dict,
+    log_level: int,
+    started: float,
+    summary_path: str | None = None,
+    ready: Any = None,
+    shared: Any = None,
 ) -> None:
     """Entry point of the spawned collector process."""
     from edge.config import from_dict
-    from edge.process import setup_process
+    from edge.process import leave_run_dir, setup_process
 
     cfg = from_dict(cfg_dict)
-    setup_process("collector", log_level)
-    collector = Collector(cfg, started)
+    stop = threading.Event()
+    setup_process("collector", log_level, on_orphan=stop.set)
+    collector = Collector(cfg, started, shared)
+    collector.stop = stop
     signal.signal(signal.SIGTERM, lambda *_: collector.stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctx = zmq.Context()
@@ -391,7 +622,9 @@ def collector_main(
         sockets.bind(pub, cfg.endpoint("publish"))
         collector.open_sinks()
         if cfg.metrics.port:
-            server = serve_http(cfg.metrics.host, cfg.metrics.port, collector.metrics, collector.health)
+            server = serve_http(
+                cfg.metrics.host, cfg.metrics.port, collector.render_metrics, collector.health
+            )
         if ready is not None:
             ready.set()
         collector.run(results, pub)
@@ -402,3 +635,5 @@ def collector_main(
         if summary_path:
             Path(summary_path).write_text(json.dumps(collector.summary(), indent=2))
         sockets.close_all(ctx, results, pub)
+        sockets.remove_ipc_file(cfg.endpoint("results"))
+        leave_run_dir(cfg.run_dir)

@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the line's results endpoint, e.g. tcp://linebox:5572 (its endpoints.results)",
     )
     p.add_argument("--index", type=int, default=0, help="worker number, for names in logs")
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=60.0,
+        help="give up when no line has answered within this many seconds (default: 60)",
+    )
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("bench", help="throughput of the bare backend on a model package")
@@ -114,6 +120,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         args.index,
         logging.getLogger().getEffectiveLevel(),
         {"work": args.connect, "results": args.results},
+        connect_timeout_s=args.connect_timeout,
     )
     return 0
 
@@ -179,7 +186,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"lineside demo: step failed ({title}), exit code {code}", file=sys.stderr)
             return code
         print(f"== {title}: done in {time.monotonic() - start:.0f} s", flush=True)
-    print(f"== run the line for {args.duration:.0f} s: lineside run --config {args.config}", flush=True)
-    summary = str(work / "runs" / "summary.json")
-    run = ["run", "--config", args.config, "--duration", str(args.duration), "--summary", summary]
+    # The line runs on the package and writes the sinks of this work folder, whatever the
+    # config's own paths say (they name the default folder).
+    runs = (work / "runs").resolve()
+    run = [
+        "run",
+        "--config",
+        args.config,
+        "--duration",
+        str(args.duration),
+        "--summary",
+        str(runs / "summary.json"),
+        "--set",
+        f"model.package={package.resolve()}",
+        "--set",
+        f"sinks.decision_log={runs / 'decisions.sqlite'}",
+        "--set",
+        f"sinks.ng_store={runs / 'ng'}",
+    ]
+    print(f"== run the line for {args.duration:.0f} s: lineside {' '.join(run)}", flush=True)
     return subprocess.call([*lineside, *run])

@@ -25,6 +25,11 @@ class ConfigError(LinesideError):
     """The line config is missing, unreadable or invalid."""
 
 
+#: max_age_ms when a camera does not set it: a live view wants fresh frames; lossless means
+#: every frame is decided, however long it waited
+DEFAULT_MAX_AGE_MS = {"latest": 2000.0, "lossless": 0.0}
+
+
 def choices(*allowed: str, default: str) -> Any:
     return field(default=default, metadata={"choices": allowed})
 
@@ -57,8 +62,9 @@ class CameraConfig:
     fps: float = 5.0
     #: latest (live video: keep the freshest frame) or lossless (every frame decided)
     policy: str = choices("latest", "lossless", default="latest")
-    #: frames older than this when a worker gets them are dropped as too_old; 0 = never
-    max_age_ms: float = 2000.0
+    #: frames older than this when a worker gets them are dropped as too_old; 0 = never.
+    #: Unset: 2000 for a latest camera, 0 (never) for a lossless one, whose every frame is decided
+    max_age_ms: float | None = None
     #: frames a lossless camera buffers while the line is busy before it must drop
     buffer: int = 64
     #: region of interest [x, y, w, h] cut before anything else; empty = whole frame
@@ -155,7 +161,7 @@ class LineConfig:
     shutdown_timeout_s: float = 10.0
     #: folder of the config file; relative paths are resolved against it
     base_dir: str = ""
-    #: per-run folder for ipc endpoints
+    #: per-run folder for ipc endpoints and the saved ledger (made by the supervisor)
     run_dir: str = ""
 
     def resolve(self, path: str) -> Path:
@@ -164,7 +170,11 @@ class LineConfig:
         return p if p.is_absolute() else Path(self.base_dir or ".") / p
 
     def endpoint(self, name: str) -> str:
-        return getattr(self.endpoints, name).replace("{run_dir}", self.run_dir)
+        endpoint = getattr(self.endpoints, name)
+        if "{run_dir}" in endpoint and not self.run_dir:
+            msg = f"endpoints.{name} ({endpoint}) needs the line's run folder; only `lineside run` has one"
+            raise ConfigError(msg)
+        return endpoint.replace("{run_dir}", self.run_dir)
 
 
 def _type_name(tp: Any) -> str:
@@ -247,6 +257,10 @@ def _check_values(cfg: LineConfig, source: str) -> None:
             raise bad(f"cameras[{i}].roi", cam.roi, "must be [x, y, w, h] with w, h > 0")
         if cam.buffer < 1:
             raise bad(f"cameras[{i}].buffer", cam.buffer, "must be >= 1")
+        if cam.max_age_ms is None:
+            cam.max_age_ms = DEFAULT_MAX_AGE_MS[cam.policy]
+        elif cam.max_age_ms < 0:
+            raise bad(f"cameras[{i}].max_age_ms", cam.max_age_ms, "must be >= 0 (0 = never too old)")
         if cam.source == "folder" and "path" not in cam.options:
             msg = f"{source}: cameras[{i}].options.path is missing; a folder camera needs the image folder"
             raise ConfigError(msg)
@@ -281,10 +295,17 @@ def parse_config(data: Any, source: str = "<config>", base_dir: str | Path = "."
     cfg = _build(LineConfig, data, "", source)
     cfg.base_dir = os.fspath(base_dir)
     _check_values(cfg, source)
-    if not cfg.run_dir:
-        # ipc socket paths must stay under ~100 characters: keep the folder short.
-        cfg.run_dir = tempfile.mkdtemp(prefix="lineside-")
     return cfg
+
+
+def make_run_dir(cfg: LineConfig) -> str:
+    """Create the line's private run folder (ipc sockets, the saved ledger), mode 0700.
+
+    Made by the supervisor when a line starts and removed when it stops; ipc socket paths
+    must stay under ~100 characters, so it lives in the short system temp folder.
+    """
+    cfg.run_dir = tempfile.mkdtemp(prefix="lineside-")
+    return cfg.run_dir
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> LineConfig:

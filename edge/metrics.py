@@ -48,8 +48,15 @@ class LineMetrics:
         self.drops = Counter(
             "lineside_drops", "Frames dropped, by camera and reason", ["camera", "reason"], registry=r
         )
-        self.captured = Gauge(
+        # Counters (exposed with a _total suffix): rate() and increase() work across restarts.
+        self.captured = Counter(
             "lineside_frames_captured", "Frames captured per camera", ["camera"], registry=r
+        )
+        self.late = Counter(
+            "lineside_late_decisions",
+            "Decisions that came after their frame was counted lost (the drop was undone)",
+            ["camera"],
+            registry=r,
         )
         self.inflight = Gauge(
             "lineside_frames_in_flight", "captured - decided - dropped, per camera", ["camera"], registry=r
@@ -64,14 +71,12 @@ class LineMetrics:
         self.connected = Gauge(
             "lineside_camera_connected", "1 when the camera delivers", ["camera"], registry=r
         )
-        self.disconnects = Gauge(
-            "lineside_camera_disconnects", "Disconnects since start", ["camera"], registry=r
+        self.disconnects = Counter(
+            "lineside_camera_disconnects", "Camera disconnects", ["camera"], registry=r
         )
-        self.reconnects = Gauge(
-            "lineside_camera_reconnects", "Reconnects since start", ["camera"], registry=r
-        )
-        self.gap_seconds = Gauge(
-            "lineside_camera_gap_seconds", "Seconds without a connection since start", ["camera"], registry=r
+        self.reconnects = Counter("lineside_camera_reconnects", "Camera reconnects", ["camera"], registry=r)
+        self.gap_seconds = Counter(
+            "lineside_camera_gap_seconds", "Seconds the camera was not connected", ["camera"], registry=r
         )
         self.last_connected = Gauge(
             "lineside_camera_last_connected_timestamp_seconds",
@@ -83,6 +88,15 @@ class LineMetrics:
             "lineside_malformed_messages", "Messages rejected as malformed", ["where"], registry=r
         )
         self.workers = Gauge("lineside_workers", "Workers connected to the router", registry=r)
+        self.worker_decisions = Counter(
+            "lineside_worker_decisions", "Decisions made, per worker", ["worker"], registry=r
+        )
+        self.worker_held = Gauge(
+            "lineside_worker_frames_held",
+            "Frames a worker holds now (sent, not yet finished)",
+            ["worker"],
+            registry=r,
+        )
         self.ready = Gauge("lineside_ready", "1 when the line is ready", registry=r)
 
     def render(self) -> bytes:
@@ -90,12 +104,12 @@ class LineMetrics:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    metrics: LineMetrics
+    render: Callable[[], bytes]
     health: Callable[[], tuple[bool, bool, list[str]]]
 
     def do_GET(self) -> None:
         if self.path.startswith("/metrics"):
-            self._send(200, self.metrics.render(), CONTENT_TYPE_LATEST)
+            self._send(200, self.render(), CONTENT_TYPE_LATEST)
             return
         alive, ready, reasons = self.health()
         if self.path.startswith("/healthz"):
@@ -118,10 +132,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve_http(
-    host: str, port: int, metrics: LineMetrics, health: Callable[[], tuple[bool, bool, list[str]]]
+    host: str, port: int, render: Callable[[], bytes], health: Callable[[], tuple[bool, bool, list[str]]]
 ) -> ThreadingHTTPServer:
-    """Start /metrics, /healthz and /readyz in a daemon thread; a busy port is one clear error."""
-    handler = type("Handler", (_Handler,), {"metrics": metrics, "health": staticmethod(health)})
+    """Start /metrics (``render()``), /healthz and /readyz (``health()``) in a daemon thread;
+    a busy port is one clear error."""
+    handler = type("Handler", (_Handler,), {"render": staticmethod(render), "health": staticmethod(health)})
     try:
         server = ThreadingHTTPServer((host, port), handler)
     except OSError as exc:

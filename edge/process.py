@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+#: how often an orphan watch looks at its parent, seconds
+PARENT_POLL_S = 0.5
+_PR_SET_PDEATHSIG = 1
 
 
-def setup_process(role: str, log_level: int) -> None:
-    """Log with the process role in every line; keep math libraries to their share of cores."""
+def setup_process(
+    role: str, log_level: int, on_orphan: Callable[[], None] | None = None, orphan_grace_s: float = 15.0
+) -> None:
+    """Log with the process role in every line; keep math libraries to their share of cores;
+    and, with ``on_orphan``, never outlive the supervisor (see ``die_with_parent``)."""
     logging.basicConfig(
         level=log_level,
         format=f"%(asctime)s %(levelname)s [{role}] %(name)s: %(message)s",
@@ -19,3 +36,45 @@ def setup_process(role: str, log_level: int) -> None:
 
     cv2.setNumThreads(1)
     os.environ.setdefault("LINESIDE_ROLE", role)
+    if on_orphan is not None:
+        die_with_parent(on_orphan, orphan_grace_s)
+
+
+def die_with_parent(on_orphan: Callable[[], None], grace_s: float) -> None:
+    """Stop this process when the process that spawned it dies, by any cause (``kill -9`` too).
+
+    Two mechanisms, so that neither a missed signal nor a stuck stop leaves a process behind:
+    on Linux the kernel sends SIGTERM at the parent's death (``PR_SET_PDEATHSIG``; the
+    process's own SIGTERM handler then stops it as usual), and everywhere a thread watches
+    the parent: when it is gone it calls ``on_orphan`` (the same stop), and if the process
+    is still alive ``grace_s`` later, it ends it.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:  # started by hand (`lineside worker`), not by a supervisor
+        return
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    parent_pid = parent.pid
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        log.warning("the supervisor (pid %d) is gone; stopping", parent_pid)
+        on_orphan()
+        time.sleep(grace_s)
+        # The stop did not finish (a native call stuck for good): the process must not linger.
+        log.error("still running %.0f s after the supervisor died; exiting", grace_s)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
+def leave_run_dir(run_dir: str) -> None:
+    """An orphan's last act: remove the line's run folder if it is empty (the supervisor,
+    which would have removed it, is gone; whichever process ends last succeeds)."""
+    parent = multiprocessing.parent_process()
+    if run_dir and parent is not None and not parent.is_alive():
+        with contextlib.suppress(OSError):
+            os.rmdir(run_dir)

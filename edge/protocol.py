@@ -5,13 +5,19 @@ buffers (pixels, masks). The header says what the buffers are (``shape``,
 ``dtype``), so a receiver can rebuild arrays without copying. See
 docs/protocol.md for the subscriber-facing part.
 
-Message kinds (header ``"t"``):
+Message kinds (header ``"t"``), by socket:
 
-- ``frame``  camera -> router -> worker: [header, pixels]
-- ``stats``  camera -> router -> collector: counters and camera state
-- ``drop``   router/worker -> collector: frames that will never be decided, with a reason
-- ``result`` worker -> collector: [header, mask] (+ [image] when the decision keeps it)
-- ``ready`` / ``done`` / ``heartbeat``  worker -> router: credit-based load balancing
+- frames (camera DEALER -> router ROUTER): ``hello`` (a camera announces itself and asks
+  for credits), ``frame`` [header, pixels]; router -> camera: ``credit`` (``n`` more frames
+  may come). A camera sends only what it has credit for, so a backlogged camera waits in
+  its own buffer and never blocks another camera's frames (per-camera back-pressure).
+- work (worker DEALER -> router ROUTER): ``ready`` (credits asked, ``done`` frames acked),
+  ``heartbeat`` (from the worker's heartbeat thread, also during inference: the frames it
+  holds and the credits it has open), ``bye``; router -> worker: ``welcome``, ``frame``.
+- results (everyone PUSH -> collector PULL): ``result`` [header, mask] (+ [image] when the
+  decision keeps it) and ``drop`` from workers; ``drop`` and ``router_stats`` from the
+  router; ``stats`` straight from each camera (a path that back-pressure cannot block);
+  ``supervisor`` from the supervisor.
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ import zmq
 from converter.errors import LinesideError
 
 PROTOCOL_VERSION = 1
+
+#: frames the router keeps queued per camera (credits it hands out): enough to keep the
+#: workers fed between two credit round trips, small enough that a backlog stays at the camera
+CAMERA_WINDOW = {"latest": 2, "lossless": 8}
 
 #: Below this size a copying send is cheaper than zero-copy bookkeeping
 #: (pyzmq docs; measured with `lineside bench --transport`).

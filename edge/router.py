@@ -1,17 +1,27 @@
 """The frame router: per-camera queues in, credit-based load balancing out.
 
-Cameras PUSH frames here; workers (local or on another box) connect a DEALER
-and ask for work with credits (the zguide load-balancing pattern), so a busy
-or slow worker never gets more than it asked for. The router applies each
-camera's policy (``latest`` keeps only the freshest frame, ``lossless`` keeps
-every frame within a bound and pushes back on the cameras beyond it), drops
-frames older than their ``max_age_ms``, and knows which frames each worker
-holds: when a worker dies, its frames are reported lost instead of vanishing.
+Cameras connect a DEALER and send frames only as far as the router gave them credit
+(``protocol.CAMERA_WINDOW`` queued frames per camera), so the router reads its frames
+socket at all times and a backlogged camera waits in its own buffer: it never blocks
+another camera's frames. Workers (local or on another box) connect a DEALER and ask for
+work with credits too (the zguide load-balancing pattern), so a busy or slow worker never
+gets more than it asked for. Cameras are served in turn, one frame each, so each gets a
+fair share of the workers.
+
+The router applies each camera's policy (``latest`` keeps only the freshest frame,
+``lossless`` keeps every frame), drops frames older than their ``max_age_ms``, and knows
+which frames each worker holds: when a worker dies, its frames are reported lost instead
+of vanishing. Workers heartbeat from a thread of their own, also while they compute, and
+name the frames they hold, so a restarted router learns them again. Every second the
+router tells the collector what it holds (``router_stats``), which lets the collector
+count as ``router_lost`` the frames that died with an earlier router.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import errno
 import logging
 import signal
 import threading
@@ -26,18 +36,44 @@ from edge.config import LineConfig
 
 log = logging.getLogger(__name__)
 
-#: lossless frames the router holds before it stops reading from the cameras
-LOSSLESS_BOUND = 256
 ROUTER_STATS_INTERVAL_S = 1.0
+#: a worker whose frame socket is not (yet) reachable is skipped for this long
+UNREACHABLE_PAUSE_S = 0.2
+
+FrameKey = tuple[str, int, int]  # (camera, epoch, seq)
 
 
 @dataclass
 class WorkerState:
+    name: str
     credits: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     #: (camera, epoch, seq) -> when it was sent, for frames the worker has not finished
-    inflight: dict[tuple[str, int, int], float] = field(default_factory=dict)
-    name: str = ""
+    inflight: dict[FrameKey, float] = field(default_factory=dict)
+    skip_until: float = 0.0
+    #: computing, by its last heartbeat (a long inference is progress, not a stall)
+    busy: bool = False
+
+    @property
+    def ident(self) -> bytes:
+        """The routing id of the worker's frame socket (its DEALER identity is its name)."""
+        return self.name.encode()
+
+
+@dataclass
+class CameraQueue:
+    """One camera's frames in the router, and what the router owes it in credit."""
+
+    policy: str = "latest"
+    frames: collections.deque = field(default_factory=collections.deque)
+    #: the routing id of the camera's DEALER (None until it has spoken)
+    ident: bytes | None = None
+    #: credits to hand back: one per frame that left the queue
+    owed: int = 0
+
+    @property
+    def window(self) -> int:
+        return protocol.CAMERA_WINDOW.get(self.policy, protocol.CAMERA_WINDOW["lossless"])
 
 
 class Router:
@@ -45,14 +81,13 @@ class Router:
 
     def __init__(self, cfg: LineConfig) -> None:
         self.cfg = cfg
+        #: names this router process; a new one tells the collector that the old one died
+        self.epoch = time.time_ns() // 1_000_000
         self.stop = threading.Event()
-        self.draining = False
-        self.queues: dict[str, collections.deque] = {}
-        self.policies: dict[str, str] = {}
-        self.workers: dict[bytes, WorkerState] = {}
+        self.cameras: dict[str, CameraQueue] = {}
+        self.workers: dict[str, WorkerState] = {}
         self._rr: collections.deque[str] = collections.deque()
         self.rejected = protocol.Rejections("frames", log)
-        self.lossless_queued = 0
         #: (camera, epoch) -> reason -> seqs, sent to the collector in batches
         self.drops: dict[tuple[str, int], dict[str, list[int]]] = collections.defaultdict(
             lambda: collections.defaultdict(list)
@@ -71,142 +106,214 @@ class Router:
                     results.send(protocol.encode_header(header))
         self.drops.clear()
 
-    def on_frame(self, parts: list[Any], results: zmq.Socket) -> None:
+    def camera(self, cam: str, policy: str) -> CameraQueue:
+        queue = self.cameras.get(cam)
+        if queue is None:
+            queue = self.cameras[cam] = CameraQueue(policy=policy)
+            self._rr.append(cam)
+        queue.policy = policy
+        return queue
+
+    # -- cameras ----------------------------------------------------------------
+    def on_frame(self, parts: list[Any], results: zmq.Socket | None = None) -> None:
+        """One message from a camera: ``[routing id, header(, pixels)]``."""
+        ident = parts[0].bytes
         try:
-            header = protocol.decode_header(parts[0].bytes)
-        except protocol.ProtocolError as exc:
+            header = protocol.decode_header(parts[1].bytes)
+        except (protocol.ProtocolError, IndexError) as exc:
             self.rejected(str(exc))
             return
         kind = header["t"]
-        if kind == "stats":
-            results.send(parts[0].bytes)  # camera counters go straight to the collector
+        cam, policy = header.get("cam"), header.get("policy", "latest")
+        if not isinstance(cam, str) or policy not in protocol.CAMERA_WINDOW:
+            self.rejected(f"{kind} message without a string cam and a known policy")
             return
-        if kind != "frame" or len(parts) != 2:
-            self.rejected(f"unexpected message kind {kind!r} with {len(parts)} part(s) on frames")
+        if kind == "hello":
+            queue = self.camera(cam, policy)
+            queue.ident = ident
+            held = header.get("credits", 0)
+            held = held if isinstance(held, int) else 0
+            # Credit for what the window has room for, less what the camera still holds.
+            queue.owed = max(0, queue.window - len(queue.frames) - max(0, held))
             return
-        cam, seq = header.get("cam"), header.get("seq")
-        if not isinstance(cam, str) or not isinstance(seq, int):
-            self.rejected("frame header without a string cam and an integer seq")
+        if kind != "frame" or len(parts) != 3:
+            self.rejected(f"unexpected message kind {kind!r} with {len(parts) - 1} part(s) on frames")
             return
-        policy = header.get("policy", "latest")
-        queue = self.queues.get(cam)
-        if queue is None:
-            queue = self.queues[cam] = collections.deque()
-            self._rr.append(cam)
-        self.policies[cam] = policy
+        seq, epoch = header.get("seq"), header.get("epoch", 0)
+        if not isinstance(seq, int) or not isinstance(epoch, int):
+            self.rejected("frame header without an integer seq and epoch")
+            return
+        queue = self.camera(cam, policy)
+        queue.ident = ident
         if policy == "latest":
-            while queue:
-                old_header, _ = queue.popleft()
+            while queue.frames:
+                old_header, _ = queue.frames.popleft()
                 self.drop(old_header, "superseded")
-        else:
-            self.lossless_queued += 1
-        queue.append((header, parts[1]))
+                queue.owed += 1
+        queue.frames.append((header, parts[2]))
 
-    def on_worker(self, parts: list[Any], results: zmq.Socket) -> None:
-        ident = parts[0].bytes
+    def send_credits(self, frames: zmq.Socket) -> None:
+        for cam, queue in self.cameras.items():
+            if queue.owed <= 0 or queue.ident is None:
+                continue
+            header = protocol.encode_header({"t": "credit", "cam": cam, "n": queue.owed})
+            try:
+                frames.send_multipart([queue.ident, header], zmq.NOBLOCK)
+            except zmq.Again:
+                continue  # its pipe is full: try again next round
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EHOSTUNREACH:
+                    raise
+                queue.ident = None  # that camera process is gone; a new one says hello
+            queue.owed = 0
+
+    # -- workers ----------------------------------------------------------------
+    def on_worker(self, parts: list[Any], work: zmq.Socket | None = None) -> None:
+        """One message from a worker: ``[routing id, header]`` (frame socket or heartbeat thread)."""
         try:
             header = protocol.decode_header(parts[-1].bytes)
         except protocol.ProtocolError as exc:
             log.warning("malformed message from a worker: %s", exc)
             return
-        state = self.workers.get(ident)
+        name = header.get("worker")
+        if not isinstance(name, str) or not name:
+            log.warning("message from a worker without a name ignored")
+            return
+        state = self.workers.get(name)
         if state is None:
-            state = self.workers[ident] = WorkerState(name=header.get("worker", ident.hex()))
-            log.info("worker %s joined", state.name)
+            # A new worker, one that was declared lost and is back, or (after a restart of
+            # this router) one that was here before: its heartbeat says what it holds.
+            state = self.workers[name] = WorkerState(name=name)
+            held = header.get("holding", [])
+            for cam, epoch, seq in held if isinstance(held, list) else []:
+                state.inflight[(cam, epoch, seq)] = time.monotonic()
+            if header["t"] == "heartbeat":
+                state.credits = max(0, int(header.get("credits_open", 0)))
+            log.info("worker %s joined", name)
+            if work is not None:
+                self.welcome(work, state)
         state.last_seen = time.monotonic()
+        if header["t"] == "heartbeat":
+            state.busy = bool(header.get("busy"))
         for cam, epoch, seq in header.get("done", []):
             state.inflight.pop((cam, epoch, seq), None)
         if header["t"] == "ready":
             state.credits += int(header.get("credits", 0))
+            state.skip_until = 0.0  # it spoke on its frame socket: reachable
         elif header["t"] == "bye":
-            self.lose_worker(ident, "worker_exit")
+            self.lose_worker(name, "worker_exit")
 
-    def lose_worker(self, ident: bytes, reason: str) -> None:
-        state = self.workers.pop(ident, None)
+    def welcome(self, work: zmq.Socket, state: WorkerState) -> None:
+        """Tell a worker that a line is here (a worker started by hand waits for this)."""
+        # Its frame socket may not be connected yet: then it learns of the line from its first frame.
+        with contextlib.suppress(zmq.ZMQError):
+            work.send_multipart([state.ident, protocol.encode_header({"t": "welcome"})], zmq.NOBLOCK)
+
+    def lose_worker(self, name: str, reason: str) -> None:
+        state = self.workers.pop(name, None)
         if state is None:
             return
         for cam, epoch, seq in state.inflight:
             self.drop({"cam": cam, "epoch": epoch, "seq": seq}, reason)
         if state.inflight:
+            # The collector counts these; any it had seen decided already are not counted twice.
             log.warning(
-                "worker %s gone (%s): %d frame(s) counted lost", state.name, reason, len(state.inflight)
+                "worker %s gone (%s): %d frame(s) it held reported", name, reason, len(state.inflight)
             )
         else:
-            log.info("worker %s left", state.name)
+            log.info("worker %s left", name)
 
     def check_workers(self) -> None:
         timeout = self.cfg.workers.heartbeat_timeout_s
         now = time.monotonic()
-        for ident, state in list(self.workers.items()):
+        for name, state in list(self.workers.items()):
             if now - state.last_seen > timeout:
-                self.lose_worker(ident, "worker_lost")
+                self.lose_worker(name, "worker_lost")
 
     def dispatch(self, work: zmq.Socket) -> None:
         """Hand queued frames to workers with credits, cameras in round-robin order."""
         idle_rounds = 0
+        now = time.monotonic()
         while self._rr and idle_rounds < len(self._rr):
-            worker = max(self.workers.items(), key=lambda kv: kv[1].credits, default=None)
-            if worker is None or worker[1].credits <= 0:
+            worker = max(
+                (w for w in self.workers.values() if w.skip_until <= now),
+                key=lambda w: w.credits,
+                default=None,
+            )
+            if worker is None or worker.credits <= 0:
                 return
-            ident, state = worker
             cam = self._rr[0]
             self._rr.rotate(-1)
-            queue = self.queues[cam]
-            if not queue:
+            queue = self.cameras[cam]
+            if not queue.frames:
                 idle_rounds += 1
                 continue
             idle_rounds = 0
-            header, pixels = queue.popleft()
-            if self.policies.get(cam) != "latest":
-                self.lossless_queued -= 1
+            header, pixels = queue.frames.popleft()
             age_ms = (time.time() - header.get("ts", 0.0)) * 1000
             max_age = header.get("max_age_ms") or 0
             if max_age and header.get("decide", True) and age_ms > max_age:
                 self.drop(header, "too_old")
+                queue.owed += 1
                 continue
             header["routed"] = time.time()
             try:
-                work.send_multipart([ident, protocol.encode_header(header), pixels], copy=False)
-            except zmq.ZMQError:  # the worker vanished between its last message and now
-                queue.appendleft((header, pixels))
-                if self.policies.get(cam) != "latest":
-                    self.lossless_queued += 1
-                self.lose_worker(ident, "worker_lost")
+                work.send_multipart([worker.ident, protocol.encode_header(header), pixels], copy=False)
+            except zmq.ZMQError as exc:
+                # Its frame socket is not connected (yet, or any more): keep the frame, try
+                # another worker; a worker that stays silent is lost by its heartbeat timeout.
+                queue.frames.appendleft((header, pixels))
+                worker.skip_until = now + UNREACHABLE_PAUSE_S
+                if exc.errno not in (errno.EHOSTUNREACH, errno.EAGAIN):
+                    raise
                 continue
-            state.credits -= 1
-            state.inflight[(cam, header.get("epoch", 0), header["seq"])] = time.monotonic()
+            worker.credits -= 1
+            worker.inflight[(cam, header.get("epoch", 0), header["seq"])] = time.monotonic()
+            queue.owed += 1
             self.dispatched += 1
+
+    # -- reports ------------------------------------------------------------------
+    def holding(self) -> dict[str, dict[str, list[int]]]:
+        """Every frame this router knows to be alive (queued, or held by a worker), per camera
+        and epoch: the collector's evidence for what was lost with an earlier router."""
+        out: dict[str, dict[str, list[int]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+        for cam, queue in self.cameras.items():
+            for header, _ in queue.frames:
+                out[cam][str(header.get("epoch", 0))].append(header["seq"])
+        for state in self.workers.values():
+            for cam, epoch, seq in state.inflight:
+                out[cam][str(epoch)].append(seq)
+        return {cam: dict(epochs) for cam, epochs in out.items()}
 
     def stats_header(self) -> dict:
         return {
             "t": "router_stats",
-            "queues": {cam: len(q) for cam, q in self.queues.items()},
+            "router_epoch": self.epoch,
+            "queues": {cam: len(q.frames) for cam, q in self.cameras.items()},
             "workers": len(self.workers),
+            "worker_states": {
+                name: {"inflight": len(w.inflight), "credits": w.credits} for name, w in self.workers.items()
+            },
             "credits": sum(w.credits for w in self.workers.values()),
+            "busy": sum(w.busy for w in self.workers.values()),
             "inflight": sum(len(w.inflight) for w in self.workers.values()),
+            "holding": self.holding(),
             "malformed": self.rejected.count,
             "dispatched": self.dispatched,
         }
 
     def queued(self) -> int:
-        return sum(len(q) for q in self.queues.values())
+        return sum(len(q.frames) for q in self.cameras.values())
 
+    # -- main loop --------------------------------------------------------------------
     def run(self, frames: zmq.Socket, work: zmq.Socket, results: zmq.Socket) -> None:
         poller = zmq.Poller()
         poller.register(work, zmq.POLLIN)
-        frames_registered = False
+        # Always read the cameras: back-pressure is per camera, through credits.
+        poller.register(frames, zmq.POLLIN)
         last_stats = 0.0
         drain_deadline = None
         while True:
-            # Stop reading cameras while the lossless backlog is at its bound: the
-            # pressure moves back to the cameras' own (counted) buffers.
-            want_frames = self.lossless_queued < LOSSLESS_BOUND
-            if want_frames and not frames_registered:
-                poller.register(frames, zmq.POLLIN)
-                frames_registered = True
-            elif not want_frames and frames_registered:
-                poller.unregister(frames)
-                frames_registered = False
             events = dict(poller.poll(50))
             if frames in events:
                 for _ in range(256):  # bounded burst, so workers are still served
@@ -221,9 +328,11 @@ class Router:
                         parts = work.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self.on_worker(parts, results)
+                    self.on_worker(parts, work)
             self.dispatch(work)
             self.check_workers()
+            if not self.stop.is_set():
+                self.send_credits(frames)
             now = time.monotonic()
             if now - last_stats >= ROUTER_STATS_INTERVAL_S or self.drops:
                 self.flush_drops(results)
@@ -239,14 +348,13 @@ class Router:
                 busy = self.queued() or any(w.inflight for w in self.workers.values())
                 if not busy or now > drain_deadline or not self.workers:
                     break
-        for queue in self.queues.values():
-            for header, _ in queue:
+        for queue in self.cameras.values():
+            for header, _ in queue.frames:
                 self.drop(header, "shutdown")
-            queue.clear()
-        for ident in list(self.workers):
-            state = self.workers[ident]
-            if state.inflight:
-                self.lose_worker(ident, "shutdown")
+            queue.frames.clear()
+        for name in list(self.workers):
+            if self.workers[name].inflight:
+                self.lose_worker(name, "shutdown")
         self.flush_drops(results)
         results.send(protocol.encode_header({**self.stats_header(), "final": True}))
 
@@ -254,15 +362,15 @@ class Router:
 def router_main(cfg_dict: dict, log_level: int, ready: Any = None) -> None:
     """Entry point of the spawned router process."""
     from edge.config import from_dict
-    from edge.process import setup_process
+    from edge.process import leave_run_dir, setup_process
 
     cfg = from_dict(cfg_dict)
-    setup_process("router", log_level)
     router = Router(cfg)
+    setup_process("router", log_level, on_orphan=router.stop.set)
     signal.signal(signal.SIGTERM, lambda *_: router.stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
     ctx = zmq.Context()
-    frames = sockets.make_socket(ctx, zmq.PULL, rcvhwm=64)
+    frames = sockets.make_socket(ctx, zmq.ROUTER, rcvhwm=10000, sndhwm=10000)
     work = sockets.make_socket(ctx, zmq.ROUTER, sndhwm=256, rcvhwm=10000)
     results = sockets.make_socket(ctx, zmq.PUSH, sndhwm=100000)
     try:
@@ -274,3 +382,6 @@ def router_main(cfg_dict: dict, log_level: int, ready: Any = None) -> None:
         router.run(frames, work, results)
     finally:
         sockets.close_all(ctx, frames, work, results)
+        for name in ("frames", "work"):
+            sockets.remove_ipc_file(cfg.endpoint(name))
+        leave_run_dir(cfg.run_dir)

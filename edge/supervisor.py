@@ -6,8 +6,15 @@ camera, restarts any that dies with capped backoff, and on SIGTERM/SIGINT or
 ``--duration`` stops them in order (cameras, router drain, workers, collector)
 within ``shutdown_timeout_s``.
 
+A line whose cameras are all recordings (a video file, a folder without ``loop``)
+stops by itself at their end, after everything they sent has been decided: it waits as
+long as the ledger makes progress, and gives up only when nothing has been decided or
+dropped for ``shutdown_timeout_s``.
+
 Exit codes: 0 clean stop, 2 bad config or resources at start, 3 the shutdown
-bound passed and processes had to be killed.
+bound passed and processes had to be killed, 4 frames of a lossless camera were
+lost (dropped for a reason the config did not ask for: shutdown, worker_lost,
+router_lost, ...), so a script that replays a recording can trust exit 0.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import queue
+import shutil
 import signal
 import sys
 import time
@@ -27,14 +35,30 @@ import zmq
 from converter.errors import LinesideError
 from converter.package import ModelPackage
 from edge import protocol, sockets
-from edge.config import LineConfig, to_dict
+from edge.collector import PROGRESS_SLOTS
+from edge.config import LineConfig, make_run_dir, to_dict
 from edge.sources.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_CONFIG, EXIT_FORCED = 0, 2, 3
+EXIT_OK, EXIT_CONFIG, EXIT_FORCED, EXIT_LOST = 0, 2, 3, 4
 #: how long a child may take to come up before start-up is declared failed
 START_TIMEOUT_S = 60.0
+
+
+#: the least time each shutdown stage gets, whatever shutdown_timeout_s says: a process
+#: needs about that long to finish its loop, flush and exit
+STAGE_FLOOR_S = (1.5, 1.0, 1.0, 1.0)
+
+
+def stage_marks(timeout_s: float) -> tuple[float, ...]:
+    """Seconds after SIGTERM by which cameras, router, workers and collector must have stopped:
+    25 %, 75 %, 85 % and 100 % of ``timeout_s``, each at least its floor after the one before."""
+    marks, last = [], 0.0
+    for share, floor in zip((0.25, 0.75, 0.85, 1.0), STAGE_FLOOR_S, strict=True):
+        last = max(timeout_s * share, last + floor)
+        marks.append(last)
+    return tuple(marks)
 
 
 class StartupError(LinesideError):
@@ -82,6 +106,11 @@ class Supervisor:
         self.children: list[Child] = []
         self.log_level = logging.getLogger().getEffectiveLevel()
         self.not_ready: dict[str, str] = {}
+        #: the collector's view of the ledger (see Collector.publish_progress)
+        self.progress = self.ctx.Array("d", len(PROGRESS_SLOTS), lock=False)
+
+    def ledger(self, slot: str) -> float:
+        return self.progress[PROGRESS_SLOTS.index(slot)]
 
     # -- start-up -------------------------------------------------------------------
     def preflight(self) -> tuple[int, int]:
@@ -149,7 +178,7 @@ class Supervisor:
         collector = Child(
             "collector",
             "edge.collector:collector_main",
-            (cfg_dict, lvl, started, self.summary_path, ready),
+            (cfg_dict, lvl, started, self.summary_path, ready, self.progress),
         )
         self.children.append(collector)
         self.spawn(collector)
@@ -235,15 +264,14 @@ class Supervisor:
         return clean
 
     def shutdown(self, quiet: bool = False) -> int:
-        t = self.cfg.shutdown_timeout_s
+        marks = stage_marks(self.cfg.shutdown_timeout_s)
         if not quiet:
-            log.info("stopping: cameras, then draining for at most %.0f s", t)
+            log.info("stopping: cameras, then draining for at most %.1f s", marks[-1])
         # One overall bound, split in stages: each stage ends by its mark or is killed.
         start = time.monotonic()
-        clean = self.stop_group("camera:", start + max(1.5, t * 0.25))
-        clean &= self.stop_group("router", start + t * 0.75)
-        clean &= self.stop_group("worker:", start + t * 0.85)
-        clean &= self.stop_group("collector", start + t)
+        clean = True
+        for prefix, mark in zip(("camera:", "router", "worker:", "collector"), marks, strict=True):
+            clean &= self.stop_group(prefix, start + mark)
         return EXIT_OK if clean else EXIT_FORCED
 
     def request_stop(self, *_: Any) -> None:
@@ -253,6 +281,8 @@ class Supervisor:
         input_hw = self.preflight()
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        if not self.cfg.run_dir:
+            make_run_dir(self.cfg)
         zctx = zmq.Context()
         status = sockets.make_socket(zctx, zmq.PUSH, sndhwm=10, linger_ms=0)
         try:
@@ -263,10 +293,11 @@ class Supervisor:
                 raise
             sockets.connect(status, self.cfg.endpoint("results"))
             log.info(
-                "line %s running: %d camera(s), %d worker(s); results on %s",
+                "line %s running: %d camera(s), %d worker(s), model %s; results on %s",
                 self.cfg.name,
                 len(self.cfg.cameras),
                 self.cfg.workers.count,
+                self.cfg.resolve(self.cfg.model.package),
                 self.cfg.endpoint("publish"),
             )
             end = time.monotonic() + self.duration if self.duration else None
@@ -275,12 +306,47 @@ class Supervisor:
                 self.watch_once(status)
                 if end is not None and time.monotonic() >= end:
                     break
-                if all(c.finished for c in cameras):
-                    log.info("every camera's stream has ended; stopping")
+                if all(c.finished for c in cameras) or self.ledger("ended_cameras") >= len(cameras):
+                    log.info("every camera's stream has ended; deciding what they sent")
+                    self.drain(status, len(cameras))
                     break
                 time.sleep(0.2)
-            return self.shutdown()
+            code = self.shutdown()
+            return self.exit_code(code)
         finally:
             sockets.close_all(zctx, status)
-            for name in ("frames", "work", "results"):
-                sockets.remove_ipc_file(self.cfg.endpoint(name))
+            shutil.rmtree(self.cfg.run_dir, ignore_errors=True)
+
+    def drain(self, status: zmq.Socket, cameras: int) -> None:
+        """After the natural end of every stream: wait until every frame is decided or dropped,
+        for as long as that makes progress (a frame settled, or a worker computing); the stall
+        bound is ``shutdown_timeout_s`` without either."""
+        stall = self.cfg.shutdown_timeout_s
+        settled, progress_at = self.ledger("settled"), time.monotonic()
+        while not self.stopping:
+            self.watch_once(status)
+            if self.ledger("final_cameras") >= cameras and self.ledger("in_flight") <= 0:
+                return
+            if self.ledger("settled") != settled or self.ledger("busy_workers") > 0:
+                settled, progress_at = self.ledger("settled"), time.monotonic()
+            elif time.monotonic() - progress_at > stall:
+                log.error(
+                    "nothing decided for %.0f s with %d frame(s) in flight; stopping",
+                    stall,
+                    int(self.ledger("in_flight")),
+                )
+                return
+            time.sleep(0.05)
+
+    def exit_code(self, code: int) -> int:
+        """The shutdown's code, or EXIT_LOST when frames of a lossless camera were lost."""
+        lost = int(self.ledger("lost"))
+        if lost:
+            log.error(
+                "%d frame(s) of lossless camera(s) were not decided (see the summary's 'lost'); exit code %d",
+                lost,
+                EXIT_LOST,
+            )
+        if code == EXIT_OK and lost:
+            return EXIT_LOST
+        return code

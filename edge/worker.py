@@ -11,6 +11,7 @@ worker that dies as lost.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ import cv2
 import numpy as np
 import zmq
 
+from converter.errors import LinesideError
 from converter.package import ModelPackage
 from converter.preprocessing import normalize
 from edge import imageops, protocol, sockets
@@ -33,7 +35,14 @@ from edge.postprocess import NO_DECISION, Decision, DecisionRules, decide, merge
 
 log = logging.getLogger(__name__)
 
+#: seconds between heartbeats (sent from the worker's heartbeat thread)
 HEARTBEAT_S = 1.0
+#: done acknowledgements wait at most this long for a ready message to carry them
+ACK_S = 0.2
+#: a main loop that has not turned for this long (outside inference) is stuck: no more heartbeats
+STUCK_AFTER_S = 30.0
+#: the latency stages every result carries (docs/protocol.md); the collector adds end_to_end
+WORKER_STAGES = ("capture_to_send", "queue", "worker_wait", "preprocess", "infer", "postprocess")
 
 
 def select_backend(cfg: LineConfig, package: ModelPackage) -> tuple[Backend, str]:
@@ -125,8 +134,19 @@ class Worker:
         self.stop = threading.Event()
         self.batch: list[Item] = []
         self.done: list[list[Any]] = []
+        self._last_ready = 0.0
         self.processed = 0
         self.rejected = protocol.Rejections("work", log)
+        #: frames asked of the router and not yet received
+        self.credits_out = 0
+        #: a batch normalized and waiting for the backend, and the one in it
+        self._waiting: Prepared | None = None
+        self._running: tuple[concurrent.futures.Future, Prepared] | None = None
+        #: when the main loop last turned, and whether the backend is computing (heartbeats)
+        self.last_tick = time.monotonic()
+        self.inferring = False
+        #: set once the router has answered (a welcome or a frame)
+        self.connected = threading.Event()
         # Input buffers reused for every batch: no allocation on the hot path.
         shape = (
             (self.max_batch, self.channels, *self.hw)
@@ -151,14 +171,41 @@ class Worker:
 
     # -- messages ------------------------------------------------------------------
     def ready(self, work: zmq.Socket, credits: int) -> None:
-        header = {"t": "ready", "worker": self.name, "credits": credits, "done": self.done}
+        """Ask for ``credits`` more frames (0: only acknowledge the frames done so far)."""
+        self.credits_out += credits
+        header = {
+            "t": "ready",
+            "worker": self.name,
+            "credits": credits,
+            # a router that does not know this worker (it restarted, or declared the worker
+            # lost) takes the whole open count from here
+            "credits_open": self.credits_out,
+            "done": self.done,
+        }
         work.send(protocol.encode_header(header))
         self.done = []
+        self._last_ready = time.monotonic()
 
-    def heartbeat(self, work: zmq.Socket) -> None:
-        header = {"t": "heartbeat", "worker": self.name, "done": self.done}
-        work.send(protocol.encode_header(header))
-        self.done = []
+    def held(self) -> list[list[Any]]:
+        """The frames this worker holds (received, not yet decided): for the router's ledger."""
+        items = list(self.batch)
+        for prepared in (self._waiting, self._running[1] if self._running else None):
+            if prepared is not None:
+                items.extend(span[0] for span in prepared.spans)
+        return [[i.header["cam"], i.header.get("epoch", 0), i.header["seq"]] for i in items]
+
+    def heartbeat_header(self) -> dict[str, Any] | None:
+        """What the heartbeat thread sends, or None when the main loop is stuck outside
+        inference (a stuck worker must be declared lost, a computing one must not)."""
+        if not self.inferring and time.monotonic() - self.last_tick > STUCK_AFTER_S:
+            return None
+        return {
+            "t": "heartbeat",
+            "worker": self.name,
+            "holding": self.held(),
+            "credits_open": self.credits_out,
+            "busy": self.inferring,
+        }
 
     def report_drop(self, results: zmq.Socket, header: dict[str, Any], reason: str) -> None:
         epoch = header.get("epoch", 0)
@@ -172,6 +219,12 @@ class Worker:
         header = None
         try:
             header = protocol.decode_header(parts[0].bytes)
+            if header.get("t") == "welcome" and len(parts) == 1:
+                self.connected.set()
+                return
+            self.connected.set()
+            # every frame message the router sent used one credit
+            self.credits_out = max(0, self.credits_out - 1)
             if header.get("t") != "frame" or len(parts) != 2:
                 raise protocol.ProtocolError(f"expected a frame message, got {header.get('t')!r}")
             image = protocol.image_from_frame(header, parts[1].buffer) if header.get("decide", True) else None
@@ -245,8 +298,13 @@ class Worker:
         n = prepared.inputs.shape[0]
         probs = np.empty((n, *self.hw), np.float32)
         step = self.backend.max_batch
-        for s in range(0, n, step):
-            probs[s : s + step] = self.backend.infer(prepared.inputs[s : s + step])
+        self.inferring = True
+        try:
+            for s in range(0, n, step):
+                probs[s : s + step] = self.backend.infer(prepared.inputs[s : s + step])
+        finally:
+            self.inferring = False
+            self.last_tick = time.monotonic()
         return probs
 
     def finish(self, prepared: Prepared, probs: np.ndarray, t_infer_done: float, results: zmq.Socket) -> None:
@@ -291,6 +349,9 @@ class Worker:
         lat = {
             "capture_to_send": max(0.0, (sent - h["ts"]) * 1000),
             "queue": max(0.0, (h.get("recv", now) - sent) * 1000),
+            "preprocess": 0.0,
+            "infer": 0.0,
+            "postprocess": 0.0,  # a NO_DECISION without a model run spent nothing here
             **lat,
             "worker_wait": max(0.0, (time.monotonic() - item.received) * 1000 - sum(lat.values())),
         }
@@ -324,22 +385,27 @@ class Worker:
         self.processed += 1
 
     # -- main loop ------------------------------------------------------------------------
-    def run(self, work: zmq.Socket, results: zmq.Socket) -> None:
+    def run(self, work: zmq.Socket, results: zmq.Socket, connect_timeout_s: float | None = None) -> None:
+        """Ask for frames, batch, infer, decide, until ``stop``; then finish what it holds.
+
+        ``connect_timeout_s``: give up (LinesideError) when no router has answered by then.
+        """
         # Ask for two batches so the next one is already here when this one ends.
-        credits_out = self.max_batch * 2
-        self.ready(work, credits_out)
-        last_beat = time.monotonic()
+        self.ready(work, self.max_batch * 2)
+        started = time.monotonic()
+        said_at = None
         poller = zmq.Poller()
         poller.register(work, zmq.POLLIN)
         # At most one batch in the backend and one normalized batch waiting for it.
-        running: tuple[concurrent.futures.Future, Prepared] | None = None
-        waiting: Prepared | None = None
         while not self.stop.is_set():
+            self.last_tick = time.monotonic()
+            if connect_timeout_s is not None and not self.connected.is_set():
+                said_at = self.await_router(started, connect_timeout_s, said_at)
             timeout_ms = 100
-            if self.batch and waiting is None:
+            if self.batch and self._waiting is None:
                 left = self.batch[0].received + self.max_wait - time.monotonic()
                 timeout_ms = max(0, int(left * 1000))
-            if running is not None:
+            if self._running is not None:
                 timeout_ms = min(timeout_ms, 2)  # look at the backend often
             if poller.poll(timeout_ms):
                 while len(self.batch) < self.max_batch:
@@ -347,35 +413,36 @@ class Worker:
                         parts = work.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    credits_out -= 1  # every message the router sent used one credit
                     self.on_frame(parts, results)
-            if running is not None and running[0].done():
-                self.finish(running[1], running[0].result(), time.time(), results)
-                running = None
+            if self._running is not None and self._running[0].done():
+                future, prepared = self._running
+                self.finish(prepared, future.result(), time.time(), results)
+                self._running = None
             due = self.batch and (
                 len(self.batch) >= self.max_batch
                 or time.monotonic() - self.batch[0].received >= self.max_wait
             )
-            if due and waiting is None:
-                waiting = self.prepare(results)
-            if waiting is not None and running is None:
-                running = (self._infer_pool.submit(self.infer, waiting), waiting)
-                waiting = None
+            if due and self._waiting is None:
+                self._waiting = self.prepare(results)
+            if self._waiting is not None and self._running is None:
+                self._running = (self._infer_pool.submit(self.infer, self._waiting), self._waiting)
+                self._waiting = None
                 if not self.backend.overlaps_host_work:
                     # Measured on 2 cores: host work beside ONNX Runtime's threads cut the
-                    # line from 0.90x to 0.52x of the bare backend, so wait for it here.
-                    concurrent.futures.wait([running[0]])
-            if credits_out < self.max_batch and not self.stop.is_set():
-                self.ready(work, self.max_batch * 2 - credits_out)
-                credits_out = self.max_batch * 2
-                last_beat = time.monotonic()
-            elif time.monotonic() - last_beat >= HEARTBEAT_S:
-                self.heartbeat(work)
-                last_beat = time.monotonic()
+                    # line from 0.90x to 0.52x of the bare backend, so wait for it here
+                    # (the heartbeat thread keeps telling the router that this worker lives).
+                    concurrent.futures.wait([self._running[0]])
+            if self.credits_out < self.max_batch and not self.stop.is_set():
+                self.ready(work, self.max_batch * 2 - self.credits_out)
+            elif self.done and time.monotonic() - self._last_ready >= ACK_S:
+                self.ready(work, 0)
         # Finish what we hold, then tell the router we are leaving.
-        if running is not None:
-            self.finish(running[1], running[0].result(), time.time(), results)
-        if waiting is not None:
+        if self._running is not None:
+            future, prepared = self._running
+            self.finish(prepared, future.result(), time.time(), results)
+            self._running = None
+        if self._waiting is not None:
+            waiting, self._waiting = self._waiting, None
             self.finish(waiting, self.on_backend_thread(self.infer, waiting), time.time(), results)
         while True:
             try:
@@ -386,6 +453,64 @@ class Worker:
         if self.batch:
             self.process(results)
         work.send(protocol.encode_header({"t": "bye", "worker": self.name, "done": self.done}))
+
+    def await_router(self, started: float, timeout_s: float, said_at: float | None) -> float:
+        """Before any router has answered: say so every 10 s (returns when it last did), and
+        give up after ``timeout_s``."""
+        now = time.monotonic()
+        if now - started > timeout_s:
+            msg = (
+                f"no line answered within {timeout_s:.0f} s; start `lineside run` first, and check that "
+                f"--connect names its endpoints.work and --results its endpoints.results"
+            )
+            raise WorkerConnectError(msg)
+        if said_at is None or now - said_at >= 10:
+            log.info("%s: waiting for the line (%.0f s of %.0f s)", self.name, now - started, timeout_s)
+            return now
+        return said_at
+
+
+class WorkerConnectError(LinesideError):
+    """A worker started by hand found no line at its endpoints."""
+
+
+class Heartbeat:
+    """Tells the router this worker lives, from a thread and a socket of its own.
+
+    The main loop waits while the backend computes (a tiled 8000x8000 frame can take a
+    minute), so heartbeats from it would stop exactly when the worker is busiest and get it
+    declared dead. Each heartbeat also names the frames the worker holds and the credit it
+    has open, so a router that restarted (or that declared this worker lost) knows it again.
+    """
+
+    def __init__(
+        self, worker: Worker, ctx: zmq.Context, endpoint: str, interval_s: float = HEARTBEAT_S
+    ) -> None:
+        self.worker, self.ctx, self.endpoint, self.interval_s = worker, ctx, endpoint, interval_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        sock = sockets.make_socket(
+            self.ctx, zmq.DEALER, identity=f"{self.worker.name}/hb".encode(), sndhwm=10
+        )
+        try:
+            sockets.connect(sock, self.endpoint)
+            while not self.stop.wait(self.interval_s):
+                header = self.worker.heartbeat_header()
+                if header is not None:
+                    with contextlib.suppress(zmq.Again):
+                        sock.send(protocol.encode_header(header), zmq.NOBLOCK)
+        finally:
+            sock.close(linger=0)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
 
 
 def open_worker(cfg: LineConfig, name: str) -> Worker:
@@ -404,28 +529,49 @@ def open_worker(cfg: LineConfig, name: str) -> Worker:
 
 
 def worker_main(
-    cfg_dict: dict, index: int, log_level: int, endpoints: dict | None = None, ready: Any = None
+    cfg_dict: dict,
+    index: int,
+    log_level: int,
+    endpoints: dict | None = None,
+    ready: Any = None,
+    connect_timeout_s: float | None = None,
 ) -> None:
-    """Entry point of a worker process (spawned locally or started by `lineside worker`)."""
+    """Entry point of a worker process (spawned locally, or started by `lineside worker`,
+    which passes ``endpoints`` and ``connect_timeout_s`` and stops on Ctrl-C)."""
     from edge.config import from_dict
-    from edge.process import setup_process
+    from edge.process import leave_run_dir, setup_process
 
     cfg = from_dict(cfg_dict)
     name = f"{os.uname().nodename}-w{index}-{uuid.uuid4().hex[:6]}"
-    setup_process(f"worker:{index}", log_level)
+    by_hand = endpoints is not None
+    stop = threading.Event()
+    setup_process(f"worker:{index}", log_level, on_orphan=None if by_hand else stop.set)
     worker = open_worker(cfg, name)
-    signal.signal(signal.SIGTERM, lambda *_: worker.stop.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+    worker.stop = stop
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Under a supervisor, it decides when to stop; by hand, Ctrl-C stops the worker.
+    signal.signal(signal.SIGINT, (lambda *_: stop.set()) if by_hand else signal.SIG_IGN)
     endpoints = endpoints or {"work": cfg.endpoint("work"), "results": cfg.endpoint("results")}
     ctx = zmq.Context()
     work = sockets.make_socket(ctx, zmq.DEALER, identity=name.encode(), rcvhwm=1000, sndhwm=1000)
     results = sockets.make_socket(ctx, zmq.PUSH, sndhwm=10000, linger_ms=2000)
+    heartbeat = Heartbeat(worker, ctx, endpoints["work"])
     try:
         sockets.connect(work, endpoints["work"])
         sockets.connect(results, endpoints["results"])
+        heartbeat.start()
         if ready is not None:
             ready.set()
-        worker.run(work, results)
+        if by_hand:
+            log.info(
+                "%s: connecting to the line at %s (results to %s)",
+                name,
+                endpoints["work"],
+                endpoints["results"],
+            )
+        worker.run(work, results, connect_timeout_s)
     finally:
+        heartbeat.close()
         worker.close()
         sockets.close_all(ctx, work, results)
+        leave_run_dir(cfg.run_dir)

@@ -70,7 +70,14 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_package(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path) -> Path:
-    """A model package exported from a TinyUNet trained for real on ``synthetic_dataset``."""
+    """A model package exported from a TinyUNet trained for real on ``synthetic_dataset``.
+
+    ``LINESIDE_TEST_PACKAGE=DIR`` reuses a package this fixture made before (its path is
+    printed), to rerun the line-side tests in seconds while working on them.
+    """
+    reuse = os.environ.get("LINESIDE_TEST_PACKAGE")
+    if reuse:
+        return Path(reuse)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from converter.export import export_package
     from training.train import train

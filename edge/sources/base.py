@@ -64,6 +64,11 @@ class FrameSource(ABC):
 
     #: a short label for logs and metrics (credentials removed)
     name: str = "source"
+    #: True for a source that runs on its own clock (a camera, a stream): a frame not taken
+    #: when it comes is gone, so the line always takes the newest one. False for a
+    #: recording (a video file, an image folder), which waits for the line: a lossless
+    #: replay pauses instead of dropping frames when the line is busy.
+    live: bool = True
 
     @abstractmethod
     def open(self) -> None:

@@ -30,6 +30,8 @@ class FolderSource(FrameSource):
     the last frame, for tracing.
     """
 
+    live = False  # a recording: it waits for the line
+
     def __init__(self, path: str | Path, fps: float = 0, loop: bool = False, pattern: str = "*") -> None:
         self._pacer = Pacer(fps)
         self.path = Path(path)

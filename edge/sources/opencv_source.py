@@ -94,14 +94,40 @@ def _default_factory(target: str | int, api: int, params: list[int]) -> Any:
 
 
 class _Session:
-    """One capture object, owned by one daemon thread that runs the calls given to it."""
+    """One capture object, owned by one daemon thread.
 
-    def __init__(self, factory: CaptureFactory, target: str | int, api: int, params: list[int], label: str):
+    A recording (``live=False``) is read on request: the thread runs the calls given to
+    it, so a video file is read frame by frame at the line's pace. A live source is
+    grabbed continuously as its frames come (``cap.grab()``), so the decoder's and the
+    network's buffers never fill with old pictures; only the frame a reader asked for
+    is decoded (``cap.retrieve()``), and it is the first one grabbed after the request.
+    Its timestamp is when the grab returned: when the frame was captured, not when the
+    camera loop got round to it.
+    """
+
+    def __init__(
+        self,
+        factory: CaptureFactory,
+        target: str | int,
+        api: int,
+        params: list[int],
+        label: str,
+        live: bool = False,
+    ):
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._results: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._open_done = threading.Event()
         self._open_error: BaseException | None = None
         self._args = (factory, target, api, params)
+        self.live = live
+        self._stopped = threading.Event()
+        # live: the reader's request and the grab thread's answer
+        self._cond = threading.Condition()
+        self._wanted = False
+        self._answer: tuple[bool, np.ndarray | None, float] | None = None
+        self._grab_error: BaseException | None = None
+        #: live: frames grabbed, and how many of them were decoded for a reader
+        self.grabbed = 0
         self.thread = threading.Thread(target=self._run, name=f"capture:{label}", daemon=True)
         self.thread.start()
 
@@ -116,20 +142,58 @@ class _Session:
             self._open_error = exc
         self._open_done.set()
         try:
-            while self._open_error is None:
-                call = self._requests.get()
-                if call is _STOP:
-                    break
-                try:
-                    self._results.put(call(cap))
-                except Exception as exc:
-                    self._results.put(exc)
+            if self._open_error is None:
+                if self.live:
+                    self._grab_loop(cap)
+                else:
+                    self._serve(cap)
         finally:
             if cap is not None:
                 try:
                     cap.release()
                 except Exception:
                     log.exception("capture release failed")
+
+    def _serve(self, cap: Any) -> None:
+        while True:
+            call = self._requests.get()
+            if call is _STOP:
+                return
+            try:
+                self._results.put(call(cap))
+            except Exception as exc:
+                self._results.put(exc)
+
+    def _grab_loop(self, cap: Any) -> None:
+        # Right after a (re)connect the decoder hands over what it buffered while the stream
+        # was probed (seconds of old pictures, in a burst). A frame that comes much faster
+        # than the stream's own rate is such a backlog frame: a reader is not given one
+        # unless the burst lasts longer than any probe would (a camera faster than it says).
+        fps = _nominal_fps(cap)
+        period = 1.0 / fps if fps else 0.0
+        burst_limit = max(3, int(3 * fps))
+        burst, last_ts = 0, time.time()
+        while not self._stopped.is_set():
+            try:
+                ok = cap.grab()
+                ts = time.time()
+                if not ok:
+                    raise CameraError("read failed (stream ended or camera disconnected)")
+                self.grabbed += 1
+                burst = burst + 1 if period and ts - last_ts < 0.5 * period else 0
+                last_ts = ts
+                with self._cond:
+                    wanted = self._wanted and (burst == 0 or burst > burst_limit)
+                answer = (*cap.retrieve(), ts) if wanted else None
+            except Exception as exc:  # the reader gets it; this capture is finished
+                with self._cond:
+                    self._grab_error = exc
+                    self._cond.notify_all()
+                return
+            if answer is not None:
+                with self._cond:
+                    self._answer, self._wanted = answer, False
+                    self._cond.notify_all()
 
     def wait_open(self, timeout: float) -> BaseException | None:
         """None once opened; the error if it failed; TimeoutError past ``timeout``."""
@@ -148,11 +212,39 @@ class _Session:
             raise result
         return result
 
+    def next_frame(self, timeout: float) -> tuple[bool, np.ndarray | None, float]:
+        """Live: the first frame grabbed after this call, as ``(ok, frame, ts)``;
+        TimeoutError when none comes within ``timeout``; the grab's error if it failed."""
+        with self._cond:
+            if self._grab_error is not None:
+                raise self._grab_error
+            self._answer, self._wanted = None, True
+            done = self._cond.wait_for(
+                lambda: self._answer is not None or self._grab_error is not None, timeout
+            )
+            if not done:
+                self._wanted = False
+                raise TimeoutError
+            if self._answer is None:
+                raise self._grab_error  # type: ignore[misc]
+            answer, self._answer = self._answer, None
+            return answer
+
     def stop(self, wait_s: float) -> bool:
         """Ask the thread to release the capture and exit; True if it did within ``wait_s``."""
+        self._stopped.set()
         self._requests.put(_STOP)
         self.thread.join(wait_s)
         return not self.thread.is_alive()
+
+
+def _nominal_fps(cap: Any) -> float:
+    """The frame rate the capture reports for its stream, or 0 when it does not know."""
+    try:
+        fps = float(cap.get(cv2.CAP_PROP_FPS))
+    except Exception:  # a backend (or a stand-in device) without the property
+        return 0.0
+    return fps if 0 < fps < 1000 else 0.0
 
 
 def _read(cap: Any) -> tuple[bool, np.ndarray | None, float]:
@@ -170,8 +262,11 @@ class OpenCvSource(FrameSource):
     GStreamer pipeline string.
 
     ``open`` returns or raises CameraError within ``open_timeout_s``; ``read`` within
-    ``read_timeout_s``. A video file ends with None, or starts again when ``loop``, and
-    is replayed at ``fps`` (0 = as fast as it decodes; live sources ignore it). ``close``
+    ``read_timeout_s``. A live source (device, URL, pipeline) is grabbed continuously and
+    ``read`` returns the next fresh frame, so a reader slower than the stream never falls
+    behind it. A video file is read frame by frame; it ends with None, or starts again
+    when ``loop``, and is replayed at ``fps`` (0 = as fast as it decodes; live sources
+    ignore it). ``close``
     waits at most ``close_timeout_s`` for the capture to be released, then leaves it to
     its thread.
     ``capture_factory(target, api, params)`` replaces ``cv2.VideoCapture`` (tests inject
@@ -219,6 +314,8 @@ class OpenCvSource(FrameSource):
             self.kind = "pipeline"
         else:
             self.kind = "file"
+        #: a camera, stream or pipeline runs on its own clock; a video file waits for the line
+        self.live = self.kind != "file"
         self.frames = 0
         self.timeouts = 0
         self.abandoned = 0
@@ -251,7 +348,7 @@ class OpenCvSource(FrameSource):
             msg = f"{self.name}: video file {self.uri} not found; check the camera's uri"
             raise CameraError(msg)
         api, params = self._api_and_params()
-        session = _Session(self._factory, self.uri, api, params, self.name)
+        session = _Session(self._factory, self.uri, api, params, self.name, live=self.live)
         try:
             error = session.wait_open(self.open_timeout_s)
         except TimeoutError:
@@ -273,7 +370,9 @@ class OpenCvSource(FrameSource):
             raise CameraError(msg)
         if self.kind == "file":
             self._pacer.wait()
-        ok, frame, ts = self._call(session, _read)
+            ok, frame, ts = self._call(session, _read)
+        else:
+            ok, frame, ts = self._call(session, None)
         if not ok or frame is None or frame.size == 0:
             if self.kind != "file":
                 msg = f"{self.name}: read failed (stream ended or camera disconnected)"
@@ -287,8 +386,11 @@ class OpenCvSource(FrameSource):
         self.frames += 1
         return Captured(self._check_frame(frame), ts)
 
-    def _call(self, session: _Session, fn: Callable[[Any], Any]) -> Any:
+    def _call(self, session: _Session, fn: Callable[[Any], Any] | None) -> Any:
+        """``fn(capture)`` in the session thread, or (``None``, live) the next grabbed frame."""
         try:
+            if fn is None:
+                return session.next_frame(self.read_timeout_s)
             return session.call(fn, self.read_timeout_s)
         except TimeoutError:
             self.timeouts += 1
@@ -296,12 +398,12 @@ class OpenCvSource(FrameSource):
             self._abandon(session)
             msg = f"{self.name}: read timed out after {self.read_timeout_s:g}s"
             raise CameraError(msg) from None
-        except CameraError:
-            raise
-        except Exception as exc:  # cv2.error and friends from inside the backend
+        except Exception as exc:  # a lost stream, cv2.error and friends from inside the backend
             self._session = None
             session.stop(self.close_timeout_s)
-            msg = f"{self.name}: read failed: {exc}"
+            msg = (
+                f"{self.name}: {exc}" if isinstance(exc, CameraError) else f"{self.name}: read failed: {exc}"
+            )
             raise CameraError(msg) from exc
 
     def _check_frame(self, frame: np.ndarray) -> np.ndarray:

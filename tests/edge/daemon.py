@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,9 +181,11 @@ class Daemon:
 def check_ledger(summary: dict) -> None:
     """The accounting invariant at the end of a run: nothing left in flight, nothing lost."""
     for cam, led in summary["cameras"].items():
-        dropped = sum(led["dropped"].values())
-        assert led["captured"] == led["decided"] + dropped + led["in_flight"], (cam, led)
+        assert sum(led["dropped_by_reason"].values()) == led["dropped"], (cam, led)
+        assert led["captured"] == led["decided"] + led["dropped"] + led["in_flight"], (cam, led)
         assert led["in_flight"] == 0, (cam, led)
+    totals = summary["totals"]
+    assert totals["captured"] == totals["decided"] + totals["dropped"] + totals["in_flight"], totals
 
 
 def start_line(tmp: Path, cfg: dict, duration: float = 0.0) -> tuple[Daemon, Subscriber]:
@@ -199,3 +203,29 @@ def finish(daemon: Daemon, sub: Subscriber, timeout: float = 60) -> int:
         sub.wait_for(lambda s: any(st.get("final") for st in s.statuses), 5)
         sub.close()
     return code
+
+
+def readyz(port: int) -> dict:
+    """The line's /readyz answer (``ready`` and ``reasons``), 200 or 503."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return json.load(r)
+    except urllib.error.HTTPError as err:  # 503 carries the reasons
+        assert err.code == 503
+        return json.load(err)
+
+
+def scrape(port: int) -> str:
+    """The line's /metrics page."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of a Prometheus text page (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if head == (f"{name}{{{want}}}" if want else name):
+            return float(value)
+    return 0.0

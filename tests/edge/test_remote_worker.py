@@ -47,10 +47,11 @@ def test_remote_worker_over_tcp_decides_the_line(trained_package: Path, tmp_path
     try:
         assert sub.wait_for(lambda s: len(s.results) >= 30, 90), daemon.output()
     finally:
-        remote.terminate()
-        remote_out = remote.communicate(timeout=30)[0]
+        # The line first, so that the remote worker decides what the line still holds.
         daemon.terminate()
         code = daemon.wait(60)
+        remote.terminate()
+        remote_out = remote.communicate(timeout=30)[0]
         sub.wait_for(lambda s: any(st.get("final") for st in s.statuses), 5)
         sub.close()
     assert code == 0, daemon.output()

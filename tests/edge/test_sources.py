@@ -273,10 +273,17 @@ class FakeCapture:
     def isOpened(self) -> bool:  # OpenCV's spelling
         return True
 
-    def read(self):
+    def grab(self) -> bool:
         if self.block is not None:
-            self.block.wait(30)  # a driver stuck inside read()
+            self.block.wait(30)  # a driver stuck inside grab()
+        time.sleep(0.005)  # a 200 fps camera: the grab loop waits for each frame
+        return True
+
+    def retrieve(self):
         return True, self.frame.copy()
+
+    def read(self):
+        return self.grab() and self.retrieve()
 
     def release(self) -> None:
         self.released = True
@@ -360,8 +367,8 @@ def test_stream_options_and_frame_checks():
     assert OpenCvSource("/dev/video0").kind == "device"
 
     class Dropped(FakeCapture):
-        def read(self):
-            return False, None
+        def grab(self):
+            return False
 
     for uri in ("rtsp://camera/stream", "/dev/video0"):
         live = OpenCvSource(uri, capture_factory=lambda *a: Dropped())

@@ -107,6 +107,11 @@ def frame_parts(cam: str, seq: int, policy: str, size: int = 8) -> list[bytes]:
     return [protocol.encode_header(header), image.tobytes()]
 
 
+def from_camera(cam: str, parts: list[bytes]) -> list[zmq.Frame]:
+    """A camera's message as the router's frames socket receives it: its routing id first."""
+    return [Msg(f"id-{cam}".encode()), *(Msg(p) for p in parts)]
+
+
 def Msg(data: bytes) -> zmq.Frame:
     """A message frame as recv_multipart(copy=False) gives it."""
     return zmq.Frame(data)
@@ -135,16 +140,17 @@ def test_router_policies_credits_and_lost_worker() -> None:
     try:
         router = Router(cfg_for())
         for seq in range(3):  # latest: only the freshest frame stays queued
-            router.on_frame([Msg(p) for p in frame_parts("live", seq, "latest")], results)
+            router.on_frame(from_camera("live", frame_parts("live", seq, "latest")), results)
         for seq in range(3):  # lossless: all stay
-            router.on_frame([Msg(p) for p in frame_parts("trig", seq, "lossless")], results)
+            router.on_frame(from_camera("trig", frame_parts("trig", seq, "lossless")), results)
         assert router.stats_header()["queues"] == {"live": 1, "trig": 3}
-        router.on_frame([Msg(b"not json")], results)
+        router.on_frame([Msg(b"id-x"), Msg(b"not json")], results)
         assert router.rejected.count == 1
 
         dealer.send(protocol.encode_header({"t": "ready", "worker": "w1", "credits": 2}))
         ident, raw = work.recv_multipart()
-        router.on_worker([Msg(ident), Msg(raw)], results)
+        router.on_worker([Msg(ident), Msg(raw)], work)
+        assert json.loads(dealer.recv_multipart()[0]) == {"t": "welcome"}  # a line is here
         router.dispatch(work)
         got = [json.loads(dealer.recv_multipart()[0]) for _ in range(2)]
         assert not dealer.poll(100), "the router sent more frames than the worker asked for"
@@ -209,7 +215,13 @@ def test_worker_sends_a_partial_batch_when_its_deadline_passes(worker_loop) -> N
     worker, router, loop, results_in = worker_loop
     loop.start()
     ident, ready = router.recv_multipart()
-    assert json.loads(ready) == {"t": "ready", "worker": "w-test", "credits": 16, "done": []}
+    assert json.loads(ready) == {
+        "t": "ready",
+        "worker": "w-test",
+        "credits": 16,
+        "credits_open": 16,
+        "done": [],
+    }
     size = worker.hw[0]
     sent = time.monotonic()
     router.send_multipart([ident, *frame_parts("a", 0, "lossless", size)])
@@ -272,10 +284,11 @@ def test_router_drops_frames_older_than_their_max_age() -> None:
         fresh = protocol.frame_header("a", 1, time.time(), image, sent_ts=0, max_age_ms=500, epoch=1)
         for header in (stale, fresh):
             header["policy"] = "lossless"
-            router.on_frame([Msg(protocol.encode_header(header)), Msg(image.tobytes())], results)
+            router.on_frame(from_camera("a", [protocol.encode_header(header), image.tobytes()]), results)
         dealer.send(protocol.encode_header({"t": "ready", "worker": "w1", "credits": 4}))
         ident, raw = work.recv_multipart()
-        router.on_worker([Msg(ident), Msg(raw)], results)
+        router.on_worker([Msg(ident), Msg(raw)], work)
+        assert json.loads(dealer.recv_multipart()[0]) == {"t": "welcome"}
         router.dispatch(work)
         router.flush_drops(results)
         got = json.loads(dealer.recv_multipart()[0])
