@@ -138,6 +138,8 @@ class Collector:
         self.rejected = protocol.Rejections("results", log)
         self.last_tick = time.monotonic()
         self._status_mark = (time.monotonic(), 0)
+        #: camera -> (when, captured, epoch) of the last fps sample
+        self._fps_marks: dict[str, tuple[float, int, int]] = {}
         self.decision_log = None
         self.ng_store = None
         self.ng_writer: NgWriter | None = None
@@ -302,6 +304,12 @@ class Collector:
         m.connected.labels(cam).set(1 if h.get("connected") else 0)
         m.last_connected.labels(cam).set(h.get("last_connected_ts", 0.0))
         m.camera_pending.labels(cam).set(h.get("pending", 0))
+        now = time.monotonic()
+        mark = self._fps_marks.get(cam)
+        if mark is None or mark[2] != epoch or now - mark[0] >= 2.0:
+            if mark is not None and mark[2] == epoch:
+                m.camera_fps.labels(cam).set((captured - mark[1]) / (now - mark[0]))
+            self._fps_marks[cam] = (now, captured, epoch)
 
     def on_result(self, h: dict[str, Any], parts: list[Any], pub: zmq.Socket) -> None:
         cam, epoch, seq, outcome = h["cam"], h.get("epoch", 0), int(h["seq"]), h["decision"]

@@ -43,6 +43,16 @@ def _gpu_skip_reason() -> str | None:
     return None
 
 
+def need_peer(missing: str | None) -> None:
+    """Skip a test whose real peer (an RTSP server, Prometheus, ...) is not installed here, with
+    the reason; fail instead where ``LINESIDE_REQUIRE_PEERS`` is set (CI installs every peer)."""
+    if missing is None:
+        return
+    if os.environ.get("LINESIDE_REQUIRE_PEERS"):
+        pytest.fail(f"a real peer is missing: {missing}")
+    pytest.skip(missing)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reason: str | None = None
     checked = False

@@ -21,7 +21,9 @@ from tests.edge.daemon import (
     check_ledger,
     finish,
     line_config,
+    metric,
     readyz,
+    scrape,
     start_line,
     synthetic_camera,
 )
@@ -280,3 +282,121 @@ def test_shutdown_is_bounded_even_when_peers_are_dead(trained_package: Path, tmp
     assert code in (0, 3, 4), daemon.output()
     assert took < cfg["shutdown_timeout_s"] + 3, took
     assert "Traceback" not in daemon.output()
+
+
+def test_a_backlogged_camera_never_starves_another(trained_package: Path, tmp_path: Path) -> None:
+    """A lossless camera that offers far more than the line can decide beside a latest camera:
+    the latest camera keeps its share of the worker in every window, and the lossless one's
+    overflow is counted as it happens. (Before: the router stopped reading the shared frames
+    socket for the backlog, the latest camera's decisions per window went 16, 9, 1, 1, 0,
+    and its stats, stuck behind the frames, never reported the overflow.)"""
+    trig = synthetic_camera("trig", size=4 * MODEL_SIZE, fps=20, seed=61, bank=4)
+    trig.update(fit="tile", buffer=16)  # 16 tiles a frame, 3x what one worker decides
+    live = synthetic_camera("live", size=MODEL_SIZE, fps=5, seed=62, policy="latest", bank=4)
+    cfg = line_config(
+        tmp_path, trained_package, [trig, live], workers={"count": 1, "max_batch": 2, "max_wait_ms": 20}
+    )
+    daemon, sub = start_line(tmp_path, cfg)
+    try:
+        assert sub.wait_for(lambda s: any(r["cam"] == "live" for r in s.results), 60), daemon.output()
+        start = time.time()
+        time.sleep(20)
+        overflow = [st["totals"]["dropped_by_reason"].get("camera_buffer_full", 0) for st in sub.statuses]
+    finally:
+        daemon.terminate()
+    code = finish(daemon, sub)
+    windows = [
+        sum(1 for r in results_of(sub, "live") if start + 5 * i <= r["ts"] < start + 5 * (i + 1))
+        for i in range(4)
+    ]
+    print(f"latest camera's decisions per 5 s beside a saturating lossless camera: {windows}")
+    # 5 fps offered; the lossless camera's 16-tile frames take turns with it on one worker.
+    assert min(windows) >= 5, windows
+    assert windows[-1] >= 0.5 * windows[0], windows
+    summary = daemon.summary()
+    check_ledger(summary)  # nothing stuck in flight after the stop
+    assert overflow[-1] > 0, "the overflow was not reported while the line ran"
+    assert summary["cameras"]["trig"]["dropped_by_reason"]["camera_buffer_full"] > 0
+    assert code == 4 and summary["lost"].get("camera_buffer_full"), (code, summary["lost"])
+
+
+def test_a_worker_busy_for_longer_than_its_heartbeat_timeout_is_not_declared_dead(
+    trained_package: Path, tmp_path: Path
+) -> None:
+    """Six stills of 2048x2048 are 256 model tiles each: a batch computes for several seconds,
+    far past ``heartbeat_timeout_s`` (1.5 s) and the 2 s stall bound. Heartbeats come from
+    the worker's own thread during inference, so the worker is never declared lost, a
+    computing worker counts as progress, and every frame is decided once. (Before: declared
+    lost 3 times in 30 s, its real decisions thrown away as duplicates.)"""
+    import cv2
+    import numpy as np
+
+    from converter import synthetic
+    from tests.conftest import MODEL_CLASS
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    rng = np.random.default_rng(71)
+    for i in range(6):
+        image, _, _ = synthetic.render(rng, 16 * MODEL_SIZE, MODEL_CLASS, defective=bool(i % 2))
+        cv2.imwrite(str(folder / f"{i}.png"), image)
+    big = {"id": "big", "source": "folder", "fps": 0, "policy": "lossless", "fit": "tile"}
+    big["options"] = {"path": str(folder)}
+    cfg = line_config(
+        tmp_path,
+        trained_package,
+        [big],
+        workers={"count": 1, "max_batch": 4, "max_wait_ms": 1000, "heartbeat_timeout_s": 1.5},
+        shutdown_timeout_s=2,
+    )
+    daemon, sub = start_line(tmp_path, cfg)
+    code = finish(daemon, sub, timeout=180)
+    summary = daemon.summary()
+    check_ledger(summary)
+    infer_ms = max(r["latency_ms"]["infer"] for r in sub.results)
+    print(f"longest batch inference {infer_ms / 1000:.1f} s against a 1.5 s heartbeat timeout")
+    assert infer_ms > 3 * 1500, "the batches were not long enough to prove anything"
+    assert sorted(r["seq"] for r in sub.results) == list(range(6))
+    assert summary["totals"]["dropped"] == 0 and summary["totals"]["duplicates"] == 0, summary["totals"]
+    assert "gone (worker_lost)" not in daemon.output()
+    assert code == 0, daemon.output()
+
+
+def test_a_decision_that_comes_after_its_frame_was_counted_lost_replaces_the_drop(
+    trained_package: Path, tmp_path: Path
+) -> None:
+    """The only worker is frozen (SIGSTOP) past its heartbeat timeout: the router reports its
+    frames lost. Thawed, it finishes them: each late decision is published and logged, and
+    undoes its drop, so at the end nothing it decided is counted lost."""
+    cams = [synthetic_camera("cam1", size=MODEL_SIZE, fps=10, seed=72)]
+    cfg = line_config(
+        tmp_path, trained_package, cams, workers={"count": 1, "max_batch": 4, "heartbeat_timeout_s": 1.5}
+    )
+    daemon, sub = start_line(tmp_path, cfg)
+    try:
+        assert sub.wait_for(lambda s: len(s.results) >= 10 and s.statuses, 60), daemon.output()
+        worker = sub.statuses[-1]["processes"]["worker:0"]
+        os.kill(worker, signal.SIGSTOP)
+        time.sleep(3.5)  # past the timeout: its frames are counted worker_lost
+        lost_meanwhile = sub.statuses[-1]["totals"]["dropped_by_reason"].get("worker_lost", 0)
+        os.kill(worker, signal.SIGCONT)
+        thawed = time.time()
+        assert sub.wait_for(lambda s: any(r["decided_ts"] > thawed + 2 for r in s.results), 30)
+        text = scrape(cfg["metrics"]["port"])
+    finally:
+        daemon.terminate()
+    code = finish(daemon, sub)
+    summary = daemon.summary()
+    check_ledger(summary)
+    late = summary["totals"]["late"]
+    print(f"frames counted lost while the worker was frozen: {lost_meanwhile}; late decisions: {late}")
+    assert lost_meanwhile > 0 and late > 0
+    assert metric(text, "lineside_late_decisions_total", camera="cam1") == late
+    # Every frame the frozen worker held was decided after all: no drop is left for them.
+    assert summary["totals"]["dropped_by_reason"].get("worker_lost", 0) == lost_meanwhile - late == 0
+    with sqlite3.connect(cfg["sinks"]["decision_log"]) as db:
+        assert db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == summary["totals"]["decided"]
+    assert {(r["cam"], r["seq"]) for r in sub.results} == {
+        ("cam1", s) for s in range(summary["cameras"]["cam1"]["captured"])
+    }
+    assert code == 0, daemon.output()

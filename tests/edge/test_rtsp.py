@@ -12,16 +12,17 @@ from pathlib import Path
 import pytest
 
 from edge.sources.opencv_source import OpenCvSource
+from tests.conftest import need_peer
 from tests.edge.daemon import check_ledger, finish, line_config, metric, readyz, scrape, start_line
 from tests.edge.rtsp import RtspServer, free_port, missing_reason, stamp_of
 
-_MISSING = missing_reason()
-pytestmark = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def rtsp():
     """``rtsp(fps=, size=)`` starts a real RTSP server on a free port; all are killed at the end."""
+    need_peer(missing_reason())
     servers: list[RtspServer] = []
 
     def start(fps: int = 10, size: int = 256) -> RtspServer:
