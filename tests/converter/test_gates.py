@@ -102,6 +102,20 @@ def test_int8_graph_runs_and_passes_its_gate(package_copy, dataset):
         i.data_type == 3 for i in zero_points
     )  # INT8 only (TensorRT has no INT32 Q/DQ)
     assert all(not any(i.int32_data) and not any(i.raw_data) for i in zero_points)  # symmetric
+    # placement (converter/int8.py): the Conv that reads the image stays float, every other one
+    # reads a dequantized input and dequantized per-channel weights, which TensorRT fuses into INT8
+    producer = {out: node for node in model.graph.node for out in node.output}
+
+    def dequantized(tensor: str) -> bool:
+        return tensor in producer and producer[tensor].op_type == "DequantizeLinear"
+
+    first, *others = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert not dequantized(first.input[0]) and not dequantized(first.input[1])
+    assert others and all(dequantized(c.input[0]) and dequantized(c.input[1]) for c in others)
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+    for conv in others:  # per channel: one scale for each output channel
+        weight, scale = producer[conv.input[1]].input[:2]
+        assert shapes[scale] == shapes[weight][:1]
     x = np.random.default_rng(0).random((3, SIZE, SIZE, 1), dtype=np.float32)
     out = onnx_graph.session(package.onnx_path("int8")).run(None, {"image": x})[0]
     assert out.shape == (3, SIZE, SIZE, 1) and np.isfinite(out).all()
