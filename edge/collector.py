@@ -130,6 +130,8 @@ class Collector:
         self.stats_seen: dict[tuple[str, int], float] = {}
         self.final_epochs: set[tuple[str, int]] = set()
         self._counted: dict[tuple[str, int], dict[str, float]] = {}
+        #: camera -> captured frames already added to lineside_frames_captured_total
+        self._captured_shown: dict[str, int] = {}
         self.sweeps: list[Sweep] = []
         self.supervisor: dict[str, Any] = {}
         self.backends: collections.Counter = collections.Counter()
@@ -292,7 +294,6 @@ class Collector:
         # of the line, so they grow by what each epoch adds.
         counted = self._counted.setdefault((cam, epoch), {})
         for name, counter, value in (
-            ("captured", m.captured, captured),
             ("disconnects", m.disconnects, h.get("disconnects", 0)),
             ("reconnects", m.reconnects, h.get("reconnects", 0)),
             ("gap_s", m.gap_seconds, h.get("gap_s", 0.0)),
@@ -481,8 +482,15 @@ class Collector:
         )
 
     def update_gauges(self) -> None:
+        """Bring the ledger's figures to the metrics. ``frames_captured_total`` follows the
+        ledger's own count (a frame can be decided before its camera's counter arrives), so
+        that on every page captured = decisions + (drops - late decisions) + in flight."""
         for cam, led in self.ledger.cameras.items():
             self.metrics.inflight.labels(cam).set(led.in_flight)
+            grown = led.captured - self._captured_shown.get(cam, 0)
+            if grown > 0:
+                self.metrics.captured.labels(cam).inc(grown)
+                self._captured_shown[cam] = led.captured
 
     def lost(self) -> dict[str, int]:
         """Drops of lossless cameras that their config did not ask for, by reason."""

@@ -97,3 +97,18 @@ def test_port_in_use_stops_startup_with_one_line(trained_package: Path, tmp_path
         path.write_text(yaml.safe_dump(cfg))
         line = one_error_line(run_cli("run", "--config", str(path), "--duration", "1"))
     assert f"cannot bind tcp://127.0.0.1:{port}: address already in use" in line
+
+
+def test_loading_a_config_makes_no_run_folder(tmp_path: Path) -> None:
+    """Only a running line has a run folder (before: every load made one, and they piled up)."""
+    import glob
+    import os
+    import tempfile
+
+    path = tmp_path / "line.yaml"
+    path.write_text(yaml.safe_dump(GOOD))
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "lineside-*")))
+    cfg = load_config(path)
+    assert cfg.run_dir == "" and set(glob.glob(os.path.join(tempfile.gettempdir(), "lineside-*"))) == before
+    with pytest.raises(ConfigError, match=r"endpoints.frames .* needs the line's run folder"):
+        cfg.endpoint("frames")

@@ -30,6 +30,8 @@ from tests.edge.daemon import (
     check_ledger,
     finish,
     line_config,
+    metric,
+    scrape,
     start_line,
     synthetic_camera,
 )
@@ -84,6 +86,11 @@ def test_a_killed_child_is_restarted_and_the_books_stay_whole(
     daemon, sub = start_line(tmp_path, cfg)
     try:
         assert sub.wait_for(lambda s: len(s.results) >= 20 and s.statuses, 90), daemon.output()
+        # The backlog has built up: the camera, the router and the workers all hold frames.
+        port = cfg["metrics"]["port"]
+        assert sub.wait_for(
+            lambda _: metric(scrape(port), "lineside_camera_buffered", camera="trig") >= 4, 60
+        ), daemon.output()
         pid = sub.statuses[-1]["processes"][victim]
         os.kill(pid, signal.SIGKILL)
         killed = time.time()

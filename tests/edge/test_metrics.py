@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MODEL_SIZE, need_peer
-from tests.edge.daemon import finish, line_config, scrape, start_line, synthetic_camera
+from tests.edge.daemon import finish, line_config, metric, scrape, start_line, synthetic_camera
 from tests.edge.rtsp import free_port
 
 pytestmark = pytest.mark.slow
@@ -105,6 +105,19 @@ def test_metrics_pass_promtool_match_the_docs_and_work_in_prometheus(
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert families(page) == documented(), set(families(page).items()) ^ set(documented().items())
+    # One page adds up (docs/daemon.md), taken while frames were coming and going.
+    for cam in ("flaky", "live"):
+        decisions = sum(
+            float(v)
+            for v in re.findall(rf'^lineside_decisions_total{{camera="{cam}",.*}} (\S+)$', page, re.M)
+        )
+        drops = sum(
+            float(v) for v in re.findall(rf'^lineside_drops_total{{camera="{cam}",.*}} (\S+)$', page, re.M)
+        )
+        late = metric(page, "lineside_late_decisions_total", camera=cam)
+        in_flight = metric(page, "lineside_frames_in_flight", camera=cam)
+        frames = metric(page, "lineside_frames_captured_total", camera=cam)
+        assert frames == decisions + drops - late + in_flight > 0, (cam, frames, decisions, drops, in_flight)
     fps = float(captured[0]["value"][1])
     print(f"Prometheus: increase() {decided['flaky']:.0f} decisions of flaky, rate() {fps:.1f} frames/s")
     assert 0 < fps < 40  # two cameras at 10 fps

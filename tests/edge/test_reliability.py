@@ -3,11 +3,14 @@ daemon: real processes, real ZeroMQ sockets, real signals, a real SQLite log."""
 
 from __future__ import annotations
 
+import glob
 import itertools
 import json
 import os
+import re
 import signal
 import sqlite3
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -71,7 +74,9 @@ def test_worker_killed_mid_run_is_restarted_and_its_frames_counted(
     # Lossless cameras: a lost frame is a failed run (exit 4), and the summary says which.
     assert summary["lost"] == ({"worker_lost": lost} if lost else {}), summary["lost"]
     assert code == (4 if lost else 0), daemon.output()
-    assert "worker_lost" in daemon.output() or lost == 0
+    # The log says what the ledger counted (before: the router logged 12 when 7 were counted).
+    said = sum(int(n) for n in re.findall(r"(\d+) frame\(s\) counted worker_lost", daemon.output()))
+    assert said == lost, (said, lost)
     assert "worker:0 exited" in daemon.output()
 
 
@@ -207,6 +212,7 @@ def test_malformed_messages_are_counted_and_nothing_crashes(trained_package: Pat
 
 
 def test_sigterm_drains_within_bound_and_logs_every_decision(trained_package: Path, tmp_path: Path) -> None:
+    run_dirs = set(glob.glob(os.path.join(tempfile.gettempdir(), "lineside-*")))
     cams = [synthetic_camera(f"cam{i}", size=MODEL_SIZE, fps=15, seed=i) for i in (7, 8)]
     cfg = line_config(tmp_path, trained_package, cams, shutdown_timeout_s=6)
     daemon, sub = start_line(tmp_path, cfg)
@@ -239,6 +245,8 @@ def test_sigterm_drains_within_bound_and_logs_every_decision(trained_package: Pa
     published = {(r["cam"], r["seq"]) for r in sub.results}
     assert published and published == logged
     print(f"SIGTERM drain took {took:.2f} s; {len(logged)} decisions logged")
+    # The line's run folder (ipc sockets, saved ledger) went with it (before: they piled up).
+    assert set(glob.glob(os.path.join(tempfile.gettempdir(), "lineside-*"))) == run_dirs
 
 
 def test_readiness_goes_false_while_a_camera_is_silent(trained_package: Path, tmp_path: Path) -> None:
