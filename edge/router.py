@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 ROUTER_STATS_INTERVAL_S = 1.0
 #: a worker whose frame socket is not (yet) reachable is skipped for this long
 UNREACHABLE_PAUSE_S = 0.2
+#: a camera that had a frame sent to a worker this recently still counts for the fair share
+ACTIVE_S = 1.0
 
 FrameKey = tuple[str, int, int]  # (camera, epoch, seq)
 
@@ -70,6 +72,8 @@ class CameraQueue:
     ident: bytes | None = None
     #: credits to hand back: one per frame that left the queue
     owed: int = 0
+    #: when a frame of this camera last went to a worker
+    served_at: float = 0.0
 
     @property
     def window(self) -> int:
@@ -231,9 +235,19 @@ class Router:
                 self.lose_worker(name, "worker_lost")
 
     def dispatch(self, work: zmq.Socket) -> None:
-        """Hand queued frames to workers with credits, cameras in round-robin order."""
-        idle_rounds = 0
+        """Hand queued frames to workers with credits, cameras in turn, one frame each.
+
+        Fair share: while several cameras are active, none may hold more than its share of
+        the frames the workers hold or have asked for. Without it, a camera that always has
+        a backlog takes every credit the moment it frees, and a live camera, whose frame
+        arrives a moment later, finds the workers' queues full of the other camera's frames.
+        """
         now = time.monotonic()
+        held = collections.Counter(cam for w in self.workers.values() for cam, _, _ in w.inflight)
+        slots = sum(len(w.inflight) + max(0, w.credits) for w in self.workers.values())
+        active = sum(1 for q in self.cameras.values() if q.frames or now - q.served_at < ACTIVE_S)
+        share = max(1, -(-slots // max(1, active)))
+        idle_rounds = 0
         while self._rr and idle_rounds < len(self._rr):
             worker = max(
                 (w for w in self.workers.values() if w.skip_until <= now),
@@ -245,7 +259,7 @@ class Router:
             cam = self._rr[0]
             self._rr.rotate(-1)
             queue = self.cameras[cam]
-            if not queue.frames:
+            if not queue.frames or held[cam] >= share:
                 idle_rounds += 1
                 continue
             idle_rounds = 0
@@ -269,7 +283,9 @@ class Router:
                 continue
             worker.credits -= 1
             worker.inflight[(cam, header.get("epoch", 0), header["seq"])] = time.monotonic()
+            held[cam] += 1
             queue.owed += 1
+            queue.served_at = now
             self.dispatched += 1
 
     # -- reports ------------------------------------------------------------------
