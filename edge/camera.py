@@ -481,12 +481,13 @@ class CameraLoop:
 def camera_main(cfg_dict: dict, camera_index: int, input_hw: tuple[int, int], log_level: int) -> None:
     """Entry point of a spawned camera process."""
     from edge.config import from_dict
-    from edge.process import leave_run_dir, setup_process
+    from edge.process import die_with_parent, leave_run_dir, setup_process
 
     cfg = from_dict(cfg_dict)
     cam = cfg.cameras[camera_index]
+    setup_process(f"camera:{cam.id}", log_level)
     loop = CameraLoop(cfg, cam, input_hw)
-    setup_process(f"camera:{cam.id}", log_level, on_orphan=loop.stop.set)
+    die_with_parent(loop.stop.set)
     signal.signal(signal.SIGTERM, lambda *_: loop.stop.set())
     signal.signal(signal.SIGINT, lambda *_: loop.stop.set())
     ctx = zmq.Context()

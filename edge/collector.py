@@ -619,13 +619,12 @@ def collector_main(
 ) -> None:
     """Entry point of the spawned collector process."""
     from edge.config import from_dict
-    from edge.process import leave_run_dir, setup_process
+    from edge.process import die_with_parent, leave_run_dir, setup_process
 
     cfg = from_dict(cfg_dict)
-    stop = threading.Event()
-    setup_process("collector", log_level, on_orphan=stop.set)
+    setup_process("collector", log_level)
     collector = Collector(cfg, started, shared)
-    collector.stop = stop
+    die_with_parent(collector.stop.set)
     signal.signal(signal.SIGTERM, lambda *_: collector.stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctx = zmq.Context()

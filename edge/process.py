@@ -20,11 +20,8 @@ PARENT_POLL_S = 0.5
 _PR_SET_PDEATHSIG = 1
 
 
-def setup_process(
-    role: str, log_level: int, on_orphan: Callable[[], None] | None = None, orphan_grace_s: float = 15.0
-) -> None:
-    """Log with the process role in every line; keep math libraries to their share of cores;
-    and, with ``on_orphan``, never outlive the supervisor (see ``die_with_parent``)."""
+def setup_process(role: str, log_level: int) -> None:
+    """Log with the process role in every line; keep math libraries to their share of cores."""
     logging.basicConfig(
         level=log_level,
         format=f"%(asctime)s %(levelname)s [{role}] %(name)s: %(message)s",
@@ -36,11 +33,9 @@ def setup_process(
 
     cv2.setNumThreads(1)
     os.environ.setdefault("LINESIDE_ROLE", role)
-    if on_orphan is not None:
-        die_with_parent(on_orphan, orphan_grace_s)
 
 
-def die_with_parent(on_orphan: Callable[[], None], grace_s: float) -> None:
+def die_with_parent(on_orphan: Callable[[], None], grace_s: float = 15.0) -> None:
     """Stop this process when the process that spawned it dies, by any cause (``kill -9`` too).
 
     Two mechanisms, so that neither a missed signal nor a stuck stop leaves a process behind:

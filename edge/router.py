@@ -249,12 +249,14 @@ class Router:
         share = max(1, -(-slots // max(1, active)))
         idle_rounds = 0
         while self._rr and idle_rounds < len(self._rr):
-            worker = max(
-                (w for w in self.workers.values() if w.skip_until <= now),
-                key=lambda w: w.credits,
+            # The least loaded worker: the fewest frames held (a worker that just joined gets
+            # the next frame, not the one that refills its credit fastest).
+            worker = min(
+                (w for w in self.workers.values() if w.skip_until <= now and w.credits > 0),
+                key=lambda w: (len(w.inflight), -w.credits),
                 default=None,
             )
-            if worker is None or worker.credits <= 0:
+            if worker is None:
                 return
             cam = self._rr[0]
             self._rr.rotate(-1)
@@ -378,11 +380,12 @@ class Router:
 def router_main(cfg_dict: dict, log_level: int, ready: Any = None) -> None:
     """Entry point of the spawned router process."""
     from edge.config import from_dict
-    from edge.process import leave_run_dir, setup_process
+    from edge.process import die_with_parent, leave_run_dir, setup_process
 
     cfg = from_dict(cfg_dict)
+    setup_process("router", log_level)
     router = Router(cfg)
-    setup_process("router", log_level, on_orphan=router.stop.set)
+    die_with_parent(router.stop.set)
     signal.signal(signal.SIGTERM, lambda *_: router.stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
     ctx = zmq.Context()

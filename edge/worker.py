@@ -94,6 +94,10 @@ def load_ignore_masks(cfg: LineConfig, hw: tuple[int, int]) -> dict[str, np.ndar
     return masks
 
 
+class WorkerConnectError(LinesideError):
+    """A worker started by hand found no line at its endpoints."""
+
+
 @dataclass
 class Prepared:
     """A normalized batch waiting for (or in) the backend."""
@@ -470,10 +474,6 @@ class Worker:
         return said_at
 
 
-class WorkerConnectError(LinesideError):
-    """A worker started by hand found no line at its endpoints."""
-
-
 class Heartbeat:
     """Tells the router this worker lives, from a thread and a socket of its own.
 
@@ -539,18 +539,19 @@ def worker_main(
     """Entry point of a worker process (spawned locally, or started by `lineside worker`,
     which passes ``endpoints`` and ``connect_timeout_s`` and stops on Ctrl-C)."""
     from edge.config import from_dict
-    from edge.process import leave_run_dir, setup_process
+    from edge.process import die_with_parent, leave_run_dir, setup_process
 
     cfg = from_dict(cfg_dict)
     name = f"{os.uname().nodename}-w{index}-{uuid.uuid4().hex[:6]}"
     by_hand = endpoints is not None
-    stop = threading.Event()
-    setup_process(f"worker:{index}", log_level, on_orphan=None if by_hand else stop.set)
+    setup_process(f"worker:{index}", log_level)
     worker = open_worker(cfg, name)
-    worker.stop = stop
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = worker.stop.set
+    if not by_hand:
+        die_with_parent(stop)
+    signal.signal(signal.SIGTERM, lambda *_: stop())
     # Under a supervisor, it decides when to stop; by hand, Ctrl-C stops the worker.
-    signal.signal(signal.SIGINT, (lambda *_: stop.set()) if by_hand else signal.SIG_IGN)
+    signal.signal(signal.SIGINT, (lambda *_: stop()) if by_hand else signal.SIG_IGN)
     endpoints = endpoints or {"work": cfg.endpoint("work"), "results": cfg.endpoint("results")}
     ctx = zmq.Context()
     work = sockets.make_socket(ctx, zmq.DEALER, identity=name.encode(), rcvhwm=1000, sndhwm=1000)
