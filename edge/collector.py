@@ -125,9 +125,8 @@ class Collector:
         self.router_seen = 0.0
         self.cameras: dict[str, dict[str, Any]] = {}
         self.camera_seen: dict[str, float] = {}
-        #: camera -> (its newest epoch, when its stats last came)
+        #: camera -> the newest epoch (camera process) it has reported
         self.camera_epoch: dict[str, int] = {}
-        self.stats_seen: dict[tuple[str, int], float] = {}
         self.final_epochs: set[tuple[str, int]] = set()
         self._counted: dict[tuple[str, int], dict[str, float]] = {}
         #: camera -> captured frames already added to lineside_frames_captured_total
@@ -278,7 +277,6 @@ class Collector:
             self.sweeps.append(Sweep("camera_lost", time.monotonic() + SWEEP_GRACE_S, {(cam, current)}))
         if current is None or epoch >= current:
             self.camera_epoch[cam] = epoch
-        self.stats_seen[(cam, epoch)] = time.monotonic()
         if h.get("final"):
             self.final_epochs.add((cam, epoch))
         self.ledger.captured(cam, epoch, captured)

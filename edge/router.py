@@ -119,7 +119,7 @@ class Router:
         return queue
 
     # -- cameras ----------------------------------------------------------------
-    def on_frame(self, parts: list[Any], results: zmq.Socket | None = None) -> None:
+    def on_frame(self, parts: list[Any]) -> None:
         """One message from a camera: ``[routing id, header(, pixels)]``."""
         ident = parts[0].bytes
         try:
@@ -339,7 +339,7 @@ class Router:
                         parts = frames.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self.on_frame(parts, results)
+                    self.on_frame(parts)
             if work in events:
                 while True:
                     try:

@@ -126,8 +126,6 @@ class _Session:
         self._wanted = False
         self._answer: tuple[bool, np.ndarray | None, float] | None = None
         self._grab_error: BaseException | None = None
-        #: live: frames grabbed, and how many of them were decoded for a reader
-        self.grabbed = 0
         self.thread = threading.Thread(target=self._run, name=f"capture:{label}", daemon=True)
         self.thread.start()
 
@@ -179,7 +177,6 @@ class _Session:
                 ts = time.time()
                 if not ok:
                     raise CameraError("read failed (stream ended or camera disconnected)")
-                self.grabbed += 1
                 burst = burst + 1 if period and ts - last_ts < 0.5 * period else 0
                 last_ts = ts
                 with self._cond:

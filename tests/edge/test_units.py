@@ -140,11 +140,11 @@ def test_router_policies_credits_and_lost_worker() -> None:
     try:
         router = Router(cfg_for())
         for seq in range(3):  # latest: only the freshest frame stays queued
-            router.on_frame(from_camera("live", frame_parts("live", seq, "latest")), results)
+            router.on_frame(from_camera("live", frame_parts("live", seq, "latest")))
         for seq in range(3):  # lossless: all stay
-            router.on_frame(from_camera("trig", frame_parts("trig", seq, "lossless")), results)
+            router.on_frame(from_camera("trig", frame_parts("trig", seq, "lossless")))
         assert router.stats_header()["queues"] == {"live": 1, "trig": 3}
-        router.on_frame([Msg(b"id-x"), Msg(b"not json")], results)
+        router.on_frame([Msg(b"id-x"), Msg(b"not json")])
         assert router.rejected.count == 1
 
         dealer.send(protocol.encode_header({"t": "ready", "worker": "w1", "credits": 2}))
@@ -284,7 +284,7 @@ def test_router_drops_frames_older_than_their_max_age() -> None:
         fresh = protocol.frame_header("a", 1, time.time(), image, sent_ts=0, max_age_ms=500, epoch=1)
         for header in (stale, fresh):
             header["policy"] = "lossless"
-            router.on_frame(from_camera("a", [protocol.encode_header(header), image.tobytes()]), results)
+            router.on_frame(from_camera("a", [protocol.encode_header(header), image.tobytes()]))
         dealer.send(protocol.encode_header({"t": "ready", "worker": "w1", "credits": 4}))
         ident, raw = work.recv_multipart()
         router.on_worker([Msg(ident), Msg(raw)], work)
