@@ -65,8 +65,11 @@ def test_worker_killed_mid_run_is_restarted_and_its_frames_counted(
         assert sub.wait_for(lambda s: s.statuses[-1]["restarts"].get("worker:0", 0) >= 1, 10)
         # The restarted worker gets its share at once, though the survivor has credit to spare
         # (before: the router fed whichever worker had the most credit, and the newcomer idled).
-        before = {r["worker"] for r in sub.results}
-        assert sub.wait_for(lambda s: sum(r["worker"] not in before for r in s.results) >= 10, 30)
+        # (Workers are named afresh at each start; the restarted one may already have decided.)
+        before = {r["worker"] for r in sub.results if r["decided_ts"] <= killed_at}
+        assert sub.wait_for(lambda s: sum(r["worker"] not in before for r in s.results) >= 10, 30), [
+            (r["worker"], r["decided_ts"] - killed_at) for r in sub.results[-30:]
+        ]
         time.sleep(2)
     finally:
         daemon.terminate()
