@@ -146,6 +146,8 @@ class CameraLoop:
         self.stop = threading.Event()
         #: names this camera process: a restarted camera starts a new epoch at seq 0
         self.epoch = time.time_ns() // 1_000_000
+        #: tags its frames and seals its messages (edge/protocol.py)
+        self.key = cfg.key
         self.seq = 0
         self.drops: dict[str, list[int]] = collections.defaultdict(list)
         self.connected = False
@@ -212,22 +214,24 @@ class CameraLoop:
             "credits": self.credits,
         }
         with contextlib.suppress(zmq.Again):
-            self.frames.send(protocol.encode_header(header), zmq.NOBLOCK)
+            self.frames.send_multipart(protocol.seal(self.key, header), zmq.NOBLOCK)
         self._last_hello = time.monotonic()
 
     def receive_credits(self) -> None:
         while True:
             try:
-                raw = self.frames.recv(zmq.NOBLOCK)
+                parts = self.frames.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            self._heard_router = time.monotonic()
             try:
-                header = protocol.decode_header(raw)
-                if header["t"] == "credit":
-                    self.credits += max(0, int(header["n"]))
-            except (protocol.ProtocolError, KeyError, TypeError, ValueError):
-                log.warning("%s: unexpected message from the router ignored", self.cam.id)
+                if len(parts) != 2 or not protocol.unseal(self.key, parts[0], parts[1]):
+                    raise protocol.ProtocolError("not sealed by this line")
+                header = protocol.decode(parts[0], protocol.FROM_ROUTER_TO_CAMERA)
+            except protocol.ProtocolError as exc:
+                log.warning("%s: message on the frames socket ignored: %s", self.cam.id, exc)
+                continue
+            self._heard_router = time.monotonic()
+            self.credits += header["n"]
         # A router that restarted does not know this camera: ask again while frames wait.
         now = time.monotonic()
         quiet = now - max(self._heard_router, self._last_hello)
@@ -270,7 +274,7 @@ class CameraLoop:
         }
         self._last_stats = time.monotonic()
         try:
-            self.stats.send(protocol.encode_header(header), zmq.NOBLOCK)
+            self.stats.send_multipart(protocol.seal(self.key, header), zmq.NOBLOCK)
         except zmq.Again:
             return False  # drops stay in the lists and go out with the next stats message
         self.drops = collections.defaultdict(list)
@@ -309,6 +313,7 @@ class CameraLoop:
             decide=False,
             policy=self.cam.policy,
             epoch=self.epoch,
+            key=self.key,
         )
         header["fault"] = reason
         self.enqueue(header, empty)
@@ -332,6 +337,7 @@ class CameraLoop:
             decide=fault is None,
             policy=self.cam.policy,
             epoch=self.epoch,
+            key=self.key,
         )
         if fault:
             header["fault"] = fault

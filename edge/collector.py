@@ -137,6 +137,7 @@ class Collector:
         #: (truth, decision) -> count, for frames whose source knew the ground truth
         self.scored: collections.Counter = collections.Counter()
         self.rejected = protocol.Rejections("results", log)
+        self.key = cfg.key
         self.last_tick = time.monotonic()
         self._status_mark = (time.monotonic(), 0)
         #: camera -> (when, captured, epoch) of the last fps sample
@@ -204,37 +205,50 @@ class Collector:
 
     # -- messages ------------------------------------------------------------------
     def on_message(self, parts: list[Any], pub: zmq.Socket) -> None:
+        """One message on the results socket: checked against the schema, then against what
+        proves it comes from this line (a frame's tag, or the seal of the line's own
+        processes), then handled. Whatever fails is refused and counted, never half-applied."""
+        raw = parts[0].bytes
         try:
-            header = protocol.decode_header(parts[0].bytes)
+            h = protocol.decode(raw, protocol.TO_COLLECTOR)
         except protocol.ProtocolError as exc:
-            self.on_malformed(str(exc))
+            self.on_rejected(str(exc))
             return
-        kind = header["t"]
-        try:
-            if kind == "result":
-                self.on_result(header, parts, pub)
-            elif kind == "drop":
-                self.on_drop(header)
-            elif kind == "stats":
-                self.on_camera_stats(header)
-            elif kind == "router_stats":
-                self.on_router_stats(header)
-            elif kind == "supervisor":
-                self.supervisor = header
-            else:
-                self.on_malformed(f"unknown message kind {kind!r}")
-        except (KeyError, TypeError, ValueError) as exc:
-            self.on_malformed(f"{kind} message missing or bad field: {exc!r}")
+        kind = h["t"]
+        if kind in protocol.SEALED_KINDS:
+            if len(parts) != 2 or not protocol.unseal(self.key, raw, parts[1].buffer):
+                self.on_rejected(f"{kind} message not sealed by this line", "unauthenticated")
+                return
+        elif h["cam"] not in self.policies:
+            self.on_rejected(f"{kind} for camera {h['cam']!r}, which this line does not have", "unknown")
+            return
+        if kind == "result":
+            self.on_result(h, parts, pub)
+        elif kind == "drop":
+            self.on_drop(h)
+        elif kind == "stats":
+            self.on_camera_stats(h)
+        elif kind == "router_stats":
+            self.on_router_stats(h)
+        else:
+            self.supervisor = h
 
-    def on_malformed(self, why: str) -> None:
-        self.rejected(why)
-        self.metrics.malformed.labels("results").inc()
+    def on_rejected(self, why: str, kind: str = "malformed") -> None:
+        self.rejected(why, kind)
+        self.metrics.rejected.labels("results", kind).inc()
 
     def on_drop(self, h: dict[str, Any]) -> None:
-        cam, epoch, reason = h["cam"], h.get("epoch", 0), h["reason"]
-        counted = sum(self.drop(cam, epoch, int(seq), reason) for seq in h["seqs"])
-        if reason in REVOCABLE_DROPS and h["seqs"]:
-            already = len(h["seqs"]) - counted
+        cam, epoch, reason = h["cam"], h["epoch"], h["reason"]
+        if len(h["seqs"]) != len(h["tags"]):
+            self.on_rejected(f"drop of {len(h['seqs'])} seq(s) with {len(h['tags'])} tag(s)")
+            return
+        pairs = zip(h["seqs"], h["tags"], strict=True)
+        seqs = [s for s, tag in pairs if protocol.tag_ok(self.key, cam, epoch, s, tag)]
+        if len(seqs) < len(h["seqs"]):
+            self.on_rejected(f"drop of {cam} frame(s) without this line's tag", "unauthenticated")
+        counted = sum(self.drop(cam, epoch, seq, reason) for seq in seqs)
+        if reason in REVOCABLE_DROPS and seqs:
+            already = len(seqs) - counted
             log.warning(
                 "%s: %d frame(s) counted %s%s",
                 cam,
@@ -254,9 +268,12 @@ class Collector:
         if previous is not None and h.get("router_epoch") not in (None, previous):
             log.warning("router restarted: frames it held will be counted router_lost")
             self.sweeps.append(Sweep("router_lost", time.monotonic() + SWEEP_GRACE_S))
-        frames_rejected = int(h.get("malformed", 0)) - int(self.router.get("malformed", 0))
-        if frames_rejected > 0 and previous == h.get("router_epoch"):
-            self.metrics.malformed.labels("frames").inc(frames_rejected)
+        before = self.router.get("rejected", {}) if previous == h["router_epoch"] else {}
+        for sock, counts in h["rejected"].items():
+            for why, n in counts.items():
+                grown = n - before.get(sock, {}).get(why, 0)
+                if grown > 0 and why in protocol.REJECT_REASONS:
+                    self.metrics.rejected.labels(sock, why).inc(grown)
         self.router = h
         self.router_seen = time.monotonic()
         for cam, depth in h.get("queues", {}).items():
@@ -267,8 +284,10 @@ class Collector:
             self.metrics.worker_held.labels(name).set(state.get("inflight", 0))
 
     def on_camera_stats(self, h: dict[str, Any]) -> None:
-        cam, epoch = h["cam"], int(h.get("epoch", 0))
-        captured = int(h["captured"])
+        cam, epoch, captured = h["cam"], h["epoch"], h["captured"]
+        if cam not in self.policies:
+            self.on_rejected(f"stats of camera {cam!r}, which this line does not have", "unknown")
+            return
         current = self.camera_epoch.get(cam)
         if current is not None and epoch > current and (cam, current) not in self.final_epochs:
             log.warning(
@@ -280,9 +299,9 @@ class Collector:
         if h.get("final"):
             self.final_epochs.add((cam, epoch))
         self.ledger.captured(cam, epoch, captured)
-        for reason, seqs in h.get("drops", {}).items():
+        for reason, seqs in h["drops"].items():
             for seq in seqs:
-                self.drop(cam, epoch, int(seq), reason)
+                self.drop(cam, epoch, seq, reason)
         prev = self.cameras.get(cam, {})
         if captured != prev.get("captured") or epoch != prev.get("epoch"):
             self.camera_seen[cam] = time.monotonic()
@@ -311,7 +330,19 @@ class Collector:
             self._fps_marks[cam] = (now, captured, epoch)
 
     def on_result(self, h: dict[str, Any], parts: list[Any], pub: zmq.Socket) -> None:
-        cam, epoch, seq, outcome = h["cam"], h.get("epoch", 0), int(h["seq"]), h["decision"]
+        cam, epoch, seq, outcome = h["cam"], h["epoch"], h["seq"], h["decision"]
+        if not protocol.tag_ok(self.key, cam, epoch, seq, h["tag"]):
+            self.on_rejected(f"result for {cam}#{seq} without this line's tag", "unauthenticated")
+            return
+        # [header] or [header, mask] or [header, mask, image]: each buffer as its shape says
+        shapes = [s for s in (h["mask_shape"], h["image_shape"]) if s is not None]
+        if (
+            (h["image_shape"] is not None and h["mask_shape"] is None)
+            or len(parts) != 1 + len(shapes)
+            or any(len(p) != int(np.prod(s)) for p, s in zip(parts[1:], shapes, strict=True))
+        ):
+            self.on_rejected(f"result {cam}#{seq}: {len(parts)} part(s) that do not match its shapes")
+            return
         status = self.ledger.decided(cam, epoch, seq, outcome)
         if status == DUPLICATE:
             log.debug("duplicate result %s#%d ignored", cam, seq)
@@ -335,7 +366,9 @@ class Collector:
             m.latency.labels(stage).observe(ms / 1000)
         mask_bytes = parts[1].bytes if len(parts) > 1 else b""
         # Publish first: subscribers should not wait for the disk.
-        header_out = {k: v for k, v in h.items() if k not in ("t", "image_shape")}
+        header_out = {k: v for k, v in h.items() if k not in ("t", "image_shape", "tag")}
+        if header_out["mask_shape"] is None:
+            del header_out["mask_shape"]
         # PUB drops for a subscriber at its HWM instead of blocking: a stalled UI never stalls the line.
         pub.send_multipart([b"result." + cam.encode(), protocol.encode_header(header_out), mask_bytes])
         self.pending_log.append(
@@ -530,7 +563,7 @@ class Collector:
             "totals": t,
             "cameras": self.ledger.snapshot(),
             "lost": self.lost(),
-            "malformed": self.rejected.count + int(self.router.get("malformed", 0)),
+            "rejected": {"results": dict(self.rejected.counts), **self.router.get("rejected", {})},
             "e2e_ms": {
                 "p50": float(np.percentile(self.e2e, 50)) if self.e2e else None,
                 "p99": float(np.percentile(self.e2e, 99)) if self.e2e else None,
@@ -560,7 +593,7 @@ class Collector:
                         except zmq.Again:
                             break
                         got = True
-                        self.on_message(parts, pub)
+                        self.rejected.guard(self.on_message, parts, pub)
             with self.lock:
                 self.run_sweeps()
                 self.flush_log()

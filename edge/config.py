@@ -163,6 +163,9 @@ class LineConfig:
     base_dir: str = ""
     #: per-run folder for ipc endpoints and the saved ledger (made by the supervisor)
     run_dir: str = ""
+    #: per-run secret (hex) that tags frames and seals the line's own messages
+    #: (edge/protocol.py); made by the supervisor, handed to the processes it starts, never saved
+    line_key: str = ""
 
     def resolve(self, path: str) -> Path:
         """A path from the config, relative to the config file's folder."""
@@ -175,6 +178,18 @@ class LineConfig:
             msg = f"endpoints.{name} ({endpoint}) needs the line's run folder; only `lineside run` has one"
             raise ConfigError(msg)
         return endpoint.replace("{run_dir}", self.run_dir)
+
+    @property
+    def key(self) -> bytes:
+        """The line key (see ``line_key``)."""
+        if not self.line_key:
+            msg = "this line has no key; only the supervisor of `lineside run` makes one"
+            raise ConfigError(msg)
+        return bytes.fromhex(self.line_key)
+
+
+#: LineConfig fields set when a line runs, never by a config file
+RUNTIME_FIELDS = ("base_dir", "run_dir", "line_key")
 
 
 def _type_name(tp: Any) -> str:
@@ -224,8 +239,8 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields or key in ("base_dir", "run_dir"):
-            allowed = ", ".join(k for k in fields if k not in ("base_dir", "run_dir"))
+        if key not in fields or key in RUNTIME_FIELDS:
+            allowed = ", ".join(k for k in fields if k not in RUNTIME_FIELDS)
             msg = f"{source}: unknown key {path!r}; allowed here: {allowed}"
             raise ConfigError(msg)
         value = _convert(value, hints[key], path, source)
@@ -346,8 +361,8 @@ def to_dict(cfg: LineConfig) -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any]) -> LineConfig:
     """Inverse of to_dict, for spawned processes (already validated)."""
-    base_dir, run_dir = data.get("base_dir", ""), data.get("run_dir", "")
-    clean = {k: v for k, v in data.items() if k not in ("base_dir", "run_dir")}
+    clean = {k: v for k, v in data.items() if k not in RUNTIME_FIELDS}
     cfg = _build(LineConfig, clean, "", "<spawned>")
-    cfg.base_dir, cfg.run_dir = base_dir, run_dir
+    for name in RUNTIME_FIELDS:
+        setattr(cfg, name, data.get(name, ""))
     return cfg

@@ -88,8 +88,11 @@ class LineMetrics:
             ["camera"],
             registry=r,
         )
-        self.malformed = Counter(
-            "lineside_malformed_messages", "Messages rejected as malformed", ["where"], registry=r
+        self.rejected = Counter(
+            "lineside_rejected_messages",
+            "Messages refused, by socket and why (malformed, unauthenticated, unknown, internal)",
+            ["socket", "why"],
+            registry=r,
         )
         self.workers = Gauge("lineside_workers", "Workers connected to the router", registry=r)
         self.worker_decisions = Counter(

@@ -22,10 +22,14 @@ Message kinds (header ``"t"``), by socket:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
-from typing import Any
+import time
+from typing import Annotated, Any, Literal
 
+import msgspec
 import numpy as np
 import zmq
 
@@ -50,19 +54,52 @@ class ProtocolError(LinesideError):
     """A message that does not follow the protocol; it is counted and dropped, never fatal."""
 
 
+#: why a message was rejected (the ``why`` label of lineside_rejected_messages_total):
+#: ``malformed`` (not the protocol: bad JSON, types, sizes, parts), ``unauthenticated`` (a
+#: frame tag or seal that this line did not make), ``unknown`` (a camera the config does not
+#: have), ``internal`` (a handler raised: a bug, since the schema should have refused the message)
+REJECT_REASONS = ("malformed", "unauthenticated", "unknown", "internal")
+#: a rejection log line at most this often per socket, after the first few
+REJECT_LOG_EVERY_S = 10.0
+
+
 class Rejections:
-    """Counts rejected (malformed) messages on one socket; logs the first ten, then every
-    thousandth, so a flood of garbage is visible without flooding the log."""
+    """Counts rejected messages on one socket, by why; logs the first five, then at most one
+    line per ``REJECT_LOG_EVERY_S`` with the count since, so a flood of garbage is visible
+    without flooding the log."""
 
     def __init__(self, where: str, logger: logging.Logger) -> None:
         self.where = where
         self.logger = logger
-        self.count = 0
+        self.counts: dict[str, int] = dict.fromkeys(REJECT_REASONS, 0)
+        self._logged_at = 0.0
+        self._unlogged = 0
 
-    def __call__(self, why: str) -> None:
-        self.count += 1
-        if self.count <= 10 or self.count % 1000 == 0:
-            self.logger.warning("malformed message on the %s socket (#%d): %s", self.where, self.count, why)
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
+
+    def __call__(self, why: str, kind: str = "malformed") -> None:
+        self.counts[kind] += 1
+        now = time.monotonic()
+        if self.count <= 5 or now - self._logged_at >= REJECT_LOG_EVERY_S:
+            more = f" (and {self._unlogged} more since the last such line)" if self._unlogged else ""
+            self.logger.warning(
+                "%s message on the %s socket rejected (#%d): %s%s", kind, self.where, self.count, why, more
+            )
+            self._logged_at, self._unlogged = now, 0
+        else:
+            self._unlogged += 1
+
+    def guard(self, handler: Any, *args: Any) -> None:
+        """Run one message's handler; one that raises is counted as ``internal`` (with its
+        traceback in the log) and the socket loop goes on: no message may stop a process."""
+        try:
+            handler(*args)
+        except Exception as exc:
+            if self.counts["internal"] < 5:
+                self.logger.error("%s: handler %s failed", self.where, handler.__name__, exc_info=True)
+            self(f"{handler.__name__} raised {exc!r}", "internal")
 
 
 def encode_header(header: dict[str, Any]) -> bytes:
@@ -94,8 +131,9 @@ def frame_header(
     decide: bool = True,
     policy: str = "latest",
     epoch: int = 0,
+    key: bytes | None = None,
 ) -> dict[str, Any]:
-    """The header of a ``frame`` message.
+    """The header of a ``frame`` message, tagged with the line ``key`` (see ``frame_tag``).
 
     ``decide=False`` marks a camera-fault placeholder: the worker answers it with
     NO_DECISION instead of inferring, so a fault is reported rather than hidden.
@@ -114,6 +152,7 @@ def frame_header(
         "max_age_ms": max_age_ms,
         "decide": decide,
         "policy": policy,
+        "tag": frame_tag(key, camera_id, epoch, seq) if key else "",
     }
 
 
@@ -154,3 +193,249 @@ def send_multipart(socket: Any, header: dict[str, Any], *buffers: Any, flags: in
             (flags if last else flags | zmq.SNDMORE),
             copy=nbytes < ZERO_COPY_MIN_BYTES,
         )
+
+
+# -- the schema of every message --------------------------------------------------------
+# One msgspec Struct per message kind, tagged by the header's "t". A header is decoded
+# straight into its kind's Struct, which checks types (a bool is not a number, a float is
+# not an int), ranges and sizes, and refuses NaN and Infinity (not JSON) and numbers out of
+# range; fields a Struct does not name are ignored (a newer sender may add some). Every
+# receiver then works on a plain dict of checked values (``decode``).
+
+#: largest JSON header accepted on any socket (a router's report of what it holds is the
+#: largest message: a few thousand frames' names)
+MAX_HEADER_BYTES = 1 << 20
+#: longest list in a header (seqs of one drop report, frames a worker holds, ...)
+MAX_ITEMS = 100_000
+
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+#: what a camera id may be (edge/config.py refuses others at start)
+CAMERA_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
+CameraId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=CAMERA_ID_PATTERN)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=1e11)]
+Millis = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
+Text = Annotated[str, msgspec.Meta(max_length=4096)]
+Tag = Annotated[str, msgspec.Meta(max_length=64)]
+Side = Annotated[int, msgspec.Meta(ge=1, le=65536)]
+Shape = Annotated[list[Side], msgspec.Meta(min_length=2, max_length=3)]
+Policy = Literal["latest", "lossless"]
+#: a frame's name in lists: [camera, epoch, seq] (and its tag where the receiver checks it)
+FrameRef = tuple[CameraId, Count, Count]
+TaggedRef = tuple[CameraId, Count, Count, Tag]
+
+
+def _items(tp: Any) -> Any:
+    return Annotated[list[tp], msgspec.Meta(max_length=MAX_ITEMS)]
+
+
+class _Message(msgspec.Struct, tag_field="t", forbid_unknown_fields=False):
+    pass
+
+
+class Hello(_Message, tag="hello"):
+    cam: CameraId
+    epoch: Count = 0
+    policy: Policy = "latest"
+    credits: Count = 0
+
+
+class Credit(_Message, tag="credit"):
+    cam: CameraId
+    n: Annotated[int, msgspec.Meta(ge=0, le=MAX_ITEMS)]
+
+
+class Frame(_Message, tag="frame"):
+    cam: CameraId
+    seq: Count
+    ts: Seconds
+    shape: Shape
+    dtype: Literal["uint8", "float32"]
+    epoch: Count = 0
+    v: Annotated[int, msgspec.Meta(ge=0, le=1000)] = PROTOCOL_VERSION
+    sent: Seconds = 0.0
+    truth: dict[Annotated[str, msgspec.Meta(max_length=64)], Any] | None = None
+    max_age_ms: Millis = 0.0
+    decide: bool = True
+    policy: Policy = "latest"
+    fault: Text | None = None
+    tag: Tag = ""
+    routed: Seconds = 0.0
+
+
+class Welcome(_Message, tag="welcome"):
+    pass
+
+
+class Ready(_Message, tag="ready"):
+    worker: Name
+    credits: Annotated[int, msgspec.Meta(ge=0, le=MAX_ITEMS)] = 0
+    credits_open: Annotated[int, msgspec.Meta(ge=0, le=MAX_ITEMS)] = 0
+    done: _items(FrameRef) = []
+
+
+class Heartbeat(_Message, tag="heartbeat"):
+    worker: Name
+    holding: _items(TaggedRef) = []
+    credits_open: Annotated[int, msgspec.Meta(ge=0, le=MAX_ITEMS)] = 0
+    busy: bool = False
+    #: what the worker rejected on its frame socket, by why
+    rejected: dict[Annotated[str, msgspec.Meta(max_length=32)], Count] = {}
+
+
+class Bye(_Message, tag="bye"):
+    worker: Name
+    done: _items(FrameRef) = []
+
+
+class Result(_Message, tag="result"):
+    cam: CameraId
+    seq: Count
+    ts: Seconds
+    decision: Literal["PASS", "FAIL", "NO_DECISION"]
+    tag: Tag
+    epoch: Count = 0
+    decided_ts: Seconds = 0.0
+    reason: Text = ""
+    defect_area: Count = 0
+    defect_count: Count = 0
+    boxes: _items(Annotated[list[Count], msgspec.Meta(min_length=4, max_length=4)]) = []
+    model_id: Text = ""
+    worker: Text = ""
+    backend: Text = ""
+    latency_ms: dict[Annotated[str, msgspec.Meta(max_length=32)], Millis] = {}
+    truth: dict[Annotated[str, msgspec.Meta(max_length=64)], Any] | None = None
+    mask_shape: Shape | None = None
+    image_shape: Shape | None = None
+
+
+class Drop(_Message, tag="drop"):
+    """Frames that will never have a result; ``tags[i]`` is the tag of ``seqs[i]``."""
+
+    cam: CameraId
+    seqs: _items(Count)
+    tags: _items(Tag)
+    reason: Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}$")]
+    epoch: Count = 0
+
+
+class Stats(_Message, tag="stats"):
+    """A camera's counters (sealed: only the line's own camera processes can send it)."""
+
+    cam: CameraId
+    epoch: Count
+    captured: Count
+    policy: Policy = "latest"
+    sent: Count = 0
+    pending_from: Count = 0
+    drops: dict[Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}$")], _items(Count)] = {}
+    connected: bool = False
+    down: Text | None = None
+    disconnects: Count = 0
+    reconnects: Count = 0
+    last_connected_ts: Seconds = 0.0
+    gap_s: Seconds = 0.0
+    pending: Count = 0
+    ended: bool = False
+    final: bool = False
+
+
+class RouterStats(_Message, tag="router_stats"):
+    """What the router holds and did (sealed)."""
+
+    router_epoch: Count
+    queues: dict[CameraId, Count] = {}
+    workers: Count = 0
+    worker_states: dict[Name, dict[Annotated[str, msgspec.Meta(max_length=32)], int]] = {}
+    credits: int = 0
+    busy: Count = 0
+    inflight: Count = 0
+    holding: dict[CameraId, dict[Annotated[str, msgspec.Meta(max_length=20)], _items(Count)]] = {}
+    rejected: dict[Annotated[str, msgspec.Meta(max_length=32)], dict[str, Count]] = {}
+    dispatched: Count = 0
+    final: bool = False
+
+
+class Supervisor(_Message, tag="supervisor"):
+    """The supervisor's view of the processes (sealed)."""
+
+    not_ready: _items(Text) = []
+    restarts: dict[Name, Count] = {}
+    pids: dict[Name, Count] = {}
+
+
+#: every message kind of the line
+MESSAGE_TYPES = (
+    Hello,
+    Credit,
+    Frame,
+    Welcome,
+    Ready,
+    Heartbeat,
+    Bye,
+    Result,
+    Drop,
+    Stats,
+    RouterStats,
+    Supervisor,
+)
+#: what each receiver accepts, by socket
+FROM_CAMERAS = msgspec.json.Decoder(Hello | Frame)
+FROM_ROUTER_TO_CAMERA = msgspec.json.Decoder(Credit)
+FROM_WORKERS = msgspec.json.Decoder(Ready | Heartbeat | Bye)
+FROM_ROUTER_TO_WORKER = msgspec.json.Decoder(Welcome | Frame)
+TO_COLLECTOR = msgspec.json.Decoder(Result | Drop | Stats | RouterStats | Supervisor)
+#: kinds that only the line's own processes send: they carry a seal (see ``seal``)
+SEALED_KINDS = frozenset({"hello", "credit", "stats", "router_stats", "supervisor"})
+
+
+def decode(raw: bytes | memoryview, decoder: msgspec.json.Decoder) -> dict[str, Any]:
+    """Check a header against the kinds ``decoder`` accepts; return it as a dict of checked
+    values (defaults filled in, unknown fields left out). Raises ProtocolError, never anything
+    else, whatever the bytes."""
+    if len(raw) > MAX_HEADER_BYTES:
+        msg = f"header of {len(raw)} bytes (at most {MAX_HEADER_BYTES})"
+        raise ProtocolError(msg)
+    try:
+        message = decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(f"bad header: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"malformed header: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("malformed header: nested too deeply") from None
+    out = msgspec.structs.asdict(message)
+    out["t"] = message.__struct_config__.tag
+    return out
+
+
+# -- what proves that a message comes from this line -------------------------------------
+# The supervisor makes a random key per run and hands it to the processes it starts (never
+# to a remote worker, never on a socket). A camera tags each frame with an HMAC of its name
+# (camera, epoch, seq); whoever reports on that frame (a worker's result or drop, the
+# router's drop) carries the tag, and the router and the collector check it. A message only
+# the line's own processes send (camera stats, the router's report, credit, hello, the
+# supervisor's status) is sealed: an HMAC of its header bytes goes as an extra frame. So a
+# stranger, or even an authenticated remote worker, cannot make up a frame, raise a
+# camera's captured count, or report on a frame it was never given.
+
+TAG_HEX = 32  # 128 bits
+
+
+def frame_tag(key: bytes, cam: str, epoch: int, seq: int) -> str:
+    return hmac.new(key, f"{cam}/{epoch}/{seq}".encode(), hashlib.sha256).hexdigest()[:TAG_HEX]
+
+
+def tag_ok(key: bytes, cam: str, epoch: int, seq: int, tag: str) -> bool:
+    return hmac.compare_digest(frame_tag(key, cam, epoch, seq), tag)
+
+
+def seal(key: bytes, header: dict[str, Any]) -> list[bytes]:
+    """The frames of a sealed message: its header and the header's HMAC."""
+    raw = encode_header(header)
+    return [raw, hmac.new(key, raw, hashlib.sha256).digest()]
+
+
+def unseal(key: bytes, raw: bytes | memoryview, mac: bytes | memoryview) -> bool:
+    """Whether ``mac`` seals ``raw`` with this line's key."""
+    return hmac.compare_digest(hmac.new(key, bytes(raw), hashlib.sha256).digest(), bytes(mac))

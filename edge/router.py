@@ -50,11 +50,13 @@ class WorkerState:
     name: str
     credits: int = 0
     last_seen: float = field(default_factory=time.monotonic)
-    #: (camera, epoch, seq) -> when it was sent, for frames the worker has not finished
-    inflight: dict[FrameKey, float] = field(default_factory=dict)
+    #: (camera, epoch, seq) -> the frame's tag, for frames the worker has not finished
+    inflight: dict[FrameKey, str] = field(default_factory=dict)
     skip_until: float = 0.0
     #: computing, by its last heartbeat (a long inference is progress, not a stall)
     busy: bool = False
+    #: what the worker rejected on its frame socket, by why (from its heartbeats)
+    rejected: dict[str, int] = field(default_factory=dict)
 
     @property
     def ident(self) -> bytes:
@@ -91,24 +93,32 @@ class Router:
         self.cameras: dict[str, CameraQueue] = {}
         self.workers: dict[str, WorkerState] = {}
         self._rr: collections.deque[str] = collections.deque()
+        self.key = cfg.key
+        #: the cameras of this line's config: frames of any other are refused
+        self.known_cameras = {cam.id for cam in cfg.cameras}
         self.rejected = protocol.Rejections("frames", log)
-        #: (camera, epoch) -> reason -> seqs, sent to the collector in batches
-        self.drops: dict[tuple[str, int], dict[str, list[int]]] = collections.defaultdict(
+        self.rejected_work = protocol.Rejections("work", log)
+        #: (camera, epoch) -> reason -> [(seq, tag)], sent to the collector in batches
+        self.drops: dict[tuple[str, int], dict[str, list[tuple[int, str]]]] = collections.defaultdict(
             lambda: collections.defaultdict(list)
         )
         self.dispatched = 0
 
     # -- bookkeeping ------------------------------------------------------------
-    def drop(self, frame: dict[str, Any], reason: str) -> None:
-        self.drops[(frame["cam"], frame.get("epoch", 0))][reason].append(frame["seq"])
+    def drop(self, cam: str, epoch: int, seq: int, tag: str, reason: str) -> None:
+        self.drops[(cam, epoch)][reason].append((seq, tag))
 
     def flush_drops(self, results: zmq.Socket) -> None:
         for (cam, epoch), by_reason in list(self.drops.items()):
-            for reason, seqs in list(by_reason.items()):
-                if seqs:
-                    header = {"t": "drop", "cam": cam, "epoch": epoch, "seqs": seqs, "reason": reason}
-                    results.send(protocol.encode_header(header))
+            for reason, frames in list(by_reason.items()):
+                if frames:
+                    seqs, tags = (list(x) for x in zip(*frames, strict=True))
+                    header = {"t": "drop", "cam": cam, "epoch": epoch, "reason": reason}
+                    results.send(protocol.encode_header({**header, "seqs": seqs, "tags": tags}))
         self.drops.clear()
+
+    def drop_frame(self, header: dict[str, Any], reason: str) -> None:
+        self.drop(header["cam"], header["epoch"], header["seq"], header["tag"], reason)
 
     def camera(self, cam: str, policy: str) -> CameraQueue:
         queue = self.cameras.get(cam)
@@ -120,39 +130,49 @@ class Router:
 
     # -- cameras ----------------------------------------------------------------
     def on_frame(self, parts: list[Any]) -> None:
-        """One message from a camera: ``[routing id, header(, pixels)]``."""
-        ident = parts[0].bytes
+        """One message from a camera: ``[routing id, header, seal]`` (hello) or
+        ``[routing id, header, pixels]`` (frame). Anything else is rejected and counted."""
+        if len(parts) != 3:
+            self.rejected(f"{len(parts) - 1} part(s) on the frames socket; a camera sends 2")
+            return
+        ident, raw = parts[0].bytes, parts[1].bytes
         try:
-            header = protocol.decode_header(parts[1].bytes)
-        except (protocol.ProtocolError, IndexError) as exc:
+            header = protocol.decode(raw, protocol.FROM_CAMERAS)
+        except protocol.ProtocolError as exc:
             self.rejected(str(exc))
             return
-        kind = header["t"]
-        cam, policy = header.get("cam"), header.get("policy", "latest")
-        if not isinstance(cam, str) or policy not in protocol.CAMERA_WINDOW:
-            self.rejected(f"{kind} message without a string cam and a known policy")
+        cam = header["cam"]
+        if cam not in self.known_cameras:
+            self.rejected(f"{header['t']} from camera {cam!r}, which this line does not have", "unknown")
             return
-        if kind == "hello":
-            queue = self.camera(cam, policy)
+        if header["t"] == "hello":
+            if not protocol.unseal(self.key, raw, parts[2].buffer):
+                self.rejected(f"hello from {cam} not sealed by this line", "unauthenticated")
+                return
+            queue = self.camera(cam, header["policy"])
             queue.ident = ident
-            held = header.get("credits", 0)
-            held = held if isinstance(held, int) else 0
             # Credit for what the window has room for, less what the camera still holds.
-            queue.owed = max(0, queue.window - len(queue.frames) - max(0, held))
+            queue.owed = max(0, queue.window - len(queue.frames) - header["credits"])
             return
-        if kind != "frame" or len(parts) != 3:
-            self.rejected(f"unexpected message kind {kind!r} with {len(parts) - 1} part(s) on frames")
+        epoch, seq = header["epoch"], header["seq"]
+        if not protocol.tag_ok(self.key, cam, epoch, seq, header["tag"]):
+            self.rejected(f"frame {cam}#{seq} without this line's tag", "unauthenticated")
             return
-        seq, epoch = header.get("seq"), header.get("epoch", 0)
-        if not isinstance(seq, int) or not isinstance(epoch, int):
-            self.rejected("frame header without an integer seq and epoch")
-            return
-        queue = self.camera(cam, policy)
+        queue = self.camera(cam, header["policy"])
         queue.ident = ident
-        if policy == "latest":
+        try:
+            if header["decide"]:
+                protocol.image_from_frame(header, parts[2].buffer)
+        except protocol.ProtocolError as exc:
+            # A frame of this line whose pixels do not match its header: closed as a drop.
+            self.rejected(str(exc))
+            self.drop_frame(header, "malformed")
+            queue.owed += 1
+            return
+        if header["policy"] == "latest":
             while queue.frames:
                 old_header, _ = queue.frames.popleft()
-                self.drop(old_header, "superseded")
+                self.drop_frame(old_header, "superseded")
                 queue.owed += 1
         queue.frames.append((header, parts[2]))
 
@@ -160,9 +180,9 @@ class Router:
         for cam, queue in self.cameras.items():
             if queue.owed <= 0 or queue.ident is None:
                 continue
-            header = protocol.encode_header({"t": "credit", "cam": cam, "n": queue.owed})
+            header = protocol.seal(self.key, {"t": "credit", "cam": cam, "n": queue.owed})
             try:
-                frames.send_multipart([queue.ident, header], zmq.NOBLOCK)
+                frames.send_multipart([queue.ident, *header], zmq.NOBLOCK)
             except zmq.Again:
                 continue  # its pipe is full: try again next round
             except zmq.ZMQError as exc:
@@ -174,37 +194,38 @@ class Router:
     # -- workers ----------------------------------------------------------------
     def on_worker(self, parts: list[Any], work: zmq.Socket | None = None) -> None:
         """One message from a worker: ``[routing id, header]`` (frame socket or heartbeat thread)."""
+        if len(parts) != 2:
+            self.rejected_work(f"{len(parts) - 1} part(s) on the work socket; a worker sends 1")
+            return
         try:
-            header = protocol.decode_header(parts[-1].bytes)
+            header = protocol.decode(parts[1].bytes, protocol.FROM_WORKERS)
         except protocol.ProtocolError as exc:
-            log.warning("malformed message from a worker: %s", exc)
+            self.rejected_work(str(exc))
             return
-        name = header.get("worker")
-        if not isinstance(name, str) or not name:
-            log.warning("message from a worker without a name ignored")
-            return
+        name, kind = header["worker"], header["t"]
         state = self.workers.get(name)
         if state is None:
             # A new worker, one that was declared lost and is back, or (after a restart of
             # this router) one that was here before: its heartbeat says what it holds.
             state = self.workers[name] = WorkerState(name=name)
-            held = header.get("holding", [])
-            for cam, epoch, seq in held if isinstance(held, list) else []:
-                state.inflight[(cam, epoch, seq)] = time.monotonic()
-            if header["t"] == "heartbeat":
-                state.credits = max(0, int(header.get("credits_open", 0)))
+            for cam, epoch, seq, tag in header.get("holding", []):
+                if protocol.tag_ok(self.key, cam, epoch, seq, tag):  # only frames of this line
+                    state.inflight[(cam, epoch, seq)] = tag
+            if kind == "heartbeat":
+                state.credits = header["credits_open"]
             log.info("worker %s joined", name)
             if work is not None:
                 self.welcome(work, state)
         state.last_seen = time.monotonic()
-        if header["t"] == "heartbeat":
-            state.busy = bool(header.get("busy"))
+        if kind == "heartbeat":
+            state.busy = header["busy"]
+            state.rejected = header["rejected"]
         for cam, epoch, seq in header.get("done", []):
             state.inflight.pop((cam, epoch, seq), None)
-        if header["t"] == "ready":
-            state.credits += int(header.get("credits", 0))
+        if kind == "ready":
+            state.credits += header["credits"]
             state.skip_until = 0.0  # it spoke on its frame socket: reachable
-        elif header["t"] == "bye":
+        elif kind == "bye":
             self.lose_worker(name, "worker_exit")
 
     def welcome(self, work: zmq.Socket, state: WorkerState) -> None:
@@ -217,8 +238,8 @@ class Router:
         state = self.workers.pop(name, None)
         if state is None:
             return
-        for cam, epoch, seq in state.inflight:
-            self.drop({"cam": cam, "epoch": epoch, "seq": seq}, reason)
+        for (cam, epoch, seq), tag in state.inflight.items():
+            self.drop(cam, epoch, seq, tag, reason)
         if state.inflight:
             # The collector counts these; any it had seen decided already are not counted twice.
             log.warning(
@@ -266,10 +287,10 @@ class Router:
                 continue
             idle_rounds = 0
             header, pixels = queue.frames.popleft()
-            age_ms = (time.time() - header.get("ts", 0.0)) * 1000
-            max_age = header.get("max_age_ms") or 0
-            if max_age and header.get("decide", True) and age_ms > max_age:
-                self.drop(header, "too_old")
+            age_ms = (time.time() - header["ts"]) * 1000
+            max_age = header["max_age_ms"]
+            if max_age and header["decide"] and age_ms > max_age:
+                self.drop_frame(header, "too_old")
                 queue.owed += 1
                 continue
             header["routed"] = time.time()
@@ -284,7 +305,7 @@ class Router:
                     raise
                 continue
             worker.credits -= 1
-            worker.inflight[(cam, header.get("epoch", 0), header["seq"])] = time.monotonic()
+            worker.inflight[(cam, header["epoch"], header["seq"])] = header["tag"]
             held[cam] += 1
             queue.owed += 1
             queue.served_at = now
@@ -297,7 +318,7 @@ class Router:
         out: dict[str, dict[str, list[int]]] = collections.defaultdict(lambda: collections.defaultdict(list))
         for cam, queue in self.cameras.items():
             for header, _ in queue.frames:
-                out[cam][str(header.get("epoch", 0))].append(header["seq"])
+                out[cam][str(header["epoch"])].append(header["seq"])
         for state in self.workers.values():
             for cam, epoch, seq in state.inflight:
                 out[cam][str(epoch)].append(seq)
@@ -316,8 +337,19 @@ class Router:
             "busy": sum(w.busy for w in self.workers.values()),
             "inflight": sum(len(w.inflight) for w in self.workers.values()),
             "holding": self.holding(),
-            "malformed": self.rejected.count,
+            "rejected": self.rejections(),
             "dispatched": self.dispatched,
+        }
+
+    def rejections(self) -> dict[str, dict[str, int]]:
+        """Messages rejected on the router's sockets and by its workers, by socket and why."""
+        workers: collections.Counter = collections.Counter()
+        for state in self.workers.values():
+            workers.update(state.rejected)
+        return {
+            "frames": dict(self.rejected.counts),
+            "work": dict(self.rejected_work.counts),
+            "worker_frames": dict(workers),
         }
 
     def queued(self) -> int:
@@ -339,14 +371,14 @@ class Router:
                         parts = frames.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self.on_frame(parts)
+                    self.rejected.guard(self.on_frame, parts)
             if work in events:
                 while True:
                     try:
                         parts = work.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self.on_worker(parts, work)
+                    self.rejected_work.guard(self.on_worker, parts, work)
             self.dispatch(work)
             self.check_workers()
             if not self.stop.is_set():
@@ -355,7 +387,7 @@ class Router:
             if now - last_stats >= ROUTER_STATS_INTERVAL_S or self.drops:
                 self.flush_drops(results)
                 if now - last_stats >= ROUTER_STATS_INTERVAL_S:
-                    results.send(protocol.encode_header(self.stats_header()))
+                    results.send_multipart(protocol.seal(self.key, self.stats_header()))
                     last_stats = now
             if self.stop.is_set():
                 if drain_deadline is None:
@@ -368,13 +400,13 @@ class Router:
                     break
         for queue in self.cameras.values():
             for header, _ in queue.frames:
-                self.drop(header, "shutdown")
+                self.drop_frame(header, "shutdown")
             queue.frames.clear()
         for name in list(self.workers):
             if self.workers[name].inflight:
                 self.lose_worker(name, "shutdown")
         self.flush_drops(results)
-        results.send(protocol.encode_header({**self.stats_header(), "final": True}))
+        results.send_multipart(protocol.seal(self.key, {**self.stats_header(), "final": True}))
 
 
 def router_main(cfg_dict: dict, log_level: int, ready: Any = None) -> None:

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import queue
+import secrets
 import shutil
 import signal
 import sys
@@ -243,7 +244,7 @@ class Supervisor:
             "pids": {c.role: c.process.pid for c in self.children if c.process is not None},
         }
         with contextlib.suppress(zmq.Again):
-            status.send(protocol.encode_header(header), zmq.NOBLOCK)
+            status.send_multipart(protocol.seal(self.cfg.key, header), zmq.NOBLOCK)
 
     # -- shutdown --------------------------------------------------------------------------
     def stop_group(self, prefix: str, deadline: float) -> bool:
@@ -283,6 +284,8 @@ class Supervisor:
         signal.signal(signal.SIGINT, self.request_stop)
         if not self.cfg.run_dir:
             make_run_dir(self.cfg)
+        if not self.cfg.line_key:
+            self.cfg.line_key = secrets.token_hex(32)  # this run's key: see edge/protocol.py
         zctx = zmq.Context()
         status = sockets.make_socket(zctx, zmq.PUSH, sndhwm=10, linger_ms=0)
         try:

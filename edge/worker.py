@@ -196,7 +196,7 @@ class Worker:
         for prepared in (self._waiting, self._running[1] if self._running else None):
             if prepared is not None:
                 items.extend(span[0] for span in prepared.spans)
-        return [[i.header["cam"], i.header.get("epoch", 0), i.header["seq"]] for i in items]
+        return [[i.header["cam"], i.header["epoch"], i.header["seq"], i.header["tag"]] for i in items]
 
     def heartbeat_header(self) -> dict[str, Any] | None:
         """What the heartbeat thread sends, or None when the main loop is stuck outside
@@ -209,37 +209,37 @@ class Worker:
             "holding": self.held(),
             "credits_open": self.credits_out,
             "busy": self.inferring,
+            "rejected": dict(self.rejected.counts),
         }
 
     def report_drop(self, results: zmq.Socket, header: dict[str, Any], reason: str) -> None:
-        epoch = header.get("epoch", 0)
-        msg = {"t": "drop", "cam": header["cam"], "epoch": epoch, "seqs": [header["seq"]], "reason": reason}
-        results.send(protocol.encode_header(msg))
-        self.done.append([header["cam"], epoch, header["seq"]])
+        cam, epoch, seq = header["cam"], header["epoch"], header["seq"]
+        msg = {"t": "drop", "cam": cam, "epoch": epoch, "reason": reason}
+        results.send(protocol.encode_header({**msg, "seqs": [seq], "tags": [header["tag"]]}))
+        self.done.append([cam, epoch, seq])
 
     def on_frame(self, parts: list[Any], results: zmq.Socket) -> None:
         """Validate one frame message: batch it, or report it dropped (malformed, too old)."""
         now = time.time()
         header = None
         try:
-            header = protocol.decode_header(parts[0].bytes)
-            if header.get("t") == "welcome" and len(parts) == 1:
-                self.connected.set()
-                return
+            header = protocol.decode(parts[0].bytes, protocol.FROM_ROUTER_TO_WORKER)
             self.connected.set()
+            if header["t"] == "welcome":
+                return
             # every frame message the router sent used one credit
             self.credits_out = max(0, self.credits_out - 1)
-            if header.get("t") != "frame" or len(parts) != 2:
-                raise protocol.ProtocolError(f"expected a frame message, got {header.get('t')!r}")
-            image = protocol.image_from_frame(header, parts[1].buffer) if header.get("decide", True) else None
+            if len(parts) != 2:
+                raise protocol.ProtocolError(f"frame {header['cam']}#{header['seq']} in {len(parts)} part(s)")
+            image = protocol.image_from_frame(header, parts[1].buffer) if header["decide"] else None
         except protocol.ProtocolError as exc:
             self.rejected(str(exc))
-            # A header that names its frame lets the ledger close it; garbage is only counted.
-            if header and isinstance(header.get("cam"), str) and isinstance(header.get("seq"), int):
+            # A frame that names itself lets the ledger close it; garbage is only counted.
+            if header is not None and header["t"] == "frame":
                 self.report_drop(results, header, "malformed")
             return
         header["recv"] = now
-        max_age = header.get("max_age_ms") or 0
+        max_age = header["max_age_ms"]
         if image is not None and max_age and (now - header["ts"]) * 1000 > max_age:
             self.report_drop(results, header, "too_old")
             return
@@ -375,7 +375,8 @@ class Worker:
             "worker": self.name,
             "backend": self.backend.name,
             "latency_ms": lat,
-            "truth": h.get("truth"),
+            "truth": h["truth"],
+            "tag": h["tag"],
         }
         buffers: list[np.ndarray] = []
         if mask is not None:
@@ -417,7 +418,7 @@ class Worker:
                         parts = work.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self.on_frame(parts, results)
+                    self.rejected.guard(self.on_frame, parts, results)
             if self._running is not None and self._running[0].done():
                 future, prepared = self._running
                 self.finish(prepared, future.result(), time.time(), results)

@@ -10,6 +10,7 @@ import pytest
 import zmq
 
 from edge import collector as collector_module
+from edge import protocol
 from edge.accounting import DUPLICATE, LATE, NEW, Ledger
 from edge.collector import Collector
 from edge.config import DEFAULT_MAX_AGE_MS, ConfigError, parse_config
@@ -62,8 +63,16 @@ def test_shutdown_stages_keep_their_order_and_a_floor(timeout_s: float) -> None:
 
 
 # -- sweeps, on a collector fed real messages -------------------------------------------------
+KEY = bytes(range(32))
+
+
 def frame(header: dict) -> list[zmq.Frame]:
     return [zmq.Frame(json.dumps(header).encode())]
+
+
+def sealed(header: dict) -> list[zmq.Frame]:
+    """A message of the line's own processes (camera stats, router report): sealed."""
+    return [zmq.Frame(part) for part in protocol.seal(KEY, header)]
 
 
 @pytest.fixture
@@ -73,6 +82,7 @@ def collector(monkeypatch, tmp_path):
         {"cameras": [{"id": "a", "policy": "lossless"}], "sinks": {"decision_log": "", "ng_store": ""}}
     )
     cfg.run_dir = str(tmp_path)
+    cfg.line_key = KEY.hex()
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
     pub.bind("inproc://pub")
@@ -82,18 +92,21 @@ def collector(monkeypatch, tmp_path):
 
 
 def stats(epoch: int, captured: int, pending_from: int, **more: object) -> list[zmq.Frame]:
-    return frame(
+    return sealed(
         {"t": "stats", "cam": "a", "epoch": epoch, "captured": captured, "pending_from": pending_from, **more}
     )
 
 
 def router(epoch: int, holding: list[int], camera_epoch: int = 1) -> list[zmq.Frame]:
-    return frame({"t": "router_stats", "router_epoch": epoch, "holding": {"a": {str(camera_epoch): holding}}})
+    return sealed(
+        {"t": "router_stats", "router_epoch": epoch, "holding": {"a": {str(camera_epoch): holding}}}
+    )
 
 
 def result(seq: int, epoch: int = 1) -> list[zmq.Frame]:
+    tag = protocol.frame_tag(KEY, "a", epoch, seq)
     header = {"t": "result", "cam": "a", "epoch": epoch, "seq": seq, "ts": time.time(), "decision": "PASS"}
-    return [*frame(header), zmq.Frame(b"")]
+    return frame({**header, "tag": tag})
 
 
 def test_a_router_restart_counts_only_the_frames_nobody_holds(collector) -> None:

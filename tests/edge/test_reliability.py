@@ -162,62 +162,6 @@ def test_stalled_subscriber_does_not_slow_the_line(trained_package: Path, tmp_pa
     assert summary["e2e_ms"]["p99"] < 1000, summary["e2e_ms"]
 
 
-def test_malformed_messages_are_counted_and_nothing_crashes(trained_package: Path, tmp_path: Path) -> None:
-    cams = [synthetic_camera("cam1", size=MODEL_SIZE, fps=10, seed=6)]
-    cfg = line_config(tmp_path, trained_package, cams)
-    daemon, sub = start_line(tmp_path, cfg)
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.DEALER)  # what a camera connects to the router's frames socket
-    push.setsockopt(zmq.LINGER, 1000)
-    push.connect(cfg["endpoints"]["frames"])
-    try:
-        assert sub.wait_for(lambda s: len(s.results) >= 5, 60), daemon.output()
-        good = {
-            "t": "frame",
-            "cam": "evil",
-            "seq": 0,
-            "ts": time.time(),
-            "shape": [MODEL_SIZE, MODEL_SIZE],
-            "policy": "lossless",
-        }
-        garbage = [
-            [b"\xff\xfe not json"],
-            [b"[1, 2, 3]"],
-            [json.dumps({"no": "kind"}).encode()],
-            [json.dumps({**good, "dtype": "uint8"}).encode()],  # no pixel buffer
-            [json.dumps({**good, "dtype": "uint8"}).encode(), b"short"],  # wrong size
-            [json.dumps({**good, "seq": 1, "dtype": "float64"}).encode(), b"x" * 8],  # bad dtype
-            [json.dumps({**good, "seq": 2, "dtype": "uint8", "shape": [10**6, 10**6]}).encode(), b"x"],
-            [
-                json.dumps({**good, "seq": 3, "dtype": "uint8", "shape": [8, 8]}).encode(),
-                bytes(64),
-            ],  # wrong shape
-            [json.dumps({"t": "frame", "cam": 5, "seq": "x"}).encode(), b""],
-        ]
-        for parts in garbage:
-            push.send_multipart(parts)
-        before = len(sub.results)
-        assert sub.wait_for(lambda s: len(s.results) >= before + 10, 30), daemon.output()
-    finally:
-        push.close()
-        ctx.term()
-        daemon.terminate()
-    assert finish(daemon, sub) == 0, daemon.output()
-    summary = daemon.summary()
-    out = daemon.output()
-    assert summary["malformed"] >= 4, summary
-    assert "malformed" in out and "Traceback" not in out
-    # Headers that parse but carry bad pixels are rejected as counted drops, or answered
-    # NO_DECISION (wrong shape); never PASS or FAIL.
-    evil = [r for r in sub.results if r["cam"] == "evil"]
-    assert all(r["decision"] == "NO_DECISION" for r in evil), evil
-    assert "wrong shape" in " ".join(r["reason"] for r in evil)
-    assert summary["cameras"]["evil"]["dropped_by_reason"].get("malformed", 0) >= 3, summary["cameras"][
-        "evil"
-    ]
-    assert summary["restarts"] == {}, "no process may crash on bad input"
-
-
 def test_sigterm_drains_within_bound_and_logs_every_decision(trained_package: Path, tmp_path: Path) -> None:
     run_dirs = set(glob.glob(os.path.join(tempfile.gettempdir(), "lineside-*")))
     cams = [synthetic_camera(f"cam{i}", size=MODEL_SIZE, fps=15, seed=i) for i in (7, 8)]

@@ -78,7 +78,7 @@ def test_tiles_merge_into_one_decision() -> None:
 def test_frame_round_trip_and_validation() -> None:
     image = np.arange(12, dtype=np.uint8).reshape(3, 4)
     header = protocol.frame_header("a", 7, 1.0, image, sent_ts=2.0, epoch=9)
-    decoded = protocol.decode_header(protocol.encode_header(header))
+    decoded = protocol.decode(protocol.encode_header(header), protocol.FROM_CAMERAS)
     assert np.array_equal(protocol.image_from_frame(decoded, image.tobytes()), image)
     with pytest.raises(protocol.ProtocolError, match="buffer has 11 bytes"):
         protocol.image_from_frame(decoded, image.tobytes()[:-1])
@@ -86,24 +86,32 @@ def test_frame_round_trip_and_validation() -> None:
         protocol.image_from_frame({**decoded, "dtype": "object"}, b"")
     with pytest.raises(protocol.ProtocolError, match="bad shape"):
         protocol.image_from_frame({**decoded, "shape": [10**5, 10**5]}, b"")
-    with pytest.raises(protocol.ProtocolError, match="not JSON"):
-        protocol.decode_header(b"\xff")
+    with pytest.raises(protocol.ProtocolError, match="malformed header"):
+        protocol.decode(b"\xff", protocol.FROM_CAMERAS)
 
 
 # -- router -------------------------------------------------------------------------------
+#: the line key these in-process parts share (the supervisor makes one per run)
+KEY = "5a" * 32
+
+
 def cfg_for(package: Path | None = None, **workers: object) -> object:
     data = {
         "model": {"package": str(package or "pkg"), "backend": "onnxruntime", "threads": 1},
-        "cameras": [{"id": "a"}],
+        "cameras": [{"id": cam} for cam in ("a", "live", "trig", "strip")],
         "workers": {"heartbeat_timeout_s": 0.3, **workers},
         "metrics": {"port": 0},
     }
-    return parse_config(data)
+    cfg = parse_config(data)
+    cfg.line_key = KEY
+    return cfg
 
 
 def frame_parts(cam: str, seq: int, policy: str, size: int = 8) -> list[bytes]:
     image = np.full((size, size), 100, np.uint8)
-    header = protocol.frame_header(cam, seq, time.time(), image, sent_ts=time.time(), policy=policy, epoch=1)
+    header = protocol.frame_header(
+        cam, seq, time.time(), image, sent_ts=time.time(), policy=policy, epoch=1, key=bytes.fromhex(KEY)
+    )
     return [protocol.encode_header(header), image.tobytes()]
 
 
@@ -280,8 +288,11 @@ def test_router_drops_frames_older_than_their_max_age() -> None:
     try:
         router = Router(cfg_for())
         image = np.zeros((8, 8), np.uint8)
-        stale = protocol.frame_header("a", 0, time.time() - 5, image, sent_ts=0, max_age_ms=500, epoch=1)
-        fresh = protocol.frame_header("a", 1, time.time(), image, sent_ts=0, max_age_ms=500, epoch=1)
+        key = bytes.fromhex(KEY)
+        stale = protocol.frame_header(
+            "a", 0, time.time() - 5, image, sent_ts=0, max_age_ms=500, epoch=1, key=key
+        )
+        fresh = protocol.frame_header("a", 1, time.time(), image, sent_ts=0, max_age_ms=500, epoch=1, key=key)
         for header in (stale, fresh):
             header["policy"] = "lossless"
             router.on_frame(from_camera("a", [protocol.encode_header(header), image.tobytes()]))
