@@ -18,6 +18,12 @@ Message kinds (header ``"t"``), by socket:
   decision keeps it) and ``drop`` from workers; ``drop`` and ``router_stats`` from the
   router; ``stats`` straight from each camera (a path that back-pressure cannot block);
   ``supervisor`` from the supervisor.
+
+Every header is checked against its kind's schema on receipt (``decode``), and what only
+the line's own processes may say is proven: frames carry a tag, and the line's own
+reports a seal, both made with a key that the supervisor makes per run (``frame_tag``,
+``seal``). ``hello``, ``credit``, ``stats``, ``router_stats`` and ``supervisor`` go as
+[header, seal]. docs/security.md says what this protects against.
 """
 
 from __future__ import annotations
@@ -104,19 +110,6 @@ class Rejections:
 
 def encode_header(header: dict[str, Any]) -> bytes:
     return json.dumps(header, separators=(",", ":")).encode()
-
-
-def decode_header(raw: bytes | memoryview) -> dict[str, Any]:
-    """Parse a JSON header; raise ProtocolError (never anything else) when it is malformed."""
-    try:
-        header = json.loads(bytes(raw))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        msg = f"malformed header: not JSON ({exc.__class__.__name__})"
-        raise ProtocolError(msg) from None
-    if not isinstance(header, dict) or not isinstance(header.get("t"), str):
-        msg = "malformed header: expected a JSON object with a 't' kind"
-        raise ProtocolError(msg)
-    return header
 
 
 def frame_header(
