@@ -126,6 +126,44 @@ def check_frame(image: np.ndarray, last_digest: bytes | None) -> tuple[str | Non
     return None, digest
 
 
+#: A frame (after the ROI) with a side below 1/MIN_SIDE_DIVISOR of the model input's side
+#: is refused as NO_DECISION instead of resized. Resizing it up stretches each of its
+#: pixels into a block more than 4 model pixels wide: a defect a few model pixels wide was
+#: less than one pixel of the frame, so the frame cannot show what the model looks for, and
+#: the model, trained at its own scale, sees a smooth blur whose likely verdict is a PASS
+#: nobody earned (a 1x1 image was decided PASS). Up to 4x still admits a camera or ROI
+#: coarser than the training images; a fraction scales with the model, a pixel floor not.
+MIN_SIDE_DIVISOR = 4
+
+
+class FrameTooSmall(ValueError):
+    """A frame below the minimum size for the model; the message is the NO_DECISION reason."""
+
+
+def min_frame_hw(input_hw: tuple[int, int], fit: str) -> tuple[int, int]:
+    """The smallest frame (after the ROI) a camera sends to a model of ``input_hw``.
+
+    ``fit: tile`` cuts model-sized tiles at full resolution, so the frame must hold one
+    tile; ``fit: resize`` allows down to a quarter of each side (``MIN_SIDE_DIVISOR``).
+    """
+    if fit == "tile":
+        return input_hw
+    return (-(-input_hw[0] // MIN_SIDE_DIVISOR), -(-input_hw[1] // MIN_SIDE_DIVISOR))
+
+
+def check_size(frame_hw: tuple[int, int], input_hw: tuple[int, int], fit: str) -> None:
+    """Raise FrameTooSmall when a frame is below ``min_frame_hw``; sizes are WxH in the reason."""
+    min_h, min_w = min_frame_hw(input_hw, fit)
+    h, w = frame_hw
+    if h < min_h or w < min_w:
+        why = "one tile" if fit == "tile" else f"1/{MIN_SIDE_DIVISOR} of each side"
+        msg = (
+            f"image {w}x{h} is below the minimum {min_w}x{min_h} for a {input_hw[1]}x{input_hw[0]} "
+            f"model (fit: {fit}, {why}); use larger images or a larger roi"
+        )
+        raise FrameTooSmall(msg)
+
+
 class CameraLoop:
     """Capture -> shape -> send, with reconnect, an fps limit, a drop policy and credits.
 
@@ -180,6 +218,7 @@ class CameraLoop:
     def shape(self, image: np.ndarray) -> np.ndarray:
         image = imageops.crop_roi(image, tuple(self.cam.roi) if self.cam.roi else None)
         image = imageops.to_gray(image)
+        check_size(image.shape[:2], self.input_hw, self.cam.fit)
         if self.cam.fit == "resize" and image.shape[:2] != self.input_hw:
             image = imageops.resize_to(image, self.input_hw)
         return np.ascontiguousarray(image)
@@ -319,13 +358,17 @@ class CameraLoop:
         self.enqueue(header, empty)
 
     def emit(self, captured: Captured) -> None:
+        if captured.fault is not None:  # an item the source could not read: counted, never skipped
+            self.emit_fault(captured.fault)
+            return
         seq = self.next_seq()
         truth = captured.truth
         fault, self._last_digest = check_frame(captured.image, self._last_digest)
         try:
             image = self.shape(captured.image)
         except Exception as exc:  # a wrong ROI or a corrupt buffer is a fault of this frame only
-            fault, image = f"cannot shape frame: {exc}", np.zeros((1, 1), np.uint8)
+            why = str(exc) if isinstance(exc, FrameTooSmall) else f"cannot shape frame: {exc}"
+            fault, image = why, np.zeros((1, 1), np.uint8)
         header = protocol.frame_header(
             self.cam.id,
             seq,

@@ -35,11 +35,19 @@ __all__ = [
 
 @dataclass
 class Captured:
-    """One frame as it left the source."""
+    """One frame as it left the source, or (``fault`` set) an item the source could not read."""
 
-    image: np.ndarray  #: uint8 HxW or HxWx3 (BGR)
+    image: np.ndarray  #: uint8 HxW or HxWx3 (BGR); an empty placeholder when ``fault`` is set
     capture_ts: float  #: time.time() at capture
     truth: dict | None = None  #: ground truth when the source knows it (synthetic), else None
+    #: why this item has no usable image (an unreadable file in a folder): the camera gives it a
+    #: seq of its own and reports it as NO_DECISION with this reason, so it is counted, not skipped
+    fault: str | None = None
+
+    @classmethod
+    def unusable(cls, reason: str) -> Captured:
+        """An item that the source has but cannot turn into a frame, and why."""
+        return cls(np.zeros((0, 0), np.uint8), time.time(), None, reason)
 
 
 class CameraError(LinesideError):
@@ -76,7 +84,10 @@ class FrameSource(ABC):
 
     @abstractmethod
     def read(self) -> Captured | None:
-        """The next frame, or None at the end of a finite stream; CameraError on a fault or deadline."""
+        """The next frame, or None at the end of a finite stream; CameraError on a fault or deadline.
+
+        An item that exists but gives no usable frame (a corrupt file in a folder) is returned
+        as ``Captured.unusable(reason)``, never skipped: the line counts it as NO_DECISION."""
 
     @abstractmethod
     def close(self) -> None:

@@ -24,10 +24,13 @@ class FolderSource(FrameSource):
 
     ``fps=0`` replays as fast as the reader asks. Without ``loop`` the folder ends
     with None; with it, the folder is listed again at each pass (files added meanwhile
-    join in). An unreadable or corrupt image is skipped, logged and counted in
-    ``corrupt``. Frames are 8-bit: grayscale files stay HxW, colour ones become HxWx3
-    BGR (alpha dropped, 16-bit scaled down by OpenCV). ``last_path`` names the file of
-    the last frame, for tracing.
+    join in). Every listed entry is one item: an image that cannot be used (empty,
+    corrupt or truncated, not an image, float pixels, gone since the listing, a folder
+    named like an image) is read as ``Captured.unusable`` with the file and the reason,
+    which the camera reports as NO_DECISION; it is logged and counted in ``corrupt``.
+    Frames are 8-bit: grayscale files stay HxW, colour ones become HxWx3 BGR (alpha
+    dropped); 16-bit files are scaled full scale to full scale (value * 255 / 65535,
+    rounded). ``last_path`` names the file of the last item, for tracing.
     """
 
     live = False  # a recording: it waits for the line
@@ -44,6 +47,7 @@ class FolderSource(FrameSource):
         self.last_path: Path | None = None
         self._files: list[Path] = []
         self._next = 0
+        self._readable = 0  # frames read in this pass (a loop of nothing readable is a fault)
         self._is_open = False
 
     def _list(self) -> list[Path]:
@@ -51,9 +55,9 @@ class FolderSource(FrameSource):
             what = "is not a folder" if self.path.exists() else "does not exist"
             msg = f"{self.name}: {self.path} {what}; check the camera's path"
             raise CameraError(msg)
-        files = sorted(
-            p for p in self.path.glob(self.pattern) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        )
+        # Not only regular files: a folder or a broken link named like an image is an item
+        # the line must account for (a NO_DECISION saying what it is), not a silent gap.
+        files = sorted(p for p in self.path.glob(self.pattern) if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             msg = (
                 f"{self.name}: no images matching {self.pattern!r} in {self.path}; "
@@ -65,6 +69,7 @@ class FolderSource(FrameSource):
     def open(self) -> None:
         self._files = self._list()
         self._next = 0
+        self._readable = 0
         self._pacer.restart()
         self._is_open = True
         log.info("%s: %d images", self.name, len(self._files))
@@ -74,35 +79,62 @@ class FolderSource(FrameSource):
             msg = f"{self.name}: read() before open()"
             raise CameraError(msg)
         self._pacer.wait()
-        failed_in_a_row = 0
-        while True:
-            if self._next >= len(self._files):
-                if not self.loop:
-                    return None
-                self._files = self._list()
-                self._next = 0
-            path = self._files[self._next]
-            self._next += 1
-            image = self._load(path)
-            if image is not None:
-                self.frames += 1
-                self.last_path = path
-                return Captured(image, time.time())
-            failed_in_a_row += 1
-            # A looping folder of nothing but corrupt files would spin forever.
-            if failed_in_a_row >= len(self._files) and self.loop:
+        if self._next >= len(self._files):
+            if not self.loop:
+                return None
+            # A looping folder of nothing but unusable files would report them forever as
+            # fast as it is read: call it a camera fault, reopened with backoff.
+            if not self._readable:
                 msg = f"{self.name}: none of the {len(self._files)} images in {self.path} is readable"
                 raise CameraError(msg)
-
-    def _load(self, path: Path) -> np.ndarray | None:
-        # ANYCOLOR keeps grayscale files single-channel (no needless 3x copy) and,
-        # without ANYDEPTH, converts 16-bit files to 8-bit.
-        image = cv2.imread(str(path), cv2.IMREAD_ANYCOLOR)
-        if image is None or image.size == 0:
+            self._files = self._list()
+            self._next = self._readable = 0
+        path = self._files[self._next]
+        self._next += 1
+        self.last_path = path
+        image, why = self._load(path)
+        if image is None:
             self.corrupt += 1
-            log.warning("%s: skipped unreadable image %s (%d so far)", self.name, path, self.corrupt)
-            return None
-        return image
+            shown = path.relative_to(self.path)
+            log.warning("%s: unreadable image %s: %s (%d so far)", self.name, shown, why, self.corrupt)
+            return Captured.unusable(f"unreadable image: {shown} ({why})")
+        self.frames += 1
+        self._readable += 1
+        return Captured(image, time.time())
+
+    @staticmethod
+    def _load(path: Path) -> tuple[np.ndarray | None, str]:
+        """The 8-bit image in ``path``, or None and why it cannot be used."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None, "a broken link" if path.is_symlink() else "gone: removed after the folder was listed"
+        except IsADirectoryError:
+            return None, "a folder, not a file"
+        except OSError as exc:
+            return None, f"cannot read it: {exc.strerror or exc}"
+        if not data:
+            return None, "empty file (0 bytes)"
+        try:
+            # ANYCOLOR keeps grayscale files single-channel (no needless 3x copy); ANYDEPTH
+            # shows the file's real depth, so 16-bit and float pixels are handled here on
+            # purpose instead of by OpenCV's implicit conversion (which loses float files).
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH)
+        except cv2.error as exc:
+            return None, f"OpenCV could not decode it: {str(exc).strip().splitlines()[-1]}"
+        if image is None or image.size == 0:
+            return None, "OpenCV could not decode it: corrupt, truncated or not an image"
+        if image.dtype == np.uint16:
+            # Full scale to full scale, rounded: the same picture in 8 bits (OpenCV's own
+            # 8-bit load truncates PNGs but rounds TIFFs). 12-bit data stored in 16 bits
+            # comes out 16x darker; such files need converting offline with their real range.
+            image = cv2.convertScaleAbs(image, alpha=255 / 65535)
+        elif image.dtype != np.uint8:
+            # A float (or 32-bit) image has no defined white: 1.0, 255 and 65535 are all in use.
+            return None, f"{image.dtype} pixels have no defined 8-bit scale; save it as 8-bit"
+        if image.ndim == 3 and image.shape[2] == 1:
+            image = image[:, :, 0]
+        return image, ""
 
     def close(self) -> None:
         self._is_open = False

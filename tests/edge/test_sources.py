@@ -7,12 +7,15 @@ import random
 import socket
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 from converter.errors import LinesideError
+from edge.camera import CameraLoop
+from edge.config import CameraConfig, LineConfig
 from edge.sources import (
     Backoff,
     CameraConfigError,
@@ -130,17 +133,71 @@ def test_folder_replays_in_sorted_order_then_ends(image_folder):
     src.close()
 
 
-def test_folder_skips_and_counts_corrupt_images(image_folder, caplog):
-    (image_folder / "img_01.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
-    (image_folder / "img_02b.png").write_bytes(b"")
+def write_unusable_files(folder: Path) -> dict[str, str]:
+    """Real files a folder camera can meet that give no usable 8-bit frame, each with the
+    words its NO_DECISION reason must contain."""
+    ok, png = cv2.imencode(".png", np.full((40, 40), 90, np.uint8))
+    ok2, jpg = cv2.imencode(".jpg", np.random.default_rng(1).integers(0, 255, (64, 64), np.uint8))
+    assert ok and ok2
+    (folder / "b_empty.png").write_bytes(b"")
+    (folder / "c_text.png").write_text("not an image, only named like one")
+    (folder / "d_truncated.png").write_bytes(png.tobytes()[: png.size // 2])
+    (folder / "e_truncated.jpg").write_bytes(jpg.tobytes()[: jpg.size // 2])
+    cv2.imwrite(str(folder / "f_float.tif"), np.full((40, 40), 0.5, np.float32))
+    (folder / "g_folder.png").mkdir()
+    return {
+        "b_empty.png": "(empty file (0 bytes))",
+        "c_text.png": "(OpenCV could not decode it: corrupt, truncated or not an image)",
+        "d_truncated.png": "(OpenCV could not decode it: corrupt, truncated or not an image)",
+        "e_truncated.jpg": "(OpenCV could not decode it: corrupt, truncated or not an image)",
+        "f_float.tif": "(float32 pixels have no defined 8-bit scale; save it as 8-bit)",
+        "g_folder.png": "(a folder, not a file)",
+    }
+
+
+def test_folder_reports_each_unusable_file_as_an_item_naming_the_file_and_why(image_folder, caplog):
+    """An unusable file is an item of its own (the camera makes it a NO_DECISION), never a
+    silent gap: each read gives one item, in file-name order, and only the end gives None."""
+    bad = write_unusable_files(image_folder)
+    src = FolderSource(image_folder)
+    src.open()
+    items = []
+    while (item := src.read()) is not None:
+        items.append(item)
+        if item.fault is None:
+            assert item.image.dtype == np.uint8 and item.image.size
+    faults = [item.fault for item in items if item.fault is not None]
+    assert faults == [f"unreadable image: {name} {why}" for name, why in sorted(bad.items())]
+    assert [int(i.image.flat[0]) for i in items if i.fault is None] == [10, 20, 30, 40, 200]
+    assert len(items) == 5 + len(bad) and src.corrupt == len(bad) and src.frames == 5
+    assert all(i.image.size == 0 and i.truth is None for i in items if i.fault is not None)
+    assert "g_folder.png" in caplog.text  # logged as well
+
+
+def test_folder_scales_16_bit_full_scale_to_8_bit(tmp_path):
+    # 500 / 257 = 1.95: rounded to 2 (OpenCV's own 8-bit load of a PNG truncates it to 1)
+    values = np.array([[0, 500, 257 * 100, 65535]], np.uint16)
+    cv2.imwrite(str(tmp_path / "gray16.png"), np.repeat(values, 4, axis=0))
+    cv2.imwrite(str(tmp_path / "rgb16.tif"), np.dstack([np.repeat(values, 4, axis=0)] * 3))
+    src = FolderSource(tmp_path)
+    src.open()
+    gray, rgb = src.read(), src.read()
+    assert gray.fault is None and gray.image.dtype == np.uint8 and gray.image.shape == (4, 4)
+    assert gray.image[0].tolist() == [0, 2, 100, 255]
+    assert rgb.image.shape == (4, 4, 3) and rgb.image[0, :, 0].tolist() == [0, 2, 100, 255]
+
+
+def test_folder_file_gone_between_listing_and_reading_is_an_item_not_a_crash(image_folder):
     src = FolderSource(image_folder, pattern="*.png")
     src.open()
-    values = []
-    while (frame := src.read()) is not None:
-        values.append(int(frame.image[0, 0]))
-    assert values == [10, 30, 40]
-    assert src.corrupt == 2
-    assert "img_01.png" in caplog.text
+    (image_folder / "img_01.png").unlink()
+    (image_folder / "img_02.png").unlink()
+    (image_folder / "img_02.png").symlink_to(image_folder / "nowhere.png")
+    items = [src.read() for _ in range(4)]
+    assert src.read() is None
+    assert items[1].fault == "unreadable image: img_01.png (gone: removed after the folder was listed)"
+    assert items[2].fault == "unreadable image: img_02.png (a broken link)"
+    assert [items[0].fault, items[3].fault] == [None, None]
 
 
 def test_folder_loops(image_folder):
@@ -149,10 +206,14 @@ def test_folder_loops(image_folder):
     assert [int(src.read().image[0, 0]) for _ in range(5)] == [10, 20, 10, 20, 10]
 
 
-def test_folder_looping_over_only_corrupt_files_raises_instead_of_spinning(tmp_path):
+def test_folder_looping_over_only_unusable_files_raises_instead_of_spinning(tmp_path):
     (tmp_path / "a.png").write_bytes(b"nope")
     src = FolderSource(tmp_path, loop=True)
     src.open()
+    assert (
+        src.read().fault
+        == "unreadable image: a.png (OpenCV could not decode it: corrupt, truncated or not an image)"
+    )
     with pytest.raises(CameraError, match="none of the 1 images"):
         src.read()
     assert src.corrupt == 1
@@ -393,3 +454,78 @@ def test_gstreamer_pipeline_detection_and_refusal():
         src.open()
     assert "\n" not in str(info.value)
     assert info.value.retryable is False
+
+
+# ---------------------------------------------------------------- camera: items to frames
+
+
+def camera_loop(fit: str = "resize", roi: list[int] | None = None, side: int = 128) -> CameraLoop:
+    """A camera loop for a ``side`` x ``side`` model, not connected: what ``emit`` queues is
+    what it would send (sockets are not needed to see a frame's header)."""
+    cam = CameraConfig(id="cam", policy="lossless", fit=fit, roi=roi or [])
+    return CameraLoop(LineConfig(), cam, (side, side))
+
+
+def queued(loop: CameraLoop) -> list[tuple[int, bool, str | None, tuple[int, ...]]]:
+    return [(h["seq"], h["decide"], h.get("fault"), img.shape) for h, img in loop.pending]
+
+
+def test_camera_turns_an_unusable_item_into_a_no_decision_with_a_seq_of_its_own():
+    loop = camera_loop()
+    good = np.random.default_rng(2).integers(20, 200, (256, 256), np.uint8)
+    loop.emit(Captured(good, time.time()))
+    loop.emit(Captured.unusable("unreadable image: b.png (empty file (0 bytes))"))
+    loop.emit(Captured(good[::-1].copy(), time.time()))
+    assert queued(loop) == [
+        (0, True, None, (128, 128)),
+        (1, False, "unreadable image: b.png (empty file (0 bytes))", (1, 1)),
+        (2, True, None, (128, 128)),
+    ]
+    assert loop.seq == 3
+
+
+@pytest.mark.parametrize(
+    ("fit", "hw", "refused"),
+    [
+        ("resize", (1, 1), "image 1x1 is below the minimum 32x32 for a 128x128 model"),
+        ("resize", (31, 400), "image 400x31 is below the minimum 32x32"),
+        ("resize", (32, 32), None),  # a quarter of each side is still decided
+        ("resize", (1024, 40), None),
+        ("tile", (127, 500), "image 500x127 is below the minimum 128x128 for a 128x128 model (fit: tile"),
+        ("tile", (128, 300), None),
+    ],
+)
+def test_camera_refuses_a_frame_far_below_the_model_input(fit, hw, refused):
+    loop = camera_loop(fit)
+    image = np.random.default_rng(3).integers(20, 200, hw, np.uint8)
+    loop.emit(Captured(image, time.time()))
+    [(seq, decide, fault, shape)] = queued(loop)
+    assert seq == 0
+    if refused:
+        assert not decide and fault.startswith(refused), fault
+        assert fault.endswith("use larger images or a larger roi")
+    else:
+        assert decide and fault is None
+        assert shape == ((128, 128) if fit == "resize" else hw)
+
+
+def test_camera_size_check_applies_after_the_roi_and_to_every_source_kind(tmp_path):
+    from edge.synthetic_source import SyntheticSource
+
+    loop = camera_loop(roi=[0, 0, 20, 200])  # a 20 px wide cut of a 256 px frame
+    loop.emit(Captured(np.full((256, 256), 90, np.uint8), time.time()))
+    assert queued(loop)[0][2].startswith("image 20x200 is below the minimum 32x32")
+    synthetic = SyntheticSource(size=32, bank=1, defect_rate=0)  # it renders 32 px at least
+    synthetic.open()
+    loop = camera_loop(side=256)
+    loop.emit(synthetic.read())
+    assert queued(loop)[0][1] is False
+    assert queued(loop)[0][2].startswith("image 32x32 is below the minimum 64x64 for a 256x256 model")
+    video = tmp_path / "tiny.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (24, 24))
+    writer.write(np.full((24, 24, 3), 120, np.uint8))
+    writer.release()
+    with OpenCvSource(str(video)) as src:
+        loop = camera_loop()
+        loop.emit(src.read())
+    assert queued(loop)[0][2].startswith("image 24x24 is below the minimum 32x32")
