@@ -98,7 +98,14 @@ def parse_overrides(pairs: list[str]) -> dict:
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                msg = f"--set {pair!r}: {part} was set to a value earlier; set {key} or {part}, not both"
+                raise ConfigError(msg)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            msg = f"--set {pair!r}: the value is not valid YAML ({getattr(exc, 'problem', exc)})"
+            raise ConfigError(msg) from None
     return out
 
 

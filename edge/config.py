@@ -3,15 +3,22 @@
 A bad file, key or value raises one ConfigError that names the file, the key
 path and the allowed values (Savant style), so the daemon never starts on a
 config it does not understand. Validation uses explicit checks, not ``assert``.
+
+Every field carries its rule in its metadata (``number``, ``text``, ``choices``, a ``Rule``);
+the builder checks each key it reads for its type, its rule and, for a float, that it is
+finite. ``_check_values`` checks what spans keys (unique ids, endpoints, camera options).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tempfile
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +36,103 @@ class ConfigError(LinesideError):
 #: every frame is decided, however long it waited
 DEFAULT_MAX_AGE_MS = {"latest": 2000.0, "lossless": 0.0}
 
+#: the longest camera id (part of file names, topics and metric labels) or line name
+MAX_NAME_LEN = 64
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one key allows: ``check(value)``, and the words an error names the rule with."""
+
+    check: Callable[[Any], bool]
+    #: what the error says after the value, e.g. "must be >= 0"
+    text: str
+    #: for a number, its range ("> 0"): said when the value is NaN or infinite
+    bounds: str = ""
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def number_rule(
+    ge: float | None = None, gt: float | None = None, le: float | None = None, note: str = ""
+) -> Rule:
+    """A number at least ``ge`` / above ``gt`` / at most ``le``; ``note`` says what a special value means."""
+    low, low_open = (gt, True) if gt is not None else (ge, False)
+
+    def check(v: float) -> bool:
+        above = low is None or (v > low if low_open else v >= low)
+        return above and (le is None or v <= le)
+
+    if low is not None and le is not None:
+        bounds = f"> {_num(low)} and <= {_num(le)}" if low_open else f"between {_num(low)} and {_num(le)}"
+    elif low is not None:
+        bounds = f"{'>' if low_open else '>='} {_num(low)}"
+    else:
+        bounds = f"<= {_num(le)}"
+    bounds += f" ({note})" if note else ""
+    return Rule(check, f"must be {bounds}", bounds)
+
+
+def number(default: Any, **bounds: Any) -> Any:
+    """A numeric field with its allowed range (see number_rule)."""
+    return field(default=default, metadata={"rule": number_rule(**bounds)})
+
+
+#: a camera id (also checked on every message: edge/protocol.py)
+CAMERA_ID_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9_.-]*"
+
+
+def _is_name(v: str) -> bool:
+    return bool(re.fullmatch(CAMERA_ID_PATTERN, v)) and len(v) <= MAX_NAME_LEN
+
+
+#: camera ids end up in NG file paths, ZeroMQ topics (result.<id>) and metric labels: ASCII letters,
+#: digits, _ - . only (no path separators, no "..", no spaces), and no leading dot (hidden files)
+SAFE_NAME = Rule(
+    lambda v: v == "" or _is_name(v),
+    f"must be 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ - . not starting with '.' (empty = cam<N>)",
+)
+#: text shown on the console and in the summary: no control characters (a newline or an escape
+#: sequence in it could forge or garble log lines)
+LINE_NAME = Rule(
+    lambda v: 0 < len(v) <= MAX_NAME_LEN and v.isprintable(),
+    f"must be 1 to {MAX_NAME_LEN} printable characters (no control characters)",
+)
+
+
+def text_rule(*, empty: str = "") -> Rule:
+    """Printable text, e.g. a path; ``empty`` says what an empty value means (else it is refused)."""
+    if empty:
+        return Rule(
+            lambda v: v.isprintable(), f"must be printable text (no control characters; empty = {empty})"
+        )
+    return Rule(
+        lambda v: v != "" and v.isprintable(), "must be non-empty printable text (no control characters)"
+    )
+
+
+def text(default: str, **kw: str) -> Any:
+    return field(default=default, metadata={"rule": text_rule(**kw)})
+
 
 def choices(*allowed: str, default: str) -> Any:
     return field(default=default, metadata={"choices": allowed})
+
+
+def internal(default: str) -> Any:
+    """Set by the program, never by the file (an unknown key there)."""
+    return field(default=default, metadata={"internal": True})
+
+
+def _is_roi(v: list[int]) -> bool:
+    return not v or (len(v) == 4 and min(v[:2]) >= 0 and min(v[2:]) > 0)
+
+
+def _is_endpoint(v: str) -> bool:
+    scheme, sep, address = v.partition("://")
+    return bool(sep) and scheme in ("ipc", "tcp", "inproc") and address != "" and v.isprintable()
 
 
 @dataclass
@@ -39,88 +140,113 @@ class ModelConfig:
     """Which model the workers run and on which backend."""
 
     #: model package folder (made by `lineside export`); relative to the config file
-    package: str = "models/demo"
+    package: str = text("models/demo")
     #: tensorrt when the package has an engine for this GPU, else onnxruntime
     backend: str = choices("auto", "onnxruntime", "tensorrt", default="auto")
     #: ONNX graph precision for the onnxruntime backend
     precision: str = choices("fp32", "fp16", "int8", default="fp32")
     #: onnxruntime intra-op threads per worker; 0 = all cores
-    threads: int = 0
+    threads: int = number(0, ge=0, le=1024, note="0 = all cores")
 
 
 @dataclass
 class CameraConfig:
     """One camera process."""
 
-    id: str = ""
+    id: str = field(default="", metadata={"rule": SAFE_NAME})
     #: synthetic | folder | opencv
     source: str = choices("synthetic", "folder", "opencv", default="synthetic")
     #: source-specific options (synthetic: defect_rate, class_id, size, seed;
-    #: folder: path, loop; opencv: uri, backend)
-    options: dict[str, Any] = field(default_factory=dict)
+    #: folder: path, loop; opencv: uri, backend). The ones in OPTION_RULES are checked here,
+    #: the names against the source's signature when the line starts
+    options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"rule": Rule(lambda v: all(isinstance(k, str) for k in v), "must have text keys")},
+    )
     #: frames per second the camera may deliver at most; 0 = as fast as it can
-    fps: float = 5.0
+    fps: float = number(5.0, ge=0, note="0 = as fast as it can")
     #: latest (live video: keep the freshest frame) or lossless (every frame decided)
     policy: str = choices("latest", "lossless", default="latest")
     #: frames older than this when a worker gets them are dropped as too_old; 0 = never.
     #: Unset: 2000 for a latest camera, 0 (never) for a lossless one, whose every frame is decided
-    max_age_ms: float | None = None
-    #: frames a lossless camera buffers while the line is busy before it must drop
-    buffer: int = 64
+    max_age_ms: float | None = number(None, ge=0, note="0 = never too old")
+    #: frames a lossless camera buffers while the line is busy before it must drop; each holds a
+    #: whole frame in memory, hence the bound
+    buffer: int = number(64, ge=1, le=65536)
     #: region of interest [x, y, w, h] cut before anything else; empty = whole frame
-    roi: list[int] = field(default_factory=list)
+    roi: list[int] = field(
+        default_factory=list,
+        metadata={
+            "rule": Rule(_is_roi, "must be [x, y, w, h] with x, y >= 0 and w, h > 0 (empty = whole frame)")
+        },
+    )
     #: resize the frame to the model input, or cut it into model-sized tiles
     fit: str = choices("resize", "tile", default="resize")
-    open_timeout_s: float = 5.0
-    read_timeout_s: float = 2.0
+    open_timeout_s: float = number(5.0, gt=0)
+    read_timeout_s: float = number(2.0, gt=0)
     #: no frame for this long marks the camera silent (readiness goes false)
-    silent_after_s: float = 5.0
-    reconnect_initial_s: float = 0.5
-    reconnect_max_s: float = 30.0
+    silent_after_s: float = number(5.0, gt=0)
+    reconnect_initial_s: float = number(0.5, gt=0)
+    #: the longest wait between reconnect attempts; at least reconnect_initial_s
+    reconnect_max_s: float = number(30.0, gt=0)
     #: greyscale image (0 = off, 255 = checked) the size of the model input; pixels at 0 are ignored
-    ignore_mask: str = ""
+    ignore_mask: str = text("", empty="none")
 
 
 @dataclass
 class WorkersConfig:
     """The inference worker processes on this box."""
 
-    count: int = 1
+    #: local worker processes (each loads the model)
+    count: int = number(1, ge=0, le=256, note="0 = only remote workers")
     #: a batch goes out when it holds max_batch frames ...
-    max_batch: int = 4
+    max_batch: int = number(4, ge=1, le=256)
     #: ... or when its first frame has waited this long
-    max_wait_ms: float = 20.0
-    #: a worker silent for this long is declared dead and its frames counted lost
-    heartbeat_timeout_s: float = 10.0
+    max_wait_ms: float = number(20.0, ge=0)
+    #: a worker silent for this long is declared dead and its frames counted lost; at least
+    #: 1.5 s, since workers heartbeat once a second (a shorter one loses live workers)
+    heartbeat_timeout_s: float = number(10.0, ge=1.5)
 
 
 @dataclass
 class DecisionConfig:
     """How a defect map becomes PASS / FAIL. Empty values take the manifest's defaults."""
 
-    threshold: float | None = None
-    min_defect_area: int | None = None
+    #: a pixel is a defect above this score
+    threshold: float | None = field(
+        default=None,
+        metadata={"rule": Rule(lambda v: 0 < v < 1, "must be between 0 and 1", "between 0 and 1")},
+    )
+    #: defect regions smaller than this (pixels) are ignored
+    min_defect_area: int | None = number(None, ge=0)
     #: FAIL when the total defect area (pixels) exceeds this
-    max_defect_area: int = 0
+    max_defect_area: int = number(0, ge=0)
     #: FAIL when more than this many defects are found
-    max_defect_count: int = 0
+    max_defect_count: int = number(0, ge=0)
+
+
+_ENDPOINT = Rule(_is_endpoint, "must start with ipc://, tcp:// or inproc:// followed by an address")
+
+
+def endpoint_field(default: str) -> Any:
+    return field(default=default, metadata={"rule": _ENDPOINT})
 
 
 @dataclass
 class EndpointsConfig:
-    """ZeroMQ endpoints. ipc:// within one box, tcp:// across boxes.
+    """ZeroMQ endpoints. ipc:// within one box, tcp:// across boxes; each a different one.
 
     ``{run_dir}`` expands to a per-run temporary folder.
     """
 
     #: cameras -> router (router binds)
-    frames: str = "ipc://{run_dir}/frames"
+    frames: str = endpoint_field("ipc://{run_dir}/frames")
     #: router <-> workers (router binds; remote workers connect here)
-    work: str = "ipc://{run_dir}/work"
+    work: str = endpoint_field("ipc://{run_dir}/work")
     #: workers/router -> collector (collector binds; remote workers connect here)
-    results: str = "ipc://{run_dir}/results"
+    results: str = endpoint_field("ipc://{run_dir}/results")
     #: collector -> subscribers (PLC/MES bridge, UI)
-    publish: str = "tcp://127.0.0.1:5570"
+    publish: str = endpoint_field("tcp://127.0.0.1:5570")
 
 
 @dataclass
@@ -128,10 +254,12 @@ class SinksConfig:
     """Where decisions are kept."""
 
     #: SQLite decision log (WAL); empty = off
-    decision_log: str = "runs/decisions.sqlite"
+    decision_log: str = text("runs/decisions.sqlite", empty="off")
     #: folder for NG images and masks; empty = off
-    ng_store: str = "runs/ng"
-    ng_store_max_mb: float = 512.0
+    ng_store: str = text("runs/ng", empty="off")
+    #: the NG store deletes its oldest entries to stay under this. At least 1 MB: one entry (image,
+    #: mask, metadata) is often hundreds of kB, and a smaller cap would rotate out every save
+    ng_store_max_mb: float = number(512.0, ge=1)
 
 
 @dataclass
@@ -139,15 +267,25 @@ class MetricsConfig:
     """Prometheus /metrics and health endpoints."""
 
     #: HTTP port for /metrics, /healthz (liveness) and /readyz (readiness); 0 = off
-    port: int = 9108
-    host: str = "127.0.0.1"
+    port: int = number(9108, ge=0, le=65535, note="0 = off")
+    #: the address the HTTP server binds (0.0.0.0 = every interface)
+    host: str = field(
+        default="127.0.0.1",
+        metadata={
+            "rule": Rule(
+                lambda v: v != "" and v.isprintable() and not any(c.isspace() for c in v),
+                "must be a host name or address, without spaces",
+            )
+        },
+    )
 
 
 @dataclass
 class LineConfig:
     """A production line: its cameras, its model, its workers and sinks."""
 
-    name: str = "line"
+    #: shown in the console status line and the run summary (not used in paths or labels)
+    name: str = field(default="line", metadata={"rule": LINE_NAME})
     model: ModelConfig = field(default_factory=ModelConfig)
     cameras: list[CameraConfig] = field(default_factory=list)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
@@ -155,17 +293,19 @@ class LineConfig:
     endpoints: EndpointsConfig = field(default_factory=EndpointsConfig)
     sinks: SinksConfig = field(default_factory=SinksConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    #: seconds between status lines on the console
-    status_interval_s: float = 5.0
+    #: seconds between status lines on the console (and status messages to subscribers). At least
+    #: 0.1 s: each one builds the whole summary under the collector's lock and prints a line, so a
+    #: smaller period floods the console and subscribers and takes the collector from its results
+    status_interval_s: float = number(5.0, ge=0.1)
     #: SIGTERM/SIGINT: stop capture, then drain for at most this long
-    shutdown_timeout_s: float = 10.0
+    shutdown_timeout_s: float = number(10.0, gt=0)
     #: folder of the config file; relative paths are resolved against it
-    base_dir: str = ""
+    base_dir: str = internal("")
     #: per-run folder for ipc endpoints and the saved ledger (made by the supervisor)
-    run_dir: str = ""
+    run_dir: str = internal("")
     #: per-run secret (hex) that tags frames and seals the line's own messages
     #: (edge/protocol.py); made by the supervisor, handed to the processes it starts, never saved
-    line_key: str = ""
+    line_key: str = internal("")
 
     def resolve(self, path: str) -> Path:
         """A path from the config, relative to the config file's folder."""
@@ -189,72 +329,181 @@ class LineConfig:
 
 
 #: LineConfig fields set when a line runs, never by a config file
-RUNTIME_FIELDS = ("base_dir", "run_dir", "line_key")
+RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(LineConfig) if f.metadata.get("internal"))
 
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
+def _show(value: Any) -> str:
+    """The value as an error names it (cut short: a 400-digit number is not helpful)."""
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def _not_finite(key: str, value: Any, source: str, bounds: str = "") -> ConfigError:
+    return ConfigError(
+        f"{source}: {key} is {_show(value)}; must be a finite number{' ' + bounds if bounds else ''}"
+    )
+
+
+def _reject_non_finite(value: Any, key: str, source: str) -> None:
+    """NaN and infinity anywhere in free-form data (camera options): no option means them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _not_finite(key, value, source)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _reject_non_finite(v, f"{key}.{k}", source)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _reject_non_finite(v, f"{key}[{i}]", source)
+
+
+def _convert(value: Any, tp: Any, key: str, source: str, bounds: str = "") -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to float).
+
+    Every float must be finite: every comparison with NaN is false, so a check such as
+    ``fps < 0`` lets it through (a NaN fps ran a camera unthrottled). ``bounds`` is the key's
+    range, named in that error.
+    """
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], key, source)
+        return _convert(value, inner[0], key, source, bounds)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key, source)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
-            msg = f"{source}: {key} must be a list, got {value!r}"
+            msg = f"{source}: {key} must be a list, got {_show(value)}"
             raise ConfigError(msg)
         return [_convert(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            msg = f"{source}: {key} must be a mapping, got {value!r}"
+            msg = f"{source}: {key} must be a mapping, got {_show(value)}"
             raise ConfigError(msg)
+        _reject_non_finite(value, key, source)
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise _not_finite(key, value, source, bounds) from None
     if tp in (int, float, str, bool) and (
         not isinstance(value, tp) or (tp is not bool and isinstance(value, bool))
     ):
-        msg = f"{source}: {key} must be {_type_name(tp)}, got {value!r}"
+        msg = f"{source}: {key} must be {_type_name(tp)}, got {_show(value)}"
         raise ConfigError(msg)
+    if tp is float and not math.isfinite(value):
+        raise _not_finite(key, value, source, bounds)
     return value
 
 
 def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+    """``cls`` from a mapping: each key known, of its type, and within its field's rule."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        msg = f"{source}: {prefix or 'the top level'} must be a mapping, got {data!r}"
+        msg = f"{source}: {prefix or 'the top level'} must be a mapping, got {_show(data)}"
         raise ConfigError(msg)
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     kwargs = {}
     for key, value in data.items():
         path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields or key in RUNTIME_FIELDS:
-            allowed = ", ".join(k for k in fields if k not in RUNTIME_FIELDS)
-            msg = f"{source}: unknown key {path!r}; allowed here: {allowed}"
+        if key not in fields:
+            msg = f"{source}: unknown key {path!r}; allowed here: {', '.join(fields)}"
             raise ConfigError(msg)
-        value = _convert(value, hints[key], path, source)
-        allowed_values = fields[key].metadata.get("choices")
+        meta = fields[key].metadata
+        rule: Rule | None = meta.get("rule")
+        value = _convert(value, hints[key], path, source, rule.bounds if rule else "")
+        allowed_values = meta.get("choices")
         if allowed_values and value not in allowed_values:
-            msg = f"{source}: {path} is {value!r}; allowed: {', '.join(allowed_values)}"
+            msg = f"{source}: {path} is {_show(value)}; allowed: {', '.join(allowed_values)}"
+            raise ConfigError(msg)
+        if rule is not None and value is not None and not rule.check(value):
+            msg = f"{source}: {path} is {_show(value)}; {rule.text}"
             raise ConfigError(msg)
         kwargs[key] = value
     return cls(**kwargs)
 
 
+def _option_rules(kind: str) -> dict[str, tuple[tuple[type, ...], Rule | None]]:
+    """Options of a ``kind`` camera whose values are cheap to check here: name -> (types, rule).
+
+    The option names themselves are checked against the source's signature when the line
+    starts (Supervisor.preflight); anything deeper is the source's business.
+    """
+    count, real, words, flag = (int,), (int, float), (str,), (bool,)
+    if kind == "synthetic":
+        from converter.synthetic import N_CLASSES  # loads OpenCV: only for a synthetic camera
+
+        return {
+            # the renderer's smallest image is 32 px; a frame bank of 8192 px frames is already GBs
+            "size": (count, number_rule(ge=32, le=8192)),
+            "class_id": (count, number_rule(ge=1, le=N_CLASSES)),
+            "defect_rate": (real, number_rule(ge=0, le=1)),
+            "seed": (count, number_rule(ge=0)),
+            "bank": (count, number_rule(ge=1, le=1024)),
+            "stall_s": (real, number_rule(ge=0)),
+        }
+    if kind == "folder":
+        return {
+            "path": (words, text_rule()),
+            "pattern": (words, text_rule()),
+            "loop": (flag, None),
+            "fps": (real, number_rule(ge=0, note="0 = as fast as it can")),
+        }
+    if kind == "opencv":
+        uri = Rule(
+            lambda v: v != "" and (not isinstance(v, str) or v.isprintable()),
+            "must be a device index, a URL, a video file or a pipeline",
+        )
+        return {
+            "uri": ((str, int), uri),
+            "loop": (flag, None),
+            "fps": (real, number_rule(ge=0, note="0 = as fast as it decodes")),
+            "open_timeout_s": (real, number_rule(gt=0)),
+            "read_timeout_s": (real, number_rule(gt=0)),
+            "close_timeout_s": (real, number_rule(gt=0)),
+        }
+    return {}
+
+
+def _check_options(cam: CameraConfig, key: str, source: str) -> None:
+    if cam.source == "folder" and "path" not in cam.options:
+        msg = f"{source}: {key}.path is missing; a folder camera needs the image folder"
+        raise ConfigError(msg)
+    if cam.source == "opencv" and "uri" not in cam.options:
+        msg = (
+            f"{source}: {key}.uri is missing; give a device index, "
+            f"an rtsp:// URL, a video file or a GStreamer pipeline"
+        )
+        raise ConfigError(msg)
+    rules = _option_rules(cam.source)
+    for name, value in cam.options.items():
+        if name not in rules:
+            continue
+        types_, rule = rules[name]
+        if (isinstance(value, bool) and bool not in types_) or not isinstance(value, types_):
+            kinds = " or ".join(t.__name__ for t in types_)
+            msg = f"{source}: {key}.{name} must be {kinds}, got {_show(value)}"
+            raise ConfigError(msg)
+        if rule is not None and not rule.check(value):
+            msg = f"{source}: {key}.{name} is {_show(value)}; {rule.text}"
+            raise ConfigError(msg)
+
+
 def _check_values(cfg: LineConfig, source: str) -> None:
+    """What no single key's rule can say: the camera list, unique ids and endpoints, options that
+    depend on the source, and defaults that depend on other keys."""
+
     def bad(key: str, value: Any, rule: str) -> ConfigError:
-        return ConfigError(f"{source}: {key} is {value!r}; {rule}")
+        return ConfigError(f"{source}: {key} is {_show(value)}; {rule}")
 
     if not cfg.cameras:
         msg = f"{source}: cameras is empty; add at least one camera (see configs/demo.yaml)"
@@ -266,43 +515,18 @@ def _check_values(cfg: LineConfig, source: str) -> None:
         if cam.id in seen:
             raise bad(f"cameras[{i}].id", cam.id, "camera ids must be unique")
         seen.add(cam.id)
-        if cam.fps < 0:
-            raise bad(f"cameras[{i}].fps", cam.fps, "must be >= 0")
-        if cam.roi and (len(cam.roi) != 4 or min(cam.roi[2:]) <= 0 or min(cam.roi[:2]) < 0):
-            raise bad(f"cameras[{i}].roi", cam.roi, "must be [x, y, w, h] with w, h > 0")
-        if cam.buffer < 1:
-            raise bad(f"cameras[{i}].buffer", cam.buffer, "must be >= 1")
         if cam.max_age_ms is None:
             cam.max_age_ms = DEFAULT_MAX_AGE_MS[cam.policy]
-        elif cam.max_age_ms < 0:
-            raise bad(f"cameras[{i}].max_age_ms", cam.max_age_ms, "must be >= 0 (0 = never too old)")
-        if cam.source == "folder" and "path" not in cam.options:
-            msg = f"{source}: cameras[{i}].options.path is missing; a folder camera needs the image folder"
-            raise ConfigError(msg)
-        if cam.source == "opencv" and "uri" not in cam.options:
-            msg = (
-                f"{source}: cameras[{i}].options.uri is missing; give a device index, "
-                f"an rtsp:// URL, a video file or a GStreamer pipeline"
-            )
-            raise ConfigError(msg)
-    w = cfg.workers
-    if w.count < 0:
-        raise bad("workers.count", w.count, "must be >= 0 (0 = only remote workers)")
-    if not 1 <= w.max_batch <= 256:
-        raise bad("workers.max_batch", w.max_batch, "must be between 1 and 256")
-    if w.max_wait_ms < 0:
-        raise bad("workers.max_wait_ms", w.max_wait_ms, "must be >= 0")
-    d = cfg.decision
-    if d.threshold is not None and not 0 < d.threshold < 1:
-        raise bad("decision.threshold", d.threshold, "must be between 0 and 1")
-    if cfg.shutdown_timeout_s <= 0:
-        raise bad("shutdown_timeout_s", cfg.shutdown_timeout_s, "must be > 0")
-    if not 0 <= cfg.metrics.port <= 65535:
-        raise bad("metrics.port", cfg.metrics.port, "must be a TCP port or 0 (off)")
-    for name in ("frames", "work", "results", "publish"):
+        if cam.reconnect_max_s < cam.reconnect_initial_s:
+            rule = f"must be >= reconnect_initial_s ({_num(cam.reconnect_initial_s)})"
+            raise bad(f"cameras[{i}].reconnect_max_s", cam.reconnect_max_s, rule)
+        _check_options(cam, f"cameras[{i}].options", source)
+    names = ("frames", "work", "results", "publish")
+    for j, name in enumerate(names):
         ep = getattr(cfg.endpoints, name)
-        if not ep.startswith(("ipc://", "tcp://", "inproc://")):
-            raise bad(f"endpoints.{name}", ep, "must start with ipc://, tcp:// or inproc://")
+        for other in names[:j]:
+            if ep == getattr(cfg.endpoints, other):
+                raise bad(f"endpoints.{name}", ep, f"must differ from endpoints.{other}; each is bound once")
 
 
 def parse_config(data: Any, source: str = "<config>", base_dir: str | Path = ".") -> LineConfig:

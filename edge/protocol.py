@@ -40,6 +40,7 @@ import numpy as np
 import zmq
 
 from converter.errors import LinesideError
+from edge.config import CAMERA_ID_PATTERN, MAX_NAME_LEN
 
 PROTOCOL_VERSION = 1
 
@@ -203,8 +204,9 @@ MAX_ITEMS = 100_000
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 #: what a camera id may be (edge/config.py refuses others at start)
-CAMERA_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$"
-CameraId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=CAMERA_ID_PATTERN)]
+CameraId = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_NAME_LEN, pattern=f"^{CAMERA_ID_PATTERN}$")
+]
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=1e11)]
 Millis = Annotated[float, msgspec.Meta(ge=0, le=1e12)]

@@ -172,8 +172,8 @@ class NgStore:
         nbytes = sum(len(b) for _, b in blobs)
         if nbytes > self.max_bytes:
             msg = (
-                f"NG entry {camera_id}/{stem} needs {nbytes} bytes, more than ng_store.max_bytes="
-                f"{self.max_bytes}; raise ng_store.max_bytes"
+                f"NG entry {camera_id}/{stem} needs {nbytes} bytes, more than the store's cap of "
+                f"{self.max_bytes}; raise sinks.ng_store_max_mb in the line config"
             )
             raise NgStoreError(msg)
         with self._lock:

@@ -115,7 +115,7 @@ def test_bad_inputs_are_refused(tmp_path):
     for bad in ["", "../etc", "a/b", ".hidden"]:
         with pytest.raises(NgStoreError, match="camera id"):
             store.save(bad, 1, image, mask, {})
-    with pytest.raises(NgStoreError, match=r"raise ng_store\.max_bytes"):
+    with pytest.raises(NgStoreError, match=r"raise sinks\.ng_store_max_mb"):
         store.save("cam0", 1, *part(1, (256, 256)), {})
     with pytest.raises(ValueError, match="uint8"):
         store.save("cam0", 1, image.astype(np.float32), mask, {})

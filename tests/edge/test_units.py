@@ -99,10 +99,11 @@ def cfg_for(package: Path | None = None, **workers: object) -> object:
     data = {
         "model": {"package": str(package or "pkg"), "backend": "onnxruntime", "threads": 1},
         "cameras": [{"id": cam} for cam in ("a", "live", "trig", "strip")],
-        "workers": {"heartbeat_timeout_s": 0.3, **workers},
+        "workers": workers,
         "metrics": {"port": 0},
     }
     cfg = parse_config(data)
+    cfg.workers.heartbeat_timeout_s = 0.3  # the test plays the worker: no need to wait 1.5 s
     cfg.line_key = KEY
     return cfg
 
