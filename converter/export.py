@@ -2,7 +2,7 @@
 
 The steps are small and run in order (Polygraphy loader style):
 
-    open_checkpoint -> load_reference -> export_onnx -> check_parity -> write_manifest
+    open_checkpoint -> load_reference -> export_onnx -> check_parity -> write_manifest (+ graph sha256)
     [-> fp16 graph behind its gate] [-> int8 graph behind its gate] [-> folded uint8 variant]
 
 ``model.onnx`` is FP32 with a dynamic batch, a fixed H/W/C from ``training.json`` and
@@ -35,7 +35,7 @@ from converter.checkpoint import (
 )
 from converter.errors import LinesideError
 from converter.manifest import InputSpec, ModelManifest, OutputSpec
-from converter.package import ModelPackage
+from converter.package import ModelPackage, sha256_file
 from converter.preprocessing import check_normalization, normalize
 from converter.samples import Samples, load_samples
 
@@ -174,8 +174,10 @@ def build_manifest(
     threshold: float | None,
     min_defect_area: int | None,
     parity: ParityReport,
+    onnx_sha256: str,
 ) -> ModelManifest:
-    """Gather the manifest from training.json, the command line and the export checks."""
+    """Gather the manifest from training.json, the command line and the export checks;
+    ``onnx_sha256`` is the hash of the ``model.onnx`` written beside it."""
     training = checkpoint.training
     normalization = normalization or training.get("normalization", "zero_one")
     try:
@@ -198,6 +200,7 @@ def build_manifest(
         source_checkpoint_sha256=checkpoint.sha256(),
         tool_versions=tool_versions(),
         files={"fp32": "model.onnx"},
+        files_sha256={"model.onnx": onnx_sha256},
         gates={"export": parity.to_dict()},
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
@@ -265,6 +268,7 @@ def export_package(
             threshold=threshold,
             min_defect_area=min_defect_area,
             parity=parity,
+            onnx_sha256=sha256_file(tmp_onnx),
         )
         os.replace(tmp_onnx, onnx_path)
     # a re-export replaces the FP32 graph, so graphs and engines derived from the old one are stale

@@ -3,6 +3,11 @@
 ``manifest.json`` sits in every model package next to ``model.onnx``. It is
 validated on read, so a hand-edited or truncated file is refused with one line
 that names the key and the fix instead of failing later inside a worker.
+
+Schema 2 adds ``files_sha256``: the sha256 of every graph the manifest names, so a graph
+changed or swapped after export is refused before it is loaded (``ModelPackage.verify``).
+Schema 1 manifests (exported before) are still read; their graphs cannot be checked, and
+the line says so once at start.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from typing import Any
 from converter.errors import LinesideError
 from converter.preprocessing import NORMALIZATIONS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: schema 1 is schema 2 without ``files_sha256``
+READABLE_SCHEMAS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 
 LAYOUTS = ("NHWC", "NCHW")
@@ -66,6 +73,8 @@ class ModelManifest:
     tool_versions: dict[str, str] = field(default_factory=dict)
     #: precision -> file name inside the package ("fp32": "model.onnx", ...)
     files: dict[str, str] = field(default_factory=lambda: {"fp32": "model.onnx"})
+    #: file name -> sha256 (hex) of that file as it was written; one entry per name in ``files``
+    files_sha256: dict[str, str] = field(default_factory=dict)
     #: results of accuracy gates (fp16 / int8 against fp32), written by the converter
     gates: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
@@ -73,6 +82,11 @@ class ModelManifest:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def record_file(self, precision: str, name: str, sha256: str) -> None:
+        """Name the graph of ``precision`` and the sha256 it was written with."""
+        self.files[precision] = name
+        self.files_sha256[name] = sha256
 
     def save(self, package_dir: str | Path) -> Path:
         path = Path(package_dir) / MANIFEST_NAME
@@ -123,10 +137,10 @@ def _parse(data: Any, source: str) -> ModelManifest:
         msg = f"{source}: expected a JSON object, got {type(data).__name__}"
         raise ManifestError(msg)
     version = _require(data, "schema_version", int, source)
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMAS:
         msg = (
             f"{source}: schema_version {version} is not supported by this lineside "
-            f"(it reads {SCHEMA_VERSION}); re-export the package with this version"
+            f"(it reads {', '.join(map(str, READABLE_SCHEMAS))}); re-export the package with this version"
         )
         raise ManifestError(msg)
     known = set(ModelManifest.__dataclass_fields__)
@@ -178,7 +192,24 @@ def _parse(data: Any, source: str) -> ModelManifest:
         source_checkpoint_sha256=data.get("source_checkpoint_sha256", ""),
         tool_versions=data.get("tool_versions", {}),
         files=files,
+        files_sha256=_hashes(data, files, version, source),
         gates=data.get("gates", {}),
         created_at=data.get("created_at", ""),
         schema_version=version,
     )
+
+
+def _hashes(data: dict[str, Any], files: dict[str, Any], version: int, source: str) -> dict[str, str]:
+    """``files_sha256``: required from schema 2 on, one 64-hex-digit entry per named file."""
+    if version < 2 and "files_sha256" not in data:
+        return {}
+    hashes = _require(data, "files_sha256", dict, source)
+    for name in files.values():
+        value = hashes.get(name)
+        if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            msg = (
+                f"{source}: key 'files_sha256' has no valid sha256 for {name!r} (got {value!r}); "
+                "re-run `lineside export`"
+            )
+            raise ManifestError(msg)
+    return hashes

@@ -19,8 +19,11 @@ class GraphError(LinesideError, ValueError):
     """An ONNX graph does not have the shape the model package promises."""
 
 
-def load(path: str | Path):  # -> onnx.ModelProto
-    """Load and check an ONNX graph (onnx imported here: ``converter`` stays importable without it)."""
+def load(path: str | Path, external_data: bool = True):  # -> onnx.ModelProto
+    """Load and check an ONNX graph (onnx imported here: ``converter`` stays importable without it).
+
+    ``external_data=False`` leaves weights stored beside the graph on disk: enough to read its I/O.
+    """
     import onnx
 
     path = Path(path)
@@ -28,7 +31,7 @@ def load(path: str | Path):  # -> onnx.ModelProto
         msg = f"{path}: ONNX graph not found; re-create the package with `lineside export`"
         raise GraphError(msg)
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=external_data)
     except Exception as exc:  # protobuf DecodeError and friends
         msg = f"{path}: not a readable ONNX file ({exc}); re-create it with `lineside export`"
         raise GraphError(msg) from None
@@ -91,6 +94,70 @@ def check_package_graph(model, path: Path, height: int, width: int, channels: in
         raise GraphError(msg)
     if opset(model) < MIN_OPSET:
         msg = f"{path}: opset {opset(model)} is below {MIN_OPSET}; re-export with a newer tf2onnx"
+        raise GraphError(msg)
+
+
+def _axes(layout: str, height: int, width: int, channels: int) -> dict[str, int]:
+    """The manifest's sizes by axis position after the batch axis, in ``layout``."""
+    order = ("height", "width", "channels") if layout == "NHWC" else ("channels", "height", "width")
+    sizes = {"height": height, "width": width, "channels": channels}
+    return {name: sizes[name] for name in order}
+
+
+def _shape_problems(where: str, shape: list, axes: dict[str, int], layout: str, strict: bool) -> list[str]:
+    """Disagreements between a graph tensor's shape and the manifest's; ``strict`` refuses
+    dynamic H/W/C (an input must have them fixed, an output may leave them to inference)."""
+    expected = ["batch", *axes.values()]
+    if len(shape) != 4:
+        return [f"{where} shape: graph {shape}, manifest {expected} ({layout})"]
+    if isinstance(shape[0], int):
+        return [f"{where} batch: graph fixed {shape[0]}, manifest dynamic (the line sends 1..max_batch)"]
+    other = "NCHW" if layout == "NHWC" else "NHWC"
+    swapped = ["batch", *_axes(other, axes["height"], axes["width"], axes["channels"]).values()]
+    if shape[1:] != expected[1:] and shape[1:] == swapped[1:]:
+        return [f"{where} layout: graph {shape} is {other}, manifest {layout}"]
+    problems = []
+    for (axis, want), got in zip(axes.items(), shape[1:], strict=True):
+        if isinstance(got, int) and got != want:
+            problems.append(f"{where} {axis}: graph {got}, manifest {want}")
+        elif not isinstance(got, int) and strict:
+            problems.append(f"{where} {axis}: graph dynamic ({got!r}), manifest {want}")
+    return problems
+
+
+def check_io(path: str | Path, manifest) -> None:
+    """Refuse a graph whose input or output disagrees with ``manifest`` (a ModelManifest): the
+    names, the shape (H, W, channels; a dynamic batch), the layout and the dtype, all named in
+    one line with both values. Reads only the graph's protobuf, not external weights."""
+    path = Path(path)
+    summary = io_summary(load(path, external_data=False))
+    if len(summary["inputs"]) != 1 or len(summary["outputs"]) != 1:
+        msg = (
+            f"{path}: the graph has {len(summary['inputs'])} input(s) and {len(summary['outputs'])} "
+            f"output(s), the manifest describes one of each; re-run `lineside export`"
+        )
+        raise GraphError(msg)
+    inp, out = summary["inputs"][0], summary["outputs"][0]
+    spec_in, spec_out = manifest.input, manifest.output
+    layout = spec_in.layout
+    problems = []
+    if inp["name"] != spec_in.name:
+        problems.append(f"input name: graph {inp['name']!r}, manifest {spec_in.name!r}")
+    if inp["dtype"] != spec_in.dtype:
+        problems.append(f"input dtype: graph {inp['dtype']}, manifest {spec_in.dtype}")
+    axes = _axes(layout, spec_in.height, spec_in.width, spec_in.channels)
+    problems += _shape_problems("input", inp["shape"], axes, layout, strict=True)
+    if out["name"] != spec_out.name:
+        problems.append(f"output name: graph {out['name']!r}, manifest {spec_out.name!r}")
+    if out["dtype"] != "float32":
+        problems.append(f"output dtype: graph {out['dtype']}, manifest float32 probabilities")
+    axes = _axes(layout, spec_in.height, spec_in.width, spec_out.channels)
+    problems += _shape_problems("output", out["shape"], axes, layout, strict=False)
+    if problems:
+        msg = (
+            f"{path} does not match manifest.json: {'; '.join(problems)}; the graph and the manifest "
+            "must come from one export: re-run `lineside export`"
+        )
         raise GraphError(msg)
 
 

@@ -18,6 +18,10 @@ from converter.manifest import ManifestError, ModelManifest
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
+class PackageFileError(ManifestError):
+    """A file of the package is not the one its manifest was written with."""
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks so a large graph does not fill memory."""
     digest = hashlib.sha256()
@@ -74,6 +78,42 @@ class ModelPackage:
     def has_precision(self, precision: str) -> bool:
         name = self.manifest.files.get(precision)
         return name is not None and (self.root / name).is_file()
+
+    def verify(self) -> list[str]:
+        """Check every graph the manifest names against the sha256 recorded at export.
+
+        Raises PackageFileError naming the first file that changed. Returns the names that
+        have no recorded hash (a schema 1 manifest), which could not be checked. A named
+        graph that is absent is left to ``has_precision``/``onnx_path`` callers.
+        """
+        unchecked = []
+        for name in sorted(set(self.manifest.files.values())):
+            path = self.root / name
+            if not path.is_file():
+                continue
+            want = self.manifest.files_sha256.get(name)
+            if want is None:
+                unchecked.append(name)
+            elif sha256_file(path) != want:
+                msg = (
+                    f"{path}: sha256 does not match manifest.json (file changed after export); "
+                    "re-run `lineside export`"
+                )
+                raise PackageFileError(msg)
+        return unchecked
+
+    def check_graph_io(self, precision: str = "fp32") -> None:
+        """Refuse a graph whose input or output disagrees with the manifest (names, shape, layout, dtype)."""
+        from converter.onnx_graph import check_io
+
+        path = self.onnx_path(precision)
+        if not path.is_file():
+            msg = (
+                f"{path}: the manifest names this {precision} graph but it is missing; "
+                "re-run `lineside export`"
+            )
+            raise ManifestError(msg)
+        check_io(path, self.manifest)
 
     def engine_plans(self) -> list[Path]:
         """Every engine plan in the package, whether or not it fits this machine."""

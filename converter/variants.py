@@ -1,6 +1,6 @@
 """Add the gated variants to a model package: ``model.fp16.onnx``, ``model.int8.onnx``,
 ``model.uint8.onnx``. Each is written only after it passed its check on validation
-images; the manifest records the file and the gate report.
+images; the manifest records the file, its sha256 and the gate report.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from converter import onnx_graph
-from converter.package import ModelPackage
+from converter.package import ModelPackage, sha256_file
 from converter.preprocessing import normalize
 from converter.samples import SampleError, load_gate_and_calibration
 
@@ -19,12 +19,15 @@ log = logging.getLogger(__name__)
 FILES = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx", "uint8": "model.uint8.onnx"}
 
 
-def _save(model, path: Path) -> None:
+def _save(model, path: Path) -> str:
+    """Write ``model`` to ``path`` atomically; returns the sha256 the manifest records for it."""
     import onnx
 
     tmp = path.with_suffix(".onnx.tmp")
     onnx.save(model, str(tmp))
+    digest = sha256_file(tmp)
     os.replace(tmp, path)  # a reader never sees half a graph
+    return digest
 
 
 def add_variants(
@@ -73,8 +76,9 @@ def add_variants(
         model, report = make_fp16(
             fp32, images, auto_keep=fp16_auto_keep, source=str(package.onnx_path()), **common
         )
-        _save(model, package.root / FILES["fp16"])
-        m.files["fp16"], m.gates["fp16"] = FILES["fp16"], report.to_dict()
+        digest = _save(model, package.root / FILES["fp16"])
+        m.record_file("fp16", FILES["fp16"], digest)
+        m.gates["fp16"] = report.to_dict()
         m.save(package.root)  # a later gate failing must not orphan this graph
     if "int8" in precisions:
         from converter.int8 import DEFAULT_CALIBRATION, make_int8
@@ -88,17 +92,19 @@ def add_variants(
             source=str(package.onnx_path()),
             **common,
         )
-        _save(model, package.root / FILES["int8"])
+        digest = _save(model, package.root / FILES["int8"])
         gate = report.to_dict()
         gate["calibration"] = {"images": len(calib_set), "method": int8_method or DEFAULT_CALIBRATION}
-        m.files["int8"], m.gates["int8"] = FILES["int8"], gate
+        m.record_file("int8", FILES["int8"], digest)
+        m.gates["int8"] = gate
         m.save(package.root)
     if folded:
         from converter.folded import check_fold, fold
 
         model = fold(fp32, m.normalization, m.threshold)
         report = check_fold(fp32, model, gate_set.images, m.normalization, m.threshold)
-        _save(model, package.root / FILES["uint8"])
-        m.files["uint8"], m.gates["uint8"] = FILES["uint8"], report.to_dict()
+        digest = _save(model, package.root / FILES["uint8"])
+        m.record_file("uint8", FILES["uint8"], digest)
+        m.gates["uint8"] = report.to_dict()
         m.save(package.root)
     return ModelPackage.open(package.root)

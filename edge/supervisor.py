@@ -11,10 +11,13 @@ stops by itself at their end, after everything they sent has been decided: it wa
 long as the ledger makes progress, and gives up only when nothing has been decided or
 dropped for ``shutdown_timeout_s``.
 
-Exit codes: 0 clean stop, 2 bad config or resources at start, 3 the shutdown
-bound passed and processes had to be killed, 4 frames of a lossless camera were
-lost (dropped for a reason the config did not ask for: shutdown, worker_lost,
-router_lost, ...), so a script that replays a recording can trust exit 0.
+Exit codes: 0 clean stop, 2 bad config or resources at start (the model package
+included: its graphs' sha256 and inputs/outputs are checked against its manifest before
+any process starts), or a worker that could not load its model later (it exits with
+EXIT_MODEL_LOAD and is not restarted: the line stops), 3 the shutdown bound passed and
+processes had to be killed, 4 frames of a lossless camera were lost (dropped for a
+reason the config did not ask for: shutdown, worker_lost, router_lost, ...), so a
+script that replays a recording can trust exit 0.
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ from typing import Any
 import zmq
 
 from converter.errors import LinesideError
-from converter.package import ModelPackage
+from converter.package import PRECISIONS, ModelPackage
 from edge import protocol, sockets
 from edge.collector import PROGRESS_SLOTS
 from edge.config import LineConfig, make_run_dir, to_dict
 from edge.sources.backoff import Backoff
+from edge.worker import EXIT_MODEL_LOAD
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,10 @@ class StartupError(LinesideError):
     """A process of the line could not start; the message is the child's own error line."""
 
 
+class LineStopped(LinesideError):
+    """The running line stopped because a process cannot work (a worker cannot load its model)."""
+
+
 def _child(role: str, target: str, errors: Any, *args: Any) -> None:
     """Run an entry point in a spawned process; a user-facing error becomes one line to the parent."""
     import importlib
@@ -74,8 +82,10 @@ def _child(role: str, target: str, errors: Any, *args: Any) -> None:
     try:
         getattr(importlib.import_module(module), func)(*args)
     except LinesideError as exc:
-        errors.put((role, str(exc)))
-        sys.exit(EXIT_CONFIG)
+        # the exit code tells the supervisor whether a restart can help (see EXIT_MODEL_LOAD)
+        code = getattr(exc, "exit_code", EXIT_CONFIG)
+        errors.put((role, str(exc), code))
+        sys.exit(code)
     except KeyboardInterrupt:
         sys.exit(0)
 
@@ -107,6 +117,8 @@ class Supervisor:
         self.children: list[Child] = []
         self.log_level = logging.getLogger().getEffectiveLevel()
         self.not_ready: dict[str, str] = {}
+        #: why the line must stop (a worker that cannot load its model), said once at the end
+        self.failure: str | None = None
         #: the collector's view of the ledger (see Collector.publish_progress)
         self.progress = self.ctx.Array("d", len(PROGRESS_SLOTS), lock=False)
 
@@ -121,8 +133,20 @@ class Supervisor:
         for cam in self.cfg.cameras:
             build_source(cam)  # a bad source option stops start-up here, with one line
         package = ModelPackage.open(self.cfg.resolve(self.cfg.model.package))
-        if self.cfg.model.backend == "onnxruntime" or self.cfg.model.precision != "fp32":
-            package.onnx_path(self.cfg.model.precision)  # raises naming the missing graph
+        # A graph changed since export, or one whose input/output the manifest does not
+        # describe, would only fail inside the workers, on every restart: refuse it here.
+        unchecked = package.verify()
+        if unchecked:
+            log.warning(
+                "%s: manifest.json (schema %d) records no sha256 of %s, so a graph changed since export "
+                "goes unnoticed; re-run `lineside export` to add them",
+                package.root,
+                package.manifest.schema_version,
+                ", ".join(unchecked),
+            )
+        for precision in PRECISIONS:
+            if precision == self.cfg.model.precision or package.has_precision(precision):
+                package.check_graph_io(precision)  # also raises naming a missing graph
         for sink in (self.cfg.sinks.decision_log, self.cfg.sinks.ng_store):
             if sink:
                 self._check_writable(self.cfg.resolve(sink))
@@ -166,10 +190,23 @@ class Supervisor:
 
     def raise_child_error(self) -> None:
         try:
-            role, message = self.errors.get_nowait()
+            role, message, _code = self.errors.get_nowait()
         except queue.Empty:
             return
         raise StartupError(f"{role}: {message}")
+
+    def read_errors(self) -> None:
+        """Take the error lines children sent; a worker's model-load failure stops the line."""
+        while True:
+            try:
+                role, message, code = self.errors.get_nowait()
+            except queue.Empty:
+                return
+            if code == EXIT_MODEL_LOAD:
+                self.failure, self.stopping = f"{role}: {message}", True
+                continue
+            log.error("%s: %s", role, message)
+            self.not_ready[role] = message
 
     def start(self, input_hw: tuple[int, int]) -> None:
         cfg_dict = to_dict(self.cfg)
@@ -208,13 +245,7 @@ class Supervisor:
     # -- watching -----------------------------------------------------------------------
     def watch_once(self, status: zmq.Socket) -> None:
         now = time.monotonic()
-        while True:
-            try:
-                role, message = self.errors.get_nowait()
-            except queue.Empty:
-                break
-            log.error("%s: %s", role, message)
-            self.not_ready[role] = message
+        self.read_errors()
         for child in self.children:
             proc = child.process
             if proc is not None and not proc.is_alive():
@@ -225,6 +256,11 @@ class Supervisor:
                 if code == 0 and child.role.startswith("camera:"):
                     child.finished = True
                     log.info("%s: stream ended", child.role)
+                    continue
+                if code == EXIT_MODEL_LOAD and child.role.startswith("worker:"):
+                    # restarting would load the same model and fail again: a crash loop
+                    child.finished, self.stopping = True, True
+                    self.failure = self.failure or f"{child.role}: exited with code {code} (model not loaded)"
                     continue
                 if uptime > 30:
                     child.backoff.reset()  # it ran fine for a while: this is a fresh failure
@@ -315,6 +351,10 @@ class Supervisor:
                     break
                 time.sleep(0.2)
             code = self.shutdown()
+            self.read_errors()  # the failing worker's own line may have come after its exit
+            if self.failure:
+                msg = f"{self.failure} (the line stopped: a restarted worker would fail the same way)"
+                raise LineStopped(msg)
             return self.exit_code(code)
         finally:
             sockets.close_all(zctx, status)

@@ -98,6 +98,17 @@ class WorkerConnectError(LinesideError):
     """A worker started by hand found no line at its endpoints."""
 
 
+#: exit code of a worker process that could not load its model: the supervisor does not
+#: restart it (the next one would fail the same way) but stops the line
+EXIT_MODEL_LOAD = 5
+
+
+class ModelLoadError(LinesideError):
+    """A worker could not load its model package or backend, or run it on a blank image."""
+
+    exit_code = EXIT_MODEL_LOAD
+
+
 @dataclass
 class Prepared:
     """A normalized batch waiting for (or in) the backend."""
@@ -515,12 +526,46 @@ class Heartbeat:
 
 
 def open_worker(cfg: LineConfig, name: str) -> Worker:
-    """Load the package and backend a worker runs (fails fast with one clear line)."""
+    """Load the package and backend a worker runs and try them on one blank image; any
+    failure is one ModelLoadError line (a restarted worker would fail the same way)."""
+    try:
+        return _open_worker(cfg, name)
+    except LinesideError as exc:
+        raise ModelLoadError(str(exc)) from None
+    except Exception as exc:  # a backend library's own error type: still one line
+        msg = f"{cfg.resolve(cfg.model.package)}: the model failed to load ({type(exc).__name__}: {exc})"
+        raise ModelLoadError(msg) from None
+
+
+def _open_worker(cfg: LineConfig, name: str) -> Worker:
+    import multiprocessing
+
     package = ModelPackage.open(cfg.resolve(cfg.model.package))
+    # the supervisor checked the package before the line started, but a worker (re)starts
+    # later, or on another machine: the graph it loads must still be the exported one
+    unchecked = package.verify()
+    if unchecked and multiprocessing.parent_process() is None:  # by hand; a supervisor warned already
+        log.warning(
+            "%s: no sha256 recorded for %s; re-run `lineside export`", package.root, ", ".join(unchecked)
+        )
     backend, why = select_backend(cfg, package)
+    if backend.name == "onnxruntime":
+        package.check_graph_io(cfg.model.precision)
     worker = Worker(cfg, package, backend, name)
     try:
         worker.on_backend_thread(backend.activate)
+        # One blank image through the model: an engine or graph that cannot take the
+        # manifest's input fails here, once, instead of on every batch of the line.
+        m = package.manifest
+        c, h, w = m.input.channels, m.input.height, m.input.width
+        blank = np.zeros((1, c, h, w) if worker.nchw else (1, h, w, c), np.float32)
+        out = worker.on_backend_thread(backend.infer, blank)
+        if out.shape != (1, h, w):
+            msg = (
+                f"{backend.describe()}: a {h}x{w} image gave an output of shape {list(out.shape)}, "
+                f"the line needs [1, {h}, {w}] as manifest.json says; re-run `lineside export`"
+            )
+            raise ModelLoadError(msg)
     except BaseException:
         worker._infer_pool.shutdown(wait=False)
         raise

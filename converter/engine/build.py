@@ -243,6 +243,7 @@ def engine_manifest(
         build_seconds=round(build_seconds, 1),
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         tool_versions=versions,
+        plan_sha256=sha256_file(plan_path),
     )
 
 
@@ -259,6 +260,7 @@ def build_engine_for_package(
 ) -> BuildResult:
     """Build ``precision``'s engine for this GPU into ``PACKAGE/engines/`` and write its manifest."""
     package = ModelPackage.open(package_dir)
+    package.verify()  # an engine is built only from a graph as export wrote it
     onnx_path = pick_graph(package, precision, builder_flag_fp16)
     batch = batch or BatchProfile(1, 4, 8)
     machine = probe_machine(device)  # one clear line when TensorRT, pycuda or the GPU is missing

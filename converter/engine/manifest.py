@@ -1,8 +1,8 @@
 """The engine manifest (``<plan>.json`` beside every ``.plan``) and the compatibility check.
 
 A TensorRT plan runs only on the GPU model and TensorRT version it was built with.
-The manifest records both (and CUDA, driver, precision, profile, the ONNX hash and
-the build time) so a runtime can refuse a mismatch *before* it deserializes the plan:
+The manifest records both (and CUDA, driver, precision, profile, the ONNX hash, the
+plan's own hash and the build time) so a runtime can refuse a mismatch *before* it deserializes the plan:
 deserializing a foreign plan can crash the process. The plan itself stays a plain
 TensorRT plan (trtexec and Polygraphy can load it).
 """
@@ -64,6 +64,9 @@ class EngineManifest:
     build_seconds: float
     created_at: str = ""
     tool_versions: dict[str, str] = field(default_factory=dict)
+    #: sha256 of the plan as built, checked before TensorRT deserializes it; empty in
+    #: manifests written before it was recorded (those plans are not checked)
+    plan_sha256: str = ""
     schema_version: int = ENGINE_SCHEMA_VERSION
 
     @property
@@ -191,5 +194,18 @@ def check_compatible(
         msg = (
             f"{plan}: refusing to load this engine: {'; '.join(reasons)}. Rebuild it on this machine with "
             "`lineside build-engine PACKAGE` (engines are specific to a GPU model and TensorRT version)"
+        )
+        raise EngineMismatchError(msg)
+
+
+def check_plan_hash(manifest: EngineManifest, plan: str | Path) -> None:
+    """Refuse a plan whose bytes are not the ones its manifest was written for (a manifest
+    from before ``plan_sha256`` was recorded is not checked)."""
+    from converter.package import sha256_file
+
+    if manifest.plan_sha256 and sha256_file(plan) != manifest.plan_sha256:
+        msg = (
+            f"{plan}: sha256 does not match {manifest_path(plan).name} (plan changed after it was built); "
+            "rebuild it with `lineside build-engine PACKAGE`"
         )
         raise EngineMismatchError(msg)

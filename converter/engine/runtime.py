@@ -2,10 +2,11 @@
 
 :class:`EngineRunner` is the TensorRT core shared by the line-side backend
 (``edge/backends/trt/runner.py``) and ``lineside build-engine --verify``. Order of
-``load()``: read the engine manifest, import TensorRT/pycuda (install hint if missing),
-compare the manifest with this machine and refuse a mismatch naming both sides, and
-only then deserialize: a plan from another TensorRT version or GPU can crash the process
-inside ``deserialize_cuda_engine``.
+``load()``: read the engine manifest, check the plan's sha256 against it, import
+TensorRT/pycuda (install hint if missing), compare the manifest with this machine and
+refuse a mismatch naming both sides, and only then deserialize: a plan from another
+TensorRT version or GPU, or a changed plan, can crash the process inside
+``deserialize_cuda_engine``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import numpy as np
 
 from converter.engine.cuda import DeviceBuffer, DeviceContext, PinnedBuffer, Stream, cuda_call
 from converter.engine.machine import import_pycuda, import_tensorrt, probe_machine
-from converter.engine.manifest import EngineManifest, check_compatible, load_engine_manifest, warnings_for
+from converter.engine.manifest import (
+    EngineManifest,
+    check_compatible,
+    check_plan_hash,
+    load_engine_manifest,
+    warnings_for,
+)
 from converter.engine.profiles import BatchProfile, plan_chunks
 from converter.errors import LinesideError
 
@@ -54,6 +61,7 @@ class EngineRunner:
             msg = f"{self.plan_path}: engine plan not found; build it with `lineside build-engine PACKAGE`"
             raise EngineLoadError(msg)
         manifest = load_engine_manifest(self.plan_path)
+        check_plan_hash(manifest, self.plan_path)
         trt = import_tensorrt()
         import_pycuda()
         machine = probe_machine(self.device)

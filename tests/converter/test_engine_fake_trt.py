@@ -73,6 +73,31 @@ def test_runner_refuses_before_deserializing(fakes, tmp_path):
     assert trt.deserialized is False
 
 
+def test_runner_refuses_a_plan_changed_after_its_build(fakes, tmp_path):
+    """A plan whose bytes are not the ones its manifest recorded never reaches TensorRT
+    (deserializing a foreign plan can crash the process)."""
+    from converter.package import sha256_file
+    from edge.backends.base import BackendError
+    from edge.backends.trt.runner import TensorRTBackend
+
+    trt, _, memory = fakes
+    plan = _plan(tmp_path, L4)
+    manifest = _engine_manifest(L4, "ab" * 32)
+    manifest.plan_sha256 = sha256_file(plan)
+    manifest.save(manifest_path(plan))
+    with TensorRTBackend(plan, onnx_sha256="ab" * 32) as backend:  # the plan as built loads
+        assert backend.max_batch == 4
+    trt.deserialized = False
+    plan.write_bytes(fake_trt.PLAN_BYTES + b"\0")
+    with pytest.raises(BackendError) as info:
+        TensorRTBackend(plan, onnx_sha256="ab" * 32).activate()
+    assert str(info.value) == (
+        f"{plan}: sha256 does not match engine.plan.json (plan changed after it was built); "
+        "rebuild it with `lineside build-engine PACKAGE`"
+    )
+    assert trt.deserialized is False and memory == {}
+
+
 def test_runner_reports_a_plan_tensorrt_rejects(fakes, tmp_path):
     from edge.backends.base import BackendError
     from edge.backends.trt.runner import TensorRTBackend
@@ -126,6 +151,7 @@ def test_build_steps(fakes, package_copy, tmp_path, capsys):
     assert result.plan_path.read_bytes() == fake_trt.PLAN_BYTES
     manifest = load_engine_manifest(result.plan_path)
     assert manifest.onnx_sha256 == sha256_file(package_copy.onnx_path()) and manifest.strongly_typed
+    assert manifest.plan_sha256 == sha256_file(result.plan_path)
     assert (manifest.gpu_name, manifest.compute_capability, manifest.tensorrt_version) == (
         "NVIDIA L4",
         "8.9",

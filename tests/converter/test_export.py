@@ -10,7 +10,7 @@ import pytest
 from converter import onnx_graph
 from converter.checkpoint import CheckpointError
 from converter.export import ExportError, check_parity, export_package
-from converter.package import ModelPackage
+from converter.package import ModelPackage, sha256_file
 from converter.preprocessing import normalize
 from converter.samples import load_samples
 from tests.converter.conftest import SIZE, build_unet, write_checkpoint
@@ -28,6 +28,10 @@ def test_package_from_trained_checkpoint(fp32_package, trained_checkpoint, datas
     )
     assert m.source_checkpoint_sha256 and m.tool_versions["onnxruntime"]
     assert m.gates["export"]["max_abs_diff"] <= 1e-4
+    # the manifest records the graph's sha256, so a graph changed after export is refused
+    assert m.schema_version == 2 and m.files_sha256 == {"model.onnx": sha256_file(package.onnx_path())}
+    assert package.verify() == []
+    package.check_graph_io()  # the graph's I/O is what the manifest says
     model = onnx_graph.load(package.onnx_path())
     assert onnx_graph.opset(model) >= 17
     shape = onnx_graph.io_summary(model)["inputs"][0]["shape"]

@@ -9,8 +9,16 @@ from converter import onnx_graph
 from converter.export import export_package
 from converter.folded import FoldError, check_fold, fold
 from converter.gate import FP16_BOUNDS, GateError, compare, is_fail
+from converter.package import sha256_file
 from converter.variants import add_variants
 from tests.converter.conftest import SIZE, write_checkpoint
+
+
+def assert_hashed(package, precision: str) -> None:
+    """The variant's file is in the manifest with the sha256 it was written with."""
+    name = package.manifest.files[precision]
+    assert package.manifest.files_sha256[name] == sha256_file(package.root / name)
+    assert package.verify() == []
 
 
 def test_fp16_gate_passes_for_the_trained_model(package_copy, dataset):
@@ -22,6 +30,7 @@ def test_fp16_gate_passes_for_the_trained_model(package_copy, dataset):
         gate["reference_defect_pixels"] > 0 and gate["reference_fail_images"] > 0
     )  # the Dice means something
     assert gate["kept_fp32"] == []
+    assert_hashed(package, "fp16")
     model = onnx_graph.load(package.onnx_path("fp16"))
     assert any(init.data_type == 10 for init in model.graph.initializer)  # FLOAT16 weights
     io = onnx_graph.io_summary(model)
@@ -94,6 +103,7 @@ def test_int8_graph_runs_and_passes_its_gate(package_copy, dataset):
     gate = package.manifest.gates["int8"]
     assert gate["passed"] and gate["dice"] >= 0.95 and gate["agreement"] >= 0.98
     assert gate["calibration"]["images"] == 16
+    assert_hashed(package, "int8")
     model = onnx_graph.load(package.onnx_path("int8"))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # explicit Q/DQ, what TensorRT 11 takes
@@ -124,6 +134,7 @@ def test_int8_graph_runs_and_passes_its_gate(package_copy, dataset):
 def test_folded_uint8_graph_equals_the_plain_graph(package_copy, dataset):
     package = add_variants(package_copy, data_dir=dataset, precisions=(), folded=True, gate_samples=8)
     assert package.manifest.gates["uint8"]["passed"]
+    assert_hashed(package, "uint8")
     sess = onnx_graph.session(package.root / package.manifest.files["uint8"])
     frames = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 1), dtype=np.uint8)
     mask = sess.run(None, {"frame": frames})[0]

@@ -20,6 +20,7 @@ def _manifest(**overrides) -> ModelManifest:
         min_defect_area=9,
         dataset={"kind": "dagm", "classes": [1]},
         files={"fp32": "model.onnx", "fp16": "model.fp16.onnx"},
+        files_sha256={"model.onnx": "0" * 64, "model.fp16.onnx": "f" * 64},
         gates={"fp16": {"passed": True, "dice": 0.999}},
     )
     for key, value in overrides.items():
