@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import zmq
 import zmq.auth
 
 from converter.errors import LinesideError
@@ -57,12 +58,20 @@ def check_name(name: str) -> str:
     return name
 
 
+def _need_curve() -> None:
+    # A libzmq built without libsodium/tweetnacl has no CURVE; pyzmq's wheels have it.
+    if not zmq.has("curve"):
+        msg = f"this libzmq ({zmq.zmq_version()}) has no CURVE support; install pyzmq from its wheels"
+        raise KeysError(msg)
+
+
 def _new_pair(folder: Path, name: str) -> Path:
     """A fresh pair ``NAME.key`` / ``NAME.key_secret`` in ``folder``; returns the public file.
 
     pyzmq writes with the process umask (often 0644), so the pair is made in a private
     0700 temporary folder and moved into place after the secret is 0600: nobody else can
     read it at any moment."""
+    _need_curve()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".new-"))
     try:
@@ -139,6 +148,7 @@ def _secret_is_private(path: Path) -> None:
 
 def load_pair(path: Path, secret: bool, fix: str) -> tuple[bytes, bytes | None]:
     """(public, secret) from a pyzmq certificate file; every problem is one line naming the file."""
+    _need_curve()
     if not path.is_file():
         msg = f"{path} not found; {fix}"
         raise KeysError(msg)
