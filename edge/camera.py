@@ -530,6 +530,7 @@ class CameraLoop:
 def camera_main(cfg_dict: dict, camera_index: int, input_hw: tuple[int, int], log_level: int) -> None:
     """Entry point of a spawned camera process."""
     from edge.config import from_dict
+    from edge.keys import line_keys
     from edge.process import die_with_parent, leave_run_dir, setup_process
 
     cfg = from_dict(cfg_dict)
@@ -545,8 +546,9 @@ def camera_main(cfg_dict: dict, camera_index: int, input_hw: tuple[int, int], lo
     frames = sockets.make_socket(ctx, zmq.DEALER, sndhwm=64, rcvhwm=1000)
     stats = sockets.make_socket(ctx, zmq.PUSH, sndhwm=1000)
     try:
-        sockets.connect(frames, cfg.endpoint("frames"))
-        sockets.connect(stats, cfg.endpoint("results"))
+        keys = line_keys(cfg)
+        sockets.connect(frames, cfg.endpoint("frames"), keys)
+        sockets.connect(stats, cfg.endpoint("results"), keys)
         loop.run(frames, stats)
     finally:
         sockets.close_all(ctx, frames, stats)

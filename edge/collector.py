@@ -650,6 +650,7 @@ def collector_main(
 ) -> None:
     """Entry point of the spawned collector process."""
     from edge.config import from_dict
+    from edge.keys import line_keys
     from edge.process import die_with_parent, leave_run_dir, setup_process
 
     cfg = from_dict(cfg_dict)
@@ -664,8 +665,9 @@ def collector_main(
     pub = sockets.make_socket(ctx, zmq.PUB, sndhwm=1000, linger_ms=0)
     server = None
     try:
-        sockets.bind(results, cfg.endpoint("results"))
-        sockets.bind(pub, cfg.endpoint("publish"))
+        keys = line_keys(cfg)
+        sockets.bind(results, cfg.endpoint("results"), keys)
+        sockets.bind(pub, cfg.endpoint("publish"), keys)
         collector.open_sinks()
         if cfg.metrics.port:
             server = serve_http(

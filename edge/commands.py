@@ -1,9 +1,10 @@
-"""``lineside run | worker | bench | demo``: the line-side subcommands."""
+"""``lineside run | worker | keys | bench | demo``: the line-side subcommands."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,38 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=60.0,
         help="give up when no line has answered within this many seconds (default: 60)",
     )
+    p.add_argument(
+        "--keys",
+        default=None,
+        help="CURVE keys folder on this box (the line's server.key and this worker's client pair; "
+        "docs/security.md); default: the config's security.keys",
+    )
+    p.add_argument("--client", default=None, help="the client pair of --keys to use (keys/clients/NAME)")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "keys",
+        help="make CURVE keys for a line (docs/security.md)",
+        description=(
+            "Without --client/--subscriber: the line's keys (server.key, server.key_secret and the "
+            "line's own client pair, authorized). With them: client pairs in DIR/clients/, authorized "
+            "at once when DIR holds the line's secret, else to be copied to the line box. "
+            "Secret files are 0600; existing keys are never replaced without --force."
+        ),
+    )
+    p.add_argument("dir", help="keys folder, e.g. /etc/lineside/keys")
+    p.add_argument(
+        "--client", action="append", default=[], metavar="NAME", help="a client that may join the line"
+    )
+    p.add_argument(
+        "--subscriber",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a client that may only subscribe to the publish endpoint",
+    )
+    p.add_argument("--force", action="store_true", help="replace existing keys")
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("bench", help="throughput of the bare backend on a model package")
     p.add_argument("package", help="model package folder")
@@ -122,6 +154,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from edge.worker import worker_main
 
     cfg = load_config(args.config)
+    if args.keys:
+        # The folder on this box, not the line box's path that the config may name.
+        cfg.security.keys = os.path.abspath(args.keys)
+    if args.client:
+        cfg.security.client = args.client
     worker_main(
         to_dict(cfg),
         args.index,
@@ -129,6 +166,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
         {"work": args.connect, "results": args.results},
         connect_timeout_s=args.connect_timeout,
     )
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edge.keys import make_client_keys, make_line_keys
+
+    folder = Path(args.dir)
+    made = []
+    if not args.client and not args.subscriber:
+        made += make_line_keys(folder, force=args.force)
+    for name in args.client:
+        made += make_client_keys(folder, name, force=args.force)
+    for name in args.subscriber:
+        made += make_client_keys(folder, name, subscriber=True, force=args.force)
+    for line in made:
+        print(line)
     return 0
 
 

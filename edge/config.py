@@ -12,6 +12,7 @@ finite. ``_check_values`` checks what spans keys (unique ids, endpoints, camera 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -111,6 +112,14 @@ def text_rule(*, empty: str = "") -> Rule:
     return Rule(
         lambda v: v != "" and v.isprintable(), "must be non-empty printable text (no control characters)"
     )
+
+
+#: a yes/no key (its type is checked on load; the rule only documents it)
+YES_NO = Rule(lambda v: isinstance(v, bool), "must be true or false")
+
+
+def yes_no(default: bool) -> Any:
+    return field(default=default, metadata={"rule": YES_NO})
 
 
 def text(default: str, **kw: str) -> Any:
@@ -281,6 +290,24 @@ class MetricsConfig:
 
 
 @dataclass
+class SecurityConfig:
+    """Who may connect to the line's tcp endpoints (docs/security.md)."""
+
+    #: CURVE keys folder made by `lineside keys` (relative to the config file); set, every
+    #: tcp endpoint of the line authenticates its clients; empty = no CURVE
+    keys: str = text("", empty="no CURVE")
+    #: the client pair (keys/clients/NAME) this box's processes connect with;
+    #: empty = `line`, or the folder's only pair
+    client: str = text("", empty="line")
+    #: allow tcp endpoints on a non-loopback address without keys: anyone who reaches
+    #: them can inject frames and results (logged as a warning at every start)
+    insecure: bool = yes_no(False)
+    #: allow /metrics, /healthz and /readyz on a non-loopback metrics.host: HTTP cannot
+    #: use the CURVE keys, so they are open to whoever reaches them (read-only)
+    public_metrics: bool = yes_no(False)
+
+
+@dataclass
 class LineConfig:
     """A production line: its cameras, its model, its workers and sinks."""
 
@@ -293,6 +320,7 @@ class LineConfig:
     endpoints: EndpointsConfig = field(default_factory=EndpointsConfig)
     sinks: SinksConfig = field(default_factory=SinksConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     #: seconds between status lines on the console (and status messages to subscribers). At least
     #: 0.1 s: each one builds the whole summary under the collector's lock and prints a line, so a
     #: smaller period floods the console and subscribers and takes the collector from its results
@@ -529,11 +557,66 @@ def _check_values(cfg: LineConfig, source: str) -> None:
                 raise bad(f"endpoints.{name}", ep, f"must differ from endpoints.{other}; each is bound once")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is reachable from this box only (``*``, ``0.0.0.0``, a LAN
+    address, an interface name or a host name other than localhost are not)."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def open_endpoints(cfg: LineConfig) -> list[str]:
+    """The tcp endpoints the line binds beyond loopback without CURVE, as ``name (endpoint)``."""
+    if cfg.security.keys:
+        return []
+    out = []
+    for name in ("frames", "work", "results", "publish"):
+        ep = getattr(cfg.endpoints, name)
+        if ep.startswith("tcp://") and not is_loopback(ep[len("tcp://") :].rpartition(":")[0]):
+            out.append(f"endpoints.{name} ({ep})")
+    return out
+
+
+def open_metrics(cfg: LineConfig) -> str:
+    """``metrics.host (...)`` when the HTTP server listens beyond loopback, else empty."""
+    if cfg.metrics.port and not is_loopback(cfg.metrics.host):
+        return f"metrics ({cfg.metrics.host or '*'}:{cfg.metrics.port})"
+    return ""
+
+
+def _check_security(cfg: LineConfig, source: str) -> None:
+    """A line never listens to the network unauthenticated unless its config says so."""
+    sec = cfg.security
+    if sec.client and not sec.keys:
+        msg = f"{source}: security.client is {sec.client!r} but security.keys is empty; set both or neither"
+        raise ConfigError(msg)
+    exposed = open_endpoints(cfg)
+    if exposed and not sec.insecure:
+        msg = (
+            f"{source}: {', '.join(exposed)} would accept anyone on the network (frames, results, "
+            f"workers); set security.keys to a folder made by `lineside keys DIR` (docs/security.md), "
+            f"bind 127.0.0.1, or set security.insecure: true to accept that"
+        )
+        raise ConfigError(msg)
+    if open_metrics(cfg) and not (sec.public_metrics or sec.insecure):
+        msg = (
+            f"{source}: metrics.host is {cfg.metrics.host!r}: /metrics, /healthz and /readyz would be "
+            f"open to the network, and HTTP cannot use the CURVE keys; keep 127.0.0.1 (scrape through "
+            f"an SSH tunnel or a proxy), or set security.public_metrics: true (they are read-only)"
+        )
+        raise ConfigError(msg)
+
+
 def parse_config(data: Any, source: str = "<config>", base_dir: str | Path = ".") -> LineConfig:
     """Build and validate a LineConfig from already-parsed YAML data."""
     cfg = _build(LineConfig, data, "", source)
     cfg.base_dir = os.fspath(base_dir)
     _check_values(cfg, source)
+    _check_security(cfg, source)
     return cfg
 
 

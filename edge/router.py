@@ -412,6 +412,7 @@ class Router:
 def router_main(cfg_dict: dict, log_level: int, ready: Any = None) -> None:
     """Entry point of the spawned router process."""
     from edge.config import from_dict
+    from edge.keys import line_keys
     from edge.process import die_with_parent, leave_run_dir, setup_process
 
     cfg = from_dict(cfg_dict)
@@ -424,10 +425,11 @@ def router_main(cfg_dict: dict, log_level: int, ready: Any = None) -> None:
     frames = sockets.make_socket(ctx, zmq.ROUTER, rcvhwm=10000, sndhwm=10000)
     work = sockets.make_socket(ctx, zmq.ROUTER, sndhwm=256, rcvhwm=10000)
     results = sockets.make_socket(ctx, zmq.PUSH, sndhwm=100000)
+    keys = line_keys(cfg)
     try:
-        sockets.bind(frames, cfg.endpoint("frames"))
-        sockets.bind(work, cfg.endpoint("work"))
-        sockets.connect(results, cfg.endpoint("results"))
+        sockets.bind(frames, cfg.endpoint("frames"), keys)
+        sockets.bind(work, cfg.endpoint("work"), keys)
+        sockets.connect(results, cfg.endpoint("results"), keys)
         if ready is not None:
             ready.set()
         router.run(frames, work, results)

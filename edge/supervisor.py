@@ -40,7 +40,8 @@ from converter.errors import LinesideError
 from converter.package import PRECISIONS, ModelPackage
 from edge import protocol, sockets
 from edge.collector import PROGRESS_SLOTS
-from edge.config import LineConfig, make_run_dir, to_dict
+from edge.config import LineConfig, make_run_dir, open_endpoints, open_metrics, to_dict
+from edge.keys import check_line_keys, line_keys
 from edge.sources.backoff import Backoff
 from edge.worker import EXIT_MODEL_LOAD
 
@@ -130,6 +131,7 @@ class Supervisor:
         """Everything that can be checked before a process starts; returns the model input (h, w)."""
         from edge.camera import build_source
 
+        self.check_security()
         for cam in self.cfg.cameras:
             build_source(cam)  # a bad source option stops start-up here, with one line
         package = ModelPackage.open(self.cfg.resolve(self.cfg.model.package))
@@ -151,6 +153,26 @@ class Supervisor:
             if sink:
                 self._check_writable(self.cfg.resolve(sink))
         return package.manifest.input.height, package.manifest.input.width
+
+    def check_security(self) -> None:
+        """Load the CURVE keys the line will need (one line if one is missing), and say at
+        every start what listens to the network unauthenticated (the config opted in)."""
+        keys = check_line_keys(self.cfg)
+        if keys is not None:
+            log.info("tcp endpoints use CURVE; clients authorized in %s", keys.describe("line"))
+        exposed = open_endpoints(self.cfg)
+        if exposed:
+            log.warning(
+                "security.insecure: %s accept unauthenticated connections from the network: anyone "
+                "who reaches them can inject frames and results or take frames as a worker; set "
+                "security.keys (docs/security.md)",
+                ", ".join(exposed),
+            )
+        if open_metrics(self.cfg):
+            log.warning(
+                "%s is served to the network without authentication (read-only); see docs/security.md",
+                open_metrics(self.cfg),
+            )
 
     def _check_writable(self, path: Any) -> None:
         import shutil
@@ -324,13 +346,14 @@ class Supervisor:
             self.cfg.line_key = secrets.token_hex(32)  # this run's key: see edge/protocol.py
         zctx = zmq.Context()
         status = sockets.make_socket(zctx, zmq.PUSH, sndhwm=10, linger_ms=0)
+        keys = line_keys(self.cfg)
         try:
             try:
                 self.start(input_hw)
             except LinesideError:
                 self.shutdown(quiet=True)
                 raise
-            sockets.connect(status, self.cfg.endpoint("results"))
+            sockets.connect(status, self.cfg.endpoint("results"), keys)
             log.info(
                 "line %s running: %d camera(s), %d worker(s), model %s; results on %s",
                 self.cfg.name,

@@ -31,6 +31,7 @@ from converter.preprocessing import normalize
 from edge import imageops, protocol, sockets
 from edge.backends.base import Backend, BackendError
 from edge.config import LineConfig
+from edge.keys import CurveKeys, client_keys
 from edge.postprocess import NO_DECISION, Decision, DecisionRules, decide, merge_tiles
 
 log = logging.getLogger(__name__)
@@ -479,6 +480,8 @@ class Worker:
                 f"no line answered within {timeout_s:.0f} s; start `lineside run` first, and check that "
                 f"--connect names its endpoints.work and --results its endpoints.results"
             )
+            if self.cfg.security.keys:  # a refused CURVE client looks to the worker like no line
+                msg += "; with --keys: that the line holds this worker's public key in its authorized folder"
             raise WorkerConnectError(msg)
         if said_at is None or now - said_at >= 10:
             log.info("%s: waiting for the line (%.0f s of %.0f s)", self.name, now - started, timeout_s)
@@ -496,9 +499,15 @@ class Heartbeat:
     """
 
     def __init__(
-        self, worker: Worker, ctx: zmq.Context, endpoint: str, interval_s: float = HEARTBEAT_S
+        self,
+        worker: Worker,
+        ctx: zmq.Context,
+        endpoint: str,
+        interval_s: float = HEARTBEAT_S,
+        keys: CurveKeys | None = None,
     ) -> None:
         self.worker, self.ctx, self.endpoint, self.interval_s = worker, ctx, endpoint, interval_s
+        self.keys = keys
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -511,7 +520,7 @@ class Heartbeat:
             self.ctx, zmq.DEALER, identity=f"{self.worker.name}/hb".encode(), sndhwm=10
         )
         try:
-            sockets.connect(sock, self.endpoint)
+            sockets.connect(sock, self.endpoint, self.keys)
             while not self.stop.wait(self.interval_s):
                 header = self.worker.heartbeat_header()
                 if header is not None:
@@ -522,7 +531,8 @@ class Heartbeat:
 
     def close(self) -> None:
         self.stop.set()
-        self.thread.join(5)
+        if self.thread.ident is not None:  # not started when connecting failed
+            self.thread.join(5)
 
 
 def open_worker(cfg: LineConfig, name: str) -> Worker:
@@ -591,6 +601,8 @@ def worker_main(
     name = f"{os.uname().nodename}-w{index}-{uuid.uuid4().hex[:6]}"
     by_hand = endpoints is not None
     setup_process(f"worker:{index}", log_level)
+    endpoints = endpoints or {"work": cfg.endpoint("work"), "results": cfg.endpoint("results")}
+    keys = client_keys(cfg, [endpoints["work"], endpoints["results"]])
     worker = open_worker(cfg, name)
     stop = worker.stop.set
     if not by_hand:
@@ -598,14 +610,13 @@ def worker_main(
     signal.signal(signal.SIGTERM, lambda *_: stop())
     # Under a supervisor, it decides when to stop; by hand, Ctrl-C stops the worker.
     signal.signal(signal.SIGINT, (lambda *_: stop()) if by_hand else signal.SIG_IGN)
-    endpoints = endpoints or {"work": cfg.endpoint("work"), "results": cfg.endpoint("results")}
     ctx = zmq.Context()
     work = sockets.make_socket(ctx, zmq.DEALER, identity=name.encode(), rcvhwm=1000, sndhwm=1000)
     results = sockets.make_socket(ctx, zmq.PUSH, sndhwm=10000, linger_ms=2000)
-    heartbeat = Heartbeat(worker, ctx, endpoints["work"])
+    heartbeat = Heartbeat(worker, ctx, endpoints["work"], keys=keys)
     try:
-        sockets.connect(work, endpoints["work"])
-        sockets.connect(results, endpoints["results"])
+        sockets.connect(work, endpoints["work"], keys)
+        sockets.connect(results, endpoints["results"], keys)
         heartbeat.start()
         if ready is not None:
             ready.set()
@@ -616,6 +627,8 @@ def worker_main(
                 endpoints["work"],
                 endpoints["results"],
             )
+            if keys is not None:
+                log.info("%s: CURVE client %s/clients/%s", name, keys.folder, keys.client_name())
         worker.run(work, results, connect_timeout_s)
     finally:
         heartbeat.close()

@@ -79,6 +79,8 @@ class Subscriber:
     """Collects every published result and status in a thread (real SUB socket)."""
 
     endpoint: str
+    #: (server public key, client public key, client secret key): connect as a CURVE client
+    curve: tuple[bytes, bytes, bytes] | None = None
     results: list[dict] = field(default_factory=list)
     statuses: list[dict] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -89,6 +91,8 @@ class Subscriber:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, 100000)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        if self.curve is not None:
+            self.sock.curve_serverkey, self.sock.curve_publickey, self.sock.curve_secretkey = self.curve
         self.sock.connect(self.endpoint)  # before the daemon binds: no slow-joiner loss
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()

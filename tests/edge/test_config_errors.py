@@ -294,6 +294,7 @@ SECTIONS = (
     config_module.EndpointsConfig,
     config_module.SinksConfig,
     config_module.MetricsConfig,
+    config_module.SecurityConfig,
 )
 
 
