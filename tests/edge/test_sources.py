@@ -463,7 +463,7 @@ def camera_loop(fit: str = "resize", roi: list[int] | None = None, side: int = 1
     """A camera loop for a ``side`` x ``side`` model, not connected: what ``emit`` queues is
     what it would send (sockets are not needed to see a frame's header)."""
     cam = CameraConfig(id="cam", policy="lossless", fit=fit, roi=roi or [])
-    return CameraLoop(LineConfig(), cam, (side, side))
+    return CameraLoop(LineConfig(line_key="00" * 32), cam, (side, side))
 
 
 def queued(loop: CameraLoop) -> list[tuple[int, bool, str | None, tuple[int, ...]]]:
