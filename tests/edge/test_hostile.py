@@ -127,6 +127,66 @@ def test_no_message_makes_a_handler_raise(parts_in_process, batch) -> None:
         assert led["captured"] == led["decided"] + led["dropped"] + led["in_flight"]
 
 
+@pytest.fixture(scope="module")
+def worker_in_process(trained_package: Path):
+    from edge.worker import open_worker
+
+    model = {"package": str(trained_package), "backend": "onnxruntime", "threads": 1}
+    cfg = parse_config({"model": model, "cameras": [{"id": "a"}]})
+    worker = open_worker(cfg, "w-hostile")
+    ctx = zmq.Context()
+    results_in = ctx.socket(zmq.PULL)
+    results_in.bind("inproc://hostile-results")
+    results = ctx.socket(zmq.PUSH)
+    results.connect("inproc://hostile-results")
+    yield worker, results, results_in
+    worker.close()
+    results.close(0)
+    results_in.close(0)
+    ctx.term()
+
+
+def near_frame(changes: dict, drop: list[str], fits: bool) -> tuple[dict, bytes]:
+    """A good frame of MODEL_SIZE pixels with some fields changed or left out, and pixels
+    that fit its shape when they can (so the worker's own checks and its model are reached)."""
+    msg = {"t": "frame", "cam": "a", "seq": 1, "ts": time.time(), "shape": [MODEL_SIZE, MODEL_SIZE]}
+    msg |= {"dtype": "uint8", "tag": "", "max_age_ms": 0}
+    msg |= changes
+    for name in drop:
+        msg.pop(name, None)
+    shape = msg.get("shape")
+    usable = isinstance(shape, list) and all(type(v) is int and 0 < v <= 2 * MODEL_SIZE for v in shape)
+    sides = shape if usable else [1]
+    n = 1
+    for side in sides:
+        n *= side
+    return msg, bytes(n if fits and n < 2**24 else 3)
+
+
+frame_fields = st.sampled_from(sorted(protocol.Frame.__struct_fields__))
+near_frames = st.builds(
+    near_frame,
+    st.dictionaries(frame_fields, json_values, max_size=3),
+    st.lists(frame_fields, max_size=2),
+    st.booleans(),
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.lists(near_frames | st.tuples(messages, st.binary(max_size=64)), min_size=1, max_size=6))
+def test_no_frame_message_makes_a_worker_raise(worker_in_process, batch) -> None:
+    """What the router hands a worker, made random (a shape of Infinity, a frame without a
+    ts, pixels that do not fit): the worker refuses or decides, and never raises."""
+    worker, results, results_in = worker_in_process
+    before = worker.rejected.counts["internal"]
+    for msg, pixels in batch:
+        worker.on_frame([zmq.Frame(json.dumps(msg).encode()), zmq.Frame(pixels)], results)
+    worker.process(results)
+    assert worker.rejected.counts["internal"] == before
+    while results_in.poll(0):
+        results_in.recv_multipart()
+
+
 def test_forged_reports_never_enter_the_ledger_in_process(parts_in_process) -> None:
     """Schema-valid results, drops and stats without this line's tag or seal: refused and
     counted as unauthenticated; the ledger stays empty and nothing is published."""
