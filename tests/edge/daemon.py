@@ -182,6 +182,18 @@ class Daemon:
             self.proc.wait(5)
 
 
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one line a `lineside` command printed, after checking that it stopped with exit 2
+    and printed nothing else (no traceback; for `run`, no process of the line started, since
+    each logs as it comes up)."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("lineside: error: ")
+    return lines[0]
+
+
 def check_ledger(summary: dict) -> None:
     """The accounting invariant at the end of a run: nothing left in flight, nothing lost."""
     for cam, led in summary["cameras"].items():

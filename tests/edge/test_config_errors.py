@@ -15,6 +15,7 @@ import yaml
 
 from edge import config as config_module
 from edge.config import ConfigError, LineConfig, load_config, parse_config
+from tests.edge.daemon import one_error_line
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,15 +61,6 @@ def test_bad_values_name_the_key_and_the_allowed_values(tmp_path: Path, data: di
         load_config(path)
     assert expected in str(err.value)
     assert str(path) in str(err.value)
-
-
-def one_error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("lineside: error: ")
-    return lines[0]
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from converter.manifest import ModelManifest
 from converter.package import sha256_file
 from tests.conftest import MODEL_SIZE
 from tests.converter.graphs import write_graph
-from tests.edge.daemon import ROOT, finish, line_config, start_line, synthetic_camera
+from tests.edge.daemon import ROOT, finish, line_config, one_error_line, start_line, synthetic_camera
 
 pytestmark = pytest.mark.slow
 
@@ -67,20 +67,9 @@ def run_line(tmp_path: Path, package: Path) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
-def refusal(proc: subprocess.CompletedProcess) -> str:
-    """The one line `lineside run` printed, after checking it stopped with exit 2 and nothing else."""
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    # one line and nothing else: no process of the line started (each logs as it comes up)
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("lineside: error: ")
-    return lines[0]
-
-
 def test_a_graph_of_another_size_is_refused_before_the_line_starts(package: Path, tmp_path: Path) -> None:
     graph = swap_graph(package, SMALL, record=True)
-    line = refusal(run_line(tmp_path, package))
+    line = one_error_line(run_line(tmp_path, package))
     assert f"{graph} does not match manifest.json: " in line
     assert f"input height: graph {SMALL}, manifest {MODEL_SIZE}" in line
     assert f"input width: graph {SMALL}, manifest {MODEL_SIZE}" in line
@@ -91,7 +80,7 @@ def test_a_manifest_edited_to_another_size_is_refused(package: Path, tmp_path: P
     manifest = ModelManifest.load(package)
     manifest.input.height = manifest.input.width = 96
     manifest.save(package)
-    line = refusal(run_line(tmp_path, package))
+    line = one_error_line(run_line(tmp_path, package))
     assert f"input height: graph {MODEL_SIZE}, manifest 96" in line
 
 
@@ -100,7 +89,7 @@ def test_a_graph_changed_after_export_is_refused(package: Path, tmp_path: Path) 
     data = bytearray(graph.read_bytes())
     data[len(data) // 2] ^= 1  # one bit of a weight (they fill the file): same graph, same I/O
     graph.write_bytes(bytes(data))
-    line = refusal(run_line(tmp_path, package))
+    line = one_error_line(run_line(tmp_path, package))
     assert line == (
         f"lineside: error: {graph}: sha256 does not match manifest.json (file changed after export); "
         "re-run `lineside export`"
