@@ -53,7 +53,8 @@ class WorkerState:
     #: (camera, epoch, seq) -> the frame's tag, for frames the worker has not finished
     inflight: dict[FrameKey, str] = field(default_factory=dict)
     skip_until: float = 0.0
-    #: computing, by its last heartbeat (a long inference is progress, not a stall)
+    #: computing or holding frames, by its last heartbeat: progress, not a stall (a worker
+    #: stuck outside inference stops its heartbeats and is declared lost instead)
     busy: bool = False
     #: what the worker rejected on its frame socket, by why (from its heartbeats)
     rejected: dict[str, int] = field(default_factory=dict)
@@ -218,7 +219,7 @@ class Router:
                 self.welcome(work, state)
         state.last_seen = time.monotonic()
         if kind == "heartbeat":
-            state.busy = header["busy"]
+            state.busy = bool(header["busy"] or header["holding"])
             state.rejected = header["rejected"]
         for cam, epoch, seq in header.get("done", []):
             state.inflight.pop((cam, epoch, seq), None)

@@ -43,13 +43,18 @@ from edge.collector import PROGRESS_SLOTS
 from edge.config import LineConfig, make_run_dir, open_endpoints, open_metrics, to_dict
 from edge.keys import check_line_keys, line_keys
 from edge.sources.backoff import Backoff
-from edge.worker import EXIT_MODEL_LOAD
+from edge.router import ROUTER_STATS_INTERVAL_S
+from edge.worker import EXIT_MODEL_LOAD, HEARTBEAT_S
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_CONFIG, EXIT_FORCED, EXIT_LOST = 0, 2, 3, 4
 #: how long a child may take to come up before start-up is declared failed
 START_TIMEOUT_S = 60.0
+#: the least time a replay's drain waits without a frame settled or a worker busy: the busy
+#: signal comes by a worker heartbeat, then the router's stats, so a shorter wait could stop
+#: a line that is computing (twice that path, for a loaded machine)
+DRAIN_STALL_FLOOR_S = 2 * (HEARTBEAT_S + ROUTER_STATS_INTERVAL_S)
 
 
 #: the least time each shutdown stage gets, whatever shutdown_timeout_s says: a process
@@ -386,8 +391,9 @@ class Supervisor:
     def drain(self, status: zmq.Socket, cameras: int) -> None:
         """After the natural end of every stream: wait until every frame is decided or dropped,
         for as long as that makes progress (a frame settled, or a worker computing); the stall
-        bound is ``shutdown_timeout_s`` without either."""
-        stall = self.cfg.shutdown_timeout_s
+        bound is ``shutdown_timeout_s`` without either, and never shorter than the time the
+        busy signal takes to arrive (worker heartbeat, then router stats)."""
+        stall = max(self.cfg.shutdown_timeout_s, DRAIN_STALL_FLOOR_S)
         settled, progress_at = self.ledger("settled"), time.monotonic()
         while not self.stopping:
             self.watch_once(status)
