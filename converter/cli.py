@@ -85,6 +85,9 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of ``lineside export``."""
+    from converter.quiet import quiet_tensorflow
+
+    quiet_tensorflow(getattr(args, "verbose", False))
     from converter.export import DEFAULT_ATOL, export_package
 
     package = export_package(

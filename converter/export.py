@@ -37,7 +37,7 @@ from converter.errors import LinesideError
 from converter.manifest import InputSpec, ModelManifest, OutputSpec
 from converter.package import ModelPackage, sha256_file
 from converter.preprocessing import check_normalization, normalize
-from converter.samples import Samples, load_samples
+from converter.samples import SampleError, Samples, find_pairs, load_samples
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +128,62 @@ def export_onnx(reference: Reference, checkpoint: Checkpoint, shape: InputShape,
 
 
 def sample_inputs(
-    data_dir: str | Path | None, shape: InputShape, count: int, classes: list[int] | None = None
+    data_dir: str | Path | None,
+    shape: InputShape,
+    count: int,
+    classes: list[int] | None = None,
+    note: str = "no --data given",
 ) -> tuple[np.ndarray, str]:
-    """uint8 images for the checks: real ones from ``data_dir``, else seeded noise (and say so)."""
+    """uint8 images for the checks: real ones from ``data_dir``, else seeded noise; and a line
+    saying which, with ``note`` saying where the images came from or why there are none."""
     if data_dir is not None:
         samples: Samples = load_samples(data_dir, shape.height, shape.width, shape.channels, count, classes)
-        return samples.images, f"{len(samples)} images from {data_dir}"
+        return samples.images, f"{len(samples)} images from {data_dir}" + (f" ({note})" if note else "")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(count, shape.height, shape.width, shape.channels), dtype=np.uint8)
-    return images, f"{count} seeded random images (no --data given)"
+    return images, f"{count} seeded random images ({note})"
+
+
+def recorded_training_data(checkpoint: Checkpoint) -> tuple[str | None, str]:
+    """The data set ``training.json`` records, if the checks can read it here, and what it is.
+
+    Returns (root, "KIND ROOT"), or (None, why not): no training.json, a kind the checks
+    cannot read (Severstal's CSV), or a folder that is gone or holds no images.
+    """
+    training = checkpoint.training if isinstance(checkpoint.training, dict) else {}
+    dataset = training.get("dataset") if isinstance(training.get("dataset"), dict) else {}
+    kind, root = dataset.get("kind", "?"), dataset.get("root")
+    if not root:
+        return None, "training.json records no data set" if training else "no training.json"
+    # a synthetic set is written to disk in the DAGM layout, so it is real training data too
+    recorded = f"{kind} {root}" + (" (synthetic)" if "synthetic" in dataset else "")
+    if kind not in ("dagm", "folders"):
+        return (
+            None,
+            f"training.json records {recorded}, which the checks cannot read (DAGM or images/+masks/)",
+        )
+    if not Path(root).is_dir():
+        return None, f"training.json records {recorded}, which is not on this machine"
+    try:
+        find_pairs(root, dataset.get("classes") or None)
+    except SampleError as exc:
+        return None, f"training.json records {recorded}, which the checks cannot read ({exc})"
+    return str(root), recorded
+
+
+def _checks_data(source: Checkpoint, data_dir: str | Path | None) -> tuple[str | Path | None, str]:
+    """The images for the parity check and the gates: ``--data``, else the recorded training data.
+
+    Returns the folder (None: seeded random images for parity) and a note on where it came from.
+    """
+    if data_dir is not None:
+        return data_dir, ""
+    root, recorded = recorded_training_data(source)
+    if root is not None:
+        log.info("parity on the training data recorded in training.json: %s", recorded)
+        return root, "the training data recorded in training.json"
+    log.info("parity on seeded random images: %s; pass --data DATASET_DIR for real ones", recorded)
+    return None, f"no --data given; {recorded}"
 
 
 def check_parity(
@@ -237,14 +284,10 @@ def export_package(
     ``folded`` adds ``model.uint8.onnx`` (preprocessing and threshold inside the graph).
     """
     source = open_checkpoint(checkpoint)
-    if data_dir is None and (precisions or folded):
-        # the data set the model was trained on, when it is still where training left it
-        trained_on = source.training.get("dataset", {}).get("root")
-        if trained_on and Path(trained_on).is_dir():
-            data_dir = trained_on
-            log.info("validation images: %s (from training.json)", data_dir)
+    data_dir, data_note = _checks_data(source, data_dir)
     if precisions and data_dir is None:
-        msg = f"--precision {' '.join(precisions)} needs validation images; pass --data DATASET_DIR"
+        wanted = " ".join(precisions)
+        msg = f"--precision {wanted} needs validation images ({data_note}); pass --data DATASET_DIR"
         raise ExportError(msg)
     log.info("loading %s (%s)", source.model_path, source.kind)
     reference = load_reference(source)
@@ -257,7 +300,7 @@ def export_package(
         log.info("exporting to ONNX (opset %d, input %dx%dx%d, dynamic batch)", OPSET, *vars(shape).values())
         export_onnx(reference, source, shape, tmp_onnx)
         classes = source.training.get("dataset", {}).get("classes")
-        raw, described = sample_inputs(data_dir, shape, samples, classes)
+        raw, described = sample_inputs(data_dir, shape, samples, classes, data_note)
         norm = normalization or source.training.get("normalization", "zero_one")
         parity = check_parity(reference, tmp_onnx, normalize(raw, norm), described, atol)
         manifest = build_manifest(

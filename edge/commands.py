@@ -205,7 +205,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run each step as its own ``lineside`` process: the line side never imports TensorFlow."""
-    import os
     import shutil
     import subprocess
     import sys
@@ -235,15 +234,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ),
     ]
     lineside = [sys.executable, "-m", "edge.cli"]
-    # TensorFlow's C++ start-up chatter (oneDNN, absl) hides the demo's own output.
-    env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ}
+    # train and export keep TensorFlow's C++ chatter out themselves (converter.quiet)
     for title, done_marker, argv in steps:
         if done_marker.exists():
             print(f"== {title}: cached ({done_marker.parent})", flush=True)
             continue
         print(f"== {title}: lineside {' '.join(argv)}", flush=True)
         start = time.monotonic()
-        code = subprocess.call(lineside + argv, env=env)
+        code = subprocess.call(lineside + argv)
         if code != 0:
             print(f"lineside demo: step failed ({title}), exit code {code}", file=sys.stderr)
             return code

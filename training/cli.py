@@ -24,6 +24,7 @@ def _overrides(args: argparse.Namespace) -> dict:
         ("seed", "seed"),
         ("train.mixed_precision", "mixed_precision"),
         ("train.strategy", "strategy"),
+        ("dataset.lenient", "lenient"),
     ):
         value = getattr(args, attr, None)
         if value is not None:
@@ -48,6 +49,9 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from converter.quiet import quiet_tensorflow
+
+    quiet_tensorflow(getattr(args, "verbose", False))
     from training.train import train
 
     out = train(args.config, _overrides(args))
@@ -62,6 +66,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from converter.quiet import quiet_tensorflow
+
+    quiet_tensorflow(getattr(args, "verbose", False))
     from training.eval_cli import run_eval
 
     return run_eval(args)
@@ -93,6 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override any recipe key, e.g. input.crop=128"
     )
+    _add_lenient(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="evaluate a trained model: per-class table, JSON, PNG grid and curves")
@@ -108,4 +116,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "-o", "--output", type=Path, help="where to write eval.json and the PNGs (default: the run dir)"
     )
     p.add_argument("--examples", type=int, default=6, help="images in the PNG grid")
+    _add_lenient(p)
     p.set_defaults(func=_eval)
+
+
+def _add_lenient(p: argparse.ArgumentParser) -> None:
+    """``--lenient``: sets dataset.lenient, for commands that load a DAGM data set."""
+    p.add_argument(
+        "--lenient",
+        action="store_const",
+        const=True,
+        help="warn, instead of stopping, where a DAGM Label/Labels.txt disagrees with the files "
+        "(sets dataset.lenient)",
+    )

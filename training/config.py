@@ -36,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
         "classes": [1],
         # DAGM / synthetic: train only on images that have a defect (UNet_Industrial's default)
         "only_defective_images": False,
+        # DAGM / synthetic: a Labels.txt that disagrees with the files is a warning, not an error
+        "lenient": False,
         # Severstal and plain folders have no test split: this fraction of images trains
         "train_fraction": 0.85,
         # every image (and mask) is resized to this before cropping; null keeps the file's size

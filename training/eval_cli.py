@@ -93,5 +93,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from training.config import parse_override
 
     overrides = dict(parse_override(text) for text in (args.set or []))
+    if getattr(args, "lenient", None):
+        overrides["dataset.lenient"] = True
     evaluate_run(args.run, args.config, overrides, args.output, args.split, args.examples)
     return 0

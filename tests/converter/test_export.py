@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -94,6 +96,53 @@ def test_reexport_removes_stale_variants(package_copy, trained_checkpoint):
     stale.write_bytes(b"old")
     package = export_package(trained_checkpoint, package_copy.root, samples=2)
     assert not stale.exists() and package.has_precision("fp32") and not package.has_precision("fp16")
+
+
+def _parity_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("parity on ")]
+
+
+def test_parity_without_data_uses_the_training_data_in_training_json(
+    trained_checkpoint, dataset, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="converter.export")
+    package = export_package(trained_checkpoint, tmp_path / "pkg", samples=4)
+    assert _parity_lines(caplog) == [
+        f"parity on the training data recorded in training.json: folders {dataset}"
+    ]
+    source = package.manifest.gates["export"]["source"]
+    assert source == f"4 images from {dataset} (the training data recorded in training.json)"
+
+
+@pytest.mark.parametrize(
+    ("recorded", "why"),
+    [
+        ({"kind": "folders", "root": "MISSING"}, "which is not on this machine"),
+        ({"kind": "severstal", "root": "DATA"}, "which the checks cannot read (DAGM or images/+masks/)"),
+        ({"kind": "dagm", "root": "EMPTY"}, "which the checks cannot read"),
+        (None, "training.json records no data set"),
+    ],
+)
+def test_parity_falls_back_to_random_images_and_says_why(
+    recorded, why, trained_checkpoint, dataset, tmp_path, caplog
+):
+    # the trained checkpoint, with training.json pointing at data the checks cannot use
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained_checkpoint, ckpt)
+    training = json.loads((ckpt / "training.json").read_text())
+    (tmp_path / "empty").mkdir()
+    if recorded is None:
+        del training["dataset"]
+    else:
+        roots = {"MISSING": tmp_path / "gone", "DATA": dataset, "EMPTY": tmp_path / "empty"}
+        training["dataset"] = {**recorded, "root": str(roots[recorded["root"]])}
+    (ckpt / "training.json").write_text(json.dumps(training))
+    caplog.set_level(logging.INFO, logger="converter.export")
+    package = export_package(ckpt, tmp_path / "pkg", samples=2)
+    (line,) = _parity_lines(caplog)
+    assert line.startswith("parity on seeded random images: ") and why in line
+    source = package.manifest.gates["export"]["source"]
+    assert source.startswith("2 seeded random images (no --data given; ") and why in source
 
 
 def test_bad_checkpoint_errors(tmp_path):

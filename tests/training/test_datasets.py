@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.datasets import DatasetError, load_dagm, load_folders, load_severstal
+from training.datasets import DatasetError, LabelsTxtError, load_dagm, load_folders, load_severstal
 from training.datasets.rle import rle_decode, rle_encode
 from training.datasets.severstal import HEIGHT, WIDTH
 
@@ -38,6 +38,99 @@ def test_dagm_errors_name_the_path(dagm_root, tmp_path):
     label.unlink()
     with pytest.raises(DatasetError, match=f"{label.name} is missing|names {label.name}"):
         load_dagm(broken, [1])
+
+
+def write_dagm_split(split_dir: Path, defective: tuple[int, ...], n: int = 4) -> Path:
+    """``NNNN.PNG`` images 1..n, label files for ``defective`` and an agreeing Labels.txt; returns it."""
+    label_dir = split_dir / "Label"
+    label_dir.mkdir(parents=True)
+    lines = [str(n)]
+    for i in range(1, n + 1):
+        cv2.imwrite(str(split_dir / f"{i:04d}.PNG"), np.full((32, 32), 90 + i, np.uint8))
+        if i in defective:
+            mask = np.zeros((32, 32), np.uint8)
+            mask[8:16, 8:16] = 255
+            cv2.imwrite(str(label_dir / f"{i:04d}_label.PNG"), mask)
+            lines.append(f"{i}\t1\t{i:04d}.PNG\t0\t{i:04d}_label.PNG")
+        else:
+            lines.append(f"{i}\t0\t{i:04d}.PNG\t0\t0")
+    labels = label_dir / "Labels.txt"
+    labels.write_text("\n".join(lines) + "\n")
+    return labels
+
+
+@pytest.fixture
+def dagm_class1(tmp_path: Path) -> Path:
+    """Class1 with Train (0001, 0002 defective) and Test (0001 defective) whose Labels.txt agree."""
+    write_dagm_split(tmp_path / "Class1" / "Train", defective=(1, 2))
+    write_dagm_split(tmp_path / "Class1" / "Test", defective=(1,))
+    return tmp_path
+
+
+def test_dagm_agreeing_labels_txt_loads_without_warnings(dagm_class1, caplog):
+    train, test = load_dagm(dagm_class1, [1])
+    assert [s.defective for s in train] == [True, True, False, False]
+    assert [s.defective for s in test] == [True, False, False, False]
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert "\n" not in text and "--lenient" in text
+    return text
+
+
+def test_dagm_clean_line_with_a_label_file_is_an_error_or_with_lenient_a_warning(dagm_class1, caplog):
+    train_dir = dagm_class1 / "Class1" / "Train"
+    # line 4 of Labels.txt says 0003.PNG is clean, but someone drew a label for it
+    shutil.copy(train_dir / "Label" / "0001_label.PNG", train_dir / "Label" / "0003_label.PNG")
+    with pytest.raises(LabelsTxtError) as exc:
+        load_dagm(dagm_class1, [1])
+    text = _one_line(exc)
+    assert f"{train_dir / 'Label' / 'Labels.txt'}:4 says 0003.PNG is clean" in text
+    assert f"its label file {train_dir / 'Label' / '0003_label.PNG'} exists" in text
+
+    train, _ = load_dagm(dagm_class1, [1], lenient=True)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "Labels.txt:4 says 0003.PNG is clean" in warnings[0]
+    assert "label used" in warnings[0]
+    assert [s.defective for s in train] == [True, True, True, False]  # the drawn label is kept
+
+
+def test_dagm_listed_image_or_label_that_does_not_exist(dagm_class1, caplog):
+    test_dir = dagm_class1 / "Class1" / "Test"
+    (test_dir / "0003.PNG").unlink()
+    with pytest.raises(LabelsTxtError) as exc:
+        load_dagm(dagm_class1, [1])
+    text = _one_line(exc)
+    assert f"Labels.txt:4 lists 0003.PNG, but {test_dir / '0003.PNG'} does not exist" in text
+
+    (test_dir / "Label" / "0001_label.PNG").unlink()
+    with pytest.raises(LabelsTxtError) as exc:
+        load_dagm(dagm_class1, [1])
+    text = _one_line(exc)
+    # both problems are counted; the first line's is the one named
+    assert "Labels.txt:2 names 0001_label.PNG for 0001.PNG, but" in text and "(1 more in this" in text
+
+    _, test = load_dagm(dagm_class1, [1], lenient=True)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and "(image left out)" in warnings[0] and "does not exist" in warnings[1]
+    # the defective image without its label is left out, not trained on as clean
+    assert [Path(s.image).name for s in test] == ["0002.PNG", "0004.PNG"]
+    assert not any(s.defective for s in test)
+
+
+def test_dagm_lenient_sums_up_many_problems(tmp_path, caplog):
+    labels = write_dagm_split(tmp_path / "Class1" / "Train", defective=(), n=12)
+    write_dagm_split(tmp_path / "Class1" / "Test", defective=())
+    for i in range(3, 12):
+        (labels.parent.parent / f"{i:04d}.PNG").unlink()
+    with pytest.raises(LabelsTxtError, match=r"Labels.txt:4 lists 0003.PNG, .*\(8 more in this Labels.txt\)"):
+        load_dagm(tmp_path, [1])
+    train, _ = load_dagm(tmp_path, [1], lenient=True)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(train) == 3 and len(warnings) == 6
+    assert warnings[-1].endswith("4 more disagreements with the files (9 in all), not listed one by one")
 
 
 def test_rle_decode_matches_a_hand_computed_mask():

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from training.datasets.base import DatasetError, Sample, split_train_val
-from training.datasets.dagm import load_dagm, load_dagm_split
+from training.datasets.dagm import LabelsTxtError, load_dagm, load_dagm_split
 from training.datasets.folders import load_folders
 from training.datasets.severstal import load_severstal
 
 __all__ = [
     "DatasetError",
+    "LabelsTxtError",
     "Sample",
     "ensure_synthetic",
     "load_dagm",
@@ -78,9 +79,9 @@ def load_splits(cfg: dict[str, Any]) -> tuple[list[Sample], list[Sample]]:
         params = dict(ds["synthetic"])
         root = ds["root"] or str(default_synthetic_root(ds["classes"], params, cfg["seed"]))
         ds["root"] = str(ensure_synthetic(root, ds["classes"], params, cfg["seed"]))
-        return load_dagm(ds["root"], ds["classes"], ds["only_defective_images"])
+        return load_dagm(ds["root"], ds["classes"], ds["only_defective_images"], ds["lenient"])
     if kind == "dagm":
-        return load_dagm(ds["root"], ds["classes"], ds["only_defective_images"])
+        return load_dagm(ds["root"], ds["classes"], ds["only_defective_images"], ds["lenient"])
     if kind == "severstal":
         return load_severstal(ds["root"], ds["classes"], ds["train_fraction"], cfg["seed"])
     if kind == "folders":
