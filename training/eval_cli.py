@@ -35,6 +35,9 @@ def evaluate_run(
     ``n_examples``: images per class in the grid, the defective ones with the lowest Dice
     and the clean ones with the largest false region.
     """
+    if n_examples < 0:
+        msg = f"--examples is {n_examples}; it must be 0 (no grid) or more images per class"
+        raise EvalError(msg)
     run = Path(run)
     model_path = run / "model.keras"
     if not model_path.is_file():

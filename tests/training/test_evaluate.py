@@ -126,3 +126,13 @@ def test_eval_json_keeps_a_row_per_image(white_is_defect, tmp_path):
     extra = by_name[(2, "0001.PNG")]
     assert extra["largest_region_px"] == 64 and extra["largest_false_region_px"] == 25
     assert extra["predicted_px"] == 89 and extra["dice"] == pytest.approx(128 / 153)
+
+
+def test_a_negative_example_count_is_one_clear_error(white_is_defect):
+    from training.eval_cli import EvalError, evaluate_run
+
+    run, recipe = white_is_defect
+    with pytest.raises(
+        EvalError, match=r"--examples is -1; it must be 0 \(no grid\) or more images per class"
+    ):
+        evaluate_run(run, recipe, n_examples=-1)
