@@ -277,7 +277,7 @@ def split_warnings(split: str, overall: dict[str, Any], min_tnr: float) -> list[
     out = []
     if overall["tpr"] is not None and overall["tpr"] < MIN_TPR:
         out.append(
-            f"{split} TPR {100 * overall['tpr']:.1f} % is below {100 * MIN_TPR:.0f} %: "
+            f"{split} TPR {100 * overall['tpr']:.1f} % is below {100 * MIN_TPR:.1f} %: "
             f"{overall['fn']} of {overall['defective']} defective {split} images pass"
         )
     if overall["tnr"] is not None and overall["tnr"] < min_tnr:

@@ -176,7 +176,7 @@ def test_low_held_out_tpr_is_a_warning_in_training_json_and_the_summary(tmp_path
     assert info["warnings"] == [
         "held-out TPR 70.0 % is below 90.0 %: the chosen rule (threshold 0.5, min area 10 px) misses "
         "3 of 10 held-out defective images",
-        "test TPR 70.0 % is below 90 %: 3 of 10 defective test images pass",
+        "test TPR 70.0 % is below 90.0 %: 3 of 10 defective test images pass",
     ]
     assert info["calibration"]["warnings"] == info["warnings"][:1]
     assert summary_lines(info) == [
