@@ -5,18 +5,30 @@ smallest connected region that counts as a defect. Picked by hand they are
 guesses; picked on the test split they are a leak. ``eval.calibration_fraction``
 holds that fraction of the *training* images out of training (stratified by class
 and by defective/clean), and after training this module picks both numbers on
-them:
+them. A rule is a (threshold, minimum area) pair; the chosen rule is
 
-- the threshold is the one of UNet_Industrial's thresholds with the best mean Dice
-  over the held-out defective images (ties go to the one nearest 0.5);
-- the area is the middle, on a log scale, of the gap between the largest false
-  region and the smallest largest-region of a held-out defective image. False
-  regions are those on held-out clean images *and* those on defective images that
-  touch no labelled defect: the same alarm on a clean part would fail it, and
-  counting them gives the rule far more evidence than the few clean images alone
-  (a model that is right on 90 clean images can still raise one alarm in 100).
-  Where the two overlap, the area that makes the fewest mistakes wins (ties: the
-  smallest area, as a missed defect costs more than a false alarm).
+1. among the rules that meet the TNR floor ``eval.min_tnr`` (default 0.98), the one
+   that catches the most held-out defective images (image TPR): a missed defect
+   costs more than a false alarm, but a line that stops on every part is useless;
+2. among rules that catch equally many (no tolerance: one image is one image), the
+   threshold with the best mean Dice over the held-out defective images;
+3. then the highest TNR, then the threshold nearest 0.5.
+
+TNR is counted twice and the floor applies to both: over the held-out clean images
+(the ordinary TNR), and over every held-out image, where a defective image counts as
+a false alarm when it has a false region (one that touches no labelled defect) at
+least the minimum area. The same alarm on a clean part would fail it, and the
+defective images give far more evidence of what the model does on clean texture than
+the few clean images alone.
+
+At the chosen threshold, every area between the smallest that reaches that TNR and
+the smallest caught defect gives the same held-out result; the area is the middle of
+that range on a log scale, so both sides keep a margin.
+
+When no rule that catches a defect meets the floor, the rule with the best TNR among
+those that catch one is kept, and a warning says so; warnings also say when the
+held-out TPR is below 90 % or no held-out defect survives the chosen rule. They go
+into ``training.json`` (``warnings``) and the training summary.
 
 The chosen values go into ``training.json``, so ``lineside export`` carries them
 into the model package and the line applies them.
@@ -27,6 +39,8 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +49,9 @@ from training.datasets.base import Sample
 from training.metrics import THRESHOLDS, SegmentationScores, largest_regions
 
 logger = logging.getLogger(__name__)
+
+#: below this held-out TPR the training summary and ``training.json`` carry a warning
+MIN_TPR = 0.90
 
 
 def hold_out(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -56,80 +73,192 @@ def hold_out(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sa
     return keep, out
 
 
-def choose_threshold(dice_by_threshold: dict[float, float]) -> float:
-    """The threshold with the best Dice; ties go to the one nearest 0.5."""
-    return max(dice_by_threshold, key=lambda t: (round(dice_by_threshold[t], 6), -abs(t - 0.5)))
+@dataclass(frozen=True)
+class Rule:
+    """A threshold and the range of minimum areas ``lo..hi`` (``hi`` None: no end) that score alike."""
+
+    threshold: float
+    lo: int
+    hi: int | None
+    caught: int  # held-out defective images with a region of at least the area
+    tnr_clean: float | None  # share of held-out clean images without such a region
+    tnr_all: float | None  # share of all held-out images without such a false region
+
+    @property
+    def tnr(self) -> float:
+        """The lower of the two TNRs: the floor applies to both."""
+        values = [v for v in (self.tnr_clean, self.tnr_all) if v is not None]
+        return min(values, default=1.0)
+
+    @property
+    def area(self) -> int:
+        """The middle of ``lo..hi`` on a log scale, so false alarms and defects both keep a margin."""
+        if self.hi is None:
+            return self.lo
+        return min(max(round(math.sqrt(max(self.lo - 1, 1) * self.hi)), self.lo), self.hi)
 
 
-def choose_min_area(false_areas: list[int], defective_areas: list[int]) -> int:
-    """The minimum region area that best separates false alarms from defects (see the module doc).
+@dataclass
+class Evidence:
+    """Per held-out image and candidate threshold: its largest region and largest false region."""
 
-    ``false_areas``: the largest false region of each held-out image; ``defective_areas``:
-    the largest region of each held-out defective image.
-    """
-    false_max = max(false_areas, default=0)
-    if not defective_areas:
-        return false_max + 1
-    defective_min = min(defective_areas)
-    if defective_min > false_max:
-        return max(1, round(math.sqrt(max(false_max, 1) * defective_min)))
-
-    def mistakes(area: int) -> int:
-        return sum(a >= area for a in false_areas) + sum(a < area for a in defective_areas)
-
-    candidates = sorted({1, *(a + 1 for a in false_areas), *defective_areas})
-    return min(candidates, key=lambda a: (mistakes(a), a))
+    truth: list[bool]
+    regions: dict[float, list[int]]
+    false_regions: dict[float, list[int]]
+    dice: dict[float, float | None]  # mean Dice over the defective images
 
 
-def calibrate(model, samples: list[Sample], cfg: dict[str, Any]) -> dict[str, Any]:
-    """Pick ``threshold`` and ``min_defect_area`` on ``samples``; returns them with the evidence."""
-    from training.evaluate import predictions
-
+def gather(maps: Iterable[tuple[np.ndarray, np.ndarray, int]], threshold: float) -> Evidence:
+    """Evidence from (probability map, mask, class id) per held-out image, keeping no map in memory."""
     # the evaluation's own per-image scores, so held-out Dice is counted exactly as test Dice
-    scores = SegmentationScores(cfg["eval"]["threshold"], cfg["eval"]["min_defect_area"])
-    # every candidate threshold's largest region and largest false region, so no
-    # probability map is kept in memory
-    candidates = {*THRESHOLDS, cfg["eval"]["threshold"]}
+    scores = SegmentationScores(threshold)
+    candidates = sorted({*THRESHOLDS, threshold})
     regions: dict[float, list[int]] = {t: [] for t in candidates}
     false_regions: dict[float, list[int]] = {t: [] for t in candidates}
-    for _, mask, prob, class_id in predictions(model, samples, cfg):
+    for prob, mask, class_id in maps:
         scores.add(prob, mask, class_id)
         for t in candidates:
             largest, largest_false = largest_regions(prob, t, mask)
             regions[t].append(largest)
             false_regions[t].append(largest_false)
-    truth = [row["defective"] for row in scores.rows]
-    overall = scores.summary()["overall"]
-    if overall["defective"]:
-        threshold = choose_threshold({t: overall["dice"][str(t)] for t in THRESHOLDS})
+    dice = scores.summary()["overall"]["dice"]
+    return Evidence(
+        truth=[row["defective"] for row in scores.rows],
+        regions=regions,
+        false_regions=false_regions,
+        dice={t: dice[str(t)] for t in candidates},
+    )
+
+
+def rules_at(threshold: float, evidence: Evidence) -> list[Rule]:
+    """Every distinct rule at ``threshold``: the areas where the held-out result changes start one."""
+    truth = np.asarray(evidence.truth, bool)
+    largest = np.asarray(evidence.regions[threshold], np.int64)
+    false = np.asarray(evidence.false_regions[threshold], np.int64)
+    defects, clean = largest[truth], largest[~truth]
+    # a false alarm of f px stops counting at f + 1, a defect of d px at d + 1
+    starts = np.unique(np.concatenate([[1], false + 1, defects + 1]))
+    rules = []
+    for i, lo in enumerate(starts.tolist()):
+        rules.append(
+            Rule(
+                threshold=threshold,
+                lo=lo,
+                hi=int(starts[i + 1]) - 1 if i + 1 < len(starts) else None,
+                caught=int((defects >= lo).sum()),
+                tnr_clean=float((clean < lo).mean()) if clean.size else None,
+                tnr_all=float((false < lo).mean()) if false.size else None,
+            )
+        )
+    return rules
+
+
+def choose_rule(evidence: Evidence, min_tnr: float) -> tuple[Rule, list[str]]:
+    """The rule of the module doc, and the warnings it earns (sentences for the user)."""
+
+    def dice(r: Rule) -> float:
+        value = evidence.dice.get(r.threshold)
+        return -1.0 if value is None else value
+
+    def nearest_half(r: Rule) -> tuple[float, float]:
+        return -abs(r.threshold - 0.5), r.threshold
+
+    rules = [r for t in sorted(evidence.regions) for r in rules_at(t, evidence)]
+    catching = [r for r in rules if r.caught]
+    meeting = [r for r in catching if r.tnr >= min_tnr]
+    n_defective = sum(evidence.truth)
+    warnings: list[str] = []
+    if meeting:
+        best = max(meeting, key=lambda r: (r.caught, dice(r), r.tnr, *nearest_half(r)))
+    elif catching:
+        best = max(catching, key=lambda r: (r.tnr, r.caught, dice(r), *nearest_half(r)))
+        warnings.append(
+            f"no rule meets the TNR floor of {_pct(min_tnr)} (eval.min_tnr): at every threshold, an area "
+            f"that catches a held-out defect also lets false alarms through (best: TNR {_pct(best.tnr)} "
+            f"at threshold {best.threshold:g}, min area {best.area} px); the model takes clean texture "
+            "for defects"
+        )
     else:
-        threshold = cfg["eval"]["threshold"]
-    areas = regions[threshold]
-    clean = [a for a, d in zip(areas, truth, strict=True) if not d]
-    defective = [a for a, d in zip(areas, truth, strict=True) if d]
-    false_alarms = false_regions[threshold]
-    min_area = choose_min_area(false_alarms, defective)
+        # nothing catches a defect: keep the floor, and say that the line would pass every defect
+        best = max((r for r in rules if r.tnr >= min_tnr), key=lambda r: (dice(r), r.tnr, *nearest_half(r)))
+    if not n_defective:
+        warnings.append(
+            "no held-out image is defective, so the rule could not be chosen for catching defects; "
+            "raise eval.calibration_fraction or add defective training images"
+        )
+    elif not best.caught:
+        warnings.append(
+            f"no held-out defect survives the chosen rule (threshold {best.threshold:g}, min area "
+            f"{best.area} px): the line would pass every defective part"
+        )
+    elif best.caught / n_defective < MIN_TPR:
+        warnings.append(
+            f"held-out TPR {_pct(best.caught / n_defective)} is below {_pct(MIN_TPR)}: the chosen rule "
+            f"(threshold {best.threshold:g}, min area {best.area} px) misses "
+            f"{n_defective - best.caught} of {n_defective} held-out defective images"
+        )
+    return best, warnings
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f} %"
+
+
+def calibrate_maps(maps: Iterable[tuple[np.ndarray, np.ndarray, int]], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Pick ``threshold`` and ``min_defect_area`` from held-out (prob, mask, class id); with the evidence."""
+    ev = cfg["eval"]
+    evidence = gather(maps, ev["threshold"])
+    rule, warnings = choose_rule(evidence, ev["min_tnr"])
+    t, area = rule.threshold, rule.area
+    areas = evidence.regions[t]
+    clean = [a for a, d in zip(areas, evidence.truth, strict=True) if not d]
+    defective = [a for a, d in zip(areas, evidence.truth, strict=True) if d]
     result = {
         "images": len(areas),
         "defective": len(defective),
-        "threshold": threshold,
-        "min_defect_area": min_area,
-        "dice": overall["dice"][str(threshold)],
+        "min_tnr": ev["min_tnr"],
+        "threshold": t,
+        "min_defect_area": area,
+        "area_range": [rule.lo, rule.hi],
+        "dice": evidence.dice[t],
+        "tpr": rule.caught / len(defective) if defective else None,
+        "tnr": rule.tnr_clean,
+        "tnr_all_images": rule.tnr_all,
+        "meets_tnr_floor": rule.tnr >= ev["min_tnr"],
         "largest_clean_region": max(clean, default=0),
-        "largest_false_region": max(false_alarms, default=0),
+        "largest_false_region": max(evidence.false_regions[t], default=0),
         "smallest_defect_region": min(defective, default=0),
-        "tpr": sum(a >= min_area for a in defective) / len(defective) if defective else None,
-        "tnr": sum(a < min_area for a in clean) / len(clean) if clean else None,
+        "warnings": warnings,
     }
     logger.info(
-        "calibrated on %d held-out images: threshold %s (Dice %.4f), min_defect_area %d "
-        "(largest false region %d px, %d on clean images; smallest defect %d px)",
+        "calibrated on %d held-out images: %s",
         result["images"],
-        threshold,
-        result["dice"] or float("nan"),
-        min_area,
-        result["largest_false_region"],
-        result["largest_clean_region"],
-        result["smallest_defect_region"],
+        result_line("held-out", result["dice"], result["tpr"], result["tnr"], t, area),
     )
+    for text in warnings:
+        logger.warning("calibration: %s", text)
     return result
+
+
+def calibrate(model, samples: list[Sample], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Pick ``threshold`` and ``min_defect_area`` on the held-out ``samples`` (see the module doc)."""
+    from training.evaluate import predictions
+
+    maps = ((prob, mask, class_id) for _, mask, prob, class_id in predictions(model, samples, cfg))
+    return calibrate_maps(maps, cfg)
+
+
+def result_line(
+    label: str, dice: float | None, tpr: float | None, tnr: float | None, threshold: float, min_area: int
+) -> str:
+    """``test: Dice 0.399 · TPR 31.7 % · TNR 98.3 % (threshold 0.05, min area 2828 px)``."""
+
+    def num(value: float | None, pct: bool) -> str:
+        if value is None:
+            return "-"
+        return _pct(value) if pct else f"{value:.3f}"
+
+    return (
+        f"{label}: Dice {num(dice, False)} · TPR {num(tpr, True)} · TNR {num(tnr, True)} "
+        f"(threshold {threshold:g}, min area {min_area} px)"
+    )

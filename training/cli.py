@@ -52,16 +52,16 @@ def _train(args: argparse.Namespace) -> int:
     from converter.quiet import quiet_tensorflow
 
     quiet_tensorflow(getattr(args, "verbose", False))
-    from training.train import train
+    from training.train import summary_lines, train
 
     out = train(args.config, _overrides(args))
     info = json.loads((out / "training.json").read_text())
-    m = info["metrics"]
     print(
         f"model: {out / info['model_file']}  epochs: {info['epochs_done']}  "
         f"train time: {info['train_seconds']} s"
     )
-    print(f"{m['split']}: Dice {m['dice']:.4f}  TPR {m['tpr']}  TNR {m['tnr']}  ({m['images']} images)")
+    for line in summary_lines(info):
+        print(line)
     return 0
 
 
@@ -115,7 +115,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-o", "--output", type=Path, help="where to write eval.json and the PNGs (default: the run dir)"
     )
-    p.add_argument("--examples", type=int, default=6, help="images in the PNG grid")
+    p.add_argument(
+        "--examples",
+        type=int,
+        default=4,
+        help="images per class in the PNG grid: the worst defective by Dice, the clean with the "
+        "largest false region (default 4)",
+    )
     _add_lenient(p)
     p.set_defaults(func=_eval)
 

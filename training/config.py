@@ -102,6 +102,9 @@ DEFAULTS: dict[str, Any] = {
         # hold this fraction of the training images out to choose threshold and min_defect_area
         # after training (training.calibrate); 0 keeps the two values above
         "calibration_fraction": 0.0,
+        # calibration chooses the rule that catches the most held-out defects among those whose
+        # held-out TNR is at least this (training.calibrate); below it the summary warns
+        "min_tnr": 0.98,
         "batch_size": 4,
         "max_images": 0,
     },
@@ -212,6 +215,8 @@ def _check_ranges(cfg: dict[str, Any], source: str) -> None:
         bad("eval.min_defect_area", cfg["eval"]["min_defect_area"], ">= 0")
     if not 0.0 <= cfg["eval"]["calibration_fraction"] <= 0.5:
         bad("eval.calibration_fraction", cfg["eval"]["calibration_fraction"], "in [0, 0.5] (0: none)")
+    if not 0.0 <= cfg["eval"]["min_tnr"] <= 1.0:
+        bad("eval.min_tnr", cfg["eval"]["min_tnr"], "in [0, 1], e.g. 0.98")
     if cfg["dataset"]["kind"] != "synthetic" and not cfg["dataset"]["root"]:
         bad("dataset.root", "", "the folder of the data set")
 

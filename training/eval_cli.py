@@ -1,7 +1,8 @@
 """``lineside eval RUN``: score a trained model on its validation/test split, per class.
 
-Prints the per-class table, writes ``eval.json``, ``eval_grid.png`` (image | ground
-truth | prediction overlay) and ``curves.png`` (from ``history.json``).
+Prints the per-class table, writes ``eval.json`` (scores per class and one row per
+image), ``eval_grid.png`` (image | ground truth | prediction overlay for the images
+that fail worst, per class) and ``curves.png`` (from ``history.json``).
 """
 
 from __future__ import annotations
@@ -27,9 +28,16 @@ def evaluate_run(
     overrides: dict[str, Any] | None = None,
     output: str | Path | None = None,
     split: str = "validation",
-    n_examples: int = 6,
+    n_examples: int = 4,
 ) -> dict[str, Any]:
-    """Evaluate ``run/model.keras``; returns the summary and writes eval.json and the PNGs."""
+    """Evaluate ``run/model.keras``; returns the summary and writes eval.json and the PNGs.
+
+    ``n_examples``: images per class in the grid, the defective ones with the lowest Dice
+    and the clean ones with the largest false region.
+    """
+    if n_examples < 0:
+        msg = f"--examples is {n_examples}; it must be 0 (no grid) or more images per class"
+        raise EvalError(msg)
     run = Path(run)
     model_path = run / "model.keras"
     if not model_path.is_file():

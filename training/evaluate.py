@@ -1,15 +1,22 @@
-"""Evaluation of a trained model on a split: per-class scores, examples for the PNG grid."""
+"""Evaluation of a trained model on a split: per-class scores, per-image rows, the images that fail worst.
+
+``lineside eval`` shows what fails: its grid holds, per class, the defective images
+with the lowest Dice and the clean images with the largest false region, and its JSON
+keeps one row per image (what the line decided and why), so a reader can find the
+image behind every figure.
+"""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from converter.preprocessing import NORMALIZATIONS
 from training.datasets.base import Sample
-from training.metrics import SegmentationScores
+from training.metrics import SegmentationScores, largest_regions
 
 logger = logging.getLogger(__name__)
 
@@ -31,30 +38,95 @@ def predictions(model, samples: list[Sample], cfg: dict[str, Any]):
             yield image[..., 0], mask[..., 0], prob[..., 0], int(class_id)
 
 
+def image_row(sample: Sample, scores: dict[str, Any], prob: np.ndarray, mask: np.ndarray, threshold: float):
+    """One image's line in ``eval.json``: truth, decision, Dice and region sizes at ``threshold``."""
+    largest, largest_false = largest_regions(prob, threshold, mask)
+    truth, decided = scores["defective"], scores["predicted_defective"]
+    return {
+        "image": sample.image,
+        "name": Path(sample.image).name,
+        "class_id": scores["class_id"],
+        "defective": truth,
+        "predicted_defective": decided,
+        "outcome": ("TP" if decided else "FN") if truth else ("FP" if decided else "TN"),
+        # Dice of a clean image only says whether anything was predicted: the region sizes say more
+        "dice": scores[f"dice@{threshold}"] if truth else None,
+        "defect_px": int(np.count_nonzero(mask > 0.5)),
+        "predicted_px": int(np.count_nonzero(prob > threshold)),
+        "largest_region_px": largest,
+        "largest_false_region_px": largest_false,
+    }
+
+
+def failure_key(row: dict[str, Any]) -> tuple[float, ...]:
+    """Sorts the worst first: defective images by lowest Dice, clean ones by largest false region."""
+    if row["defective"]:
+        return (row["dice"], -row["largest_false_region_px"])
+    return (-row["largest_false_region_px"], -row["predicted_px"])
+
+
+class WorstImages:
+    """Keeps, per class, the defective and the clean images that fail worst, while images stream by.
+
+    ``per_class`` images per class: half (rounded up) defective, the rest clean; a class
+    short of one kind fills up with the other. Only those images' arrays stay in memory.
+    """
+
+    def __init__(self, per_class: int):
+        self.per_class = per_class
+        self._kept: dict[tuple[int, bool], list[tuple[tuple, int, dict[str, Any]]]] = {}
+        self._seen = 0
+
+    def offer(self, row: dict[str, Any], example) -> None:
+        """Consider one image; ``example`` builds its grid entry only when it is kept."""
+        if not self.per_class:
+            return
+        kept = self._kept.setdefault((row["class_id"], row["defective"]), [])
+        key = (failure_key(row), self._seen)
+        self._seen += 1
+        if len(kept) < self.per_class or key < kept[-1][:2]:
+            kept.append((*key, {**example(), "row": row}))
+            kept.sort(key=lambda entry: entry[:2])
+            del kept[self.per_class :]
+
+    def examples(self) -> list[dict[str, Any]]:
+        """Per class in order: its worst defective images, then its worst clean ones."""
+        out = []
+        for class_id in sorted({c for c, _ in self._kept}):
+            defective = [e for *_, e in self._kept.get((class_id, True), [])]
+            clean = [e for *_, e in self._kept.get((class_id, False), [])]
+            n_def = max((self.per_class + 1) // 2, self.per_class - len(clean))
+            n_def = min(n_def, len(defective))
+            out += defective[:n_def] + clean[: self.per_class - n_def]
+        return out
+
+
 def evaluate_model(
     model, samples: list[Sample], cfg: dict[str, Any], n_examples: int = 0
 ) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
-    """Score ``model`` on whole images of ``samples``; returns (summary, up to n_examples examples).
+    """Score ``model`` on whole images of ``samples``; returns (summary, examples for the grid).
 
-    Examples alternate defective and clean images where both exist, so the grid shows both.
+    The summary holds one row per image under ``images``; the examples are, per class,
+    up to ``n_examples`` images that fail worst (see ``WorstImages``).
     """
     ev = cfg["eval"]
     if ev["max_images"]:
         samples = samples[: ev["max_images"]]
     scores = SegmentationScores(ev["threshold"], ev["min_defect_area"])
     scale, offset = NORMALIZATIONS[cfg["input"]["normalization"]]
-    want_def, want_clean = (n_examples + 1) // 2, n_examples // 2
-    defective_ex: list[dict[str, np.ndarray]] = []
-    clean_ex: list[dict[str, np.ndarray]] = []
-    for image, mask, prob, class_id in predictions(model, samples, cfg):
-        row = scores.add(prob, mask, class_id)
-        bucket, want = (defective_ex, want_def) if row["defective"] else (clean_ex, want_clean)
-        if len(bucket) < want:
+    worst = WorstImages(n_examples)
+    rows = []
+    for sample, (image, mask, prob, class_id) in zip(samples, predictions(model, samples, cfg), strict=True):
+        row = image_row(sample, scores.add(prob, mask, class_id), prob, mask, ev["threshold"])
+        rows.append(row)
+
+        def example(image=image, mask=mask, prob=prob, class_id=class_id):
             pixels = np.clip((image - offset) / scale, 0, 255).round().astype(np.uint8)
-            bucket.append({"image": pixels, "mask": mask, "prob": prob, "class_id": class_id})
-    examples = [e for pair in zip(defective_ex, clean_ex, strict=False) for e in pair]
-    examples += defective_ex[len(clean_ex) :] + clean_ex[len(defective_ex) :]
+            return {"image": pixels, "mask": mask, "prob": prob, "class_id": class_id}
+
+        worst.offer(row, example)
     summary = scores.summary()
+    summary["images"] = rows
     overall = summary["overall"]
     logger.info(
         "evaluated %d images: Dice@%s %.4f, TPR %s, TNR %s",
@@ -64,4 +136,4 @@ def evaluate_model(
         overall["tpr"],
         overall["tnr"],
     )
-    return summary, examples
+    return summary, worst.examples()

@@ -25,18 +25,37 @@ def overlay(image: np.ndarray, prob: np.ndarray, threshold: float) -> np.ndarray
     return rgb.clip(0, 255).astype(np.uint8)
 
 
+def example_titles(ex: dict[str, Any], threshold: float) -> tuple[str, str, str]:
+    """Titles of one grid row: which image, what the truth is, what the line decided and why."""
+    row = ex.get("row")
+    if row is None:
+        return f"class {ex['class_id']}", "ground truth", f"prediction > {threshold}"
+    decision = "FAIL" if row["predicted_defective"] else "PASS"
+    if row["defective"]:
+        truth = f"defect {row['defect_px']} px"
+        why = f"Dice {row['dice']:.3f}, largest region {row['largest_region_px']} px"
+    else:
+        truth = "clean"
+        why = f"largest false region {row['largest_false_region_px']} px"
+    return (
+        f"class {row['class_id']} {row['name']}",
+        f"{truth} ({row['outcome']})",
+        f"> {threshold:g}: {decision}; {why}",
+    )
+
+
 def save_grid(examples: list[dict[str, Any]], path: str | Path, threshold: float) -> Path:
-    """One row per example: image | ground truth | prediction overlay."""
+    """One row per example: image | ground truth | prediction overlay, titled by ``example_titles``."""
     plt = _pyplot()
     n = max(1, len(examples))
     fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
     for row, ex in enumerate(examples):
         panels = (ex["image"], ex["mask"], overlay(ex["image"], ex["prob"], threshold))
-        titles = (f"class {ex['class_id']}", "ground truth", f"prediction > {threshold}")
+        titles = example_titles(ex, threshold)
         for col, (panel, title) in enumerate(zip(panels, titles, strict=True)):
             ax = axes[row][col]
             ax.imshow(panel, cmap="gray", vmin=0, vmax=255 if panel.ndim == 2 and panel.max() > 1 else 1)
-            ax.set_title(title, fontsize=9)
+            ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=80)

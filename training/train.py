@@ -204,7 +204,8 @@ def write_training_json(
     """Write the checkpoint manifest that ``lineside export`` reads.
 
     ``threshold`` and ``min_defect_area`` are the calibrated values when ``calibration``
-    (training.calibrate) chose them, else the recipe's.
+    (training.calibrate) chose them, else the recipe's. ``warnings`` lists, as sentences,
+    why the result is not fit for the line (empty when nothing is wrong).
     """
     from training.callbacks import load_state
 
@@ -228,7 +229,7 @@ def write_training_json(
         "min_defect_area": cfg["eval"]["min_defect_area"],
         "dataset": dataset,
         "metrics": {
-            "split": "test" if ds["kind"] in ("dagm", "synthetic") else "validation",
+            "split": scored_split(ds),
             "images": overall["images"],
             "dice": overall["dice"][t],
             "iou": overall["iou"][t],
@@ -254,7 +255,53 @@ def write_training_json(
         "model": cfg["model"],
         "loss": cfg["loss"],
         "calibration": calibration,
+        "warnings": [
+            *(calibration or {}).get("warnings", []),
+            *split_warnings(scored_split(ds), overall, cfg["eval"]["min_tnr"]),
+        ],
     }
     path = out / TRAINING_JSON
     path.write_text(json.dumps(info, indent=2) + "\n")
     return path
+
+
+def scored_split(ds: dict[str, Any]) -> str:
+    """The split the summary scores: DAGM has a Test split, the others a validation part."""
+    return "test" if ds["kind"] in ("dagm", "synthetic") else "validation"
+
+
+def split_warnings(split: str, overall: dict[str, Any], min_tnr: float) -> list[str]:
+    """Sentences for a scored split whose TPR is below 90 % or whose TNR is below ``eval.min_tnr``."""
+    from training.calibrate import MIN_TPR
+
+    out = []
+    if overall["tpr"] is not None and overall["tpr"] < MIN_TPR:
+        out.append(
+            f"{split} TPR {100 * overall['tpr']:.1f} % is below {100 * MIN_TPR:.1f} %: "
+            f"{overall['fn']} of {overall['defective']} defective {split} images pass"
+        )
+    if overall["tnr"] is not None and overall["tnr"] < min_tnr:
+        out.append(
+            f"{split} TNR {100 * overall['tnr']:.1f} % is below the floor of {100 * min_tnr:.1f} % "
+            f"(eval.min_tnr): {overall['fp']} of {overall['images'] - overall['defective']} clean "
+            f"{split} images fail"
+        )
+    return out
+
+
+def summary_lines(info: dict[str, Any]) -> list[str]:
+    """The result lines of the training summary, from ``training.json``: scores with their rule, warnings."""
+    from training.calibrate import result_line
+
+    lines = []
+    rule = (info["threshold"], info["min_defect_area"])
+    cal = info.get("calibration")
+    if cal:
+        lines.append(result_line("held-out", cal["dice"], cal["tpr"], cal["tnr"], *rule))
+    m = info["metrics"]
+    lines.append(result_line(m["split"], m["dice"], m["tpr"], m["tnr"], *rule))
+    warnings = info.get("warnings", [])
+    lines += [f"WARNING: {text}" for text in warnings]
+    if warnings:
+        lines.append(f"WARNING: not fit for the line as trained; the warnings are in {TRAINING_JSON}")
+    return lines

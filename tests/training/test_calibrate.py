@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from tests.training.conftest import tiny_recipe
-from training.calibrate import choose_min_area, choose_threshold, hold_out
+from training.calibrate import Evidence, calibrate_maps, choose_rule, gather, hold_out
+from training.config import load_config
 from training.datasets.base import Sample
-from training.metrics import largest_region, largest_regions
+from training.metrics import SegmentationScores, largest_region, largest_regions
 
 
 def _samples() -> list[Sample]:
@@ -50,25 +51,160 @@ def test_largest_region_counts_8_connected_pixels():
     assert largest_region(prob, 0.95) == 0
 
 
-def test_threshold_with_the_best_dice_ties_nearest_half():
-    assert choose_threshold({0.25: 0.90, 0.5: 0.91, 0.75: 0.93}) == 0.75
-    assert choose_threshold({0.25: 0.93, 0.5: 0.93, 0.85: 0.93}) == 0.5
+def _evidence(false_areas, defect_areas, threshold=0.5, dice=0.9) -> Evidence:
+    """One threshold's evidence: clean images with these largest regions, defects with these."""
+    truth = [False] * len(false_areas) + [True] * len(defect_areas)
+    largest = list(false_areas) + list(defect_areas)
+    false = list(false_areas) + [0] * len(defect_areas)
+    return Evidence(truth, {threshold: largest}, {threshold: false}, {threshold: dice})
 
 
 def test_min_area_sits_in_the_gap_on_a_log_scale():
     # clean images' largest regions up to 100 px, defects from 1600 px: sqrt(100 * 1600) = 400
-    assert choose_min_area([0, 0, 37, 100], [1600, 2500, 9000]) == 400
+    rule, warnings = choose_rule(_evidence([0, 0, 37, 100], [1600, 2500, 9000]), 0.98)
+    assert (rule.lo, rule.hi, rule.area, rule.caught, rule.tnr) == (101, 1600, 400, 3, 1.0)
+    assert warnings == []
     # no false region at all: the gap starts at 1 px
-    assert choose_min_area([0, 0], [900]) == 30
+    assert choose_rule(_evidence([0, 0], [900]), 0.98)[0].area == 30
 
 
-def test_min_area_where_classes_overlap_makes_fewest_mistakes():
-    # a clean image with a 700 px region and a defect of only 500 px: no area is right for both,
-    # so the smallest area with one mistake wins (41: the false alarm stays, no defect is missed)
+def test_the_tnr_floor_sets_the_area_where_alarms_and_defects_overlap():
+    # a clean image with a 700 px region and a defect of only 500 px: the floor (98 %, no
+    # alarm of 3) keeps the alarm out, so the 500 px defect is missed and TPR is 2 of 3
     clean, defective = [0, 40, 700], [500, 1500, 3000]
-    area = choose_min_area(clean, defective)
-    mistakes = sum(a >= area for a in clean) + sum(a < area for a in defective)
-    assert mistakes == 1 and area == 41
+    rule, warnings = choose_rule(_evidence(clean, defective), 0.98)
+    assert (rule.lo, rule.hi, rule.caught, rule.tnr) == (701, 1500, 2, 1.0)
+    assert rule.area == 1025  # sqrt(700 * 1500)
+    assert warnings == [
+        "held-out TPR 66.7 % is below 90.0 %: the chosen rule (threshold 0.5, min area 1025 px) "
+        "misses 1 of 3 held-out defective images"
+    ]
+    # a floor of 60 % lets one alarm of three through and catches every defect
+    rule, warnings = choose_rule(_evidence(clean, defective), 0.6)
+    assert (rule.lo, rule.hi, rule.caught, warnings) == (41, 500, 3, [])
+
+
+def _maps(defects, clean):
+    """(prob, mask, class id) per image, 64x64: ``defects`` and ``clean`` are lists of painters."""
+    out = []
+    for paint in defects:
+        prob, mask = np.zeros((64, 64), np.float32), np.zeros((64, 64), np.float32)
+        mask[10:20, 10:20] = 1.0  # a 100 px label
+        paint(prob)
+        out.append((prob, mask, 1))
+    for paint in clean:
+        prob = np.zeros((64, 64), np.float32)
+        paint(prob)
+        out.append((prob, np.zeros((64, 64), np.float32), 1))
+    return out
+
+
+def _cfg(min_tnr=0.98):
+    return load_config({"dataset": {"root": "/data"}, "eval": {"min_tnr": min_tnr}})
+
+
+def _faint_defect(prob):
+    """Exactly the label at p 0.6, its inner 6x6 (36 px) at 0.9: Dice 1.0 at 0.5, 0.53 at 0.75."""
+    prob[10:20, 10:20] = 0.6
+    prob[12:18, 12:18] = 0.9
+
+
+def _blob(side, value, top=30, left=30):
+    def paint(prob):
+        prob[top : top + side, left : left + side] = value
+
+    return paint
+
+
+def test_best_tpr_at_the_tnr_floor_wins_over_best_dice():
+    # 6 defects seen faintly; 7 of 30 clean images raise a 400 px alarm at p 0.6 and one a
+    # 16 px alarm at p 0.8. At 0.5 Dice is perfect, but every area that lets the alarms
+    # through fails the floor and every area above them misses all six defects; choosing by
+    # Dice first (the old rule: 0.5, then the area with the fewest mistakes, 401 px) passed
+    # every defective part. At 0.75 an area between 16 and 36 px catches all six and passes
+    # all clean images.
+    clean = [_blob(20, 0.6)] * 7 + [_blob(4, 0.8)] + [_blob(0, 0.0)] * 22
+    maps = _maps([_faint_defect] * 6, clean)
+    evidence = gather(maps, 0.5)
+    assert evidence.dice[0.5] == pytest.approx(1.0) and evidence.dice[0.75] == pytest.approx(72 / 136)
+    result = calibrate_maps(maps, _cfg())
+    assert result["threshold"] == 0.75  # 0.85 scores the same; ties go to the one nearest 0.5
+    assert result["area_range"] == [17, 36] and result["min_defect_area"] == 24  # sqrt(16 * 36)
+    assert result["tpr"] == 1.0 and result["tnr"] == 1.0 and result["tnr_all_images"] == 1.0
+    assert result["meets_tnr_floor"] and result["warnings"] == []
+    assert result["dice"] == pytest.approx(72 / 136)
+
+
+def test_no_rule_meets_the_floor_is_a_warning():
+    # half the clean images hold a confident 400 px alarm at every threshold the defects show
+    maps = _maps([_blob(10, 0.9, top=10, left=10)] * 4, [_blob(20, 1.0)] * 5 + [_blob(0, 0.0)] * 5)
+    result = calibrate_maps(maps, _cfg())
+    assert not result["meets_tnr_floor"]
+    # the best TNR among rules that still catch a defect: all four, at half the clean images
+    assert result["threshold"] == 0.5 and result["min_defect_area"] == 10 and result["tpr"] == 1.0
+    assert result["tnr"] == 0.5
+    assert result["warnings"] == [
+        "no rule meets the TNR floor of 98.0 % (eval.min_tnr): at every threshold, an area that "
+        "catches a held-out defect also lets false alarms through (best: TNR 50.0 % at threshold 0.5, "
+        "min area 10 px); the model takes clean texture for defects"
+    ]
+
+
+def test_no_defect_surviving_is_a_warning():
+    maps = _maps([_blob(0, 0.0)] * 3, [_blob(3, 0.9)] + [_blob(0, 0.0)] * 3)
+    result = calibrate_maps(maps, _cfg())
+    assert result["tpr"] == 0.0 and result["meets_tnr_floor"]
+    assert result["min_defect_area"] == 10  # just above the one 9 px alarm at every threshold
+    assert len(result["warnings"]) == 1
+    assert result["warnings"][0].startswith("no held-out defect survives the chosen rule (threshold ")
+
+
+def test_low_held_out_tpr_is_a_warning_in_training_json_and_the_summary(tmp_path):
+    from training.train import summary_lines, write_training_json
+
+    # 7 of 10 defects found, the other 3 not at all: held-out TPR 70 %
+    maps = _maps([_blob(10, 0.9, top=10, left=10)] * 7 + [_blob(0, 0.0)] * 3, [_blob(0, 0.0)] * 10)
+    cfg = _cfg()
+    calibration = calibrate_maps(maps, cfg)
+    cfg["eval"]["threshold"] = calibration["threshold"]
+    cfg["eval"]["min_defect_area"] = calibration["min_defect_area"]
+    scores = SegmentationScores(cfg["eval"]["threshold"], cfg["eval"]["min_defect_area"])
+    for prob, mask, class_id in maps:  # the same images stand in for the test split
+        scores.add(prob, mask, class_id)
+    write_training_json(tmp_path, cfg, scores.summary(), 1.0, 1, [], calibration)
+    info = json.loads((tmp_path / "training.json").read_text())
+    assert info["warnings"] == [
+        "held-out TPR 70.0 % is below 90.0 %: the chosen rule (threshold 0.5, min area 10 px) misses "
+        "3 of 10 held-out defective images",
+        "test TPR 70.0 % is below 90.0 %: 3 of 10 defective test images pass",
+    ]
+    assert info["calibration"]["warnings"] == info["warnings"][:1]
+    assert summary_lines(info) == [
+        "held-out: Dice 0.700 · TPR 70.0 % · TNR 100.0 % (threshold 0.5, min area 10 px)",
+        "test: Dice 0.700 · TPR 70.0 % · TNR 100.0 % (threshold 0.5, min area 10 px)",
+        f"WARNING: {info['warnings'][0]}",
+        f"WARNING: {info['warnings'][1]}",
+        "WARNING: not fit for the line as trained; the warnings are in training.json",
+    ]
+
+
+def test_summary_shows_percentages_with_the_rule():
+    from training.train import summary_lines
+
+    info = {
+        "threshold": 0.05,
+        "min_defect_area": 2828,
+        "metrics": {"split": "test", "dice": 0.39942, "tpr": 19 / 60, "tnr": 59 / 60},
+        "calibration": None,
+        "warnings": [],
+    }
+    assert summary_lines(info) == [
+        "test: Dice 0.399 · TPR 31.7 % · TNR 98.3 % (threshold 0.05, min area 2828 px)"
+    ]
+    info["metrics"].update(split="validation", tpr=None)
+    assert summary_lines(info) == [
+        "validation: Dice 0.399 · TPR - · TNR 98.3 % (threshold 0.05, min area 2828 px)"
+    ]
 
 
 @pytest.mark.slow
@@ -84,10 +220,11 @@ def test_training_calibrates_and_eval_uses_it(dagm_root, tmp_path):
     # 2 classes x (4 defective + 4 clean) training images; a quarter of each group held out
     assert cal["images"] == 4 and cal["defective"] == 2
     assert info["threshold"] == cal["threshold"] and info["min_defect_area"] == cal["min_defect_area"]
+    assert isinstance(info["warnings"], list) and set(cal["warnings"]) <= set(info["warnings"])
     assert cal["largest_false_region"] >= cal["largest_clean_region"]
-    if cal["largest_false_region"] < cal["smallest_defect_region"]:
+    if cal["smallest_defect_region"] > 0 and cal["largest_false_region"] < cal["smallest_defect_region"]:
         assert cal["largest_false_region"] < cal["min_defect_area"] <= cal["smallest_defect_region"]
-        assert cal["tpr"] == cal["tnr"] == 1.0
+        assert cal["tpr"] == cal["tnr"] == 1.0 and cal["warnings"] == []
     summary = evaluate_run(run)
     assert summary["threshold"] == cal["threshold"] and summary["min_defect_area"] == cal["min_defect_area"]
     override = evaluate_run(run, overrides={"eval.min_defect_area": 7}, output=tmp_path / "o")

@@ -22,6 +22,7 @@ def test_defaults_merge_and_overrides():
     assert cfg["input"]["crop"] == 64 and cfg["input"]["batch_size"] == 8
     assert cfg["train"]["epochs"] == 3 and cfg["seed"] == 9
     assert cfg["optimizer"]["learning_rate"] == pytest.approx(1e-4)
+    assert cfg["eval"]["min_tnr"] == 0.98
     assert parse_override("input.augment.flip=false") == ("input.augment.flip", False)
     assert parse_override("dataset.classes=[1, 3]") == ("dataset.classes", [1, 3])
 
@@ -39,6 +40,8 @@ def test_defaults_merge_and_overrides():
         ({"train": {"epochs": "ten"}}, "'train.epochs' must be int, got 'ten'"),
         ({"train": {"epochs": 0}}, "'train.epochs' is 0; it must be >= 1"),
         ({"eval": {"calibration_fraction": 0.7}}, "'eval.calibration_fraction' is 0.7; it must be in"),
+        ({"eval": {"min_tnr": 1.5}}, "'eval.min_tnr' is 1.5; it must be in [0, 1], e.g. 0.98"),
+        ({"eval": {"min_tnr": "high"}}, "'eval.min_tnr' must be float/int, got 'high'"),
         (
             {"input": {"augment": {"rotate": True}}},
             "unknown key 'input.augment.rotate'; allowed: flip, rot90",

@@ -1,0 +1,138 @@
+"""``lineside eval`` shows what fails: the worst images per class in the grid, one JSON row per image.
+
+The model is a real Keras model with fixed weights (a 1x1 sigmoid convolution: a white
+pixel is a defect, a black one is not), so each image's Dice and false region are
+known exactly from the files written here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+# (name, label square (top, left, side) or None, white squares painted into the image)
+LABEL = (4, 4, 8)  # 64 px
+CLASS1 = [
+    ("0000.PNG", LABEL, [LABEL]),  # found exactly: Dice 1
+    ("0001.PNG", LABEL, [(6, 6, 4)]),  # 16 of 64 px: Dice 0.4
+    ("0002.PNG", LABEL, []),  # missed: Dice 0
+    ("0003.PNG", None, []),  # clean, nothing predicted
+    ("0004.PNG", None, [(20, 20, 3)]),  # clean, a 9 px false region
+    ("0005.PNG", None, [(20, 20, 6)]),  # clean, a 36 px false region
+]
+CLASS2 = [
+    ("0000.PNG", LABEL, [(4, 4, 6)]),  # 36 of 64 px: Dice 0.72
+    ("0001.PNG", LABEL, [LABEL, (24, 24, 5)]),  # Dice 128/153, with a 25 px false region
+    ("0002.PNG", None, [(16, 16, 5)]),  # clean, 25 px
+    ("0003.PNG", None, []),
+]
+
+
+def _write_class(root: Path, class_id: int, images) -> None:
+    test = root / f"Class{class_id}" / "Test"
+    (test / "Label").mkdir(parents=True)
+    (root / f"Class{class_id}" / "Train").mkdir()
+    cv2.imwrite(str(root / f"Class{class_id}" / "Train" / "0000.PNG"), np.zeros((32, 32), np.uint8))
+    for name, label, white in images:
+        image = np.zeros((32, 32), np.uint8)
+        for top, left, side in white:
+            image[top : top + side, left : left + side] = 255
+        cv2.imwrite(str(test / name), image)
+        if label:
+            mask = np.zeros((32, 32), np.uint8)
+            top, left, side = label
+            mask[top : top + side, left : left + side] = 255
+            cv2.imwrite(str(test / "Label" / name.replace(".PNG", "_label.PNG")), mask)
+
+
+@pytest.fixture(scope="module")
+def white_is_defect(tmp_path_factory):
+    """(run dir holding model.keras, recipe) over a two-class DAGM-layout set of 32x32 images."""
+    import keras
+
+    root = tmp_path_factory.mktemp("dagm")
+    _write_class(root, 1, CLASS1)
+    _write_class(root, 2, CLASS2)
+    inputs = keras.Input((None, None, 1))
+    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs)
+    model = keras.Model(inputs, outputs)
+    model.set_weights([np.full((1, 1, 1, 1), 40.0, np.float32), np.array([-20.0], np.float32)])
+    run = tmp_path_factory.mktemp("run")
+    model.save(run / "model.keras")
+    recipe = {
+        "dataset": {"kind": "dagm", "root": str(root), "classes": [1, 2]},
+        "eval": {"threshold": 0.5, "min_defect_area": 4},
+    }
+    return run, recipe
+
+
+def test_grid_shows_the_worst_images_of_each_class(white_is_defect):
+    import keras
+
+    from training.config import load_config
+    from training.datasets import load_splits
+    from training.evaluate import evaluate_model
+
+    run, recipe = white_is_defect
+    cfg = load_config(recipe)
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    samples = load_splits(cfg)[1]
+    _, examples = evaluate_model(model, samples, cfg, n_examples=4)
+    shown = [(e["class_id"], e["row"]["name"]) for e in examples]
+    # per class: defective by lowest Dice, then clean by largest false region
+    assert shown == [
+        (1, "0002.PNG"),
+        (1, "0001.PNG"),
+        (1, "0005.PNG"),
+        (1, "0004.PNG"),
+        (2, "0000.PNG"),
+        (2, "0001.PNG"),
+        (2, "0002.PNG"),
+        (2, "0003.PNG"),
+    ]
+    _, examples = evaluate_model(model, samples, cfg, n_examples=2)
+    assert [(e["class_id"], e["row"]["name"]) for e in examples] == [
+        (1, "0002.PNG"),
+        (1, "0005.PNG"),
+        (2, "0000.PNG"),
+        (2, "0002.PNG"),
+    ]
+    missed = examples[0]
+    assert missed["image"].dtype == np.uint8 and missed["mask"].sum() == 64 and missed["prob"].max() < 0.01
+
+
+def test_eval_json_keeps_a_row_per_image(white_is_defect, tmp_path):
+    from training.eval_cli import evaluate_run
+
+    run, recipe = white_is_defect
+    evaluate_run(run, recipe, output=tmp_path, n_examples=2)
+    rows = json.loads((tmp_path / "eval.json").read_text())["images"]
+    assert (tmp_path / "eval_grid.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(rows) == 10
+    by_name = {(r["class_id"], r["name"]): r for r in rows}
+    found, half, missed, clean, alarm = (by_name[(1, f"000{i}.PNG")] for i in (0, 1, 2, 3, 5))
+    assert Path(found["image"]).parts[-3:] == ("Class1", "Test", "0000.PNG")
+    assert (found["defective"], found["predicted_defective"], found["outcome"]) == (True, True, "TP")
+    assert found["dice"] == pytest.approx(1.0) and found["defect_px"] == 64
+    assert half["dice"] == pytest.approx(0.4) and half["largest_region_px"] == 16
+    assert missed["outcome"] == "FN" and missed["dice"] == pytest.approx(0.0, abs=1e-6)
+    assert missed["largest_region_px"] == 0 and missed["predicted_px"] == 0
+    assert clean["outcome"] == "TN" and clean["dice"] is None and clean["largest_false_region_px"] == 0
+    assert alarm["outcome"] == "FP" and alarm["largest_false_region_px"] == alarm["largest_region_px"] == 36
+    extra = by_name[(2, "0001.PNG")]
+    assert extra["largest_region_px"] == 64 and extra["largest_false_region_px"] == 25
+    assert extra["predicted_px"] == 89 and extra["dice"] == pytest.approx(128 / 153)
+
+
+def test_a_negative_example_count_is_one_clear_error(white_is_defect):
+    from training.eval_cli import EvalError, evaluate_run
+
+    run, recipe = white_is_defect
+    with pytest.raises(
+        EvalError, match=r"--examples is -1; it must be 0 \(no grid\) or more images per class"
+    ):
+        evaluate_run(run, recipe, n_examples=-1)
