@@ -53,10 +53,7 @@ def _train(args: argparse.Namespace) -> int:
     out = train(args.config, _overrides(args))
     info = json.loads((out / "training.json").read_text())
     m = info["metrics"]
-    print(
-        f"model: {out / info['model_file']}  epochs: {info['epochs_done']}  "
-        f"train time: {info['train_seconds']} s"
-    )
+    print(f"model: {out / info['model_file']}  {info['ended']}  train time: {info['train_seconds']} s")
     print(f"{m['split']}: Dice {m['dice']:.4f}  TPR {m['tpr']}  TNR {m['tnr']}  ({m['images']} images)")
     return 0
 
