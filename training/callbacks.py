@@ -101,34 +101,3 @@ def make_checkpoint_callback(output_dir: Path):
             tmp.replace(ckpt / STATE_FILE)  # the state names the epoch only once its files are complete
 
     return EpochCheckpoint()
-
-
-def make_time_budget_callback(max_minutes: float):
-    """Ends training after the last epoch that fits in ``max_minutes`` of wall time.
-
-    An epoch is expected to take as long as the one before it, so training stops when
-    the next epoch would end past the budget; the run stays within it.
-    """
-    import time
-
-    class TimeBudget(_keras_callback_base()):
-        def on_train_begin(self, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch_started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch + 1 >= self.params.get("epochs", 0):
-                return  # the last planned epoch: the run ends anyway, so there is nothing to report
-            now = time.perf_counter()
-            if now - self.started + (now - self.epoch_started) > max_minutes * 60:
-                logger.info(
-                    "time budget of %.1f min: stopping after epoch %d (%.1f min), the next would pass it",
-                    max_minutes,
-                    epoch + 1,
-                    (now - self.started) / 60,
-                )
-                self.model.stop_training = True
-
-    return TimeBudget()

@@ -56,10 +56,7 @@ def _train(args: argparse.Namespace) -> int:
 
     out = train(args.config, _overrides(args))
     info = json.loads((out / "training.json").read_text())
-    print(
-        f"model: {out / info['model_file']}  epochs: {info['epochs_done']}  "
-        f"train time: {info['train_seconds']} s"
-    )
+    print(f"model: {out / info['model_file']}  {info['ended']}  train time: {info['train_seconds']} s")
     for line in summary_lines(info):
         print(line)
     return 0

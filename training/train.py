@@ -69,8 +69,7 @@ def _compile(model, cfg: dict[str, Any]) -> None:
     def dice(y_true, y_pred):
         return dice_coefficient(y_true, y_pred)
 
-    total_steps = cfg["train"]["epochs"] * cfg["train"]["steps_per_epoch"]
-    optimizer = build_optimizer(cfg["optimizer"], total_steps)
+    optimizer = build_optimizer(cfg["optimizer"])
     model.compile(optimizer=optimizer, loss=get_loss(cfg["loss"]), metrics=[dice])
 
 
@@ -105,12 +104,7 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
     import keras
 
     from training.calibrate import calibrate, hold_out
-    from training.callbacks import (
-        make_checkpoint_callback,
-        make_progress_callback,
-        make_time_budget_callback,
-        restore,
-    )
+    from training.callbacks import make_checkpoint_callback, make_progress_callback, restore
     from training.datasets import load_splits
     from training.evaluate import evaluate_model
     from training.models import build_model, check_input_size
@@ -140,17 +134,17 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
     start_epoch = state["epoch"] if state else 0
     (out / "recipe.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
-    callbacks = [make_checkpoint_callback(out)]
+    started = time.perf_counter()  # train_seconds and the time budget count from here
+    # before the checkpoint, which writes the learning rate the schedule logs into history.json
+    callbacks, budget = _schedule_callbacks(cfg, started)
+    callbacks.append(make_checkpoint_callback(out))
     if tcfg["progress"]:
         callbacks.append(make_progress_callback(tcfg["steps_per_epoch"], tcfg["epochs"]))
-    if tcfg["max_minutes"]:
-        callbacks.append(make_time_budget_callback(tcfg["max_minutes"]))
     if tcfg["tensorboard"]:
         if _has_tensorboard():
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "logs"), update_freq="epoch"))
         else:
             logger.warning("tensorboard is not installed (pip install 'lineside[train]'); no logs/")
-    started = time.perf_counter()
     if start_epoch < tcfg["epochs"]:
         # Keras distributes a plain tf.data dataset over the strategy it was compiled under
         ds = train_dataset(train_samples, cfg, seed, start_epoch=start_epoch)
@@ -173,9 +167,50 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
         cfg["eval"]["min_defect_area"] = calibration["min_defect_area"]
     summary, _ = evaluate_model(model, val_samples, cfg)
     (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_training_json(out, cfg, summary, train_seconds, channels, val_samples, calibration)
-    logger.info("trained %s in %.0f s -> %s", cfg["model"]["architecture"], train_seconds, out)
+    run = _run_end(tcfg, budget)
+    path = write_training_json(out, cfg, summary, train_seconds, channels, val_samples, calibration, run)
+    ended = json.loads(path.read_text())["ended"]  # "epoch 17 of 45 (time budget)"
+    logger.info("trained %s: %s in %.0f s -> %s", cfg["model"]["architecture"], ended, train_seconds, out)
     return out
+
+
+def _schedule_callbacks(cfg: dict[str, Any], started: float) -> tuple[list, Any]:
+    """The per-step learning-rate callback (cosine) and the time-budget callback (``train.max_minutes``),
+    wired so that the budget ends the schedule at the last epoch that fits; and the budget, or None."""
+    from training.optimizers import step_schedule
+    from training.schedule import make_lr_schedule_callback, make_time_budget_callback
+
+    tcfg = cfg["train"]
+    steps = tcfg["steps_per_epoch"]
+    callbacks = []
+    on_plan = None
+    schedule = step_schedule(cfg["optimizer"])
+    if schedule is not None:
+        lr_callback = make_lr_schedule_callback(schedule, tcfg["epochs"] * steps)
+        callbacks.append(lr_callback)
+
+        def on_plan(epochs: int) -> None:
+            lr_callback.set_total_steps(epochs * steps)
+
+    budget = None
+    if tcfg["max_minutes"]:
+        budget = make_time_budget_callback(tcfg["max_minutes"], on_plan, started)
+        callbacks.append(budget)
+    return callbacks, budget
+
+
+def _run_end(tcfg: dict[str, Any], budget) -> dict[str, Any]:
+    """How the run ended, for training.json: the planned epochs, what stopped it early (or None),
+    and the epochs its learning-rate schedule was shaped to."""
+    from training.schedule import TIME_BUDGET
+
+    stopped = budget is not None and getattr(budget, "stopped", False)
+    shaped = getattr(budget, "plan", None) if budget is not None else None
+    return {
+        "epochs_planned": tcfg["epochs"],
+        "stopped_by": TIME_BUDGET if stopped else None,
+        "schedule_epochs": shaped or tcfg["epochs"],
+    }
 
 
 def _input_hw(cfg: dict[str, Any], val_samples) -> tuple[int, int]:
@@ -200,14 +235,18 @@ def write_training_json(
     channels: int,
     val_samples,
     calibration: dict[str, Any] | None = None,
+    run: dict[str, Any] | None = None,
 ) -> Path:
     """Write the checkpoint manifest that ``lineside export`` reads.
 
     ``threshold`` and ``min_defect_area`` are the calibrated values when ``calibration``
     (training.calibrate) chose them, else the recipe's. ``warnings`` lists, as sentences,
-    why the result is not fit for the line (empty when nothing is wrong).
+    why the result is not fit for the line (empty when nothing is wrong). ``run``
+    ({epochs_planned, stopped_by, schedule_epochs}, from ``train``) says how the run ended;
+    ``ended`` words it for reports.
     """
     from training.callbacks import load_state
+    from training.schedule import describe_end
 
     state = load_state(out) or {"epoch": 0, "step": 0}
     height, width = _input_hw(cfg, val_samples)
@@ -219,6 +258,7 @@ def write_training_json(
     }
     if ds["kind"] == "synthetic":
         dataset["synthetic"] = dict(ds["synthetic"])
+    run_end = run or {"epochs_planned": cfg["train"]["epochs"], "stopped_by": None}
     overall = summary["overall"]
     t = str(cfg["eval"]["threshold"])
     info = {
@@ -249,6 +289,8 @@ def write_training_json(
         "seed": cfg["seed"],
         "model_file": MODEL_FILE,
         "epochs_done": state["epoch"],
+        **run_end,
+        "ended": describe_end(state["epoch"], run_end["epochs_planned"], run_end["stopped_by"]),
         "steps_done": state["step"],
         "train_seconds": round(train_seconds, 1),
         "recipe": cfg["name"],

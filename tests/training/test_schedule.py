@@ -1,0 +1,124 @@
+"""The time budget shapes the schedule: the epochs that fit, a cosine that ends there, the reports."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.optimizers import cosine_lr
+from training.schedule import TIME_BUDGET, describe_end, epochs_that_fit
+
+
+def test_a_busy_machine_gets_a_cosine_that_ends_within_the_budget():
+    """Run A of issue 13: 45 epochs of 100 steps planned, 20 minutes, a machine twice as slow."""
+    budget, first, second = 20 * 60, 70.0, 60.0  # the first epoch includes graph tracing
+    fit = epochs_that_fit(budget, first + second, second, done=2, planned=45)
+    assert fit == 2 + int((budget - first - second) // (second * 1.1)) == 18
+    assert first + second + (fit - 2) * second * 1.1 <= budget  # ends in time at 10% slower epochs too
+    initial, steps = 0.002, 100
+    # the last step of the last epoch: the shaped schedule is at its end, the planned one far from it
+    assert cosine_lr(initial, fit * steps - 1, fit * steps) < 1e-5 * initial
+    assert cosine_lr(initial, fit * steps - 1, 45 * steps) > 0.6 * initial
+
+
+def test_epochs_that_fit_stays_between_the_epochs_done_and_the_planned_ones():
+    assert epochs_that_fit(1200, 60, 20, done=2, planned=45) == 45  # all fit: the recipe's schedule
+    assert epochs_that_fit(1200, 1190, 20, done=30, planned=45) == 30  # none more
+    assert epochs_that_fit(1200, 1300, 20, done=30, planned=45) == 30  # already over
+    assert epochs_that_fit(100, 10, 10, done=1, planned=45, margin=0.0) == 10
+
+
+def test_the_end_of_a_run_is_never_a_bare_count():
+    assert describe_end(17, 45, TIME_BUDGET) == "epoch 17 of 45 (time budget)"
+    assert describe_end(45, 45, None) == "epoch 45 of 45"
+
+
+def _run_budget(budget, epochs: list[int]) -> None:
+    for epoch in epochs:
+        budget.on_epoch_end(epoch)
+
+
+def test_the_budget_ends_the_schedule_where_it_stops(caplog):
+    from types import SimpleNamespace
+
+    from training.schedule import make_time_budget_callback
+
+    plans: list[int] = []
+    budget = make_time_budget_callback(1e-9, plans.append)  # every epoch overruns it
+    budget.set_params({"epochs": 5})
+    model = SimpleNamespace(stop_training=False)
+    budget.set_model(model)
+    budget.on_train_begin()
+    with caplog.at_level("INFO", logger="training.schedule"):
+        _run_budget(budget, [0])
+    assert plans == [1] and budget.plan == 1 and budget.stopped and model.stop_training
+    assert "stopping after epoch 1 of 5 (time budget)" in caplog.text
+    assert "short of the schedule's end at epoch 5" in caplog.text  # the plan came too late
+
+
+def test_the_budget_says_nothing_on_the_last_planned_epoch(caplog):
+    from types import SimpleNamespace
+
+    from training.schedule import make_time_budget_callback
+
+    budget = make_time_budget_callback(1e-9)
+    budget.set_params({"epochs": 2})
+    model = SimpleNamespace(stop_training=False)
+    budget.set_model(model)
+    budget.on_train_begin()
+    with caplog.at_level("INFO", logger="training.schedule"):
+        _run_budget(budget, [1])  # resumed at the last epoch: the run ends here anyway
+    assert not model.stop_training and not budget.stopped and "stopping" not in caplog.text
+
+
+@pytest.mark.slow
+def test_a_cut_run_ends_on_small_steps_and_says_where_it_stopped(dagm_root, tmp_path, capsys, caplog):
+    """40 epochs of 60 steps do not fit in 30 s here, idle or busy (the first epoch, graph tracing
+    included, takes 6-20 s, each later one 0.9-2.5 s): the budget must cut the run, end the cosine
+    at the cut and report it in the summary, the log and training.json."""
+    import json
+
+    import yaml
+
+    from edge.cli import main
+    from tests.training.conftest import tiny_recipe
+
+    recipe = tiny_recipe(dagm_root, tmp_path / "cut", epochs=40, steps_per_epoch=60, max_minutes=0.5)
+    recipe["optimizer"]["schedule"] = "cosine"
+    path = tmp_path / "cut.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with caplog.at_level("INFO"):
+        assert main(["train", str(path)]) == 0
+    info = json.loads((tmp_path / "cut" / "training.json").read_text())
+    done = info["epochs_done"]
+    assert info["stopped_by"] == "time budget" and info["epochs_planned"] == 40 and 2 <= done < 40
+    assert info["schedule_epochs"] == done  # it stopped where the shaped schedule ends
+    assert info["ended"] == f"epoch {done} of 40 (time budget)"
+    # the budget decides at each epoch's end; the last checkpoint and the end of fit come after
+    # (0.3-3 s here), so train_seconds may pass the 30 s by that much, never by an epoch
+    assert info["train_seconds"] <= 0.5 * 60 + 5
+    assert f"{info['ended']}  train time" in capsys.readouterr().out
+    assert f"trained tinyunet: epoch {done} of 40 (time budget)" in caplog.text
+    rates = [h["learning_rate"] for h in json.loads((tmp_path / "cut" / "history.json").read_text())]
+    assert len(rates) == done and rates == sorted(rates, reverse=True)
+    # the planned schedule would still be above 60% of its rate here; the shaped one is at its end
+    assert rates[-1] < 0.05 * 0.003
+
+
+@pytest.mark.slow
+def test_a_resumed_cosine_run_keeps_its_place_in_the_schedule(dagm_root, tmp_path):
+    import json
+
+    from tests.training.conftest import tiny_recipe
+    from training.train import train
+
+    out = tmp_path / "resumed"
+    for epochs in (1, 2):
+        recipe = tiny_recipe(dagm_root, out, epochs=epochs)
+        recipe["optimizer"]["schedule"] = "cosine"
+        train(recipe)
+    history = json.loads((out / "history.json").read_text())
+    # 3 steps per epoch; each epoch logs the rate of its last step (steps 2 and 5 of 6 in the end)
+    assert history[0]["learning_rate"] == pytest.approx(cosine_lr(0.003, 2, 3))
+    assert history[1]["learning_rate"] == pytest.approx(cosine_lr(0.003, 5, 6))
+    info = json.loads((out / "training.json").read_text())
+    assert info["ended"] == "epoch 2 of 2" and info["stopped_by"] is None
