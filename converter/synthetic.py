@@ -14,8 +14,10 @@ a (family, defect kinds) pair through ``class_spec``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +232,7 @@ _DRAW = {
 }
 
 
-def _weak_label(defect_mask: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
+def weak_label(defect_mask: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
     """A filled ellipse around the defect pixels (DAGM's weak label) and its bbox [x, y, w, h]."""
     label = np.zeros(hw, np.uint8)
     pts = cv2.findNonZero((defect_mask > 0.25).astype(np.uint8))
@@ -290,7 +292,7 @@ def render(
             # DAGM defects are a few texture standard deviations deep, not saturated
             depth = {"scratch": 2.2, "spot": 2.5, "stain": 1.6, "crack": 2.6}[kind]
             tex = tex + sign * depth * rng.uniform(0.9, 1.3) * soft
-        label, info["bbox"] = _weak_label(canvas, hw)
+        label, info["bbox"] = weak_label(canvas, hw)
         info["kind"] = kind
     img = brightness + contrast * tex + pattern_gain * pattern
     return np.clip(img, 0, 255).astype(np.uint8), label, info
@@ -299,9 +301,17 @@ def render(
 # --------------------------------------------------------------------------- DAGM layout
 
 
-def _write_split(
-    split_dir: Path, rng: np.random.Generator, class_id: int, n: int, size: int, defect_fraction: float
+RenderOne = Callable[[np.random.Generator, bool], tuple[np.ndarray, np.ndarray]]
+
+
+def write_split(
+    split_dir: Path, rng: np.random.Generator, n: int, defect_fraction: float, render_one: RenderOne
 ) -> dict[str, int]:
+    """Write ``n`` images of one DAGM split: ``NNNN.PNG``, ``Label/NNNN_label.PNG`` and ``Label/Labels.txt``.
+
+    ``render_one(rng, defective)`` makes one (image, label) pair; it is how other
+    generators (``training/datasets/realsurface.py``) share this layout code.
+    """
     label_dir = split_dir / "Label"
     label_dir.mkdir(parents=True, exist_ok=True)
     # fixed count of defective images, shuffled, so small sets still hold both kinds
@@ -311,7 +321,7 @@ def _write_split(
     rng.shuffle(flags)
     lines = [str(n)]
     for i, defective in enumerate(flags, start=1):
-        img, label, _ = render(rng, size, class_id, bool(defective))
+        img, label = render_one(rng, bool(defective))
         name = f"{i:04d}.PNG"
         cv2.imwrite(str(split_dir / name), img)
         if defective:
@@ -322,6 +332,11 @@ def _write_split(
             lines.append(f"{i}\t0\t{name}\t0\t0")
     (label_dir / "Labels.txt").write_text("\n".join(lines) + "\n")
     return {"images": n, "defective": int(n_def)}
+
+
+def _render_pair(rng: np.random.Generator, defective: bool, size: int, class_id: int) -> tuple:
+    image, label, _ = render(rng, size, class_id, defective)
+    return image, label
 
 
 def write_dagm(
@@ -356,8 +371,9 @@ def write_dagm(
         per_split = {}
         for split_idx, (split, n) in enumerate((("Train", n_train), ("Test", n_test))):
             rng = np.random.default_rng([seed, class_id, split_idx])
-            per_split[split] = _write_split(
-                root / f"Class{class_id}" / split, rng, class_id, n, size, defect_fraction
+            render_one = functools.partial(_render_pair, size=size, class_id=class_id)
+            per_split[split] = write_split(
+                root / f"Class{class_id}" / split, rng, n, defect_fraction, render_one
             )
         summary["classes"][class_id] = per_split
         logger.info("wrote synthetic Class%d under %s: %s", class_id, root, per_split)

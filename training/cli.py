@@ -1,4 +1,4 @@
-"""``lineside synth``, ``lineside train`` and ``lineside eval``.
+"""``lineside synth``, ``lineside realsurface``, ``lineside train`` and ``lineside eval``.
 
 Nothing heavy is imported at module level (TensorFlow is imported inside the
 handlers) so ``lineside --help`` stays instant.
@@ -48,6 +48,23 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _realsurface(args: argparse.Namespace) -> int:
+    from training.datasets.realsurface import write_realsurface
+
+    summary = write_realsurface(
+        args.output,
+        textures=tuple(args.textures),
+        n_train=args.n_train,
+        n_test=args.n_test,
+        size=args.size,
+        defect_fraction=args.defect_fraction,
+        seed=args.seed,
+        labels=args.labels,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from converter.quiet import quiet_tensorflow
 
@@ -72,7 +89,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``synth``, ``train`` and ``eval`` to the ``lineside`` command."""
+    """Add ``synth``, ``realsurface``, ``train`` and ``eval`` to the ``lineside`` command."""
     p = sub.add_parser("synth", help="write a synthetic DAGM-like data set (DAGM2007 layout)")
     p.add_argument("output", type=Path, help="root folder (ClassN/Train, ClassN/Test are written under it)")
     p.add_argument("--classes", type=int, nargs="+", default=[1], help="DAGM class numbers 1..10")
@@ -82,6 +99,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--defect-fraction", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_synth)
+
+    # the choices are spelled out here so that ``lineside --help`` needs neither OpenCV nor scikit-image
+    p = sub.add_parser(
+        "realsurface",
+        help="write the real-surface validation set: drawn defects on real photographs (DAGM2007 layout)",
+    )
+    p.add_argument(
+        "output", type=Path, help="new root folder (ClassN/Train, ClassN/Test are written under it)"
+    )
+    p.add_argument(
+        "--textures",
+        nargs="+",
+        choices=("brick", "grass", "gravel", "moon"),
+        default=["brick", "grass", "gravel", "moon"],
+        help="photographs, one class each in this order (from scikit-image's shipped data)",
+    )
+    p.add_argument("--n-train", type=int, default=150)
+    p.add_argument("--n-test", type=int, default=60)
+    p.add_argument("--size", type=int, default=512, help="image side in pixels")
+    p.add_argument("--defect-fraction", type=float, default=0.35)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--labels",
+        choices=("ellipse", "pixel"),
+        default="ellipse",
+        help="DAGM's weak ellipse (default) or the exact defect pixels",
+    )
+    p.set_defaults(func=_realsurface)
 
     p = sub.add_parser("train", help="train a segmentation model from a recipe (configs/train/*.yaml)")
     p.add_argument("config", type=Path, help="recipe YAML, e.g. configs/train/demo.yaml")
