@@ -42,8 +42,8 @@ from edge import protocol, sockets
 from edge.collector import PROGRESS_SLOTS
 from edge.config import LineConfig, make_run_dir, open_endpoints, open_metrics, to_dict
 from edge.keys import check_line_keys, line_keys
-from edge.sources.backoff import Backoff
 from edge.router import ROUTER_STATS_INTERVAL_S
+from edge.sources.backoff import Backoff
 from edge.worker import EXIT_MODEL_LOAD, HEARTBEAT_S
 
 log = logging.getLogger(__name__)
