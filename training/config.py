@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("tinyunet", "unet_lowered", "mobilenetv2_unet")
 DATASET_KINDS = ("dagm", "severstal", "folders", "synthetic")
-LOSSES = ("bce", "dice", "adaptive", "bce_dice")
+LOSSES = ("bce", "dice", "adaptive", "bce_dice", "tversky", "bce_tversky")
 OPTIMIZERS = ("rmsprop", "adam")
 SCHEDULES = ("exponential", "cosine")
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -53,7 +53,20 @@ DEFAULTS: dict[str, Any] = {
         "defect_crop_fraction": 0.5,
         "batch_size": 8,
         "cache": True,
-        "augment": {"flip": True, "rot90": True, "brightness": 0.1, "contrast": 0.1},
+        # brightness: +-fraction of 255; contrast: x(1 +- fraction); what a camera adds (0: off):
+        # rotate +-degrees, scale x(1 +- fraction), blur: Gaussian sigma up to this many pixels on
+        # half the crops, gamma: x(1 + gamma)^+-1 exponent, noise: sigma up to this many gray levels
+        "augment": {
+            "flip": True,
+            "rot90": True,
+            "brightness": 0.1,
+            "contrast": 0.1,
+            "rotate": 0.0,
+            "scale": 0.0,
+            "blur": 0.0,
+            "gamma": 0.0,
+            "noise": 0.0,
+        },
     },
     "model": {
         "architecture": "tinyunet",
@@ -62,6 +75,11 @@ DEFAULTS: dict[str, Any] = {
         "dropout": 0.0,
         # tinyunet / unet_lowered: BatchNorm after each conv (not in the originals; much faster to converge)
         "batch_norm": False,
+        # standardize each input image in the model (zero mean, unit variance): the exported
+        # graph carries it, so the line needs nothing new; evens out gain and contrast
+        "standardize": False,
+        # tinyunet: dilation of the two bottleneck convs (1: NVIDIA's), a wider receptive field
+        "bottleneck_dilation": 1,
         # mobilenetv2_unet: a local .weights.h5 / .h5 file of a MobileNetV2 encoder, or null (random)
         "encoder_weights": None,
         "alpha": 1.0,
@@ -203,6 +221,14 @@ def _check_ranges(cfg: dict[str, Any], source: str) -> None:
             bad(f"train.{key}", cfg["train"][key], ">= 1")
     if cfg["train"]["max_minutes"] < 0:
         bad("train.max_minutes", cfg["train"]["max_minutes"], ">= 0 (0: no limit)")
+    limits = {"rotate": 45.0, "scale": 0.5, "blur": 10.0, "gamma": 2.0, "noise": 64.0}
+    for key, top in limits.items():
+        value = cfg["input"]["augment"][key]
+        if not 0.0 <= value <= top:
+            bad(f"input.augment.{key}", value, f"in [0, {top:g}] (0: off)")
+    dilation = cfg["model"]["bottleneck_dilation"]
+    if dilation < 1 or (dilation > 1 and cfg["model"]["architecture"] != "tinyunet"):
+        bad("model.bottleneck_dilation", dilation, ">= 1, and 1 unless model.architecture is tinyunet")
     if cfg["model"]["base_filters"] < 1:
         bad("model.base_filters", cfg["model"]["base_filters"], ">= 1")
     if not 0.0 <= cfg["model"]["dropout"] < 1.0:

@@ -1,4 +1,5 @@
-"""Segmentation losses of the seeds: BCE, smoothed Sørensen Dice, UNet_Industrial's adaptive loss, BCE + Dice.
+"""Segmentation losses: the seeds' BCE, smoothed Sørensen Dice, UNet_Industrial's adaptive loss and
+BCE + Dice, and the Tversky loss, which weighs a missed defect pixel above a false one.
 
 All take (y_true, y_pred) with y_pred the sigmoid probabilities, and compute in
 float32 so mixed precision does not change them.
@@ -10,9 +11,12 @@ from collections.abc import Callable
 
 from converter.errors import LinesideError
 
-LOSS_NAMES = ("bce", "dice", "adaptive", "bce_dice")
+LOSS_NAMES = ("bce", "dice", "adaptive", "bce_dice", "tversky", "bce_tversky")
 #: UNet_Industrial switches from BCE to Dice once the Dice loss is below this
 ADAPTIVE_SWITCH = 0.3
+#: Tversky weights of false positive and false negative pixels (Salehi et al. 2017's choice):
+#: a defect missed costs more than a false pixel, as a missed defective part does on a line
+TVERSKY_ALPHA, TVERSKY_BETA = 0.3, 0.7
 
 
 class LossError(LinesideError, ValueError):
@@ -61,11 +65,30 @@ def bce_dice_loss(y_true, y_pred):
     return bce_loss(y_true, y_pred) + dice_loss(y_true, y_pred)
 
 
+def tversky_loss(y_true, y_pred, smooth: float = 1.0):
+    """1 - Tversky index over the batch: TP / (TP + alpha FP + beta FN), smoothed like Dice
+    (alpha = beta = 0.5 is the Dice loss)."""
+    import tensorflow as tf
+
+    y_true, y_pred = _f32(y_true, y_pred)
+    tp = tf.reduce_sum(y_true * y_pred)
+    fp = tf.reduce_sum((1.0 - y_true) * y_pred)
+    fn = tf.reduce_sum(y_true * (1.0 - y_pred))
+    return 1.0 - (tp + smooth) / (tp + TVERSKY_ALPHA * fp + TVERSKY_BETA * fn + smooth)
+
+
+def bce_tversky_loss(y_true, y_pred):
+    """BCE + Tversky loss: BCE keeps clean texture at 0, Tversky favours catching defects."""
+    return bce_loss(y_true, y_pred) + tversky_loss(y_true, y_pred)
+
+
 _LOSSES: dict[str, Callable] = {
     "bce": bce_loss,
     "dice": dice_loss,
     "adaptive": adaptive_loss,
     "bce_dice": bce_dice_loss,
+    "tversky": tversky_loss,
+    "bce_tversky": bce_tversky_loss,
 }
 
 

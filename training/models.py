@@ -50,6 +50,7 @@ def _conv(
     weight_decay: float,
     activation: str | None = "relu",
     batch_norm: bool = False,
+    dilation: int = 1,
 ):
     """Conv2D 'same' + ReLU, or Conv2D + BatchNorm + ReLU when ``batch_norm`` (converges far faster)."""
     reg = keras.regularizers.L2(weight_decay) if weight_decay else None
@@ -62,6 +63,7 @@ def _conv(
         use_bias=not use_bn,
         kernel_initializer="he_normal",
         kernel_regularizer=reg,
+        dilation_rate=dilation,
         name=name,
     )
     if not use_bn:
@@ -70,6 +72,25 @@ def _conv(
     bn = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")
     act = keras.layers.Activation(activation, name=f"{name}_{activation}")
     return lambda x: act(bn(conv(x)))
+
+
+#: the floor of the per-image variance (inputs in [0, 1]): a flat frame's sensor noise is
+#: magnified at most 100 times instead of without bound
+STANDARDIZE_EPSILON = 1e-4
+
+
+def _model_input(keras: Any, channels: int, standardize: bool):
+    """The model's input, and what the first layer sees: the input itself, or each image
+    standardized to zero mean and unit variance over its pixels (``model.standardize``).
+    LayerNormalization over (H, W, C) without scale or centre is exactly that, a built-in
+    layer, and it travels in the exported graph, so the line's preprocessing stays the same."""
+    inputs = keras.Input((None, None, channels), name="image")
+    if not standardize:
+        return inputs, inputs
+    norm = keras.layers.LayerNormalization(
+        axis=[1, 2, 3], center=False, scale=False, epsilon=STANDARDIZE_EPSILON, name="standardize"
+    )
+    return inputs, norm(inputs)
 
 
 def _sigmoid_output(keras: Any, x: Any):
@@ -83,6 +104,8 @@ def build_tinyunet(
     weight_decay: float = 0.0,
     dropout: float = 0.0,
     batch_norm: bool = False,
+    standardize: bool = False,
+    bottleneck_dilation: int = 1,
 ):
     """TinyUNet of NVIDIA UNet_Industrial.
 
@@ -91,21 +114,23 @@ def build_tinyunet(
     -> 3 up blocks (concat skip, conv f, conv f/2, upsample + 2x2 conv f/2) -> output
     block (concat, 2 conv at base, 1x1 conv) -> sigmoid. ReLU, 'same' padding.
     base_filters=32 is NVIDIA's tinyUNet. ``batch_norm`` (not in NVIDIA's model) puts
-    BatchNorm after every 3x3 conv; it folds into the convs at export.
+    BatchNorm after every 3x3 conv; it folds into the convs at export. ``standardize``
+    (see ``_model_input``) and ``bottleneck_dilation`` > 1 (the bottleneck's two convs see
+    that much wider, for defects larger than NVIDIA's receptive field) are options of ours.
     """
     import keras
 
     b = base_filters
-    inputs = keras.Input((None, None, channels), name="image")
+    inputs, x = _model_input(keras, channels, standardize)
     skips = []
-    x = inputs
     for name, filters in (("input_block", b), ("down_1", b), ("down_2", 2 * b), ("down_3", 4 * b)):
         x = _conv(keras, filters, 3, f"{name}_conv1", weight_decay, batch_norm=batch_norm)(x)
         x = _conv(keras, filters, 3, f"{name}_conv2", weight_decay, batch_norm=batch_norm)(x)
         skips.append(x)
         x = keras.layers.MaxPooling2D(2, name=f"{name}_pool")(x)
-    x = _conv(keras, 8 * b, 3, "bottleneck_conv1", weight_decay, batch_norm=batch_norm)(x)
-    x = _conv(keras, 8 * b, 3, "bottleneck_conv2", weight_decay, batch_norm=batch_norm)(x)
+    d = bottleneck_dilation
+    x = _conv(keras, 8 * b, 3, "bottleneck_conv1", weight_decay, batch_norm=batch_norm, dilation=d)(x)
+    x = _conv(keras, 8 * b, 3, "bottleneck_conv2", weight_decay, batch_norm=batch_norm, dilation=d)(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="bottleneck_dropout")(x)
     x = keras.layers.UpSampling2D(2, interpolation="nearest", name="bottleneck_upsample")(x)
@@ -129,6 +154,7 @@ def build_unet_lowered(
     weight_decay: float = 0.0,
     dropout: float = 0.5,
     batch_norm: bool = False,
+    standardize: bool = False,
 ):
     """The reduced U-Net of the "U-Net lowered" seed: the classic Keras U-Net at 25% filters.
 
@@ -139,9 +165,8 @@ def build_unet_lowered(
     import keras
 
     f = [base_filters * 2**i for i in range(5)]
-    inputs = keras.Input((None, None, channels), name="image")
+    inputs, x = _model_input(keras, channels, standardize)
     skips = []
-    x = inputs
     for level in range(4):
         x = _conv(keras, f[level], 3, f"enc{level + 1}_conv1", weight_decay, batch_norm=batch_norm)(x)
         x = _conv(keras, f[level], 3, f"enc{level + 1}_conv2", weight_decay, batch_norm=batch_norm)(x)
@@ -181,6 +206,7 @@ def build_mobilenetv2_unet(
     encoder_weights: str | Path | None = None,
     alpha: float = 1.0,
     freeze_until: str | None = "block_6_expand",
+    standardize: bool = False,
 ):
     """A MobileNetV2 encoder with pix2pix upsample blocks (TensorFlow's segmentation tutorial shape).
 
@@ -195,8 +221,8 @@ def build_mobilenetv2_unet(
     if channels not in (1, 3):
         msg = f"mobilenetv2_unet takes 1 or 3 input channels, got {channels}"
         raise ModelError(msg)
-    inputs = keras.Input((None, None, channels), name="image")
-    rgb = keras.layers.Concatenate(name="gray_to_rgb")([inputs, inputs, inputs]) if channels == 1 else inputs
+    inputs, x = _model_input(keras, channels, standardize)
+    rgb = keras.layers.Concatenate(name="gray_to_rgb")([x, x, x]) if channels == 1 else x
     encoder_base = keras.applications.MobileNetV2(
         input_shape=(None, None, 3), include_top=False, weights=None, alpha=alpha
     )
@@ -242,14 +268,17 @@ def build_model(model_cfg: dict[str, Any], channels: int = 1, weight_decay: floa
     """Build the architecture a recipe's ``model`` section names."""
     arch = model_cfg["architecture"]
     model_stride(arch)
+    common = (
+        channels,
+        model_cfg["base_filters"],
+        weight_decay,
+        model_cfg["dropout"],
+        model_cfg["batch_norm"],
+    )
     if arch == "tinyunet":
-        return build_tinyunet(
-            channels, model_cfg["base_filters"], weight_decay, model_cfg["dropout"], model_cfg["batch_norm"]
-        )
+        return build_tinyunet(*common, model_cfg["standardize"], model_cfg["bottleneck_dilation"])
     if arch == "unet_lowered":
-        return build_unet_lowered(
-            channels, model_cfg["base_filters"], weight_decay, model_cfg["dropout"], model_cfg["batch_norm"]
-        )
+        return build_unet_lowered(*common, model_cfg["standardize"])
     return build_mobilenetv2_unet(
         channels,
         model_cfg["base_filters"],
@@ -258,4 +287,5 @@ def build_model(model_cfg: dict[str, Any], channels: int = 1, weight_decay: floa
         model_cfg["encoder_weights"],
         model_cfg["alpha"],
         model_cfg["freeze_until"],
+        model_cfg["standardize"],
     )

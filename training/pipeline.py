@@ -11,6 +11,7 @@ run would have seen.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from converter.preprocessing import NORMALIZATIONS, check_normalization
@@ -118,7 +119,9 @@ def _crop(image, mask, size: int, defect_fraction: float, seed):
 
 
 def _augment(image, mask, aug: dict[str, Any], seed, square: bool):
-    """Flips, 90-degree rotations (square inputs only), brightness, contrast; image is float in [0, 255]."""
+    """Flips, 90-degree rotations (square inputs only), brightness, contrast, and what real
+    cameras add (small rotations and scale, defocus blur, gamma, sensor noise) where the recipe
+    asks for it; image is float in [0, 255]."""
     import tensorflow as tf
 
     s = tf.random.experimental.stateless_split(seed, 4)
@@ -131,13 +134,77 @@ def _augment(image, mask, aug: dict[str, Any], seed, square: bool):
     if aug["rot90"] and square:
         k = tf.cast(u[2] * 4, tf.int32) % 4
         image, mask = tf.image.rot90(image, k), tf.image.rot90(mask, k)
+    # The camera draws come from a stream of their own, so that the draws above (and so every
+    # recipe without them) stay what they were.
+    c = tf.random.stateless_uniform([6], s[2])
+    if aug["rotate"] or aug["scale"]:
+        angle = (c[0] * 2 - 1) * aug["rotate"] * (math.pi / 180)
+        zoom = 1.0 + (c[1] * 2 - 1) * aug["scale"]
+        image, mask = _rotate_scale(image, mask, angle, zoom)
+    if aug["blur"]:
+        # half the crops stay sharp: a camera is mostly in focus
+        sigma = c[2] * aug["blur"]
+        image = tf.cond(c[3] < 0.5, lambda: _gaussian_blur(image, sigma, aug["blur"]), lambda: image)
+    if aug["gamma"]:
+        gamma = tf.exp((c[4] * 2 - 1) * math.log(1.0 + aug["gamma"]))
+        image = 255.0 * tf.pow(tf.clip_by_value(image, 0.0, 255.0) / 255.0, gamma)
     if aug["brightness"]:
         image = image + (u[3] * 2 - 1) * aug["brightness"] * 255.0
     if aug["contrast"]:
         factor = 1.0 + (u[4] * 2 - 1) * aug["contrast"]
         mean = tf.reduce_mean(image)
         image = (image - mean) * factor + mean
+    if aug["noise"]:
+        sigma = c[5] * aug["noise"]
+        image = image + sigma * tf.random.stateless_normal(tf.shape(image), s[3])
     return tf.clip_by_value(image, 0.0, 255.0), mask
+
+
+def _rotate_scale(image, mask, angle, zoom):
+    """Rotate by ``angle`` (radians) and scale by ``zoom`` about the centre; the corners the
+    turn uncovers are mirrored texture (not black, which would teach a false edge), and the
+    mask follows by nearest neighbour so it stays binary."""
+    import tensorflow as tf
+
+    shape = tf.shape(image)
+    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    # output (x, y) -> input (a0 x + a1 y + a2, b0 x + b1 y + b2): the inverse of the turn
+    transform = tf.stack([cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy, 0.0, 0.0])[
+        None
+    ]
+
+    def warp(x, how):
+        out = tf.raw_ops.ImageProjectiveTransformV3(
+            images=tf.cast(x, tf.float32)[None],
+            transforms=transform,
+            output_shape=shape[:2],
+            fill_value=0.0,
+            interpolation=how,
+            fill_mode="REFLECT",
+        )
+        return tf.cast(out[0], x.dtype)
+
+    return warp(image, "BILINEAR"), warp(mask, "NEAREST")
+
+
+def _gaussian_blur(image, sigma, max_sigma: float):
+    """A separable Gaussian blur of ``sigma`` pixels (a tensor up to ``max_sigma``), mirrored
+    at the borders so that the edges do not darken."""
+    import tensorflow as tf
+
+    radius = max(1, math.ceil(3 * max_sigma))
+    x = tf.range(-radius, radius + 1, dtype=tf.float32)
+    k = tf.exp(-(x**2) / (2 * tf.maximum(sigma, 1e-3) ** 2))
+    k = k / tf.reduce_sum(k)
+    channels = image.shape[-1] or 1
+    padded = tf.pad(image[None], [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    kernel_v = tf.tile(tf.reshape(k, [-1, 1, 1, 1]), [1, 1, channels, 1])
+    kernel_h = tf.tile(tf.reshape(k, [1, -1, 1, 1]), [1, 1, channels, 1])
+    out = tf.nn.depthwise_conv2d(padded, kernel_v, [1, 1, 1, 1], "VALID")
+    out = tf.nn.depthwise_conv2d(out, kernel_h, [1, 1, 1, 1], "VALID")
+    return out[0]
 
 
 def decoded_dataset(

@@ -26,8 +26,25 @@ def test_dice_coefficient_and_losses_by_hand():
     poor = np.array([0.2, 0.1, 0.9, 0.4], np.float32).reshape(1, 2, 2, 1)
     assert float(losses.dice_loss(y_true, poor)) >= 0.3
     assert float(losses.adaptive_loss(y_true, poor)) == pytest.approx(float(losses.bce_loss(y_true, poor)))
-    with pytest.raises(ValueError, match="allowed: bce, dice, adaptive, bce_dice"):
+    with pytest.raises(ValueError, match="allowed: bce, dice, adaptive, bce_dice, tversky, bce_tversky"):
         losses.get_loss("focal")
+
+
+def test_tversky_loss_by_hand_weighs_a_missed_pixel_above_a_false_one():
+    from training import losses
+
+    y_true = np.array([1, 1, 0, 0], np.float32).reshape(1, 2, 2, 1)
+    y_pred = np.array([1, 0.5, 0.5, 0], np.float32).reshape(1, 2, 2, 1)
+    # TP 1.5, FP 0.5, FN 0.5, smooth 1: 1 - 2.5 / (2.5 + 0.3 * 0.5 + 0.7 * 0.5)
+    assert float(losses.tversky_loss(y_true, y_pred)) == pytest.approx(1 - 2.5 / 3.0)
+    missed = np.array([1, 0, 0, 0], np.float32).reshape(1, 2, 2, 1)  # one defect pixel missed
+    false = np.array([1, 1, 1, 0], np.float32).reshape(1, 2, 2, 1)  # one clean pixel flagged
+    assert float(losses.tversky_loss(y_true, missed)) > float(losses.tversky_loss(y_true, false))
+    # and by more than the Dice loss does (alpha = beta = 0.5)
+    ratio_tversky = float(losses.tversky_loss(y_true, missed)) / float(losses.tversky_loss(y_true, false))
+    assert ratio_tversky > float(losses.dice_loss(y_true, missed)) / float(losses.dice_loss(y_true, false))
+    bce = float(losses.bce_loss(y_true, y_pred))
+    assert float(losses.bce_tversky_loss(y_true, y_pred)) == pytest.approx(bce + 1 - 2.5 / 3.0, rel=1e-4)
 
 
 def test_dice_iou_by_hand():

@@ -12,6 +12,13 @@ MODELS = {
     "tinyunet_bn": {"architecture": "tinyunet", "base_filters": 4, "batch_norm": True},
     "unet_lowered": {"architecture": "unet_lowered", "base_filters": 4, "dropout": 0.1},
     "mobilenetv2_unet": {"architecture": "mobilenetv2_unet", "base_filters": 2, "alpha": 0.35},
+    "tinyunet_std_dilated": {
+        "architecture": "tinyunet",
+        "base_filters": 4,
+        "batch_norm": True,
+        "standardize": True,
+        "bottleneck_dilation": 2,
+    },
 }
 
 
@@ -37,6 +44,30 @@ def test_tinyunet_matches_nvidia_block_structure():
     assert sum(layer.__class__.__name__ == "MaxPooling2D" for layer in model.layers) == 4
     assert sum(layer.__class__.__name__ == "UpSampling2D" for layer in model.layers) == 4
     assert model.input_shape == (None, None, None, 1) and model.output_shape == (None, None, None, 1)
+
+
+@pytest.mark.parametrize("arch", ["tinyunet", "unet_lowered", "mobilenetv2_unet"])
+def test_a_standardized_model_sees_past_gain_and_offset(arch):
+    """model.standardize: the same surface under another gain and offset gives the same map
+    (within float error), and the layer is exactly per-image (x - mean) / std."""
+    kw = {"alpha": 0.35, "base_filters": 2} if arch == "mobilenetv2_unet" else {"base_filters": 4}
+    model = build_model(_model_cfg(architecture=arch, standardize=True, **kw))
+    x = np.random.default_rng(1).random((2, 64, 64, 1)).astype(np.float32) * 0.6 + 0.2
+    x[1] *= 0.5  # the second image: half the contrast
+    brighter = x * 1.5 + 0.1  # what another gain and offset make of the same surfaces
+    assert np.allclose(model.predict(x, verbose=0), model.predict(brighter, verbose=0), atol=2e-3)
+    norm = model.get_layer("standardize")(x).numpy()
+    var = x.var(axis=(1, 2, 3), keepdims=True)
+    assert np.allclose(norm, (x - x.mean(axis=(1, 2, 3), keepdims=True)) / np.sqrt(var + 1e-4), atol=1e-4)
+    plain = build_model(_model_cfg(architecture=arch, **kw))
+    assert "standardize" not in [layer.name for layer in plain.layers]
+
+
+def test_bottleneck_dilation_widens_only_the_bottleneck():
+    model = build_model(_model_cfg(architecture="tinyunet", base_filters=4, bottleneck_dilation=3))
+    dilations = {layer.name: layer.dilation_rate for layer in model.layers if hasattr(layer, "dilation_rate")}
+    assert dilations["bottleneck_conv1"] == dilations["bottleneck_conv2"] == (3, 3)
+    assert {d for n, d in dilations.items() if not n.startswith("bottleneck_conv")} == {(1, 1)}
 
 
 def test_unet_lowered_filters():

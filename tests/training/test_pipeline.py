@@ -96,6 +96,71 @@ def test_augmentation_changes_brightness_and_contrast(dagm_root):
     assert b.min() >= 0.0 and b.max() <= 1.0
 
 
+CAMERA = {"rotate": 10.0, "scale": 0.1, "blur": 2.0, "gamma": 0.3, "noise": 6.0}
+NO_JITTER = {"flip": False, "rot90": False, "brightness": 0.0, "contrast": 0.0}
+
+
+def test_camera_augmentation_keeps_masks_on_their_defects():
+    """Rotation, scale, blur, gamma and noise: the mask stays binary and on the bright bar it
+    labels, the image changes, and each kind is off at 0 (then the crop is left as it was)."""
+    import tensorflow as tf
+
+    from training.pipeline import _augment
+
+    image = np.full((64, 64, 1), 60, np.float32)
+    image[20:44, 28:36] = 200
+    mask = (image > 100).astype(np.uint8)
+    off = {**NO_JITTER, **dict.fromkeys(CAMERA, 0.0)}
+    a, m = _augment(tf.constant(image), tf.constant(mask), off, tf.constant([3, 4], tf.int64), True)
+    assert np.array_equal(a.numpy(), image) and np.array_equal(m.numpy(), mask)
+    turned = 0
+    for i in range(8):
+        seed = tf.constant([3, i], tf.int64)
+        a, m = (
+            t.numpy()
+            for t in _augment(tf.constant(image), tf.constant(mask), {**NO_JITTER, **CAMERA}, seed, True)
+        )
+        assert set(np.unique(m)) <= {0, 1} and 0.7 * mask.sum() < m.sum() < 1.3 * mask.sum()
+        # the bar and its label moved together: inside the label the image is bright, outside dark
+        assert a[m[..., 0] > 0].mean() > 150 and a[m[..., 0] == 0].mean() < 100
+        assert a.min() >= 0.0 and a.max() <= 255.0 and not np.allclose(a, image)
+        turned += not np.array_equal(m, mask)
+    assert turned >= 6  # rotation and scale move the label itself
+
+
+def test_camera_augmentation_each_kind_acts():
+    import tensorflow as tf
+
+    from training.pipeline import _augment
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(40, 220, (48, 48, 1)).astype(np.float32)
+    mask = np.zeros((48, 48, 1), np.uint8)
+    seed = tf.constant([7, 1], tf.int64)
+    off = {**NO_JITTER, **dict.fromkeys(CAMERA, 0.0)}
+    outputs = {}
+    for kind, value in CAMERA.items():
+        changed = [
+            not np.allclose(
+                _augment(
+                    tf.constant(image),
+                    tf.constant(mask),
+                    {**off, kind: value},
+                    tf.constant([7, i], tf.int64),
+                    True,
+                )[0].numpy(),
+                image,
+            )
+            for i in range(4)
+        ]
+        outputs[kind] = sum(changed)
+    del seed
+    # blur acts on half the crops; the others on every crop (a draw of exactly 0 aside)
+    assert outputs["blur"] >= 1 and all(outputs[k] >= 3 for k in ("rotate", "scale", "gamma", "noise")), (
+        outputs
+    )
+
+
 def test_random_crops_reach_every_image_edge():
     """Whole images have edges; training crops must show them (edge false alarms otherwise)."""
     import tensorflow as tf
