@@ -1,0 +1,165 @@
+"""Online hard-negative mining: aim some crops of clean images at what the model mistakes for a defect.
+
+On photographed textures (grass, gravel, brick) a model trained on random crops raised
+confident false alarms on clean texture that looks like a defect (big stones, leaves): a
+random crop rarely holds one. With ``input.hard_negative_fraction`` > 0, the callback of
+``make_miner`` runs the current model over the clean training images (whole, normalized as
+for evaluation) at the start of training and after every ``input.mining_every`` epochs, and
+writes where each image's probability map peaks into a ``tf.Variable`` table; the
+training pipeline (``training.pipeline._crop``) centres that fraction of the clean crops
+on the peak. The table is saved as ``checkpoints/mining.npz`` so that a resumed run crops
+with the hints the uninterrupted run had.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.datasets.base import Sample
+
+logger = logging.getLogger(__name__)
+
+#: clean images one pass scores at most; larger sets are scored in turns of this many (the
+#: cost grows with it: whole images through the model, on the training machine, between epochs)
+MAX_IMAGES_PER_PASS = 256
+MINING_FILE = "mining.npz"
+#: a hint at a probability above this is a false alarm at the usual threshold (counted in the log)
+ALARM = 0.5
+
+
+def make_hints(n_samples: int):
+    """The [n_samples, 2] int32 (row, col) table the pipeline reads, all -1 (no hint)."""
+    import tensorflow as tf
+
+    # on the CPU, where tf.data runs, outside any distribution strategy: one plain copy
+    with tf.device("/CPU:0"):
+        return tf.Variable(tf.fill([n_samples, 2], -1), trainable=False, name="mining_hints")
+
+
+def clean_indices(samples: list[Sample]) -> list[int]:
+    """Positions of the training images without a defect: the only ones whose crops are aimed."""
+    return [i for i, s in enumerate(samples) if not s.defective]
+
+
+def pass_indices(clean: list[int], pass_number: int, cap: int = MAX_IMAGES_PER_PASS) -> list[int]:
+    """The clean images pass ``pass_number`` scores: all of them, or the next ``cap`` in turn.
+
+    Taking them in turn (not at random) makes a pass depend on its number only, so a resumed
+    run scores what the uninterrupted one did, and successive passes cover the whole set.
+    """
+    if len(clean) <= cap:
+        return list(clean)
+    start = (pass_number * cap) % len(clean)
+    return [clean[(start + k) % len(clean)] for k in range(cap)]
+
+
+def strongest_responses(model, samples: list[Sample], cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) of each image's highest probability, [n, 2] int32, and that probability, [n].
+
+    The argmax rather than the centroid of the largest region above 0.5: it exists on every
+    image (also before the model raises any alarm), costs nothing beyond the forward pass,
+    and always lies on the texture that scored highest; a centroid needs connected components
+    per image and can fall outside a curved region. The crop's jitter (a quarter crop) keeps
+    the region around the peak in view either way.
+    """
+    from training.evaluate import predictions  # eval_dataset's normalization, batches, size check
+
+    points, peaks = [], []
+    for _, _, prob, _ in predictions(model, samples, cfg):
+        flat = int(np.argmax(prob))
+        points.append(np.unravel_index(flat, prob.shape))
+        peaks.append(float(prob.flat[flat]))
+    return np.asarray(points, np.int32).reshape(-1, 2), np.asarray(peaks, np.float32)
+
+
+def restore_hints(hints, ckpt_dir: Path, start_epoch: int, every: int) -> bool:
+    """Load the saved table when it is the one the uninterrupted run used at ``start_epoch``.
+
+    That run last mined after epoch ``start_epoch - start_epoch % every`` (0: at its start).
+    A table from another epoch (the run stopped between the two writes) or of another size
+    is not used: the caller mines afresh instead.
+    """
+    path = ckpt_dir / MINING_FILE
+    if not path.is_file():
+        return False
+    with np.load(path) as saved:
+        table, epoch = saved["hints"], int(saved["epoch"])
+    expected = start_epoch - start_epoch % every
+    if epoch != expected or table.shape != tuple(hints.shape):
+        logger.warning(
+            "%s holds hints mined after epoch %d, not those of epoch %d this run resumes at; mining afresh",
+            path,
+            epoch,
+            expected,
+        )
+        return False
+    hints.assign(table)
+    logger.info("hard-negative mining: resumed with the hints mined after epoch %d", epoch)
+    return True
+
+
+def make_miner(samples: list[Sample], cfg: dict[str, Any], hints, ckpt_dir: Path, start_epoch: int = 0):
+    """A Keras callback that mines at the start of training and after every ``input.mining_every``-th epoch.
+
+    ``samples`` are the training samples in the order ``train_dataset`` numbers them (the
+    rows of ``hints``); ``ckpt_dir`` receives ``mining.npz`` after every pass. Put it after
+    the time-budget callback: it skips the pass after the run's last epoch. Its
+    ``last_pass`` says what the last pass did ({epoch, images, seconds, alarms}).
+    """
+    import keras  # here, not at import: the CLI's help must not load Keras
+
+    every = cfg["input"]["mining_every"]
+    clean = clean_indices(samples)
+    ckpt_dir = Path(ckpt_dir)
+
+    class HardNegativeMiner(keras.callbacks.Callback):
+        last_pass: dict[str, Any] | None = None
+
+        def on_train_begin(self, logs=None):
+            if not clean:
+                logger.warning("hard-negative mining: no clean training image, nothing to mine")
+            elif not restore_hints(hints, ckpt_dir, start_epoch, every):
+                self.mine(start_epoch)
+
+        def on_epoch_end(self, epoch, logs=None):
+            done = epoch + 1
+            last = done >= self.params.get("epochs", done) or getattr(self.model, "stop_training", False)
+            if clean and done % every == 0 and not last:  # after the last epoch nothing would use it
+                self.mine(done)
+
+        def mine(self, epoch: int) -> None:
+            """Score one pass of clean images with the current model, update and save the hints."""
+            started = time.perf_counter()
+            chosen = pass_indices(clean, epoch // every)
+            points, peaks = strongest_responses(self.model, [samples[i] for i in chosen], cfg)
+            table = np.asarray(hints.numpy())
+            table[chosen] = points
+            hints.assign(table)
+            _save(ckpt_dir, table, epoch)
+            seconds = time.perf_counter() - started
+            alarms = int(np.count_nonzero(peaks > ALARM))
+            self.last_pass = {"epoch": epoch, "images": len(chosen), "seconds": seconds, "alarms": alarms}
+            logger.info(
+                "hard-negative mining after epoch %d: %d clean images in %.1f s, %d with p > %.1f (max %.2f)",
+                epoch,
+                len(chosen),
+                seconds,
+                alarms,
+                ALARM,
+                float(peaks.max()),
+            )
+
+    return HardNegativeMiner()
+
+
+def _save(ckpt_dir: Path, table: np.ndarray, epoch: int) -> None:
+    """Write the table and the epoch it was mined after (atomically, like the checkpoint)."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir / ("tmp." + MINING_FILE)
+    np.savez(tmp, hints=table, epoch=np.int64(epoch))
+    tmp.replace(ckpt_dir / MINING_FILE)
