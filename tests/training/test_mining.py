@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import cv2
@@ -106,13 +107,15 @@ def test_the_pipeline_reads_the_hints_as_they_are_now(tmp_path):
         return bool((np.asarray(images).max(axis=(1, 2, 3)) > 0.99).all())
 
     before = [all_marked(next(batches)[0]) for _ in range(6)]
+    time.sleep(0.5)  # as a training step would: prefetch and the parallel map run ahead meanwhile
     hints.assign(centres)
     after = [all_marked(next(batches)[0]) for _ in range(12)]
     assert sum(before) <= 1  # random crops of 32 in 64 px: all four marked is rare
-    # prefetch and the parallel map may have made a few batches with the old hints; after
-    # them every crop is aimed. Seen here: no lag at all, the parallel map waits for a reader.
+    # the batches made ahead still hold the old hints (3 of 6 here); every later crop is aimed,
+    # the whole epoch after next at the latest
     lag = after.index(True)
-    assert lag <= 4 and all(after[lag:])
+    print(f"batches made with the old hints: {lag}")
+    assert all(after[lag:]) and lag <= 6
 
 
 def _bright_spot_model():
