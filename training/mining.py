@@ -106,22 +106,25 @@ def restore_hints(hints, ckpt_dir: Path, start_epoch: int, every: int) -> bool:
     """Load the saved table when it is the one the uninterrupted run used at ``start_epoch``.
 
     That run last mined after epoch ``start_epoch - start_epoch % every`` (0: at its start).
-    A table from another epoch (the run stopped between the two writes) or of another size
-    is not used: the caller mines afresh instead.
+    Otherwise (no file, a table of another epoch or size) the caller mines afresh: the same
+    pass when one was due at ``start_epoch`` (the restored weights are the ones it scored,
+    also when a finished run is extended), else with a warning, as those hints are lost.
     """
     path = ckpt_dir / MINING_FILE
-    if not path.is_file():
-        return False
-    with np.load(path) as saved:
-        table, epoch = saved["hints"], int(saved["epoch"])
     expected = start_epoch - start_epoch % every
+    table, epoch = None, None
+    if path.is_file():
+        with np.load(path) as saved:
+            table, epoch = saved["hints"], int(saved["epoch"])
     if epoch != expected or table.shape != tuple(hints.shape):
-        logger.warning(
-            "%s holds hints mined after epoch %d, not those of epoch %d this run resumes at; mining afresh",
-            path,
-            epoch,
-            expected,
-        )
+        if expected != start_epoch:
+            logger.warning(
+                "%s: no hints mined after epoch %d, which this run resuming at epoch %d would use; "
+                "mining afresh",
+                path,
+                expected,
+                start_epoch,
+            )
         return False
     hints.assign(table)
     logger.info("hard-negative mining: resumed with the hints mined after epoch %d", epoch)

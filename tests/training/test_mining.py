@@ -185,12 +185,18 @@ def test_a_resumed_run_takes_the_saved_hints_of_its_epoch(tmp_path, caplog):
     resumed, hints, _ = _miner_setup(tmp_path, start_epoch=1)
     resumed.on_train_begin()
     assert resumed.last_pass is None and np.array_equal(hints.numpy(), planted)
-    # resumed at epoch 3: that run mined after epoch 2; a table of epoch 0 is not it
-    later, hints, _ = _miner_setup(tmp_path, start_epoch=3)
+    # resumed at epoch 2: the pass due then scores the restored weights, as that run's did
+    due, hints, _ = _miner_setup(tmp_path, start_epoch=2)
+    with caplog.at_level(logging.WARNING, logger="training.mining"):
+        due.on_train_begin()
+    assert due.last_pass["epoch"] == 2 and np.array_equal(hints.numpy(), centres)
+    assert "mining afresh" not in caplog.text
+    # resumed at epoch 5: that run mined after epoch 4; the table of epoch 2 is not it
+    later, hints, _ = _miner_setup(tmp_path, start_epoch=5)
     with caplog.at_level(logging.WARNING, logger="training.mining"):
         later.on_train_begin()
-    assert later.last_pass["epoch"] == 3 and np.array_equal(hints.numpy(), centres)
-    assert "mining afresh" in caplog.text
+    assert later.last_pass["epoch"] == 5 and np.array_equal(hints.numpy(), centres)
+    assert "no hints mined after epoch 4, which this run resuming at epoch 5 would use" in caplog.text
 
 
 def test_passes_take_the_clean_images_in_turns():
