@@ -51,6 +51,11 @@ DEFAULTS: dict[str, Any] = {
         "crop": 0,
         # fraction of training crops centred on a defect (0 = uniform random crops)
         "defect_crop_fraction": 0.5,
+        # hard-negative mining (training/mining.py): this fraction of the crops of clean training
+        # images is centred on the model's strongest false response (0 = off; needs input.crop)
+        "hard_negative_fraction": 0.0,
+        # mining runs at the start of training and after every this-many epochs
+        "mining_every": 2,
         "batch_size": 8,
         "cache": True,
         # brightness: +-fraction of 255; contrast: x(1 +- fraction); what a camera adds (0: off):
@@ -216,6 +221,13 @@ def _check_ranges(cfg: dict[str, Any], source: str) -> None:
         bad("input.crop", cfg["input"]["crop"], "0 (whole images) or a crop size in pixels")
     if not 0.0 <= cfg["input"]["defect_crop_fraction"] <= 1.0:
         bad("input.defect_crop_fraction", cfg["input"]["defect_crop_fraction"], "in [0, 1]")
+    hard = cfg["input"]["hard_negative_fraction"]
+    if not 0.0 <= hard <= 1.0:
+        bad("input.hard_negative_fraction", hard, "in [0, 1] (0: no hard-negative mining)")
+    if hard and not cfg["input"]["crop"]:
+        bad("input.hard_negative_fraction", hard, "0 when input.crop is 0 (whole images: no crop to aim)")
+    if cfg["input"]["mining_every"] < 1:
+        bad("input.mining_every", cfg["input"]["mining_every"], ">= 1 (epochs between mining passes)")
     for key in ("epochs", "steps_per_epoch"):
         if cfg["train"][key] < 1:
             bad(f"train.{key}", cfg["train"][key], ">= 1")

@@ -76,8 +76,15 @@ def normalize(image, normalization: str):
     return tf.cast(image, tf.float32) * scale + offset
 
 
-def _crop(image, mask, size: int, defect_fraction: float, seed):
-    """A size x size crop; with probability ``defect_fraction`` it holds a defect pixel when there is one."""
+def _crop(
+    image, mask, size: int, defect_fraction: float, seed, hint=None, hard_negative_fraction: float = 0.0
+):
+    """A size x size crop; with probability ``defect_fraction`` it holds a defect pixel when there is one.
+
+    ``hint`` is the (row, col) of the model's strongest false response in this image
+    (``training.mining``; -1 = none): a clean image's crop is centred on it with
+    probability ``hard_negative_fraction``, so the model sees the texture that fools it.
+    """
     import tensorflow as tf
 
     shape = tf.shape(image)
@@ -103,15 +110,24 @@ def _crop(image, mask, size: int, defect_fraction: float, seed):
     defect_pixels = tf.where(mask[..., 0] > 0)
     n_def = tf.shape(defect_pixels)[0]
 
-    def around_defect():
-        idx = tf.random.stateless_uniform([], s[1], 0, n_def, dtype=tf.int32)
-        cy, cx = tf.cast(defect_pixels[idx][0], tf.int32), tf.cast(defect_pixels[idx][1], tf.int32)
+    def around(cy, cx):
+        # the point lands at size/4 .. 3*size/4 of the crop (clipping keeps it inside)
         jitter = tf.random.stateless_uniform([2], s[2], -size // 4, size // 4 + 1, dtype=tf.int32)
         t = tf.clip_by_value(cy - size // 2 + jitter[0], 0, h - size)
         l_ = tf.clip_by_value(cx - size // 2 + jitter[1], 0, w - size)
         return t, l_
 
+    def around_defect():
+        idx = tf.random.stateless_uniform([], s[1], 0, n_def, dtype=tf.int32)
+        return around(tf.cast(defect_pixels[idx][0], tf.int32), tf.cast(defect_pixels[idx][1], tf.int32))
+
     top, left = tf.cond(tf.logical_and(n_def > 0, u[2] < defect_fraction), around_defect, lambda: (top, left))
+    if hint is not None and hard_negative_fraction > 0:
+        # s[3] was unused: drawing from it leaves every other crop as it was without mining
+        aim = tf.random.stateless_uniform([], s[3]) < hard_negative_fraction
+        hint = tf.cast(hint, tf.int32)
+        use_hint = tf.logical_and(tf.logical_and(n_def == 0, hint[0] >= 0), aim)
+        top, left = tf.cond(use_hint, lambda: around(hint[0], hint[1]), lambda: (top, left))
     return (
         tf.slice(image, [top, left, 0], [size, size, -1]),
         tf.slice(mask, [top, left, 0], [size, size, -1]),
@@ -231,15 +247,22 @@ def train_dataset(
     seed: int,
     start_epoch: int = 0,
     epochs: int | None = None,
+    hints=None,
 ):
-    """Batches of (normalized image, float mask) for epochs start_epoch .. start_epoch+epochs-1."""
+    """Batches of (normalized image, float mask) for epochs start_epoch .. start_epoch+epochs-1.
+
+    ``hints`` is the int32 ``tf.Variable`` [len(samples), 2] of ``training.mining``, or None.
+    Each element reads its sample's row when it is produced, so hints mined during training
+    reach the batches after the few that ``prefetch`` and the parallel map already made.
+    """
     import tensorflow as tf
 
     inp = cfg["input"]
     check_normalization(inp["normalization"])
     steps, batch = cfg["train"]["steps_per_epoch"], inp["batch_size"]
     epochs = cfg["train"]["epochs"] - start_epoch if epochs is None else epochs
-    base = decoded_dataset(samples, inp, cfg["dataset"]["image_size"], inp["cache"])
+    # the sample's index, numbered before shuffling, looks up its mining hint
+    base = decoded_dataset(samples, inp, cfg["dataset"]["image_size"], inp["cache"]).enumerate()
     crop, aug = inp["crop"], inp["augment"]
     n = len(samples)
 
@@ -250,11 +273,14 @@ def train_dataset(
         ds = ds.take(steps * batch).enumerate()
 
         def prepare(i, item):
-            image, mask, _ = item
+            index, (image, mask, _) = item
             elem_seed = tf.stack([tf.constant(seed * 7919 + epoch, tf.int64), i])
             s = tf.random.experimental.stateless_split(elem_seed, 2)
             if crop:
-                image, mask = _crop(image, mask, crop, inp["defect_crop_fraction"], s[0])
+                hint = None if hints is None else tf.gather(hints, index)  # the value now, not at build
+                image, mask = _crop(
+                    image, mask, crop, inp["defect_crop_fraction"], s[0], hint, inp["hard_negative_fraction"]
+                )
             image, mask = _augment(tf.cast(image, tf.float32), mask, aug, s[1], square=bool(crop))
             return normalize(image, inp["normalization"]), tf.cast(mask, tf.float32)
 

@@ -145,9 +145,17 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "logs"), update_freq="epoch"))
         else:
             logger.warning("tensorboard is not installed (pip install 'lineside[train]'); no logs/")
+    hints = None
+    if cfg["input"]["hard_negative_fraction"]:
+        from training.callbacks import CHECKPOINT_DIR
+        from training.mining import make_hints, make_miner
+
+        hints = make_hints(len(train_samples))
+        # after the checkpoint and the time budget: it saves its own file, and skips the last epoch
+        callbacks.append(make_miner(train_samples, cfg, hints, out / CHECKPOINT_DIR, start_epoch))
     if start_epoch < tcfg["epochs"]:
         # Keras distributes a plain tf.data dataset over the strategy it was compiled under
-        ds = train_dataset(train_samples, cfg, seed, start_epoch=start_epoch)
+        ds = train_dataset(train_samples, cfg, seed, start_epoch=start_epoch, hints=hints)
         model.fit(
             ds,
             epochs=tcfg["epochs"],
