@@ -136,25 +136,14 @@ def test_camera_augmentation_each_kind_acts():
     rng = np.random.default_rng(5)
     image = rng.integers(40, 220, (48, 48, 1)).astype(np.float32)
     mask = np.zeros((48, 48, 1), np.uint8)
-    seed = tf.constant([7, 1], tf.int64)
     off = {**NO_JITTER, **dict.fromkeys(CAMERA, 0.0)}
-    outputs = {}
-    for kind, value in CAMERA.items():
-        changed = [
-            not np.allclose(
-                _augment(
-                    tf.constant(image),
-                    tf.constant(mask),
-                    {**off, kind: value},
-                    tf.constant([7, i], tf.int64),
-                    True,
-                )[0].numpy(),
-                image,
-            )
-            for i in range(4)
-        ]
-        outputs[kind] = sum(changed)
-    del seed
+
+    def changed(kind: str, value: float, i: int) -> bool:
+        seed = tf.constant([7, i], tf.int64)
+        out = _augment(tf.constant(image), tf.constant(mask), {**off, kind: value}, seed, True)[0]
+        return not np.allclose(out.numpy(), image)
+
+    outputs = {kind: sum(changed(kind, value, i) for i in range(4)) for kind, value in CAMERA.items()}
     # blur acts on half the crops; the others on every crop (a draw of exactly 0 aside)
     assert outputs["blur"] >= 1 and all(outputs[k] >= 3 for k in ("rotate", "scale", "gamma", "noise")), (
         outputs
