@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 #: the fix for TensorRT, by what the NVIDIA driver can run (TensorRT 11 wheels are CUDA 13 only,
-#: and CUDA 13 needs driver r580 or newer; CUDA 12 wheels run on every driver since r525)
+#: and CUDA 13 needs driver r580 or newer; CUDA 12 wheels run on r525 and every newer driver)
 FIX_CU12 = "pip install -e '.[gpu-cu12]'"
 FIX_CU13 = "pip install -e '.[gpu-cu13]'"
 FIX_ONNXRUNTIME = "pip install -e ."
