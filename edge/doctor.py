@@ -341,6 +341,8 @@ def probe_tensorrt(nvidia_driver: str | None, gpus_found: bool) -> dict[str, Any
         version=info["tensorrt_version"] or version,
         usable=True,
         machine=info,
+        # kept (not reported) so select_engine does not probe the machine a second time
+        machine_object=machine,
         why=f"TensorRT {info['tensorrt_version']} on {info['gpu_name']} (sm {info['compute_capability']})",
         fix="",
     )
@@ -519,13 +521,6 @@ def collect(package: str | None = None, config: str | None = None) -> dict[str, 
     else:
         gpus, gpu_source = [], "none"
     trt = probe_tensorrt(nvidia_driver, bool(gpus))
-    try:  # the probed machine, kept so select_engine does not probe a second time
-        if trt["usable"]:
-            from converter.engine.machine import probe_machine
-
-            trt["machine_object"] = probe_machine(0)
-    except Exception:
-        pass
     report["versions"] = {
         "onnxruntime": ort["version"],
         "openvino": dist_version("openvino"),

@@ -203,7 +203,7 @@ class Acceptance:
         self.bare_trt_img_s: float | None = None
         quick = args.quick
         self.bench_seconds = 1.0 if quick else 3.0
-        self.pipeline_seconds = 2.0 if quick else 8.0
+        self.pipeline_seconds = 2.0 if quick else 6.0
         self.warmup_seconds = 1.0 if quick else 3.0
         self.loop_seconds = 2.0 if quick else 30.0
         self.scaling_workers = [1, 2] if quick else [1, 2, 4, 8]

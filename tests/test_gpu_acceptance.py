@@ -114,7 +114,7 @@ def test_worker_check_against_the_fakes(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_the_script_runs_here_with_a_package_and_skips_the_gpu_steps(tmp_path):
-    """The shell entry point, end to end on this CPU box (about 90 s: four short line runs)."""
+    """The shell entry point, end to end on this CPU box (90-150 s on 2 cores: four short line runs)."""
     package = write_tiny_package(tmp_path / "pkg", size=32)
     env = {**os.environ, "PYTHON": sys.executable}
     proc = subprocess.run(
