@@ -280,6 +280,7 @@ def layer_information(logger, serialized) -> str:
     """
     import tensorrt as trt
 
+    runtime = engine = inspector = None
     try:
         runtime = trt.Runtime(logger)
         engine = runtime.deserialize_cuda_engine(serialized)
@@ -288,6 +289,9 @@ def layer_information(logger, serialized) -> str:
     except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
         log.warning("no layer information for the new engine (%s: %s)", type(exc).__name__, exc)
         return ""
+    finally:
+        # inspector, then engine, then the runtime that made it, while the context is current
+        del inspector, engine, runtime
     if not info:
         log.warning("TensorRT gave no layer information for the new engine; precisions unknown")
         return ""

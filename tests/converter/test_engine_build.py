@@ -320,6 +320,23 @@ def test_build_records_layer_precisions(fakes, package_copy, capsys):
     assert "layer precisions: unknown" in describe_package(package_copy.root)
 
 
+def test_no_layer_information_is_a_warning_not_a_lost_engine(fakes, package_copy, monkeypatch, caplog):
+    from converter.engine.build import layers_path
+
+    trt, _, _ = fakes
+    fake_trt.add_builder(trt)
+
+    def no_runtime(logger):
+        raise TypeError("pybind11::init(): factory function returned nullptr")
+
+    monkeypatch.setattr(trt, "Runtime", no_runtime)
+    with caplog.at_level(logging.WARNING):
+        result = _build(package_copy)
+    assert "no layer information for the new engine (TypeError" in caplog.text
+    assert load_engine_manifest(result.plan_path).layer_precisions == {}
+    assert not layers_path(result.plan_path).exists()
+
+
 # --- findings 10 and 11: --verify --------------------------------------------------------
 
 
