@@ -149,10 +149,16 @@ def _register_build_engine(sub: argparse._SubParsersAction) -> None:
         help="TensorRT 10 only: build the FP32 graph with BuilderFlag.FP16 (not strongly typed)",
     )
     p.add_argument(
-        "--out", default=None, help="plan path (default PACKAGE/engines/<gpu>-sm<cc>-trt<ver>.plan)"
+        "--out",
+        default=None,
+        help="plan path (default PACKAGE/engines/<gpu>-sm<cc>-trt<ver>-b<max>-<precision>.plan)",
     )
+    p.add_argument("--device", type=int, default=0, help="CUDA device index to build on (default 0)")
     p.add_argument(
-        "--verify", action="store_true", help="after building, compare the engine to ONNX Runtime FP32"
+        "--verify",
+        action="store_true",
+        help="after building, compare the engine to ONNX Runtime (FP32 and the graph it was built from) "
+        "and check its layer precisions",
     )
     p.add_argument(
         "--data", default=None, help="validation images for --verify (default: the manifest's data set)"
@@ -176,13 +182,21 @@ def run_build_engine(args: argparse.Namespace) -> int:
         timing_cache=args.timing_cache,
         builder_flag_fp16=args.builder_flag_fp16,
         out=args.out,
+        device=args.device,
     )
+    from converter.engine.layers import format_shares
+
     print(f"engine {result.plan_path} ({result.manifest.build_seconds:.0f} s)")
+    print(f"  layer precisions: {format_shares(result.manifest.layer_precisions)}")
     if args.verify:
         from converter.engine.verify import verify_engine
 
         report = verify_engine(
-            args.package, result.plan_path, data_dir=args.data, samples=args.verify_samples
+            args.package,
+            result.plan_path,
+            data_dir=args.data,
+            samples=args.verify_samples,
+            device=args.device,
         )
         print(report.summary())
         return 0 if report.passed else 1

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from converter import onnx_graph
+from converter.engine.layers import format_shares, read_shares
 from converter.engine.manifest import EngineManifestError, load_engine_manifest
 from converter.engine.select import select_engine
 from converter.errors import LinesideError
@@ -45,12 +46,17 @@ def _engine_lines(package: ModelPackage) -> list[str]:
         except EngineManifestError as exc:
             lines.append(f"  {plan.name}: {exc}")
             continue
+        driver = f", NVIDIA driver {m.nvidia_driver_version}" if m.nvidia_driver_version else ""
         lines.append(
             f"  {plan.name}: {m.precision}, TensorRT {m.tensorrt_version}, {m.gpu_name} "
-            f"sm {m.compute_capability}, CUDA {m.cuda_version}, "
+            f"sm {m.compute_capability}, CUDA toolkit {m.cuda_toolkit_version} "
+            f"(driver API {m.cuda_driver_api_version}{driver}), "
             f"batch {m.profiles[0]['min'][0]}/{m.profiles[0]['opt'][0]}/{m.max_batch}, "
             f"from {m.onnx_file} ({m.onnx_sha256[:12]}), built in {m.build_seconds:.0f} s"
         )
+        # the manifest's shares; the layer file beside the plan when the manifest has none
+        shares = m.layer_precisions or read_shares(plan.with_name(plan.name + ".layers.json"))
+        lines.append(f"    layer precisions: {format_shares(shares)}")
     return lines
 
 

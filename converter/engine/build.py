@@ -4,6 +4,9 @@ Small steps in order (Polygraphy's NetworkFromOnnxPath -> EngineBytesFromNetwork
 SaveEngine):
 
     pick_graph -> network_from_onnx -> builder_config -> build_serialized -> save_engine
+      -> layer_information -> manifest -> save_timing_cache
+
+all inside device N's CUDA context (``--device``/``device=N``).
 
 The network is strongly typed: precision comes from the graph (``model.fp16.onnx`` or
 ``model.int8.onnx``), which is what TensorRT 11 requires (it removed BuilderFlag.FP16,
@@ -25,6 +28,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from converter.engine.cuda import DeviceContext
+from converter.engine.layers import format_shares, precision_shares
 from converter.engine.machine import probe_machine
 from converter.engine.manifest import EngineManifest, MachineInfo, manifest_path, plan_name
 from converter.engine.profiles import BatchProfile
@@ -154,7 +159,8 @@ def builder_config(
     timing_cache: Path | None,
     builder_flag_fp16: bool,
 ):
-    """The IBuilderConfig: workspace, one optimization profile, timing cache, progress, flags."""
+    """The IBuilderConfig: workspace, one optimization profile, timing cache, progress, flags,
+    and DETAILED profiling verbosity (the layer information records each layer's precision)."""
     import tensorrt as trt
 
     config = builder.create_builder_config()
@@ -166,26 +172,92 @@ def builder_config(
     if builder_flag_fp16:
         # TensorRT 10 only; 11 removed the flag (checked in build_engine before we get here)
         config.set_flag(getattr(trt.BuilderFlag, "FP16"))  # noqa: B009 - getattr: absent in TensorRT 11
-    cached = b""
-    if timing_cache is not None and timing_cache.is_file():
-        with locked(timing_cache):
-            cached = timing_cache.read_bytes()
-    cache = config.create_timing_cache(cached)
-    config.set_timing_cache(cache, False)
+    # as `trtexec --profilingVerbosity=detailed`: the engine inspector then names each layer's
+    # tensor formats (so its precision); it does not change the kernels chosen
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if timing_cache is not None:
+        load_timing_cache(config, timing_cache)
     monitor = make_progress_monitor()
     if monitor is not None:
         config.progress_monitor = monitor
     return config
 
 
-def save_timing_cache(config, timing_cache: Path) -> None:
-    """Write the (possibly grown) timing cache back, atomically and under the lock."""
-    data = config.get_timing_cache().serialize()
-    with locked(timing_cache):
-        tmp = timing_cache.with_name(timing_cache.name + ".tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, timing_cache)
+def load_timing_cache(config, timing_cache: Path) -> bool:
+    """Give the build the timing cache in ``timing_cache`` (an empty one when the file is
+    missing or was written by another GPU or TensorRT); False when TensorRT takes none.
+
+    As Polygraphy's CreateConfig: ``create_timing_cache`` returns None for a blob this
+    TensorRT cannot read, and ``set_timing_cache(cache, ignore_mismatch=False)`` returns
+    False for a cache from another device or version; both fall back to an empty cache
+    with one warning, and the build goes on.
+    """
+    cached = b""
+    if timing_cache.is_file():
+        with locked(timing_cache):
+            cached = timing_cache.read_bytes()
+    cache = _create_timing_cache(config, cached) if cached else None
+    if cached and cache is None:
+        log.warning(
+            "timing cache %s cannot be read by this TensorRT (another version, or damaged); "
+            "starting with an empty one",
+            timing_cache,
+        )
+    if cache is not None and not config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning("timing cache %s is from another GPU/TensorRT, starting empty", timing_cache)
+        cache = None
+    if cache is None:
+        empty = _create_timing_cache(config, b"")
+        if empty is None or not config.set_timing_cache(empty, ignore_mismatch=False):
+            log.warning("TensorRT gave no empty timing cache; building without one (slower)")
+            return False
+    return True
+
+
+def _create_timing_cache(config, data: bytes):
+    """``config.create_timing_cache(data)``, None when TensorRT refuses the blob."""
+    try:
+        return config.create_timing_cache(data)
+    except (RuntimeError, TypeError, ValueError) as exc:  # some bindings raise instead of None
+        log.debug("create_timing_cache refused %d bytes: %s", len(data), exc)
+        return None
+
+
+def save_timing_cache(config, timing_cache: Path) -> bool:
+    """Merge this build's timing cache into ``timing_cache`` and write it, atomically and
+    under the lock; False (with a warning) when it could not. Call it after the plan and
+    its manifest are saved: a cache is an optimization, never worth an engine.
+
+    As Polygraphy's EngineBytesFromNetwork: under the lock, the cache on disk (another
+    build may have grown it since we read it) is combined into ours with
+    ``combine(prev, ignore_mismatch=True)``, then ours is written.
+    """
+    try:
+        cache = config.get_timing_cache()
+        if cache is None:  # TensorRT returns None when the cache it was given did not fit
+            log.warning("TensorRT returned no timing cache; %s is not updated", timing_cache)
+            return False
+        with locked(timing_cache):
+            if timing_cache.is_file():
+                previous = _create_timing_cache(config, timing_cache.read_bytes())
+                if previous is None:
+                    log.warning("timing cache %s is unreadable; replacing it with this build's", timing_cache)
+                elif not cache.combine(previous, ignore_mismatch=True):
+                    log.warning("could not merge %s into this build's timing cache", timing_cache)
+            data = cache.serialize()
+            if data is None:
+                log.warning("TensorRT could not serialize the timing cache; %s is not updated", timing_cache)
+                return False
+            tmp = timing_cache.with_name(timing_cache.name + ".tmp")
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, timing_cache)
+    except (OSError, RuntimeError, TypeError, ValueError) as exc:
+        log.warning(
+            "timing cache %s not written (%s: %s); the engine is saved", timing_cache, type(exc).__name__, exc
+        )
+        return False
+    return True
 
 
 def build_serialized(builder, network, config, onnx_path: Path):
@@ -197,6 +269,38 @@ def build_serialized(builder, network, config, onnx_path: Path):
         )
         raise EngineBuildError(msg)
     return serialized
+
+
+def layer_information(logger, serialized) -> str:
+    """The engine inspector's JSON for the plan just built ("" when TensorRT gives none).
+
+    As ``trtexec --dumpLayerInfo``: deserialize, ``create_engine_inspector()``,
+    ``get_engine_information(LayerInformationFormat.JSON)``. Diagnostics only: any failure
+    is a warning, never a lost engine. Runs inside the build's device context.
+    """
+    import tensorrt as trt
+
+    runtime = engine = inspector = None
+    try:
+        runtime = trt.Runtime(logger)
+        engine = runtime.deserialize_cuda_engine(serialized)
+        inspector = engine.create_engine_inspector() if engine is not None else None
+        info = inspector.get_engine_information(trt.LayerInformationFormat.JSON) if inspector else None
+    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        log.warning("no layer information for the new engine (%s: %s)", type(exc).__name__, exc)
+        return ""
+    finally:
+        # inspector, then engine, then the runtime that made it, while the context is current
+        del inspector, engine, runtime
+    if not info:
+        log.warning("TensorRT gave no layer information for the new engine; precisions unknown")
+        return ""
+    return str(info)
+
+
+def layers_path(plan_path: Path) -> Path:
+    """``engines/x.plan`` -> ``engines/x.plan.layers.json`` (the inspector's JSON)."""
+    return plan_path.with_name(plan_path.name + ".layers.json")
 
 
 def save_engine(serialized, plan_path: Path) -> None:
@@ -219,6 +323,7 @@ def engine_manifest(
     shapes: dict[str, tuple[int, ...]],
     workspace_bytes: int,
     build_seconds: float,
+    layer_precisions: dict[str, float] | None = None,
 ) -> EngineManifest:
     versions = {}
     for name in ("lineside", "tensorrt", "pycuda"):
@@ -235,8 +340,9 @@ def engine_manifest(
         input_name=input_name,
         profiles=[{"input": input_name, **{k: list(v) for k, v in shapes.items()}}],
         tensorrt_version=machine.tensorrt_version,
-        cuda_version=machine.cuda_version,
-        driver_version=machine.driver_version,
+        cuda_toolkit_version=machine.cuda_toolkit_version,
+        cuda_driver_api_version=machine.cuda_driver_api_version,
+        nvidia_driver_version=machine.nvidia_driver_version,
         gpu_name=machine.gpu_name,
         compute_capability=machine.compute_capability,
         workspace_bytes=workspace_bytes,
@@ -244,6 +350,7 @@ def engine_manifest(
         created_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         tool_versions=versions,
         plan_sha256=sha256_file(plan_path),
+        layer_precisions=dict(layer_precisions or {}),
     )
 
 
@@ -274,13 +381,14 @@ def build_engine_for_package(
         raise EngineBuildError(msg)
     m = package.manifest
     shapes = batch.shapes(m.input.height, m.input.width, m.input.channels, m.input.layout)
-    plan_path = Path(out) if out else package.engines_dir / plan_name(machine, precision)
+    plan_path = Path(out) if out else package.engines_dir / plan_name(machine, precision, batch.max)
     cache_path = Path(timing_cache) if timing_cache else None
     log.info(
-        "building %s engine from %s on %s (sm %s), TensorRT %s: batch %s, workspace %.1f GiB, %s, "
+        "building %s engine from %s on GPU %d, %s (sm %s), TensorRT %s: batch %s, workspace %.1f GiB, %s, "
         "timing cache %s",
         precision,
         onnx_path.name,
+        device,
         machine.gpu_name,
         machine.compute_capability,
         machine.tensorrt_version,
@@ -289,6 +397,45 @@ def build_engine_for_package(
         "BuilderFlag.FP16" if builder_flag_fp16 else "strongly typed",
         cache_path or "none",
     )
+    # TensorRT's builder uses the CUDA runtime, which works in the thread's current driver
+    # context: push device N's primary context for the whole build, else it runs on device 0
+    # while the manifest records GPU N
+    ctx = DeviceContext(device)
+    try:
+        with ctx:
+            return _build_in_context(
+                trt,
+                package=package,
+                machine=machine,
+                onnx_path=onnx_path,
+                precision=precision,
+                builder_flag_fp16=builder_flag_fp16,
+                shapes=shapes,
+                workspace_bytes=workspace_bytes,
+                plan_path=plan_path,
+                cache_path=cache_path,
+            )
+    finally:
+        ctx.free()
+
+
+def _build_in_context(
+    trt,
+    *,
+    package: ModelPackage,
+    machine: MachineInfo,
+    onnx_path: Path,
+    precision: str,
+    builder_flag_fp16: bool,
+    shapes: dict[str, tuple[int, ...]],
+    workspace_bytes: int,
+    plan_path: Path,
+    cache_path: Path | None,
+) -> BuildResult:
+    """Parse, build, save plan + layer information + manifest, then the timing cache.
+
+    Every TensorRT object is made and dropped here, while the device's context is current.
+    """
     logger = trt.Logger(trt.Logger.WARNING)
     start = time.monotonic()
     builder, network, _parser = network_from_onnx(logger, onnx_path, strongly_typed=not builder_flag_fp16)
@@ -303,8 +450,12 @@ def build_engine_for_package(
     serialized = build_serialized(builder, network, config, onnx_path)
     seconds = time.monotonic() - start
     save_engine(serialized, plan_path)
-    if cache_path is not None:
-        save_timing_cache(config, cache_path)
+    info = layer_information(logger, serialized)
+    shares = precision_shares(info) if info else {}
+    if info:
+        _write_text(layers_path(plan_path), info)
+    else:  # never leave a previous build's layers beside this plan
+        layers_path(plan_path).unlink(missing_ok=True)
     manifest = engine_manifest(
         package=package,
         machine=machine,
@@ -316,7 +467,23 @@ def build_engine_for_package(
         shapes=shapes,
         workspace_bytes=workspace_bytes,
         build_seconds=seconds,
+        layer_precisions=shares,
     )
     manifest.save(manifest_path(plan_path))
-    log.info("built %s in %.0f s (%.1f MB)", plan_path, seconds, plan_path.stat().st_size / 1e6)
+    # only now the cache: a failure there must not cost the engine just built
+    if cache_path is not None:
+        save_timing_cache(config, cache_path)
+    log.info(
+        "built %s in %.0f s (%.1f MB); layers: %s",
+        plan_path,
+        seconds,
+        plan_path.stat().st_size / 1e6,
+        format_shares(shares),
+    )
     return BuildResult(plan_path=plan_path, manifest=manifest)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,10 +1,13 @@
 """TensorRT, pycuda and the GPU of this machine: lazy imports with an install hint, and
-the facts an engine depends on (TensorRT/CUDA/driver versions, GPU name, compute capability).
+the facts an engine depends on (TensorRT, CUDA toolkit, CUDA driver API and NVIDIA driver
+versions, GPU name, compute capability).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 
 from converter.engine.manifest import MachineInfo
 from converter.errors import LinesideError
@@ -60,6 +63,46 @@ def _version(number: int) -> str:
     return f"{number // 1000}.{(number % 1000) // 10}"
 
 
+def nvidia_driver_version() -> str:
+    """The NVIDIA driver's own version ("575.57.08"), or "" when it cannot be found; never raises.
+
+    CUDA reports only the driver API version it supports ("12.9"); the driver number comes
+    from NVML (``nvidia-ml-py``'s ``pynvml``, when installed) or else from ``nvidia-smi``.
+    """
+    try:
+        import pynvml
+    except ImportError:
+        pynvml = None
+    if pynvml is not None:
+        try:
+            pynvml.nvmlInit()
+            try:
+                version = pynvml.nvmlSystemGetDriverVersion()
+            finally:
+                pynvml.nvmlShutdown()
+            # nvidia-ml-py < 11.515 returned bytes
+            return (version.decode() if isinstance(version, bytes) else str(version)).strip()
+        except Exception as exc:  # NVMLError (no driver, no libnvidia-ml) must not stop a probe
+            log.debug("NVML gave no driver version: %s", exc)
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return ""
+    try:
+        done = subprocess.run(
+            [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.debug("nvidia-smi gave no driver version: %s", exc)
+        return ""
+    lines = done.stdout.split()
+    # one line per GPU, all the same driver
+    return lines[0].strip() if done.returncode == 0 and lines else ""
+
+
 def probe_machine(device: int = 0) -> MachineInfo:
     """Versions and GPU of this machine; raises TensorRTUnavailable with the install hint."""
     trt = import_tensorrt()
@@ -71,10 +114,12 @@ def probe_machine(device: int = 0) -> MachineInfo:
     major, minor = dev.compute_capability()
     return MachineInfo(
         tensorrt_version=str(trt.__version__),
-        cuda_version=".".join(str(v) for v in cuda.get_version()),
-        driver_version=_version(int(cuda.get_driver_version())),
+        # the toolkit pycuda was compiled against, not necessarily the one TensorRT's wheel uses
+        cuda_toolkit_version=".".join(str(v) for v in cuda.get_version()),
+        cuda_driver_api_version=_version(int(cuda.get_driver_version())),
         gpu_name=str(dev.name()),
         compute_capability=f"{major}.{minor}",
+        nvidia_driver_version=nvidia_driver_version(),
     )
 
 

@@ -1,8 +1,9 @@
 """The engine manifest (``<plan>.json`` beside every ``.plan``) and the compatibility check.
 
 A TensorRT plan runs only on the GPU model and TensorRT version it was built with.
-The manifest records both (and CUDA, driver, precision, profile, the ONNX hash, the
-plan's own hash and the build time) so a runtime can refuse a mismatch *before* it deserializes the plan:
+The manifest records both (and the CUDA toolkit, CUDA driver API and NVIDIA driver versions,
+precision, profile, the ONNX hash, the plan's own hash, the build time and the share of
+layers TensorRT ran in each precision) so a runtime can refuse a mismatch *before* it deserializes the plan:
 deserializing a foreign plan can crash the process. The plan itself stays a plain
 TensorRT plan (trtexec and Polygraphy can load it).
 """
@@ -17,7 +18,9 @@ from typing import Any
 
 from converter.errors import LinesideError
 
-ENGINE_SCHEMA_VERSION = 1
+#: 2: the versions are named for what they are (cuda_toolkit_version, cuda_driver_api_version,
+#: nvidia_driver_version; 1 had cuda_version/driver_version) and layer_precisions was added
+ENGINE_SCHEMA_VERSION = 2
 
 
 class EngineManifestError(LinesideError, ValueError):
@@ -33,11 +36,15 @@ class MachineInfo:
     """What an engine depends on, as found on this machine (see machine.probe_machine)."""
 
     tensorrt_version: str
-    cuda_version: str
-    driver_version: str
+    #: the CUDA toolkit pycuda was built against (``pycuda.driver.get_version()``), "12.9.0"
+    cuda_toolkit_version: str
+    #: the CUDA driver API version the installed driver supports (``cuDriverGetVersion``), "12.9"
+    cuda_driver_api_version: str
     gpu_name: str
     #: "8.9" style
     compute_capability: str
+    #: the NVIDIA driver's own number, "575.57.08" (NVML or nvidia-smi); "" when neither answers
+    nvidia_driver_version: str = ""
 
 
 @dataclass
@@ -56,8 +63,8 @@ class EngineManifest:
     #: {"input": name, "min": [..], "opt": [..], "max": [..]} per optimization profile
     profiles: list[dict[str, Any]]
     tensorrt_version: str
-    cuda_version: str
-    driver_version: str
+    cuda_toolkit_version: str
+    cuda_driver_api_version: str
     gpu_name: str
     compute_capability: str
     workspace_bytes: int
@@ -67,6 +74,11 @@ class EngineManifest:
     #: sha256 of the plan as built, checked before TensorRT deserializes it; empty in
     #: manifests written before it was recorded (those plans are not checked)
     plan_sha256: str = ""
+    nvidia_driver_version: str = ""
+    #: share of the engine's compute layers per precision ({"fp16": 0.93, "fp32": 0.07, ...}),
+    #: from its layer information (``<plan>.layers.json``, see layers.py); empty when TensorRT
+    #: gave none
+    layer_precisions: dict[str, float] = field(default_factory=dict)
     schema_version: int = ENGINE_SCHEMA_VERSION
 
     @property
@@ -143,10 +155,17 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "gpu"
 
 
-def plan_name(machine: MachineInfo, precision: str) -> str:
-    """``engines/<gpu>-sm<cc>-trt<version>-<precision>.plan``: one file per GPU, TensorRT and precision."""
+def plan_name(machine: MachineInfo, precision: str, max_batch: int | None = None) -> str:
+    """``<gpu>-sm<cc>-trt<version>-b<max>-<precision>.plan``: one file per GPU, TensorRT, batch
+    profile and precision (DeepStream names its engines ``..._b16_gpu0_fp16`` for the same
+    reason), so a rebuild with another ``--batch`` does not overwrite the plan.
+
+    Without ``max_batch`` the name has no ``-b<max>`` (the name before the profile was part of
+    it; such plans still load: the runtime reads their manifest, not their name).
+    """
     sm = machine.compute_capability.replace(".", "")
-    return f"{_slug(machine.gpu_name)}-sm{sm}-trt{machine.tensorrt_version}-{precision}.plan"
+    batch = f"-b{max_batch}" if max_batch is not None else ""
+    return f"{_slug(machine.gpu_name)}-sm{sm}-trt{machine.tensorrt_version}{batch}-{precision}.plan"
 
 
 def mismatches(manifest: EngineManifest, machine: MachineInfo, onnx_sha256: str | None = None) -> list[str]:
@@ -177,11 +196,14 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 def warnings_for(manifest: EngineManifest, machine: MachineInfo) -> list[str]:
     """Differences that do not stop the engine but are worth a log line."""
     notes = []
-    older = _version_tuple(machine.driver_version) < _version_tuple(manifest.driver_version)
-    if manifest.driver_version and machine.driver_version and older:
-        notes.append(
-            f"driver {machine.driver_version} is older than the build machine's {manifest.driver_version}"
-        )
+    if manifest.nvidia_driver_version and machine.nvidia_driver_version:
+        # the real driver numbers when both sides know them (NVML / nvidia-smi)
+        here, there, what = machine.nvidia_driver_version, manifest.nvidia_driver_version, "NVIDIA driver"
+    else:
+        here, there = machine.cuda_driver_api_version, manifest.cuda_driver_api_version
+        what = "CUDA driver API"
+    if here and there and _version_tuple(here) < _version_tuple(there):
+        notes.append(f"{what} {here} is older than the build machine's {there}")
     return notes
 
 

@@ -9,6 +9,7 @@ They prove nothing about TensorRT itself: tests marked ``gpu`` do that.
 from __future__ import annotations
 
 import itertools
+import json
 import types
 
 import numpy as np
@@ -191,9 +192,56 @@ def make_tensorrt(
     return trt
 
 
-def add_builder(trt: types.ModuleType, *, has_fp16_flag: bool = True, parse_ok: bool = True) -> dict:
-    """Builder-side stand-ins; returns a dict recording what the build asked for."""
-    seen: dict = {"flags": [], "shapes": None, "workspace": None, "cache_in": None}
+#: what the fake inspector returns by default: DETAILED layer information of an FP32 engine
+FP32_LAYERS = {
+    "Layers": [
+        {
+            "Name": "conv1",
+            "LayerType": "CaskConvolution",
+            "Inputs": [{"Name": "image", "Format/Datatype": "Row major linear FP32"}],
+            "Outputs": [{"Name": "c1", "Format/Datatype": "Row major linear FP32"}],
+        },
+        {
+            "Name": "head",
+            "LayerType": "CaskConvolution",
+            "Inputs": [{"Name": "c1", "Format/Datatype": "Row major linear FP32"}],
+            "Outputs": [{"Name": "probability", "Format/Datatype": "Row major linear FP32"}],
+        },
+    ],
+    "Bindings": ["image", "probability"],
+}
+
+
+def _entries(data: bytes) -> set[bytes]:
+    return {e for e in bytes(data).split(b",") if e}
+
+
+def add_builder(
+    trt: types.ModuleType,
+    *,
+    has_fp16_flag: bool = True,
+    parse_ok: bool = True,
+    unreadable_caches: tuple[bytes, ...] = (),
+    foreign_caches: tuple[bytes, ...] = (),
+    no_cache_after_build: bool = False,
+    combine_ok: bool = True,
+    layer_info: dict | list | str | None = None,
+    on_build=None,
+) -> dict:
+    """Builder-side stand-ins; returns a dict recording what the build asked for.
+
+    A timing cache is a set of entries serialized as ``b"a,b"``; a build adds ``b"built"``.
+    ``create_timing_cache`` returns None for a blob in ``unreadable_caches`` (another
+    TensorRT version), ``set_timing_cache(..., ignore_mismatch=False)`` returns False for
+    one in ``foreign_caches`` (another GPU), ``get_timing_cache`` returns None after the
+    build with ``no_cache_after_build``, ``combine`` merges entries (False with
+    ``combine_ok=False``). The engine inspector returns ``layer_info`` (default
+    FP32_LAYERS; ``""``: TensorRT gave nothing). ``on_build`` is called inside
+    ``build_serialized_network``.
+    """
+    seen: dict = {"flags": [], "shapes": None, "workspace": None, "cache_in": None, "cache_set": []}
+    info = FP32_LAYERS if layer_info is None else layer_info
+    info_text = info if isinstance(info, str) else json.dumps(info)
 
     class IProgressMonitor:
         def __init__(self) -> None:
@@ -204,6 +252,12 @@ def add_builder(trt: types.ModuleType, *, has_fp16_flag: bool = True, parse_ok: 
 
     class MemoryPoolType:
         WORKSPACE = 0
+
+    class ProfilingVerbosity:
+        LAYER_NAMES_ONLY, NONE, DETAILED = 0, 1, 2
+
+    class LayerInformationFormat:
+        ONELINE, JSON = 0, 1
 
     builder_flags = {"FP16": 1} if has_fp16_flag else {}
     BuilderFlag = type("BuilderFlag", (), builder_flags)
@@ -247,13 +301,23 @@ def add_builder(trt: types.ModuleType, *, has_fp16_flag: bool = True, parse_ok: 
 
     class TimingCache:
         def __init__(self, data: bytes) -> None:
-            self.data = data
+            self.data = bytes(data)
+            self.entries = _entries(data)
+
+        def combine(self, other: TimingCache, ignore_mismatch: bool) -> bool:
+            seen["combined"] = (sorted(other.entries), ignore_mismatch)
+            if not combine_ok:
+                return False
+            self.entries |= other.entries
+            return True
 
         def serialize(self) -> bytes:
-            return self.data + b"+timings"
+            return b",".join(sorted(self.entries))
 
     class Config:
         progress_monitor = None
+        profiling_verbosity = ProfilingVerbosity.LAYER_NAMES_ONLY
+        cache = None
 
         def set_memory_pool_limit(self, pool, size: int) -> None:
             seen["workspace"] = size
@@ -264,16 +328,20 @@ def add_builder(trt: types.ModuleType, *, has_fp16_flag: bool = True, parse_ok: 
         def set_flag(self, flag) -> None:
             seen["flags"].append(flag)
 
-        def create_timing_cache(self, data: bytes) -> TimingCache:
-            seen["cache_in"] = data
-            return TimingCache(data)
+        def create_timing_cache(self, data: bytes) -> TimingCache | None:
+            if seen["cache_in"] is None:
+                seen["cache_in"] = bytes(data)
+            return None if bytes(data) in unreadable_caches else TimingCache(data)
 
         def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
+            seen["cache_set"].append(cache.data)
+            if cache.data in foreign_caches and not ignore_mismatch:
+                return False
             self.cache = cache
             return True
 
-        def get_timing_cache(self) -> TimingCache:
-            return self.cache
+        def get_timing_cache(self) -> TimingCache | None:
+            return None if no_cache_after_build and seen.get("built") else self.cache
 
     class Builder:
         def __init__(self, logger) -> None:
@@ -289,18 +357,41 @@ def add_builder(trt: types.ModuleType, *, has_fp16_flag: bool = True, parse_ok: 
             return Profile()
 
         def build_serialized_network(self, network: Network, config: Config):
+            seen["verbosity"] = config.profiling_verbosity
+            if on_build is not None:
+                on_build()
             monitor = config.progress_monitor
             monitor.phase_start("Building engine", None, 2)
             monitor.step_complete("Building engine", 0)
             monitor.phase_finish("Building engine")
+            if config.cache is not None:
+                config.cache.entries.add(b"built")
+            seen["built"] = True
             return PLAN_BYTES
+
+    class Inspector:
+        def get_engine_information(self, fmt) -> str:
+            seen["inspected"] = fmt
+            return info_text
+
+    base_runtime = trt.Runtime
+
+    class Runtime(base_runtime):
+        def deserialize_cuda_engine(self, data: bytes):
+            engine = super().deserialize_cuda_engine(data)
+            if engine is not None:
+                engine.create_engine_inspector = Inspector
+            return engine
 
     trt.__dict__.update(
         IProgressMonitor=IProgressMonitor,
         NetworkDefinitionCreationFlag=NetworkDefinitionCreationFlag,
         MemoryPoolType=MemoryPoolType,
+        ProfilingVerbosity=ProfilingVerbosity,
+        LayerInformationFormat=LayerInformationFormat,
         BuilderFlag=BuilderFlag,
         OnnxParser=OnnxParser,
         Builder=Builder,
+        Runtime=Runtime,
     )
     return seen

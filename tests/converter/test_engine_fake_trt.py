@@ -34,7 +34,7 @@ def test_probe_reads_the_machine(fakes):
 
     machine = probe_machine()
     assert (machine.gpu_name, machine.compute_capability) == (L4.gpu_name, L4.compute_capability)
-    assert (machine.tensorrt_version, machine.driver_version, machine.cuda_version) == (
+    assert (machine.tensorrt_version, machine.cuda_driver_api_version, machine.cuda_toolkit_version) == (
         "10.16.1.11",
         "12.9",
         "12.9.0",
@@ -146,8 +146,8 @@ def test_build_steps(fakes, package_copy, tmp_path, capsys):
     assert seen["network_flags"] == 1 << 5 and seen["flags"] == []  # strongly typed, no precision flags
     assert seen["shapes"] == ("image", (2, 64, 64, 1), (4, 64, 64, 1), (4, 64, 64, 1))
     assert seen["workspace"] == 1 << 28 and seen["cache_in"] == b"old"
-    assert cache.read_bytes() == b"old+timings"  # written back
-    assert result.plan_path == package_copy.engines_dir / "nvidia-l4-sm89-trt10.16.1.11-fp32.plan"
+    assert cache.read_bytes() == b"built,old"  # written back
+    assert result.plan_path == package_copy.engines_dir / "nvidia-l4-sm89-trt10.16.1.11-b4-fp32.plan"
     assert result.plan_path.read_bytes() == fake_trt.PLAN_BYTES
     manifest = load_engine_manifest(result.plan_path)
     assert manifest.onnx_sha256 == sha256_file(package_copy.onnx_path()) and manifest.strongly_typed
