@@ -276,6 +276,9 @@ class Heartbeat(_Message, tag="heartbeat"):
     busy: bool = False
     #: what the worker rejected on its frame socket, by why
     rejected: dict[Annotated[str, msgspec.Meta(max_length=32)], Count] = {}
+    #: the backend it runs, and why it is not the configured one ("" when it is)
+    backend: Text = ""
+    backend_note: Text = ""
 
 
 class Bye(_Message, tag="bye"):
@@ -348,6 +351,8 @@ class RouterStats(_Message, tag="router_stats"):
     holding: dict[CameraId, dict[Annotated[str, msgspec.Meta(max_length=20)], _items(Count)]] = {}
     rejected: dict[Annotated[str, msgspec.Meta(max_length=32)], dict[str, Count]] = {}
     dispatched: Count = 0
+    #: worker -> why it runs another backend than the config asked for (workers that do not: left out)
+    backend_notes: dict[Name, Text] = {}
     final: bool = False
 
 
