@@ -230,7 +230,6 @@ class Worker:
             "credits_open": self.credits_out,
             "busy": self.inferring,
             "rejected": dict(self.rejected.counts),
-            "backend": self.backend.name,
             "backend_note": self.backend_note,
         }
 

@@ -114,9 +114,30 @@ def trt_object(what: str, factory: Callable[..., T], *args: Any) -> T:
             raise
         msg = (
             f"TensorRT could not create its {what}: CUDA did not start inside TensorRT "
-            f"({' '.join(str(exc).split())}); {CUDA_MAJOR_HINT}"
+            f"({' '.join(str(exc).split())}){_cuda_versions()}; {CUDA_MAJOR_HINT}"
         )
         raise TensorRTUnavailable(msg) from None
+
+
+def _cuda_versions() -> str:
+    """ " (tensorrt-cu13 11.4 installed; this driver runs CUDA up to 12.9)", as far as known:
+    the two facts that decide whether TensorRT's CUDA can start here."""
+    from importlib import metadata
+
+    facts = []
+    for name in ("tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-libs", "tensorrt-cu12-libs"):
+        try:
+            facts.append(f"{name} {metadata.version(name)} installed")
+            break
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        import pycuda.driver as cuda
+
+        facts.append(f"this driver runs CUDA up to {_version(int(cuda.get_driver_version()))}")
+    except Exception:  # pycuda missing or CUDA not started: the hint still says what to check
+        pass
+    return f" ({'; '.join(facts)})" if facts else ""
 
 
 def _version(number: int) -> str:

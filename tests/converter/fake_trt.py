@@ -205,9 +205,11 @@ def make_tensorrt(
     input_dtype=np.float32,
     output_dtype=np.float32,
     runtime_error: str | None = None,
+    output_batch: int | None = None,
 ):
     """``input_dtype``/``output_dtype``: what the engine's I/O tensors report (numpy types, as
-    ``trt.nptype`` maps them); ``runtime_error``: ``trt.Runtime`` raises TypeError with it."""
+    ``trt.nptype`` maps them); ``runtime_error``: ``trt.Runtime`` raises TypeError with it;
+    ``output_batch``: the output's batch whatever the input's (a graph with a fixed batch)."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = "10.16.1.11"
     trt.executions = []
@@ -235,7 +237,10 @@ def make_tensorrt(
             return True
 
         def get_tensor_shape(self, name: str):
-            return list(self.shapes["image"])
+            shape = list(self.shapes["image"])
+            if name == "probability" and output_batch is not None:
+                shape[0] = output_batch
+            return shape
 
         def set_tensor_address(self, name: str, address: int) -> bool:
             self.addresses[name] = address

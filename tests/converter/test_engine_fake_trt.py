@@ -301,6 +301,7 @@ def test_runtime_nullptr_is_one_line_with_the_driver_hint(monkeypatch, tmp_path)
     assert "\n" not in message
     assert message.startswith("TensorRT could not create its Runtime: CUDA did not start inside TensorRT")
     assert "factory function returned nullptr" in message and "nvidia-smi" in message
+    assert "this driver runs CUDA up to 12.9" in message
     assert "r580" in message and "gpu-cu12" in message and "gpu-cu13" in message
     assert memory == {} and driver.stacks() == ([], [])
 
@@ -458,3 +459,13 @@ def test_the_pinned_input_view_is_not_copied_and_the_output_is_reused(fakes, tmp
         np.testing.assert_array_equal(again, 2 * x[..., 0])
         assert not np.isnan(staging[:3]).any()
         assert np.shares_memory(first, again)  # the output array is reused, not allocated per call
+
+
+def test_an_output_batch_that_does_not_follow_the_input_is_refused_at_load(monkeypatch, tmp_path):
+    from edge.backends.base import BackendError
+    from edge.backends.trt.runner import TensorRTBackend
+
+    plan, driver, memory = _with_dtypes(monkeypatch, tmp_path, output_batch=1)
+    with pytest.raises(BackendError, match=r"output batch does not follow its input batch \(input 4 gives 1"):
+        TensorRTBackend(plan, onnx_sha256="ab" * 32).activate()
+    assert memory == {} and driver.stacks() == ([], [])
