@@ -475,6 +475,13 @@ class Collector:
         self.metrics.ready.set(1 if ready else 0)
         return alive, ready, reasons
 
+    def notes(self) -> list[str]:
+        """What /readyz shows beside readiness: workers that run another backend than
+        configured, and why (``backend: auto`` fell back from TensorRT). Not a reason to be
+        unready: the line decides, on ONNX Runtime."""
+        with self.lock:
+            return [f"worker {w}: {note}" for w, note in sorted(self.router.get("backend_notes", {}).items())]
+
     def render_metrics(self) -> bytes:
         """The /metrics page: gauges derived from the ledger are computed now, under the same
         lock as the counters, so ``in_flight`` agrees with the counters of the same scrape."""
@@ -569,6 +576,7 @@ class Collector:
                 "p99": float(np.percentile(self.e2e, 99)) if self.e2e else None,
             },
             "backends": dict(self.backends),
+            "backend_notes": dict(self.router.get("backend_notes", {})),
             "vs_truth": {f"{t}:{d}": n for (t, d), n in self.scored.items()},
             "processes": self.supervisor.get("pids", {}),
             "restarts": self.supervisor.get("restarts", {}),
@@ -671,7 +679,11 @@ def collector_main(
         collector.open_sinks()
         if cfg.metrics.port:
             server = serve_http(
-                cfg.metrics.host, cfg.metrics.port, collector.render_metrics, collector.health
+                cfg.metrics.host,
+                cfg.metrics.port,
+                collector.render_metrics,
+                collector.health,
+                collector.notes,
             )
         if ready is not None:
             ready.set()

@@ -113,6 +113,7 @@ class LineMetrics:
 class _Handler(BaseHTTPRequestHandler):
     render: Callable[[], bytes]
     health: Callable[[], tuple[bool, bool, list[str]]]
+    notes: Callable[[], list[str]]
 
     def do_GET(self) -> None:
         if self.path.startswith("/metrics"):
@@ -122,7 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/healthz"):
             self._send(200 if alive else 503, json.dumps({"alive": alive}).encode(), "application/json")
         elif self.path.startswith("/readyz"):
-            body = json.dumps({"ready": ready, "reasons": reasons}).encode()
+            body = json.dumps({"ready": ready, "reasons": reasons, "notes": self.notes()}).encode()
             self._send(200 if ready else 503, body, "application/json")
         else:
             self._send(404, b"try /metrics, /healthz or /readyz\n", "text/plain")
@@ -139,11 +140,19 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve_http(
-    host: str, port: int, render: Callable[[], bytes], health: Callable[[], tuple[bool, bool, list[str]]]
+    host: str,
+    port: int,
+    render: Callable[[], bytes],
+    health: Callable[[], tuple[bool, bool, list[str]]],
+    notes: Callable[[], list[str]] = list,
 ) -> ThreadingHTTPServer:
-    """Start /metrics (``render()``), /healthz and /readyz (``health()``) in a daemon thread;
-    a busy port is one clear error."""
-    handler = type("Handler", (_Handler,), {"render": staticmethod(render), "health": staticmethod(health)})
+    """Start /metrics (``render()``), /healthz and /readyz (``health()``, and ``notes()``: what
+    the line should know without being unready) in a daemon thread; a busy port is one clear error."""
+    handler = type(
+        "Handler",
+        (_Handler,),
+        {"render": staticmethod(render), "health": staticmethod(health), "notes": staticmethod(notes)},
+    )
     try:
         server = ThreadingHTTPServer((host, port), handler)
     except OSError as exc:

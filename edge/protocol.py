@@ -13,7 +13,8 @@ Message kinds (header ``"t"``), by socket:
   its own buffer and never blocks another camera's frames (per-camera back-pressure).
 - work (worker DEALER -> router ROUTER): ``ready`` (credits asked, ``done`` frames acked),
   ``heartbeat`` (from the worker's heartbeat thread, also during inference: the frames it
-  holds and the credits it has open), ``bye``; router -> worker: ``welcome``, ``frame``.
+  holds, the credits it has open, and why it runs another backend than configured),
+  ``bye``; router -> worker: ``welcome``, ``frame``.
 - results (everyone PUSH -> collector PULL): ``result`` [header, mask] (+ [image] when the
   decision keeps it) and ``drop`` from workers; ``drop`` and ``router_stats`` from the
   router; ``stats`` straight from each camera (a path that back-pressure cannot block);
@@ -276,6 +277,8 @@ class Heartbeat(_Message, tag="heartbeat"):
     busy: bool = False
     #: what the worker rejected on its frame socket, by why
     rejected: dict[Annotated[str, msgspec.Meta(max_length=32)], Count] = {}
+    #: why it runs another backend than the configured one ("" when it does not)
+    backend_note: Text = ""
 
 
 class Bye(_Message, tag="bye"):
@@ -348,6 +351,8 @@ class RouterStats(_Message, tag="router_stats"):
     holding: dict[CameraId, dict[Annotated[str, msgspec.Meta(max_length=20)], _items(Count)]] = {}
     rejected: dict[Annotated[str, msgspec.Meta(max_length=32)], dict[str, Count]] = {}
     dispatched: Count = 0
+    #: worker -> why it runs another backend than the config asked for (workers that do not: left out)
+    backend_notes: dict[Name, Text] = {}
     final: bool = False
 
 

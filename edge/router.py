@@ -58,6 +58,8 @@ class WorkerState:
     busy: bool = False
     #: what the worker rejected on its frame socket, by why (from its heartbeats)
     rejected: dict[str, int] = field(default_factory=dict)
+    #: why it runs another backend than configured, e.g. TensorRT failed to start (heartbeats)
+    backend_note: str = ""
 
     @property
     def ident(self) -> bytes:
@@ -221,6 +223,7 @@ class Router:
         if kind == "heartbeat":
             state.busy = bool(header["busy"] or header["holding"])
             state.rejected = header["rejected"]
+            state.backend_note = header["backend_note"]
         for cam, epoch, seq in header.get("done", []):
             state.inflight.pop((cam, epoch, seq), None)
         if kind == "ready":
@@ -340,6 +343,7 @@ class Router:
             "holding": self.holding(),
             "rejected": self.rejections(),
             "dispatched": self.dispatched,
+            "backend_notes": {name: w.backend_note for name, w in self.workers.items() if w.backend_note},
         }
 
     def rejections(self) -> dict[str, dict[str, int]]:

@@ -42,6 +42,8 @@ HEARTBEAT_S = 1.0
 ACK_S = 0.2
 #: a main loop that has not turned for this long (outside inference) is stuck: no more heartbeats
 STUCK_AFTER_S = 30.0
+#: a backend note is cut to this many characters (the heartbeat schema allows 4096)
+NOTE_CHARS = 2000
 #: the latency stages every result carries (docs/protocol.md); the collector adds end_to_end
 WORKER_STAGES = ("capture_to_send", "queue", "worker_wait", "preprocess", "infer", "postprocess")
 
@@ -63,10 +65,13 @@ def select_backend(cfg: LineConfig, package: ModelPackage) -> tuple[Backend, str
         reason = f"onnxruntime (no usable TensorRT engine: {why})"
     else:
         reason = "onnxruntime (as configured)"
+    return _onnxruntime(cfg, package), reason
+
+
+def _onnxruntime(cfg: LineConfig, package: ModelPackage) -> Backend:
     from edge.backends.onnxrt.runner import OnnxRuntimeBackend
 
-    onnx_path = package.onnx_path(cfg.model.precision)
-    return OnnxRuntimeBackend(onnx_path, threads=cfg.model.threads), reason
+    return OnnxRuntimeBackend(package.onnx_path(cfg.model.precision), threads=cfg.model.threads)
 
 
 def decision_rules(cfg: LineConfig, package: ModelPackage) -> DecisionRules:
@@ -138,6 +143,9 @@ class Worker:
         self.package = package
         self.backend = backend
         self.name = name
+        #: why this worker runs another backend than the config asked for ("" when it does not):
+        #: logged, sent with every heartbeat, shown in /readyz and the status message
+        self.backend_note = ""
         m = package.manifest
         self.hw = (m.input.height, m.input.width)
         self.channels = m.input.channels
@@ -222,6 +230,7 @@ class Worker:
             "credits_open": self.credits_out,
             "busy": self.inferring,
             "rejected": dict(self.rejected.counts),
+            "backend_note": self.backend_note,
         }
 
     def report_drop(self, results: zmq.Socket, header: dict[str, Any], reason: str) -> None:
@@ -299,9 +308,13 @@ class Worker:
         # next batch is normalized into the other.
         slot = self._next_slot
         self._next_slot = 1 - slot
-        if n > self._inputs[slot].shape[0]:
-            self._inputs[slot] = np.empty((n, *self._inputs[slot].shape[1:]), np.float32)
-        inp = self._inputs[slot][:n]
+        # A GPU backend offers its pinned input memory: normalizing straight into it saves
+        # the copy from pageable memory (8 MiB per batch of 8 at 512x512).
+        inp = self.backend.input_buffer(n, slot)
+        if inp is None or inp.shape[1:] != self._inputs[slot].shape[1:] or inp.dtype != np.float32:
+            if n > self._inputs[slot].shape[0]:
+                self._inputs[slot] = np.empty((n, *self._inputs[slot].shape[1:]), np.float32)
+            inp = self._inputs[slot][:n]
         stacked = np.stack(pieces)
         if self.nchw:
             normalize(stacked[:, None], self.package.manifest.normalization, out=inp)
@@ -559,28 +572,51 @@ def _open_worker(cfg: LineConfig, name: str) -> Worker:
             "%s: no sha256 recorded for %s; re-run `lineside export`", package.root, ", ".join(unchecked)
         )
     backend, why = select_backend(cfg, package)
+    try:
+        worker = _start_backend(cfg, package, backend, name)
+    except LinesideError as exc:
+        if cfg.model.backend != "auto" or backend.name != "tensorrt":
+            raise
+        # auto: an engine that fits this machine on paper can still fail to start (a driver
+        # too old for this TensorRT's CUDA, GPU memory taken): the line runs on ONNX Runtime
+        note = f"tensorrt unusable, running onnxruntime instead: {exc}"
+        log.warning("%s: %s", name, note)
+        backend, why = _onnxruntime(cfg, package), "onnxruntime (TensorRT failed to start, see above)"
+        worker = _start_backend(cfg, package, backend, name)
+        worker.backend_note = note[:NOTE_CHARS]
+    log.info("%s: backend %s — %s", name, backend.describe(), why)
+    return worker
+
+
+def _start_backend(cfg: LineConfig, package: ModelPackage, backend: Backend, name: str) -> Worker:
+    """A worker on ``backend``, activated and tried on one blank image; on failure whatever
+    was made is freed (on the backend's thread) before the error goes up."""
     if backend.name == "onnxruntime":
         package.check_graph_io(cfg.model.precision)
     worker = Worker(cfg, package, backend, name)
     try:
-        worker.on_backend_thread(backend.activate)
-        # One blank image through the model: an engine or graph that cannot take the
-        # manifest's input fails here, once, instead of on every batch of the line.
-        m = package.manifest
-        c, h, w = m.input.channels, m.input.height, m.input.width
-        blank = np.zeros((1, c, h, w) if worker.nchw else (1, h, w, c), np.float32)
-        out = worker.on_backend_thread(backend.infer, blank)
-        if out.shape != (1, h, w):
-            msg = (
-                f"{backend.describe()}: a {h}x{w} image gave an output of shape {list(out.shape)}, "
-                f"the line needs [1, {h}, {w}] as manifest.json says; re-run `lineside export`"
-            )
-            raise ModelLoadError(msg)
+        try:
+            worker.on_backend_thread(backend.activate)
+            # One blank image through the model: an engine or graph that cannot take the
+            # manifest's input fails here, once, instead of on every batch of the line.
+            m = package.manifest
+            c, h, w = m.input.channels, m.input.height, m.input.width
+            blank = np.zeros((1, c, h, w) if worker.nchw else (1, h, w, c), np.float32)
+            out = worker.on_backend_thread(backend.infer, blank)
+            if out.shape != (1, h, w):
+                msg = (
+                    f"{backend.describe()}: a {h}x{w} image gave an output of shape {list(out.shape)}, "
+                    f"the line needs [1, {h}, {w}] as manifest.json says; re-run `lineside export`"
+                )
+                raise ModelLoadError(msg)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one to report
+                worker.on_backend_thread(backend.deactivate)
+            raise
     except BaseException:
         worker._infer_pool.shutdown(wait=False)
         raise
     worker.max_batch = min(cfg.workers.max_batch, backend.max_batch)  # an engine profile may cap it
-    log.info("%s: backend %s — %s", name, backend.describe(), why)
     return worker
 
 

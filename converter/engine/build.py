@@ -69,7 +69,9 @@ def network_from_onnx(logger, onnx_path: Path, strongly_typed: bool):
     """Parse ``onnx_path`` into a (builder, network, parser); strongly typed unless told otherwise."""
     import tensorrt as trt
 
-    builder = trt.Builder(logger)
+    from converter.engine.machine import trt_object
+
+    builder = trt_object("Builder", trt.Builder, logger)  # nullptr (CUDA did not start): one line
     flags = 0
     if strongly_typed:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)

@@ -9,6 +9,7 @@ the owner decides when memory goes back; nothing relies on garbage collection.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -36,17 +37,49 @@ def cuda_call(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise CudaError(msg) from None
 
 
+#: device -> (the pycuda module, its primary context): retained once per process, see DeviceContext
+_PRIMARY: dict[int, tuple[Any, Any]] = {}
+_PRIMARY_LOCK = threading.Lock()
+
+
+def _primary_context(cuda: Any, device: Any, index: int) -> Any:
+    """The device's primary context, retained on first use and kept for the process."""
+    with _PRIMARY_LOCK:
+        held = _PRIMARY.get(index)
+        if held is None or held[0] is not cuda:  # a test may swap the pycuda module
+            held = _PRIMARY[index] = (
+                cuda,
+                cuda_call("cuDevicePrimaryCtxRetain", device.retain_primary_context),
+            )
+        return held[1]
+
+
 class DeviceContext:
-    """The device's primary CUDA context, pushed around each use (any thread may run a batch)."""
+    """The device's primary CUDA context, pushed around each use (any thread may run a batch).
+
+    Every push has its pop (``with``), so a thread's context stack is empty between uses.
+    The primary context is retained once per process and never detached while it runs:
+    pycuda's ``detach()`` of a primary context calls ``cuDevicePrimaryCtxRelease``, which
+    never pops, and when the context is not current pycuda pushes it first ("pop is
+    implicit in detach", pycuda src/cpp/cuda.hpp ``context::detach``, true only of
+    ``cuCtxDetach``); popping it before the detach therefore does not help, and pycuda
+    has no call that pops what detach left. Each load/free cycle would leave one more
+    entry on the thread's stack. Keeping the retain costs nothing: TensorRT's CUDA runtime
+    retains the same primary context for the life of the process anyway, and the memory
+    of an engine goes back with its buffers and objects in ``free()``.
+    """
 
     def __init__(self, device: int = 0) -> None:
         import pycuda.driver as cuda
 
         self._cuda = cuda
         self.device = cuda_call("cuDeviceGet", cuda.Device, device)
-        self._context = cuda_call("cuDevicePrimaryCtxRetain", self.device.retain_primary_context)
+        self._context = _primary_context(cuda, self.device, device)
 
     def __enter__(self) -> DeviceContext:
+        if self._context is None:
+            msg = "CUDA context used after free()"
+            raise CudaError(msg)
         cuda_call("cuCtxPushCurrent", self._context.push)
         return self
 
@@ -54,8 +87,14 @@ class DeviceContext:
         cuda_call("cuCtxPopCurrent", self._cuda.Context.pop)
 
     def free(self) -> None:
+        """Drop this user of the context (idempotent); it must not be current here."""
         if self._context is not None:
-            cuda_call("cuDevicePrimaryCtxRelease", self._context.detach)
+            current = cuda_call("cuCtxGetCurrent", self._cuda.Context.get_current)
+            if current is not None and current == self._context:
+                # a with-block left open (an exception between push and pop): pop it here,
+                # or the thread keeps the context current after the engine is gone
+                log.warning("the CUDA context was still current at free(); popping it")
+                cuda_call("cuCtxPopCurrent", self._cuda.Context.pop)
             self._context = None
 
 

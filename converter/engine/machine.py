@@ -6,13 +6,18 @@ versions, GPU name, compute capability).
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import subprocess
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from converter.engine.manifest import MachineInfo
 from converter.errors import LinesideError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 INSTALL_HINT = (
     "on the line-side GPU box run `pip install 'lineside[gpu]'` (TensorRT 10/11 and pycuda; pycuda builds "
@@ -24,16 +29,59 @@ class TensorRTUnavailable(LinesideError, RuntimeError):
     """TensorRT, pycuda or a usable NVIDIA GPU is missing on this machine."""
 
 
+#: what to do when the driver cannot run this TensorRT's CUDA (CUDA 13 needs driver r580+)
+CUDA_MAJOR_HINT = (
+    "check the NVIDIA driver with `nvidia-smi`: TensorRT for CUDA 13 (tensorrt-cu13, every TensorRT 11) "
+    "needs driver r580 or newer; with an older driver install `lineside[gpu-cu12]` (TensorRT 10 for "
+    "CUDA 12, driver r525+), else `lineside[gpu-cu13]`"
+)
+
+
+def _missing_library(message: str) -> str:
+    """What a loader message such as "libcuda.so.1: cannot open shared object file" means."""
+    found = re.search(r"(lib[A-Za-z0-9_+-]+)\.so[0-9.]*", message)
+    library = found.group(0) if found else ""
+    stem = found.group(1) if found else ""
+    if stem == "libcuda":
+        return (
+            f"{library} is missing: the NVIDIA driver is not installed or not on the loader path "
+            "(install the driver; `nvidia-smi` must work, and `ldconfig -p | grep libcuda` must list it)"
+        )
+    if stem.startswith("libnvinfer") or stem.startswith("libnvonnxparser"):
+        return (
+            f"{library} is missing: TensorRT's own libraries are not installed or not on the loader path "
+            "(reinstall the TensorRT wheel with its libs, `pip install --force-reinstall "
+            "'lineside[gpu-cu12]'` or `[gpu-cu13]`, or add TensorRT's lib folder to LD_LIBRARY_PATH)"
+        )
+    if stem.startswith(("libcudart", "libcublas", "libcudnn", "libnvrtc", "libnvJitLink")):
+        return (
+            f"{library} is missing: the CUDA runtime libraries of this CUDA major are not installed or not "
+            "on the loader path (install the CUDA toolkit whose major the TensorRT wheel names, or add its "
+            "lib64 folder to LD_LIBRARY_PATH)"
+        )
+    if library:
+        return f"{library} is missing or not on the loader path (LD_LIBRARY_PATH)"
+    return ""
+
+
+def _import_failure(what: str, module: str, exc: BaseException) -> TensorRTUnavailable:
+    """ "not installed" only for ModuleNotFoundError of ``module`` itself; any other import
+    failure (a library that cannot load, a broken wheel) shows its message and names the
+    missing library, since reinstalling the Python package would not fix it."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name in (module, module.split(".")[0]):
+        return TensorRTUnavailable(f"{what} is not installed here ({exc.name}); {INSTALL_HINT}")
+    text = " ".join(str(exc).split())
+    library = _missing_library(text)
+    fix = library or INSTALL_HINT
+    return TensorRTUnavailable(f"{what} is installed but cannot load ({type(exc).__name__}: {text}); {fix}")
+
+
 def import_tensorrt():
-    """``import tensorrt`` or one line saying what to install and where."""
+    """``import tensorrt`` or one line saying what to install, or which library is missing."""
     try:
         import tensorrt as trt
-    except ImportError as exc:
-        msg = f"TensorRT is not installed here ({exc.name or exc}); {INSTALL_HINT}"
-        raise TensorRTUnavailable(msg) from None
-    except Exception as exc:  # a wheel whose libnvinfer cannot load raises OSError/RuntimeError
-        msg = f"TensorRT is installed but cannot load ({type(exc).__name__}: {exc}); {INSTALL_HINT}"
-        raise TensorRTUnavailable(msg) from None
+    except Exception as exc:  # ImportError, or OSError/RuntimeError from a wheel whose libnvinfer cannot load
+        raise _import_failure("TensorRT", "tensorrt", exc) from None
     return trt
 
 
@@ -41,21 +89,58 @@ def import_pycuda():
     """``import pycuda.driver`` and initialise CUDA, or one line saying what is missing."""
     try:
         import pycuda.driver as cuda
-    except ImportError as exc:
-        msg = f"pycuda is not installed here ({exc.name or exc}); {INSTALL_HINT}"
-        raise TensorRTUnavailable(msg) from None
+    except Exception as exc:  # pycuda._driver links libcuda.so.1: without the driver it cannot load
+        raise _import_failure("pycuda", "pycuda", exc) from None
     try:
         cuda.init()
         count = cuda.Device.count()
     except Exception as exc:  # pycuda raises its own Error types, or OSError without libcuda
-        msg = (
-            f"CUDA cannot start ({type(exc).__name__}: {exc}); is the NVIDIA driver installed? {INSTALL_HINT}"
-        )
+        text = " ".join(str(exc).split())
+        why = _missing_library(text) or "is the NVIDIA driver installed and loaded? (`nvidia-smi`)"
+        msg = f"CUDA cannot start ({type(exc).__name__}: {text}); {why}; {INSTALL_HINT}"
         raise TensorRTUnavailable(msg) from None
     if count == 0:
         msg = f"no NVIDIA GPU is visible to CUDA (check CUDA_VISIBLE_DEVICES and nvidia-smi); {INSTALL_HINT}"
         raise TensorRTUnavailable(msg)
     return cuda
+
+
+def trt_object(what: str, factory: Callable[..., T], *args: Any) -> T:
+    """Make a TensorRT object (``trt.Builder(logger)``, ``trt.Runtime(logger)``); the
+    ``TypeError: ... factory function returned nullptr`` that pybind11 raises when TensorRT
+    cannot start CUDA (a CUDA 13 wheel on a driver older than r580, no driver, no GPU left)
+    becomes one TensorRTUnavailable line with the fix. Any other TypeError is a bug and stays one."""
+    try:
+        return factory(*args)
+    except TypeError as exc:
+        if "nullptr" not in str(exc):
+            raise
+        msg = (
+            f"TensorRT could not create its {what}: CUDA did not start inside TensorRT "
+            f"({' '.join(str(exc).split())}){_cuda_versions()}; {CUDA_MAJOR_HINT}"
+        )
+        raise TensorRTUnavailable(msg) from None
+
+
+def _cuda_versions() -> str:
+    """ " (tensorrt-cu13 11.4 installed; this driver runs CUDA up to 12.9)", as far as known:
+    the two facts that decide whether TensorRT's CUDA can start here."""
+    from importlib import metadata
+
+    facts = []
+    for name in ("tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-libs", "tensorrt-cu12-libs"):
+        try:
+            facts.append(f"{name} {metadata.version(name)} installed")
+            break
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        import pycuda.driver as cuda
+
+        facts.append(f"this driver runs CUDA up to {_version(int(cuda.get_driver_version()))}")
+    except Exception:  # pycuda missing or CUDA not started: the hint still says what to check
+        pass
+    return f" ({'; '.join(facts)})" if facts else ""
 
 
 def _version(number: int) -> str:

@@ -22,7 +22,8 @@ class Backend(ABC):
     """Load a model, infer batches of preprocessed images, free everything on close.
 
     ``infer`` takes a float32 batch in the layout the manifest names (NHWC for
-    Keras-exported graphs) and returns per-pixel probabilities shaped (N, H, W).
+    Keras-exported graphs) and returns per-pixel probabilities shaped (N, H, W), in an
+    array the backend may reuse on its next call (copy what must outlive it).
     """
 
     #: short name shown in logs and metrics ("onnxruntime", "tensorrt")
@@ -55,6 +56,14 @@ class Backend(ABC):
         out = self.infer_impl(batch)
         self.inference_time = time.perf_counter() - start
         return out
+
+    def input_buffer(self, rows: int, slot: int = 0) -> np.ndarray | None:
+        """A writable input array of ``rows`` rows in the backend's own memory (pinned host
+        memory on a GPU) that the caller may normalize into and then pass to ``infer``,
+        which then skips its host copy; None (the default, ONNX Runtime) when the backend
+        has none. ``slot`` 0 or 1: the caller fills one while ``infer`` reads the other.
+        Valid while the backend is active."""
+        return None
 
     def deactivate(self) -> None:
         if self.is_active:

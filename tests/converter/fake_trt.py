@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import types
 
 import numpy as np
@@ -18,12 +19,47 @@ PLAN_BYTES = b"fake-engine"
 
 
 def make_pycuda() -> tuple[types.ModuleType, types.ModuleType, dict[int, np.ndarray]]:
+    """pycuda.driver with pycuda's context bookkeeping (src/cpp/cuda.hpp): per thread, pycuda's
+    own context stack and CUDA's (``driver.stacks()``), ``push``/``pop``/``get_current`` and
+    ``detach`` as pycuda does them (``cuDevicePrimaryCtxRelease`` never pops; a detach of a
+    context that is not current pushes it first), retain/release counts in ``driver.counts``,
+    and the fake Error on a pop of an empty stack or a call that needs a current context."""
     memory: dict[int, np.ndarray] = {}
     addresses = itertools.count(0x1000, 0x1000)
     driver = types.ModuleType("pycuda.driver")
+    local = threading.local()
+    counts = {"retain": 0, "release": 0}
+    #: the host arrays of every host-to-device copy, newest last
+    htod_sources: list[np.ndarray] = []
 
     class Error(Exception):
         pass
+
+    def stacks() -> tuple[list, list]:
+        """(pycuda's context stack, CUDA's) of the calling thread."""
+        if not hasattr(local, "pycuda"):
+            local.pycuda, local.cuda = [], []
+        return local.pycuda, local.cuda
+
+    def current(except_=None):
+        ours, _ = stacks()
+        while ours:
+            top = ours[-1]
+            if top is not except_ and top.valid:
+                return top
+            ours.pop()  # pycuda drops dead entries from its own stack only
+        return None
+
+    def prepare_context_switch() -> None:
+        ours, cuda = stacks()
+        if ours:
+            if not cuda:
+                raise Error("cuCtxPopCurrent failed: invalid context")
+            cuda.pop()
+
+    def need_context(what: str) -> None:
+        if current() is None:
+            raise Error(f"{what}: no currently active context?")
 
     class HostAllocation(bytearray):
         freed = False
@@ -33,6 +69,7 @@ def make_pycuda() -> tuple[types.ModuleType, types.ModuleType, dict[int, np.ndar
 
     class DeviceAllocation:
         def __init__(self, nbytes: int) -> None:
+            need_context("cuMemAlloc")
             self.address = next(addresses)
             memory[self.address] = np.zeros(nbytes, np.uint8)
 
@@ -40,21 +77,59 @@ def make_pycuda() -> tuple[types.ModuleType, types.ModuleType, dict[int, np.ndar
             return self.address
 
         def free(self) -> None:
+            need_context("cuMemFree")
             memory.pop(self.address)
 
-    class PrimaryContext:
-        pushed = 0
+    class Context:
+        """pycuda's context object (a primary context when made by retain_primary_context)."""
+
+        def __init__(self, device: int) -> None:
+            self.handle = ("primary", device)
+            self.valid = True
+            self.thread = threading.get_ident()
+            counts["retain"] += 1
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Context) and other.handle == self.handle
+
+        __hash__ = object.__hash__
 
         def push(self) -> None:
-            PrimaryContext.pushed += 1
+            prepare_context_switch()
+            ours, cuda = stacks()
+            cuda.append(self.handle)
+            ours.append(self)
 
-        def detach(self) -> None:
-            PrimaryContext.detached = True
-
-    class Context:
         @staticmethod
         def pop() -> None:
-            PrimaryContext.pushed -= 1
+            prepare_context_switch()
+            ours, cuda = stacks()
+            if not ours:
+                raise Error("context::pop failed: cannot pop non-current context")
+            ours.pop()
+            top = current()
+            if top is not None:
+                cuda.append(top.handle)
+
+        @staticmethod
+        def get_current():
+            return current()
+
+        def detach(self) -> None:
+            if not self.valid:
+                raise Error("context::detach failed: cannot detach from invalid context")
+            _, cuda = stacks()
+            active = current() is self
+            if active:
+                counts["release"] += 1  # cuDevicePrimaryCtxRelease: no pop
+            elif self.thread == threading.get_ident():
+                cuda.append(self.handle)  # cuCtxPushCurrent, then the release, which does not pop
+                counts["release"] += 1
+            self.valid = False
+            if active:
+                top = current(except_=self)
+                if top is not None:
+                    cuda.append(top.handle)
 
     class Device:
         @staticmethod
@@ -70,24 +145,31 @@ def make_pycuda() -> tuple[types.ModuleType, types.ModuleType, dict[int, np.ndar
         def compute_capability(self) -> tuple[int, int]:
             return (8, 9)
 
-        def retain_primary_context(self) -> PrimaryContext:
-            return PrimaryContext()
+        def retain_primary_context(self) -> Context:
+            return Context(self.index)
 
     class Stream:
         handle = 7
+
+        def __init__(self) -> None:
+            need_context("cuStreamCreate")
 
         def synchronize(self) -> None:
             pass
 
     def pagelocked_empty(shape, dtype):
+        need_context("cuMemHostAlloc")
         dtype = np.dtype(dtype)
         return np.ndarray(shape, dtype=dtype, buffer=HostAllocation(int(np.prod(shape)) * dtype.itemsize))
 
     def memcpy_htod_async(dest, src, stream=None) -> None:
+        need_context("cuMemcpyHtoDAsync")
+        htod_sources.append(src)
         flat = np.ascontiguousarray(src).reshape(-1).view(np.uint8)
         memory[int(dest)][: flat.size] = flat
 
     def memcpy_dtoh_async(dest, src, stream=None) -> None:
+        need_context("cuMemcpyDtoHAsync")
         flat = dest.reshape(-1).view(np.uint8)
         flat[:] = memory[int(src)][: flat.size]
 
@@ -103,21 +185,36 @@ def make_pycuda() -> tuple[types.ModuleType, types.ModuleType, dict[int, np.ndar
         memcpy_dtoh_async=memcpy_dtoh_async,
         get_version=lambda: (12, 9, 0),
         get_driver_version=lambda: 12090,
-        PrimaryContext=PrimaryContext,
+        stacks=stacks,
+        counts=counts,
+        htod_sources=htod_sources,
     )
     package = types.ModuleType("pycuda")
     package.driver = driver
     return package, driver, memory
 
 
+#: what pybind11 raises when TensorRT's factory cannot start CUDA (driver too old for the wheel)
+NULLPTR = "pybind11::init(): factory function returned nullptr"
+
+
 def make_tensorrt(
     memory: dict[int, np.ndarray],
     profile=((2, 8, 8, 1), (4, 8, 8, 1), (4, 8, 8, 1)),
     compute=lambda x: x * 2,
+    *,
+    input_dtype=np.float32,
+    output_dtype=np.float32,
+    runtime_error: str | None = None,
+    output_batch: int | None = None,
 ):
+    """``input_dtype``/``output_dtype``: what the engine's I/O tensors report (numpy types, as
+    ``trt.nptype`` maps them); ``runtime_error``: ``trt.Runtime`` raises TypeError with it;
+    ``output_batch``: the output's batch whatever the input's (a graph with a fixed batch)."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = "10.16.1.11"
     trt.executions = []
+    dtypes = {"image": np.dtype(input_dtype), "probability": np.dtype(output_dtype)}
 
     class Logger:
         WARNING = 2
@@ -141,7 +238,10 @@ def make_tensorrt(
             return True
 
         def get_tensor_shape(self, name: str):
-            return list(self.shapes["image"])
+            shape = list(self.shapes["image"])
+            if name == "probability" and output_batch is not None:
+                shape[0] = output_batch
+            return shape
 
         def set_tensor_address(self, name: str, address: int) -> bool:
             self.addresses[name] = address
@@ -150,9 +250,10 @@ def make_tensorrt(
         def execute_async_v3(self, stream_handle: int) -> bool:
             shape = self.shapes["image"]
             n = int(np.prod(shape))
-            x = memory[self.addresses["image"]][: n * 4].view(np.float32).reshape(shape)
-            y = np.ascontiguousarray(compute(x), dtype=np.float32)
-            memory[self.addresses["probability"]][: n * 4] = y.reshape(-1).view(np.uint8)
+            size_in, size_out = n * dtypes["image"].itemsize, n * dtypes["probability"].itemsize
+            x = memory[self.addresses["image"]][:size_in].view(dtypes["image"]).reshape(shape)
+            y = np.ascontiguousarray(compute(x.astype(np.float32)), dtype=dtypes["probability"])
+            memory[self.addresses["probability"]][:size_out] = y.reshape(-1).view(np.uint8)
             trt.executions.append(shape[0])
             return True
 
@@ -166,7 +267,7 @@ def make_tensorrt(
             return TensorIOMode.INPUT if name == "image" else TensorIOMode.OUTPUT
 
         def get_tensor_dtype(self, name: str):
-            return np.float32
+            return dtypes[name].type
 
         def get_tensor_profile_shape(self, name: str, index: int):
             return [list(p) for p in profile]
@@ -176,6 +277,8 @@ def make_tensorrt(
 
     class Runtime:
         def __init__(self, logger: Logger) -> None:
+            if runtime_error is not None:
+                raise TypeError(runtime_error)
             self.logger = logger
 
         def deserialize_cuda_engine(self, data: bytes):

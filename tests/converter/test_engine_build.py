@@ -125,49 +125,34 @@ def test_an_unwritable_cache_is_a_warning_not_a_lost_engine(fakes, package_copy,
 # --- finding 6: device=N -----------------------------------------------------------------
 
 
-def _two_gpus(monkeypatch, driver) -> list[int]:
-    """Give the fake pycuda two devices whose primary contexts record a context stack."""
-    stack: list[int] = []
-    base = driver.Device
+def _two_gpus(monkeypatch, driver) -> None:
+    """Give the fake pycuda a second device (its context stack names each context's device)."""
 
-    class Device(base):
+    class Device(driver.Device):
         @staticmethod
         def count() -> int:
             return 2
 
-        def retain_primary_context(self):
-            context, index = super().retain_primary_context(), self.index
-            push = context.push
-
-            def push_device() -> None:
-                push()
-                stack.append(index)
-
-            context.push = push_device
-            return context
-
-    pop = driver.Context.pop
-
-    def pop_device() -> None:
-        pop()
-        stack.pop()
-
     monkeypatch.setattr(driver, "Device", Device)
-    monkeypatch.setattr(driver.Context, "pop", staticmethod(pop_device))
-    return stack
+
+
+def _current_device(driver):
+    """The device of the context current on this thread (None when the stack is empty)."""
+    current = driver.Context.get_current()
+    return None if current is None else current.handle[1]
 
 
 def test_build_runs_on_the_requested_device(fakes, package_copy, monkeypatch, capsys):
     trt, driver, _ = fakes
-    stack = _two_gpus(monkeypatch, driver)
-    during: list[list[int]] = []
-    fake_trt.add_builder(trt, on_build=lambda: during.append(list(stack)))
+    _two_gpus(monkeypatch, driver)
+    during: list = []
+    fake_trt.add_builder(trt, on_build=lambda: during.append(_current_device(driver)))
     code = run(["build-engine", str(package_copy.root), "--precision", "fp32", "--device", "1"])
     assert code == 0, capsys.readouterr()
-    assert during == [[1]]  # device 1's context was current while TensorRT built
-    assert stack == [] and driver.PrimaryContext.pushed == 0  # and popped afterwards
+    assert during == [1]  # device 1's context was current while TensorRT built
+    assert driver.stacks() == ([], [])  # and popped afterwards
     _build(package_copy, device=0)
-    assert during[-1] == [0]
+    assert during[-1] == 0
 
 
 def test_a_device_that_does_not_exist_is_one_line(fakes, package_copy):

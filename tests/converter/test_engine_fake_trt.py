@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -56,7 +57,7 @@ def test_runner_chunks_pads_and_frees(fakes, tmp_path):
         np.testing.assert_array_equal(backend.infer(x[:1]), 2 * x[:1, ..., 0])
         assert trt.executions == [2]  # padded up to the profile's min batch
         assert "NVIDIA L4" in backend.describe()
-    assert memory == {} and driver.PrimaryContext.pushed == 0  # device memory freed, contexts popped
+    assert memory == {} and driver.stacks() == ([], [])  # device memory freed, contexts popped
     backend.free()  # idempotent
 
 
@@ -105,7 +106,7 @@ def test_runner_reports_a_plan_tensorrt_rejects(fakes, tmp_path):
     _, driver, memory = fakes
     with pytest.raises(BackendError, match="could not deserialize"):
         TensorRTBackend(_plan(tmp_path, L4, data=b"corrupt")).activate()
-    assert memory == {} and driver.PrimaryContext.pushed == 0
+    assert memory == {} and driver.stacks() == ([], [])
 
 
 def test_runner_rejects_a_wrong_image_shape(fakes, tmp_path):
@@ -223,3 +224,248 @@ def test_verify_reports_dice_and_agreement(monkeypatch, package_copy, dataset, c
     monkeypatch.setitem(sys.modules, "tensorrt", broken)
     code = run(argv)
     assert code == 1 and "gate FAIL" in capsys.readouterr().out
+
+
+# -- the CUDA context stack (pycuda's detach of a primary context never pops) -------------
+
+
+def _load_free_load_infer_free(plan) -> np.ndarray:
+    from edge.backends.trt.runner import TensorRTBackend
+
+    backend = TensorRTBackend(plan, onnx_sha256="ab" * 32)
+    backend.activate()
+    backend.free()
+    backend = TensorRTBackend(plan, onnx_sha256="ab" * 32)
+    with backend:
+        out = backend.infer(np.ones((3, 8, 8, 1), np.float32)).copy()
+    return out
+
+
+def test_free_then_reload_leaves_the_context_stack_empty(fakes, tmp_path):
+    """load -> free -> load -> infer -> free, on this thread and on another: each thread's
+    context stacks (pycuda's and CUDA's) are empty after, and the primary context is retained
+    once for the process, not once more per load (it was released by a detach that left it
+    current on the thread's stack)."""
+    _, driver, memory = fakes
+    plan = _plan(tmp_path, L4)
+    np.testing.assert_array_equal(_load_free_load_infer_free(plan), np.full((3, 8, 8), 2, np.float32))
+    assert driver.stacks() == ([], []) and memory == {}
+    seen: dict = {}
+
+    def on_another_thread() -> None:
+        try:
+            seen["out"] = _load_free_load_infer_free(plan)
+            seen["stacks"] = driver.stacks()
+        except BaseException as exc:  # reported below, in the test's thread
+            seen["error"] = exc
+
+    thread = threading.Thread(target=on_another_thread)
+    thread.start()
+    thread.join(10)
+    assert "error" not in seen, seen.get("error")
+    assert seen["stacks"] == ([], []) and driver.stacks() == ([], []) and memory == {}
+    np.testing.assert_array_equal(seen["out"], np.full((3, 8, 8), 2, np.float32))
+    assert driver.counts["retain"] == 1 and driver.counts["release"] == 0
+
+
+def test_free_pops_a_context_left_current(fakes, tmp_path):
+    """A push without its pop (an exception between them) is popped by free()."""
+    from converter.engine.cuda import DeviceContext
+
+    _, driver, _ = fakes
+    ctx = DeviceContext(0)
+    ctx.__enter__()
+    assert len(driver.stacks()[0]) == 1
+    ctx.free()
+    assert driver.stacks() == ([], [])
+    ctx.free()  # idempotent
+    with pytest.raises(driver.Error, match="cannot pop"):  # the fake refuses an unbalanced pop
+        driver.Context.pop()
+
+
+# -- TensorRT that cannot start CUDA (pybind11's nullptr TypeError) ------------------------
+
+
+def test_runtime_nullptr_is_one_line_with_the_driver_hint(monkeypatch, tmp_path):
+    from edge.backends.base import BackendError
+    from edge.backends.trt.runner import TensorRTBackend
+
+    pycuda, driver, memory = fake_trt.make_pycuda()
+    trt = fake_trt.make_tensorrt(memory, runtime_error=fake_trt.NULLPTR)
+    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    with pytest.raises(BackendError) as info:
+        TensorRTBackend(_plan(tmp_path, L4), onnx_sha256="ab" * 32).activate()
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("TensorRT could not create its Runtime: CUDA did not start inside TensorRT")
+    assert "factory function returned nullptr" in message and "nvidia-smi" in message
+    assert "this driver runs CUDA up to 12.9" in message
+    assert "r580" in message and "gpu-cu12" in message and "gpu-cu13" in message
+    assert memory == {} and driver.stacks() == ([], [])
+
+
+def test_only_the_nullptr_type_error_is_translated():
+    from converter.engine.machine import TensorRTUnavailable, trt_object
+
+    def factory(logger):
+        raise TypeError("__init__(): incompatible constructor arguments")
+
+    with pytest.raises(TypeError, match="incompatible"):  # a bug of ours stays a bug
+        trt_object("Runtime", factory, None)
+
+    def nullptr(logger):
+        raise TypeError(fake_trt.NULLPTR)
+
+    with pytest.raises(TensorRTUnavailable, match="could not create its Builder"):
+        trt_object("Builder", nullptr, None)
+
+
+def test_builder_nullptr_is_one_line(fakes, package_copy):
+    from converter.engine.build import build_engine_for_package
+    from converter.engine.machine import TensorRTUnavailable
+
+    trt, _, _ = fakes
+    fake_trt.add_builder(trt)
+
+    def builder(logger):
+        raise TypeError(fake_trt.NULLPTR)
+
+    trt.Builder = builder
+    with pytest.raises(TensorRTUnavailable, match=r"could not create its Builder.*nvidia-smi"):
+        build_engine_for_package(package_copy.root, precision="fp32")
+
+
+# -- an import that fails for another reason than "not installed" -------------------------
+
+
+def _broken_package(root, name: str, error: str) -> None:
+    (root / name).mkdir()
+    (root / name / "__init__.py").write_text(f"raise ImportError({error!r})\n")
+
+
+@pytest.fixture
+def no_gpu_modules(monkeypatch, tmp_path):
+    for name in ("tensorrt", "pycuda", "pycuda.driver"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_a_missing_libnvinfer_is_not_reported_as_not_installed(no_gpu_modules):
+    from converter.engine.machine import TensorRTUnavailable, import_tensorrt
+
+    _broken_package(no_gpu_modules, "tensorrt", "libnvinfer.so.10: cannot open shared object file")
+    with pytest.raises(TensorRTUnavailable) as info:
+        import_tensorrt()
+    message = str(info.value)
+    assert "not installed here" not in message
+    assert "TensorRT is installed but cannot load (ImportError: libnvinfer.so.10: cannot open" in message
+    assert "libnvinfer.so.10 is missing: TensorRT's own libraries" in message
+    assert "LD_LIBRARY_PATH" in message
+
+
+def test_a_missing_libcuda_names_the_driver(no_gpu_modules):
+    from converter.engine.machine import TensorRTUnavailable, import_pycuda
+
+    (no_gpu_modules / "pycuda").mkdir()
+    (no_gpu_modules / "pycuda" / "__init__.py").write_text("")
+    (no_gpu_modules / "pycuda" / "driver.py").write_text(
+        "raise ImportError('libcuda.so.1: cannot open shared object file: No such file or directory')\n"
+    )
+    with pytest.raises(TensorRTUnavailable) as info:
+        import_pycuda()
+    message = str(info.value)
+    assert "not installed here" not in message
+    assert "libcuda.so.1 is missing: the NVIDIA driver is not installed or not on the loader path" in message
+
+
+def test_a_missing_module_is_not_installed(no_gpu_modules):
+    from converter.engine.machine import TensorRTUnavailable, import_tensorrt
+
+    if any((p / "tensorrt").exists() for p in map(__import__("pathlib").Path, sys.path[1:]) if p.is_dir()):
+        pytest.skip("TensorRT is installed here")
+    with pytest.raises(TensorRTUnavailable, match=r"TensorRT is not installed here \(tensorrt\)"):
+        import_tensorrt()
+
+
+# -- I/O dtypes (finding 7) and the pinned input view (finding 8) --------------------------
+
+
+def _with_dtypes(monkeypatch, tmp_path, **dtypes):
+    pycuda, driver, memory = fake_trt.make_pycuda()
+    trt = fake_trt.make_tensorrt(memory, **dtypes)
+    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    return _plan(tmp_path, L4), driver, memory
+
+
+def test_fp16_io_is_cast_on_the_host(monkeypatch, tmp_path):
+    """An engine with FP16 input and output gets fp16 values (not float32 bytes read as fp16)
+    and returns float32."""
+    from edge.backends.trt.runner import TensorRTBackend
+
+    plan, _, _ = _with_dtypes(monkeypatch, tmp_path, input_dtype=np.float16, output_dtype=np.float16)
+    x = np.random.default_rng(1).random((3, 8, 8, 1), dtype=np.float32)
+    with TensorRTBackend(plan, onnx_sha256="ab" * 32) as backend:
+        out = backend.infer(x)
+        assert backend.input_buffer(3) is None  # the line's float32 cannot be normalized into fp16
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, 2 * x[..., 0], rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("dtypes", "what"),
+    [
+        ({"input_dtype": np.uint8}, "input 'image' is uint8"),
+        ({"input_dtype": np.int8}, "input 'image' is int8"),
+        ({"output_dtype": np.uint8}, "output 'probability' is uint8"),
+        ({"input_dtype": np.int32}, "input 'image' is int32"),
+    ],
+)
+def test_io_dtypes_the_line_does_not_feed_are_refused_at_load(monkeypatch, tmp_path, dtypes, what):
+    from edge.backends.base import BackendError
+    from edge.backends.trt.runner import TensorRTBackend
+
+    plan, driver, memory = _with_dtypes(monkeypatch, tmp_path, **dtypes)
+    with pytest.raises(BackendError) as info:
+        TensorRTBackend(plan, onnx_sha256="ab" * 32).activate()
+    assert what in str(info.value) and "not from the folded uint8 graph" in str(info.value)
+    assert memory == {} and driver.stacks() == ([], [])
+
+
+def test_the_pinned_input_view_is_not_copied_and_the_output_is_reused(fakes, tmp_path):
+    from edge.backends.trt.runner import TensorRTBackend
+
+    _, driver, _ = fakes
+    x = np.random.default_rng(2).random((3, 8, 8, 1), dtype=np.float32)
+    with TensorRTBackend(_plan(tmp_path, L4), onnx_sha256="ab" * 32) as backend:
+        staging = backend._runner._buffers["image"][0].array
+        staging[:] = np.nan  # a host copy would land here
+        view = backend.input_buffer(3, 0)
+        other = backend.input_buffer(3, 1)
+        assert view.shape == (3, 8, 8, 1) and view.dtype == np.float32
+        assert not np.shares_memory(view, other)  # one is filled while the other is read
+        assert backend.input_buffer(5) is None  # more than the profile's max batch
+        view[:] = x
+        out = backend.infer(view)
+        np.testing.assert_array_equal(out, 2 * x[..., 0])
+        assert np.shares_memory(driver.htod_sources[-1], view)  # straight from the view to the GPU
+        assert np.isnan(staging).all()  # no host copy
+        first = out
+        again = backend.infer(x)  # a foreign array: staged, same answer
+        np.testing.assert_array_equal(again, 2 * x[..., 0])
+        assert not np.isnan(staging[:3]).any()
+        assert np.shares_memory(first, again)  # the output array is reused, not allocated per call
+
+
+def test_an_output_batch_that_does_not_follow_the_input_is_refused_at_load(monkeypatch, tmp_path):
+    from edge.backends.base import BackendError
+    from edge.backends.trt.runner import TensorRTBackend
+
+    plan, driver, memory = _with_dtypes(monkeypatch, tmp_path, output_batch=1)
+    with pytest.raises(BackendError, match=r"output batch does not follow its input batch \(input 4 gives 1"):
+        TensorRTBackend(plan, onnx_sha256="ab" * 32).activate()
+    assert memory == {} and driver.stacks() == ([], [])

@@ -58,9 +58,15 @@ class TensorRTBackend(Backend):
         self._runner = runner
         self.max_batch = runner.max_batch
 
+    def input_buffer(self, rows: int, slot: int = 0) -> np.ndarray | None:
+        """The engine's pinned input view (see EngineRunner.input_buffer), or None."""
+        return self._runner.input_buffer(rows, slot) if self._runner is not None else None
+
     def infer_impl(self, batch: np.ndarray) -> np.ndarray:
         try:
-            out = self._runner.infer(np.ascontiguousarray(batch, dtype=np.float32))
+            # as given: a view of input_buffer goes to the GPU without a host copy, anything
+            # else is copied (and cast to the engine's input dtype) into pinned memory there
+            out = self._runner.infer(batch)
         except LinesideError as exc:
             raise BackendError(str(exc)) from None
         return squeeze_probabilities(out)
