@@ -53,20 +53,16 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fold", action="store_true", help="also write model.uint8.onnx (uint8 frame in, uint8 mask out)"
     )
-    p.add_argument(
-        "--samples", type=_positive_int, default=8, help="images for the Keras parity check (default 8)"
-    )
+    p.add_argument("--samples", type=_positive_int, default=8, help="images for the Keras parity check")
     p.add_argument("--gate-samples", type=_positive_int, default=32, help="images for the FP16/INT8 gates")
-    p.add_argument(
-        "--calibration-samples", type=_positive_int, default=32, help="INT8 calibration images (default 32)"
-    )
+    p.add_argument("--calibration-samples", type=_positive_int, default=32, help="INT8 calibration images")
     p.add_argument(
         "--calibration",
         choices=("minmax", "entropy", "percentile"),
         default="minmax",
-        help="INT8 calibration method (default minmax)",
+        help="INT8 calibration method",
     )
-    p.add_argument("--atol", type=float, default=None, help="allowed max |ONNX - Keras| (default 1e-4)")
+    p.add_argument("--atol", type=float, default=None, help="allowed max |ONNX - Keras| (default: 1e-4)")
     p.add_argument(
         "--no-auto-fp32",
         action="store_true",
@@ -130,18 +126,14 @@ def _register_build_engine(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("package", help="model package folder")
-    p.add_argument(
-        "--precision", choices=("fp16", "int8", "fp32"), default="fp16", help="graph to build (default fp16)"
-    )
+    p.add_argument("--precision", choices=("fp16", "int8", "fp32"), default="fp16", help="graph to build")
     p.add_argument(
         "--batch",
         default="1,4,8",
         metavar="MIN,OPT,MAX",
-        help="batch profile min,opt,max (default 1,4,8); a single number N means 1,N,N",
+        help="batch profile min,opt,max; a single number N means 1,N,N",
     )
-    p.add_argument(
-        "--workspace", default="2GiB", help="builder workspace limit, e.g. 512MiB, 2GiB (default 2GiB)"
-    )
+    p.add_argument("--workspace", default="2GiB", help="builder workspace limit, e.g. 512MiB, 2GiB")
     p.add_argument("--timing-cache", default=None, help="timing cache file, read and updated (default: none)")
     p.add_argument(
         "--builder-flag-fp16",
@@ -149,7 +141,7 @@ def _register_build_engine(sub: argparse._SubParsersAction) -> None:
         help="TensorRT 10 only: build the FP32 graph with BuilderFlag.FP16 (not strongly typed)",
     )
     p.add_argument(
-        "--out", default=None, help="plan path (default PACKAGE/engines/<gpu>-sm<cc>-trt<ver>.plan)"
+        "--out", default=None, help="plan path (default: PACKAGE/engines/<gpu>-sm<cc>-trt<ver>.plan)"
     )
     p.add_argument(
         "--verify", action="store_true", help="after building, compare the engine to ONNX Runtime FP32"
@@ -157,9 +149,7 @@ def _register_build_engine(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data", default=None, help="validation images for --verify (default: the manifest's data set)"
     )
-    p.add_argument(
-        "--verify-samples", type=_positive_int, default=32, help="images for --verify (default 32)"
-    )
+    p.add_argument("--verify-samples", type=_positive_int, default=32, help="images for --verify")
     p.set_defaults(func=run_build_engine)
 
 

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--connect-timeout",
         type=float,
         default=60.0,
-        help="give up when no line has answered within this many seconds (default: 60)",
+        help="give up when no line has answered within this many seconds",
     )
     p.add_argument(
         "--keys",
@@ -79,8 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("bench", help="throughput of the bare backend on a model package")
     p.add_argument("package", help="model package folder")
-    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"))
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    p.add_argument(
+        "--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"), help="inference backend"
+    )
+    p.add_argument(
+        "--precision", default="fp32", choices=("fp32", "fp16", "int8"), help="graph (or engine) precision"
+    )
     p.add_argument("--batch", default="1,4,8", help="comma-separated batch sizes")
     p.add_argument("--seconds", type=float, default=5.0, help="time per batch size")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = all cores)")
@@ -233,7 +237,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ["export", str(ckpt), "--out", str(package), "--data", str(data)],
         ),
     ]
-    lineside = [sys.executable, "-m", "edge.cli"]
+    # each step logs as this command was asked to (-v / -q)
+    verbosity = [flag for flag, on in (("-v", "verbose"), ("-q", "quiet")) if getattr(args, on, False)]
+    lineside = [sys.executable, "-m", "edge.cli", *verbosity]
     # train and export keep TensorFlow's C++ chatter out themselves (converter.quiet)
     for title, done_marker, argv in steps:
         if done_marker.exists():
