@@ -153,10 +153,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Supervisor(cfg, duration=args.duration, summary_path=args.summary).run()
 
 
+def check_endpoint_flag(flag: str, value: str, key: str) -> str:
+    """``value`` if ZeroMQ can connect to it, else a ConfigError that names the flag (not the
+    config, which the flag replaces) and the line's config key it must match."""
+    import zmq
+
+    from edge.config import ConfigError
+
+    scheme, _, address = value.partition("://")
+    host, _, port = address.rpartition(":")
+    tcp_ok = scheme == "tcp" and host != "" and port.isdigit() and 0 < int(port) < 65536
+    if not (scheme == "ipc" and address) and not tcp_ok:
+        msg = f"{flag} {value}: must be tcp://HOST:PORT (or ipc://PATH on the line's box), the line's {key}"
+        raise ConfigError(msg)
+    ctx = zmq.Context()
+    probe = ctx.socket(zmq.DEALER)
+    try:
+        probe.connect(value)  # checks the address's form; a tcp peer is only looked for later
+    except zmq.ZMQError as exc:
+        why = zmq.strerror(exc.errno)
+        msg = f"{flag} {value}: not an endpoint ZeroMQ can connect to ({why}); give the line's {key}"
+        raise ConfigError(msg) from None
+    finally:
+        probe.close(linger=0)
+        ctx.term()
+    return value
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from edge.config import load_config, to_dict
     from edge.worker import worker_main
 
+    endpoints = {
+        "work": check_endpoint_flag("--connect", args.connect, "endpoints.work"),
+        "results": check_endpoint_flag("--results", args.results, "endpoints.results"),
+    }
     cfg = load_config(args.config)
     if args.keys:
         # The folder on this box, not the line box's path that the config may name.
@@ -167,7 +198,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         to_dict(cfg),
         args.index,
         logging.getLogger().getEffectiveLevel(),
-        {"work": args.connect, "results": args.results},
+        endpoints,
         connect_timeout_s=args.connect_timeout,
     )
     return 0

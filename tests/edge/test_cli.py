@@ -155,3 +155,32 @@ def test_verbose_and_quiet_together_are_refused(capsys: pytest.CaptureFixture[st
         main(["-v", "keys", "k", "-q"])
     assert done.value.code == 2
     assert "-v and -q contradict each other" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "key"),
+    [
+        ("--connect", "tcp://bad", "endpoints.work"),
+        ("--connect", "http://linebox:5571", "endpoints.work"),
+        ("--results", "tcp://linebox:99999", "endpoints.results"),
+        ("--results", "tcp://linebox", "endpoints.results"),
+    ],
+)
+def test_a_wrong_endpoint_flag_is_reported_as_that_flag(
+    flag: str, value: str, key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    endpoints = {"--connect": "tcp://127.0.0.1:5571", "--results": "tcp://127.0.0.1:5572", flag: value}
+    argv = ["worker", "--config", str(tmp_path / "line.yaml"), *(x for kv in endpoints.items() for x in kv)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"lineside: error: {flag} {value}: "), err[0]
+    assert key in err[0] and "in the config" not in err[0]
+
+
+def test_good_endpoint_flags_pass_on_to_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["worker", "--config", str(tmp_path / "line.yaml")]
+    assert main([*argv, "--connect", "tcp://linebox:5571", "--results", "ipc:///tmp/results"]) == 2
+    assert "line.yaml: config file not found" in capsys.readouterr().err
