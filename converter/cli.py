@@ -41,7 +41,10 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="model package folder to write")
     p.add_argument("--data", default=None, help="data set folder (DAGM2007 or images/+masks/) for the checks")
     p.add_argument(
-        "--model-id", default=None, help="model id in the manifest (default: the --out folder name)"
+        "--model-id",
+        default=None,
+        help="model id in the manifest (default: the training run's name: the recipe name that "
+        "training.json records, else the checkpoint's folder name)",
     )
     p.add_argument(
         "--precision",
