@@ -94,6 +94,26 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     raise CheckpointError(msg)
 
 
+def run_name(checkpoint: Checkpoint) -> str:
+    """The training run's name: the model id a package gets unless ``--model-id`` names one.
+
+    The recipe's ``name`` that training.json records (``recipe``), else the name of the run's
+    folder: the one that holds training.json (the checkpoint folder, or the folder above a
+    .keras file or a SavedModel); without one, the .keras file's stem or the SavedModel's
+    folder. Never the export's output folder, which is usually just ``package``.
+    """
+    recipe = checkpoint.training.get("recipe")
+    if isinstance(recipe, str) and recipe.strip():
+        return recipe.strip()
+    path = checkpoint.path.resolve()
+    for folder in ([path] if path.is_dir() else []) + [path.parent]:
+        if (folder / TRAINING_JSON).is_file():
+            return folder.name
+    if path.is_file():
+        return path.stem
+    return path.parent.name if path.name in ("saved_model", "savedmodel") else path.name
+
+
 @dataclass
 class InputShape:
     """Fixed spatial size of the exported graph (the batch stays dynamic)."""

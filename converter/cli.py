@@ -41,7 +41,10 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="model package folder to write")
     p.add_argument("--data", default=None, help="data set folder (DAGM2007 or images/+masks/) for the checks")
     p.add_argument(
-        "--model-id", default=None, help="model id in the manifest (default: the --out folder name)"
+        "--model-id",
+        default=None,
+        help="model id in the manifest (default: the training run's name: the recipe name that "
+        "training.json records, else the checkpoint's folder name)",
     )
     p.add_argument(
         "--precision",
@@ -53,20 +56,16 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fold", action="store_true", help="also write model.uint8.onnx (uint8 frame in, uint8 mask out)"
     )
-    p.add_argument(
-        "--samples", type=_positive_int, default=8, help="images for the Keras parity check (default 8)"
-    )
+    p.add_argument("--samples", type=_positive_int, default=8, help="images for the Keras parity check")
     p.add_argument("--gate-samples", type=_positive_int, default=32, help="images for the FP16/INT8 gates")
-    p.add_argument(
-        "--calibration-samples", type=_positive_int, default=32, help="INT8 calibration images (default 32)"
-    )
+    p.add_argument("--calibration-samples", type=_positive_int, default=32, help="INT8 calibration images")
     p.add_argument(
         "--calibration",
         choices=("minmax", "entropy", "percentile"),
         default="minmax",
-        help="INT8 calibration method (default minmax)",
+        help="INT8 calibration method",
     )
-    p.add_argument("--atol", type=float, default=None, help="allowed max |ONNX - Keras| (default 1e-4)")
+    p.add_argument("--atol", type=float, default=None, help="allowed max |ONNX - Keras| (default: 1e-4)")
     p.add_argument(
         "--no-auto-fp32",
         action="store_true",
@@ -130,18 +129,14 @@ def _register_build_engine(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("package", help="model package folder")
-    p.add_argument(
-        "--precision", choices=("fp16", "int8", "fp32"), default="fp16", help="graph to build (default fp16)"
-    )
+    p.add_argument("--precision", choices=("fp16", "int8", "fp32"), default="fp16", help="graph to build")
     p.add_argument(
         "--batch",
         default="1,4,8",
         metavar="MIN,OPT,MAX",
-        help="batch profile min,opt,max (default 1,4,8); a single number N means 1,N,N",
+        help="batch profile min,opt,max; a single number N means 1,N,N",
     )
-    p.add_argument(
-        "--workspace", default="2GiB", help="builder workspace limit, e.g. 512MiB, 2GiB (default 2GiB)"
-    )
+    p.add_argument("--workspace", default="2GiB", help="builder workspace limit, e.g. 512MiB, 2GiB")
     p.add_argument("--timing-cache", default=None, help="timing cache file, read and updated (default: none)")
     p.add_argument(
         "--builder-flag-fp16",
@@ -151,9 +146,9 @@ def _register_build_engine(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out",
         default=None,
-        help="plan path (default PACKAGE/engines/<gpu>-sm<cc>-trt<ver>-b<max>-<precision>.plan)",
+        help="plan path (default: PACKAGE/engines/<gpu>-sm<cc>-trt<ver>-b<max>-<precision>.plan)",
     )
-    p.add_argument("--device", type=int, default=0, help="CUDA device index to build on (default 0)")
+    p.add_argument("--device", type=int, default=0, help="CUDA device index to build on")
     p.add_argument(
         "--verify",
         action="store_true",
@@ -163,9 +158,7 @@ def _register_build_engine(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data", default=None, help="validation images for --verify (default: the manifest's data set)"
     )
-    p.add_argument(
-        "--verify-samples", type=_positive_int, default=32, help="images for --verify (default 32)"
-    )
+    p.add_argument("--verify-samples", type=_positive_int, default=32, help="images for --verify")
     p.set_defaults(func=run_build_engine)
 
 

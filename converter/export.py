@@ -32,6 +32,7 @@ from converter.checkpoint import (
     load_reference,
     open_checkpoint,
     resolve_input_shape,
+    run_name,
 )
 from converter.errors import LinesideError
 from converter.manifest import InputSpec, ModelManifest, OutputSpec
@@ -282,6 +283,7 @@ def export_package(
     its accuracy gate on ``gate_samples`` images of ``data_dir`` (required for them); INT8
     is calibrated on ``calibration_samples`` other images with ``int8_method``.
     ``folded`` adds ``model.uint8.onnx`` (preprocessing and threshold inside the graph).
+    The manifest's model id is ``model_id``, else the training run's name (``run_name``).
     """
     source = open_checkpoint(checkpoint)
     data_dir, data_note = _checks_data(source, data_dir)
@@ -306,7 +308,7 @@ def export_package(
         manifest = build_manifest(
             source,
             shape,
-            model_id=model_id or out.resolve().name,
+            model_id=model_id or run_name(source),
             normalization=normalization,
             threshold=threshold,
             min_defect_area=min_defect_area,

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--connect-timeout",
         type=float,
         default=60.0,
-        help="give up when no line has answered within this many seconds (default: 60)",
+        help="give up when no line has answered within this many seconds",
     )
     p.add_argument(
         "--keys",
@@ -79,8 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("bench", help="throughput of the bare backend on a model package")
     p.add_argument("package", help="model package folder")
-    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"))
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"))
+    p.add_argument(
+        "--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"), help="inference backend"
+    )
+    p.add_argument(
+        "--precision", default="fp32", choices=("fp32", "fp16", "int8"), help="graph (or engine) precision"
+    )
     p.add_argument("--batch", default="1,4,8", help="comma-separated batch sizes")
     p.add_argument("--seconds", type=float, default=5.0, help="time per batch size")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = all cores)")
@@ -149,10 +153,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Supervisor(cfg, duration=args.duration, summary_path=args.summary).run()
 
 
+def check_endpoint_flag(flag: str, value: str, key: str) -> str:
+    """``value`` if ZeroMQ can connect to it, else a ConfigError that names the flag (not the
+    config, which the flag replaces) and the line's config key it must match."""
+    import zmq
+
+    from edge.config import ConfigError
+
+    scheme, _, address = value.partition("://")
+    host, _, port = address.rpartition(":")
+    tcp_ok = scheme == "tcp" and host != "" and port.isdigit() and 0 < int(port) < 65536
+    if not (scheme == "ipc" and address) and not tcp_ok:
+        msg = f"{flag} {value}: must be tcp://HOST:PORT (or ipc://PATH on the line's box), the line's {key}"
+        raise ConfigError(msg)
+    ctx = zmq.Context()
+    probe = ctx.socket(zmq.DEALER)
+    try:
+        probe.connect(value)  # checks the address's form; a tcp peer is only looked for later
+    except zmq.ZMQError as exc:
+        why = zmq.strerror(exc.errno)
+        msg = f"{flag} {value}: not an endpoint ZeroMQ can connect to ({why}); give the line's {key}"
+        raise ConfigError(msg) from None
+    finally:
+        probe.close(linger=0)
+        ctx.term()
+    return value
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from edge.config import load_config, to_dict
     from edge.worker import worker_main
 
+    endpoints = {
+        "work": check_endpoint_flag("--connect", args.connect, "endpoints.work"),
+        "results": check_endpoint_flag("--results", args.results, "endpoints.results"),
+    }
     cfg = load_config(args.config)
     if args.keys:
         # The folder on this box, not the line box's path that the config may name.
@@ -163,7 +198,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         to_dict(cfg),
         args.index,
         logging.getLogger().getEffectiveLevel(),
-        {"work": args.connect, "results": args.results},
+        endpoints,
         connect_timeout_s=args.connect_timeout,
     )
     return 0
@@ -233,7 +268,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ["export", str(ckpt), "--out", str(package), "--data", str(data)],
         ),
     ]
-    lineside = [sys.executable, "-m", "edge.cli"]
+    # each step logs as this command was asked to (-v / -q)
+    verbosity = [flag for flag, on in (("-v", "verbose"), ("-q", "quiet")) if getattr(args, on, False)]
+    lineside = [sys.executable, "-m", "edge.cli", *verbosity]
     # train and export keep TensorFlow's C++ chatter out themselves (converter.quiet)
     for title, done_marker, argv in steps:
         if done_marker.exists():

@@ -162,8 +162,9 @@ class ModelConfig:
 class CameraConfig:
     """One camera process."""
 
+    #: the camera's name in results, topics, metric labels and NG file names; empty = cam<N>
     id: str = field(default="", metadata={"rule": SAFE_NAME})
-    #: synthetic | folder | opencv
+    #: where frames come from: generated images, an image folder, or OpenCV (device, RTSP, video file)
     source: str = choices("synthetic", "folder", "opencv", default="synthetic")
     #: source-specific options (synthetic: defect_rate, class_id, size, seed;
     #: folder: path, loop; opencv: uri, backend). The ones in OPTION_RULES are checked here,
@@ -191,10 +192,13 @@ class CameraConfig:
     )
     #: resize the frame to the model input, or cut it into model-sized tiles
     fit: str = choices("resize", "tile", default="resize")
+    #: how long opening the source may take before the camera retries
     open_timeout_s: float = number(5.0, gt=0)
+    #: how long one frame read may take before the camera reconnects
     read_timeout_s: float = number(2.0, gt=0)
     #: no frame for this long marks the camera silent (readiness goes false)
     silent_after_s: float = number(5.0, gt=0)
+    #: the first wait before reconnecting a lost source; it doubles (with jitter) up to reconnect_max_s
     reconnect_initial_s: float = number(0.5, gt=0)
     #: the longest wait between reconnect attempts; at least reconnect_initial_s
     reconnect_max_s: float = number(30.0, gt=0)

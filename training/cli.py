@@ -93,11 +93,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write a synthetic DAGM-like data set (DAGM2007 layout)")
     p.add_argument("output", type=Path, help="root folder (ClassN/Train, ClassN/Test are written under it)")
     p.add_argument("--classes", type=int, nargs="+", default=[1], help="DAGM class numbers 1..10")
-    p.add_argument("--n-train", type=int, default=100)
-    p.add_argument("--n-test", type=int, default=100)
+    p.add_argument("--n-train", type=int, default=100, help="training images per class")
+    p.add_argument("--n-test", type=int, default=100, help="test images per class")
     p.add_argument("--size", type=int, default=512, help="image side in pixels")
-    p.add_argument("--defect-fraction", type=float, default=0.5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--defect-fraction", type=float, default=0.5, help="fraction of images with a defect")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=_synth)
 
     # the choices are spelled out here so that ``lineside --help`` needs neither OpenCV nor scikit-image
@@ -115,16 +115,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=["brick", "grass", "gravel", "moon"],
         help="photographs, one class each in this order (from scikit-image's shipped data)",
     )
-    p.add_argument("--n-train", type=int, default=150)
-    p.add_argument("--n-test", type=int, default=60)
+    p.add_argument("--n-train", type=int, default=150, help="training images per class")
+    p.add_argument("--n-test", type=int, default=60, help="test images per class")
     p.add_argument("--size", type=int, default=512, help="image side in pixels")
-    p.add_argument("--defect-fraction", type=float, default=0.35)
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--defect-fraction", type=float, default=0.35, help="fraction of images with a defect")
+    p.add_argument("--seed", type=int, default=1, help="random seed")
     p.add_argument(
         "--labels",
         choices=("ellipse", "pixel"),
         default="ellipse",
-        help="DAGM's weak ellipse (default) or the exact defect pixels",
+        help="DAGM's weak ellipse or the exact defect pixels",
     )
     p.set_defaults(func=_realsurface)
 
@@ -150,7 +150,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--config", type=Path, help="recipe to take the data set from (default: the run's recipe.json)"
     )
-    p.add_argument("--split", choices=("validation", "train"), default="validation")
+    p.add_argument(
+        "--split", choices=("validation", "train"), default="validation", help="the images to score"
+    )
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a recipe key, e.g. eval.threshold=0.75"
     )
@@ -162,7 +164,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=4,
         help="images per class in the PNG grid: the worst defective by Dice, the clean with the "
-        "largest false region (default 4)",
+        "largest false region",
     )
     _add_lenient(p)
     p.set_defaults(func=_eval)

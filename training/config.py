@@ -28,11 +28,18 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 
 #: Every key a recipe may set, with its default. ``None`` defaults take the type in ``_NULLABLE``.
 DEFAULTS: dict[str, Any] = {
+    # the run's name: recorded in training.json, and the model id of the package exported from it
     "name": "recipe",
+    # seeds Python, NumPy and TensorFlow (data order, crops, augmentation, initial weights)
     "seed": 0,
+    # the images and masks to train and score on
     "dataset": {
+        # dagm: DAGM2007 layout; severstal: train.csv + train_images/; folders: images/ + masks/;
+        # synthetic: a generated DAGM-like set
         "kind": "dagm",
+        # the data set's folder (kind synthetic: where the set is written)
         "root": "",
+        # DAGM / synthetic: the class numbers (ClassN folders) to use
         "classes": [1],
         # DAGM / synthetic: train only on images that have a defect (UNet_Industrial's default)
         "only_defective_images": False,
@@ -43,9 +50,21 @@ DEFAULTS: dict[str, Any] = {
         # every image (and mask) is resized to this before cropping; null keeps the file's size
         "image_size": None,
         # kind synthetic: the generated DAGM-like set (written under root when absent)
-        "synthetic": {"n_train": 200, "n_test": 100, "size": 512, "defect_fraction": 0.5},
+        "synthetic": {
+            # training images per class
+            "n_train": 200,
+            # test images per class
+            "n_test": 100,
+            # image side in pixels
+            "size": 512,
+            # fraction of images with a defect
+            "defect_fraction": 0.5,
+        },
     },
+    # what the model sees: scaling, crops, batches and augmentation
     "input": {
+        # pixel scaling, carried into the model package: zero_one maps 0..255 to 0..1,
+        # zero_centered to -1..1
         "normalization": "zero_one",
         # random square crops of this size for training; 0 trains on whole images
         "crop": 0,
@@ -56,27 +75,40 @@ DEFAULTS: dict[str, Any] = {
         "hard_negative_fraction": 0.0,
         # mining runs at the start of training and after every this-many epochs
         "mining_every": 2,
+        # training images per step
         "batch_size": 8,
+        # keep the decoded images in memory after the first epoch
         "cache": True,
-        # brightness: +-fraction of 255; contrast: x(1 +- fraction); what a camera adds (0: off):
-        # rotate +-degrees, scale x(1 +- fraction), blur: Gaussian sigma up to this many pixels on
-        # half the crops, gamma: x(1 + gamma)^+-1 exponent, noise: sigma up to this many gray levels
+        # random changes to each training crop, image and mask alike
         "augment": {
+            # mirror left-right and up-down, each with probability 1/2
             "flip": True,
+            # rotate by a random multiple of 90 degrees (square crops only)
             "rot90": True,
+            # add up to +-this fraction of 255
             "brightness": 0.1,
+            # scale the contrast by x(1 +- this)
             "contrast": 0.1,
+            # what a camera adds (0: off): rotate by up to +-this many degrees
             "rotate": 0.0,
+            # zoom by x(1 +- this)
             "scale": 0.0,
+            # Gaussian blur with sigma up to this many pixels, on half the crops
             "blur": 0.0,
+            # gamma: the exponent x(1 + this)^+-1
             "gamma": 0.0,
+            # Gaussian noise with sigma up to this many gray levels
             "noise": 0.0,
         },
     },
+    # the network
     "model": {
+        # tinyunet: NVIDIA's TinyUNet; unet_lowered: a reduced U-Net; mobilenetv2_unet: a U-Net
+        # on a MobileNetV2 encoder
         "architecture": "tinyunet",
         # tinyunet: 32 is NVIDIA's tinyUNet (32-32-64-128, bottleneck 256)
         "base_filters": 32,
+        # dropout rate in the network (0: none)
         "dropout": 0.0,
         # tinyunet / unet_lowered: BatchNorm after each conv (not in the originals; much faster to converge)
         "batch_norm": False,
@@ -87,40 +119,61 @@ DEFAULTS: dict[str, Any] = {
         "bottleneck_dilation": 1,
         # mobilenetv2_unet: a local .weights.h5 / .h5 file of a MobileNetV2 encoder, or null (random)
         "encoder_weights": None,
+        # mobilenetv2_unet: the encoder's width multiplier
         "alpha": 1.0,
         # mobilenetv2_unet: encoder layers whose name comes before this one stay frozen (null: none)
         "freeze_until": "block_6_expand",
     },
+    # segmentation loss (training/losses.py); adaptive: BCE while the Dice loss is >= 0.3, then Dice
     "loss": "adaptive",
+    # how the weights are updated
     "optimizer": {
+        # rmsprop (UNet_Industrial's) or adam
         "name": "rmsprop",
+        # the learning rate at the start
         "learning_rate": 1e-4,
         # exponential: staircase lr * decay_rate ** (step // decay_steps) (UNet_Industrial);
         # cosine: from learning_rate down to 0 over the whole run (train.epochs x steps_per_epoch)
         "schedule": "exponential",
         # exponential only; decay_steps 0 keeps the learning rate constant
         "decay_steps": 500,
+        # exponential: the factor applied every decay_steps
         "decay_rate": 0.8,
+        # rmsprop: the discounting factor of the squared-gradient average
         "rho": 0.9,
+        # rmsprop: momentum
         "momentum": 0.8,
+        # rmsprop: normalize by the gradient's estimated variance
         "centered": True,
         # L2 on the conv kernels, added to the loss as UNet_Industrial does
         "weight_decay": 1e-5,
     },
+    # the run
     "train": {
+        # epochs to train; a finished run given more epochs resumes
         "epochs": 10,
+        # batches per epoch
         "steps_per_epoch": 100,
+        # where model.keras, training.json, checkpoints and logs go
         "output_dir": "runs/recipe",
+        # mixed_float16 compute (GPUs)
         "mixed_precision": False,
+        # tf.distribute strategy: default (one device), mirrored (the GPUs of this box), multi_worker
         "strategy": "default",
+        # write TensorBoard logs (when TensorBoard is installed)
         "tensorboard": True,
+        # deterministic ops and one inter-op thread: the same seed gives the same model
         "deterministic": True,
+        # a progress bar per epoch (running loss and Dice)
         "progress": True,
         # stop at the end of the first epoch that passes this many minutes of training (0: no limit)
         "max_minutes": 0.0,
     },
+    # how the model is scored after training, and the decision rule the package gets
     "eval": {
+        # a pixel is a defect above this score
         "threshold": 0.5,
+        # defect regions smaller than this (pixels) are ignored
         "min_defect_area": 16,
         # hold this fraction of the training images out to choose threshold and min_defect_area
         # after training (training.calibrate); 0 keeps the two values above
@@ -128,7 +181,9 @@ DEFAULTS: dict[str, Any] = {
         # calibration chooses the rule that catches the most held-out defects among those whose
         # held-out TNR is at least this (training.calibrate); below it the summary warns
         "min_tnr": 0.98,
+        # images per prediction batch
         "batch_size": 4,
+        # score at most this many images (0: all)
         "max_images": 0,
     },
 }

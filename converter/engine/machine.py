@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 INSTALL_HINT = (
-    "on the line-side GPU box run `pip install 'lineside[gpu]'` (TensorRT 10/11 and pycuda; pycuda builds "
-    "against the CUDA toolkit in CUDA_ROOT and needs an NVIDIA driver); see docs/converter.md"
+    "on the line-side GPU box install the TensorRT extra for its driver: `pip install -e '.[gpu-cu12]'`, "
+    "or `'.[gpu-cu13]'` on driver r580+ (`lineside doctor` says which); pycuda builds against the CUDA "
+    "toolkit in CUDA_ROOT and needs an NVIDIA driver; see docs/gpu.md"
 )
 
 

@@ -99,7 +99,11 @@ def trained_checkpoint(tmp_path_factory, dataset) -> Path:
     inter = np.logical_and(pred, samples.masks).sum()
     dice = 2 * inter / max(pred.sum() + samples.masks.sum(), 1)
     folder = write_checkpoint(
-        model, tmp_path_factory.mktemp("ckpt"), data_root=str(dataset), metrics={"dice": float(dice)}
+        model,
+        tmp_path_factory.mktemp("ckpt"),
+        data_root=str(dataset),
+        metrics={"dice": float(dice)},
+        recipe="tiny",  # the package's model id (converter.checkpoint.run_name)
     )
     return folder
 

@@ -70,7 +70,7 @@ def test_inspect_not_a_package(tmp_path, capsys):
 def test_build_engine_without_tensorrt_is_one_line(fp32_package, capsys):
     assert run(["build-engine", str(fp32_package.root), "--precision", "fp32", "--batch", "1,2,4"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "TensorRT is not installed" in err[0] and "pip install 'lineside[gpu]'" in err[0]
+    assert len(err) == 1 and "TensorRT is not installed" in err[0] and "'.[gpu-cu12]'" in err[0]
 
 
 def test_build_engine_argument_errors(fp32_package, capsys):

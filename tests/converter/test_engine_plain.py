@@ -158,7 +158,7 @@ def test_select_engine(package_copy):
 def test_select_engine_without_tensorrt(package_copy):
     _add_engine(package_copy, L4)
     plan, reason = select_engine(package_copy)
-    assert plan is None and "no TensorRT on this machine" in reason and "lineside[gpu]" in reason
+    assert plan is None and "no TensorRT on this machine" in reason and "gpu-cu12" in reason
 
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")

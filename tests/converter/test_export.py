@@ -155,3 +155,40 @@ def test_bad_checkpoint_errors(tmp_path):
     (folder / "training.json").write_text("{oops")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         export_package(folder, tmp_path / "out")
+
+
+def test_model_id_is_the_training_runs_name(tmp_path):
+    """The recipe's name from training.json, not the export folder's; else the run folder's name."""
+    model = build_unet()
+    named = write_checkpoint(model, tmp_path / "runs" / "2026-06-01", recipe="benchmark")
+    package = export_package(named, tmp_path / "package", samples=2)
+    assert package.manifest.model_id == "benchmark"
+    unnamed = write_checkpoint(model, tmp_path / "runs" / "nightly")
+    package = export_package(unnamed, tmp_path / "package", samples=2)
+    assert package.manifest.model_id == "nightly"
+    package = export_package(named, tmp_path / "package", samples=2, model_id="line3-v2")
+    assert package.manifest.model_id == "line3-v2"
+
+
+@pytest.mark.parametrize(
+    ("layout", "given", "expected"),
+    [
+        ({"run/training.json": "{}", "run/model.keras": ""}, "run", "run"),
+        ({"run/training.json": "{}", "run/model.keras": ""}, "run/model.keras", "run"),
+        ({"free.keras": ""}, "free.keras", "free"),
+        ({"run/training.json": "{}", "run/saved/saved_model.pb": ""}, "run/saved", "run"),
+        ({"run/saved_model/saved_model.pb": ""}, "run/saved_model", "run"),
+        ({"exported/saved_model.pb": ""}, "exported", "exported"),
+    ],
+)
+def test_run_name_without_a_recipe_name(tmp_path, layout, given, expected):
+    from converter.checkpoint import Checkpoint, run_name
+
+    for rel, text in layout.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    path = tmp_path / given
+    checkpoint = Checkpoint(path=path, kind="keras", model_path=path)
+    assert run_name(checkpoint) == expected
+    checkpoint.training = {"recipe": "benchmark"}
+    assert run_name(checkpoint) == "benchmark"
