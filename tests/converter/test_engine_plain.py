@@ -168,7 +168,7 @@ def test_backend_without_tensorrt_says_what_to_install(package_copy):
 
     plan = _add_engine(package_copy, L4)
     backend = TensorRTBackend.for_package(package_copy, plan)
-    with pytest.raises(BackendError, match=r"TensorRT is not installed.*pip install 'lineside\[gpu\]'"):
+    with pytest.raises(BackendError, match=r"TensorRT is not installed.*pip install -e '\.\[gpu-cu12\]'"):
         backend.activate()
     assert not backend.is_active
 
