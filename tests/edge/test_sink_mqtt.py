@@ -1,0 +1,270 @@
+"""The MQTT sink against a real broker (Debian's Mosquitto, started here on a free port) and a
+real MQTT client (paho): results and the retained status arrive on the documented topics
+(docs/integration.md), the last will says offline when the sink dies, and the line keeps
+deciding through a broker outage, which the sink counts and recovers from."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import MODEL_SIZE, need_peer
+from tests.edge.daemon import (
+    ROOT,
+    finish,
+    line_config,
+    metric,
+    one_error_line,
+    scrape,
+    start_line,
+    synthetic_camera,
+)
+from tests.edge.rtsp import free_port
+
+pytestmark = pytest.mark.slow
+
+NEEDS = "install Debian's mosquitto package and paho-mqtt (.ci/run does)"
+#: every field docs/protocol.md says a result always has
+RESULT_FIELDS = {
+    "cam",
+    "epoch",
+    "seq",
+    "ts",
+    "decided_ts",
+    "decision",
+    "reason",
+    "defect_area",
+    "defect_count",
+    "boxes",
+    "model_id",
+    "worker",
+    "backend",
+    "latency_ms",
+}
+
+
+class Broker:
+    """Mosquitto on 127.0.0.1:``port``, anonymous, no persistence (a restart forgets the
+    retained messages: the sink must publish its status again)."""
+
+    def __init__(self, tmp: Path, port: int) -> None:
+        self.port = port
+        self.conf = tmp / "mosquitto.conf"
+        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.log = tmp / "mosquitto.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Broker:
+        with open(self.log, "a") as out:
+            self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=out, stderr=out)
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            assert self.proc.poll() is None, self.log.read_text()
+            time.sleep(0.05)
+        raise AssertionError(f"mosquitto did not listen on {self.port}: {self.log.read_text()}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+class Listener:
+    """A paho client subscribed to ``topic`` (QoS 1) that keeps every message and reconnects
+    by itself."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        from paho.mqtt import client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{os.getpid()}-{time.time()}")
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port, keepalive=5)
+        self.client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self.lock:
+            self.messages.append(
+                {
+                    "at": time.time(),
+                    "topic": msg.topic,
+                    "payload": json.loads(msg.payload),
+                    "retain": bool(msg.retain),
+                    "qos": msg.qos,
+                }
+            )
+
+    def on(self, suffix: str, since: float = 0.0) -> list[dict[str, Any]]:
+        with self.lock:
+            return [m for m in self.messages if m["topic"].endswith(suffix) and m["at"] >= since]
+
+    def wait(self, predicate: Any, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def retained_status(port: int) -> dict[str, Any]:
+    """What a client that connects now gets on the status topic (the retained message)."""
+    listener = Listener(port, "lineside/test/status")
+    try:
+        assert listener.wait(lambda: listener.on("/status"), 10), "no retained status"
+        first = listener.on("/status")[0]
+    finally:
+        listener.close()
+    assert first["retain"], first
+    return first["payload"]
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    if shutil.which("mosquitto") is None or importlib.util.find_spec("paho") is None:
+        need_peer(f"mosquitto or paho-mqtt not found: {NEEDS}")
+    brokers: list[Broker] = []
+
+    def start(port: int) -> Broker:
+        brokers.append(Broker(tmp_path, port).start())
+        return brokers[-1]
+
+    yield start
+    for b in brokers:
+        b.kill()
+
+
+def test_results_and_status_reach_a_real_broker_through_a_restart(
+    trained_package: Path, tmp_path: Path, broker: Any
+) -> None:
+    port = free_port()
+    mosquitto = broker(port)
+    listener = Listener(port, "lineside/test/#")
+    cam = synthetic_camera("cam1", size=MODEL_SIZE, fps=10, seed=5, policy="latest")
+    # a queue of 5 results: a 3 s outage at 10 frames a second must drop (and count) some
+    sinks = {"mqtt": {"enabled": True, "port": port, "queue": 5, "retry_initial_s": 0.2, "retry_max_s": 1}}
+    cfg = line_config(tmp_path, trained_package, [cam], sinks=sinks)
+    metrics_port = cfg["metrics"]["port"]
+    daemon, sub = start_line(tmp_path, cfg)
+    try:
+        # 1. every decision as JSON on lineside/<line>/<camera>/result, QoS 1, no mask
+        assert listener.wait(lambda: len(listener.on("/cam1/result")) >= 5, 90), daemon.output()
+        first = listener.on("/cam1/result")[0]
+        assert first["topic"] == "lineside/test/cam1/result"
+        assert set(first["payload"]) >= RESULT_FIELDS, first
+        assert "mask_png" not in first["payload"]
+        assert first["payload"]["decision"] in ("PASS", "FAIL", "NO_DECISION")
+        assert first["qos"] == 1 and not first["retain"]
+        # 2. the status, retained, saying online, with the line's counters
+        assert listener.wait(lambda: any("totals" in m["payload"] for m in listener.on("/status")), 10)
+        status = retained_status(port)
+        assert status["online"] is True and status["line"] == "test" and "totals" in status, status
+
+        # 3. the sink dies: the broker publishes its last will (offline), the supervisor
+        # restarts it, and the status says online again
+        assert sub.wait_for(lambda s: any("sink:mqtt" in st["processes"] for st in s.statuses), 10)
+        pid = next(st["processes"]["sink:mqtt"] for st in sub.statuses if "sink:mqtt" in st["processes"])
+        killed = time.time()
+        os.kill(pid, signal.SIGKILL)
+        assert listener.wait(
+            lambda: any(not m["payload"]["online"] for m in listener.on("/status", killed)), 10
+        )
+        will = next(m for m in listener.on("/status", killed) if not m["payload"]["online"])
+        # (a live subscriber gets it without the retain flag: MQTT sets that only for a message
+        # delivered because it was retained when the client subscribed)
+        assert will["payload"] == {"line": "test", "online": False, "reason": "the sink lost its connection"}
+        back = lambda: any(m["payload"]["online"] for m in listener.on("/status", will["at"]))  # noqa: E731
+        assert listener.wait(back, 60), daemon.output()
+
+        # 4. the broker dies for 3 s; the line decides on, the sink counts what it could not
+        # deliver, and reconnects with backoff when the broker is back on the same port
+        assert listener.wait(lambda: listener.on("/cam1/result", time.time() - 0.5), 10)
+        down_at = time.time()
+        mosquitto.kill()
+        time.sleep(3)
+        page = scrape(metrics_port)
+        assert metric(page, "lineside_sink_up", sink="mqtt") == 0, "the sink did not notice the outage"
+        up_at = time.time()
+        mosquitto = broker(port)
+        fresh = lambda: [m for m in listener.on("/cam1/result", up_at) if m["payload"]["ts"] > up_at]  # noqa: E731
+        assert listener.wait(lambda: len(fresh()) >= 3, 30), daemon.output()
+        during = [r for r in sub.results if down_at + 0.5 < r["decided_ts"] < up_at]
+        assert len(during) >= 15, f"the line decided only {len(during)} frame(s) during the outage"
+
+        def counted(_: Any) -> bool:
+            page = scrape(metrics_port)
+            return (
+                metric(page, "lineside_sink_reconnects_total", sink="mqtt") >= 1
+                and metric(page, "lineside_sink_dropped_total", reason="queue_full", sink="mqtt") >= 5
+                and metric(page, "lineside_sink_up", sink="mqtt") == 1
+            )
+
+        sink_lines = lambda: [x for x in scrape(metrics_port).splitlines() if x.startswith("lineside_sink")]  # noqa: E731
+        assert sub.wait_for(counted, 10), sink_lines()
+        assert metric(scrape(metrics_port), "lineside_sink_sent_total", sink="mqtt") >= 10
+        # the restarted broker forgot the retained status; the sink published it again
+        assert retained_status(port)["online"] is True
+    finally:
+        daemon.terminate()
+        code = finish(daemon, sub)
+        listener.close()
+    assert code == 0, daemon.output()
+    # 5. a clean stop leaves the last status retained, saying offline
+    last = retained_status(port)
+    assert last["online"] is False and last.get("final") is True, last
+
+
+@pytest.mark.parametrize(
+    ("sinks", "hide", "expected"),
+    [
+        ({"mqtt": {"enabled": True}}, "paho", "sinks.mqtt needs paho-mqtt: pip install 'lineside[plant]'"),
+        ({"opcua": {"enabled": True}}, "asyncua", "sinks.opcua needs asyncua: pip install 'lineside[plant]'"),
+        (
+            {"mqtt": {"enabled": True, "username": "line", "password_env": "LINESIDE_TEST_NO_SUCH_VAR"}},
+            "",
+            "sinks.mqtt.password_env: the environment variable LINESIDE_TEST_NO_SUCH_VAR is not set; "
+            "export it before `lineside run`",
+        ),
+    ],
+    ids=["no-paho", "no-asyncua", "no-password"],
+)
+def test_a_sink_that_cannot_work_stops_the_start_with_one_line(
+    trained_package: Path, tmp_path: Path, sinks: dict, hide: str, expected: str
+) -> None:
+    """A missing library (hidden from the command: ``sys.modules[name] = None`` is how Python
+    says "not installed") or password is one line at start, before any process starts."""
+    cam = synthetic_camera("cam1", size=MODEL_SIZE)
+    path = tmp_path / "line.yaml"
+    path.write_text(yaml.safe_dump(line_config(tmp_path, trained_package, [cam], sinks=sinks)))
+    argv = ["run", "--config", str(path), "--duration", "1"]
+    code = f"import sys; sys.modules[{hide!r}] = None\n" if hide else "import sys\n"
+    code += f"from edge.cli import main; sys.exit(main({argv!r}))"
+    env = {k: v for k, v in os.environ.items() if k != "LINESIDE_TEST_NO_SUCH_VAR"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env
+    )
+    assert one_error_line(done) == f"lineside: error: {expected}"
