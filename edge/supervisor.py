@@ -58,8 +58,10 @@ START_TIMEOUT_S = 60.0
 DRAIN_STALL_FLOOR_S = 2 * (HEARTBEAT_S + ROUTER_STATS_INTERVAL_S)
 
 
-#: how long the plant's sinks (stopped after the collector) may take to deliver what they hold
-SINK_STOP_S = 3.0
+#: how long the plant's sinks (stopped after the collector) may take to deliver what they hold and
+#: exit: MQTT gives itself 1.5 s, OPC UA 1 s to close its sessions, and a process that loaded
+#: asyncua needs a second or two more to exit on a loaded box
+SINK_STOP_S = 5.0
 
 #: the least time each shutdown stage gets, whatever shutdown_timeout_s says: a process
 #: needs about that long to finish its loop, flush and exit

@@ -22,6 +22,7 @@ the bounded queue (the oldest dropped and counted when it is full).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -40,6 +41,8 @@ OUTCOMES = ("PASS", "FAIL", "NO_DECISION")
 DECISION_CODES = {"": 0, "PASS": 1, "FAIL": 2, "NO_DECISION": 3}
 #: updates applied in one go before the server gets the loop back (clients, subscriptions)
 BATCH = 200
+#: how long the server may take to close its clients' sessions at the stop
+STOP_S = 1.0
 #: the line is taken as not ready after this many status periods without a status (or 3 s)
 STALE_PERIODS = 3
 
@@ -192,8 +195,9 @@ class OpcuaSink:
         await variables(await folder(line, "Counters", "Line.Counters"), "Line.Counters")
 
         @uamethod
-        def reset(parent: Any) -> None:
+        async def reset(parent: Any) -> None:
             self.reset_counters()
+            await self.flush()  # the caller reads zeros as soon as the call returns
 
         await line.add_method(
             nid("Line.ResetCounters"), ua.QualifiedName("ResetCounters", idx), reset, [], []
@@ -245,7 +249,9 @@ class OpcuaSink:
                 await asyncio.sleep(0 if len(batch) == BATCH else 0.02)
         finally:
             self.feed.up = False
-            await self.server.stop()
+            # closes the clients' sessions; bounded, since the supervisor kills a slow stop
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.server.stop(), STOP_S)
 
     async def run(self) -> None:
         self.feed.start()

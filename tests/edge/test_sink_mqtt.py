@@ -238,10 +238,23 @@ def test_results_and_status_reach_a_real_broker_through_a_restart(
     assert last["online"] is False and last.get("final") is True, last
 
 
+def test_a_missing_library_stops_lineside_run_with_one_line(trained_package: Path, tmp_path: Path) -> None:
+    """End to end: paho hidden from the command (``sys.modules[name] = None`` is how Python says
+    "not installed"); exit 2 and one line, before any process of the line starts."""
+    cam = synthetic_camera("cam1", size=MODEL_SIZE)
+    path = tmp_path / "line.yaml"
+    sinks = {"mqtt": {"enabled": True}}
+    path.write_text(yaml.safe_dump(line_config(tmp_path, trained_package, [cam], sinks=sinks)))
+    argv = ["run", "--config", str(path), "--duration", "1"]
+    code = f"import sys; sys.modules['paho'] = None\nfrom edge.cli import main; sys.exit(main({argv!r}))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    line = "lineside: error: sinks.mqtt needs paho-mqtt: pip install 'lineside[plant]'"
+    assert one_error_line(done) == line
+
+
 @pytest.mark.parametrize(
     ("sinks", "hide", "expected"),
     [
-        ({"mqtt": {"enabled": True}}, "paho", "sinks.mqtt needs paho-mqtt: pip install 'lineside[plant]'"),
         ({"opcua": {"enabled": True}}, "asyncua", "sinks.opcua needs asyncua: pip install 'lineside[plant]'"),
         (
             {"mqtt": {"enabled": True, "username": "line", "password_env": "LINESIDE_TEST_NO_SUCH_VAR"}},
@@ -249,22 +262,49 @@ def test_results_and_status_reach_a_real_broker_through_a_restart(
             "sinks.mqtt.password_env: the environment variable LINESIDE_TEST_NO_SUCH_VAR is not set; "
             "export it before `lineside run`",
         ),
+        (
+            {"mqtt": {"enabled": True, "username": "line", "password_file": "no-such-file"}},
+            "",
+            "sinks.mqtt.password_file: cannot read {tmp}/no-such-file (No such file or directory)",
+        ),
+        (
+            {"mqtt": {"enabled": True, "ca_file": "ca.pem"}},
+            "",
+            "sinks.mqtt.ca_file: {tmp}/ca.pem is not a file; fix the path in the config",
+        ),
     ],
-    ids=["no-paho", "no-asyncua", "no-password"],
+    ids=["no-asyncua", "no-password-env", "no-password-file", "no-ca-file"],
 )
-def test_a_sink_that_cannot_work_stops_the_start_with_one_line(
-    trained_package: Path, tmp_path: Path, sinks: dict, hide: str, expected: str
+def test_what_a_sink_needs_is_checked_before_the_line_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sinks: dict, hide: str, expected: str
 ) -> None:
-    """A missing library (hidden from the command: ``sys.modules[name] = None`` is how Python
-    says "not installed") or password is one line at start, before any process starts."""
-    cam = synthetic_camera("cam1", size=MODEL_SIZE)
-    path = tmp_path / "line.yaml"
-    path.write_text(yaml.safe_dump(line_config(tmp_path, trained_package, [cam], sinks=sinks)))
-    argv = ["run", "--config", str(path), "--duration", "1"]
-    code = f"import sys; sys.modules[{hide!r}] = None\n" if hide else "import sys\n"
-    code += f"from edge.cli import main; sys.exit(main({argv!r}))"
-    env = {k: v for k, v in os.environ.items() if k != "LINESIDE_TEST_NO_SUCH_VAR"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env
-    )
-    assert one_error_line(done) == f"lineside: error: {expected}"
+    """The check the supervisor runs before any process starts (the line above shows that its
+    SinkError is the one line of `lineside run`)."""
+    from edge.config import parse_config
+    from edge.sinks import SinkError
+    from edge.sinks.feed import check_plant_sinks
+
+    if hide:
+        monkeypatch.setitem(sys.modules, hide, None)
+    monkeypatch.delenv("LINESIDE_TEST_NO_SUCH_VAR", raising=False)
+    cfg = parse_config({"cameras": [{"id": "cam1"}], "sinks": sinks}, base_dir=tmp_path)
+    with pytest.raises(SinkError) as err:
+        check_plant_sinks(cfg)
+    assert str(err.value) == expected.format(tmp=tmp_path)
+
+
+def test_the_mask_option_sends_the_defect_mask_as_a_png_that_decodes_to_it() -> None:
+    """``include_mask: true``: ``mask_png`` is the published mask (frame 2), losslessly."""
+    import base64
+
+    import cv2
+    import numpy as np
+
+    from edge.sinks.mqtt import mask_png
+
+    mask = np.zeros((32, 48), np.uint8)
+    mask[4:9, 10:30] = 255
+    png = mask_png({"mask_shape": [32, 48]}, mask.tobytes())
+    decoded = cv2.imdecode(np.frombuffer(base64.b64decode(png), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(decoded, mask)
+    assert mask_png({}, b"") is None  # a NO_DECISION without a mask
