@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: messages handed to paho and not yet acknowledged by the broker, at most
 MAX_UNACKED = 100
+#: how long a TCP connect (and TLS handshake) to the broker may take
+CONNECT_TIMEOUT_S = 3.0
 #: how long the broker may take to answer a connect (CONNACK) before the attempt counts as failed
 CONNACK_TIMEOUT_S = 10.0
 #: how long a stop may spend delivering what is queued and saying offline
@@ -108,6 +110,8 @@ class MqttSink:
                 keyfile=str(resolve(conf.key_file)) if conf.key_file else None,
             )
         client.max_inflight_messages_set(MAX_UNACKED)
+        # the TCP connect blocks this loop: bound it, so a stop is never kept waiting long
+        client.connect_timeout = CONNECT_TIMEOUT_S
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

@@ -1,10 +1,12 @@
-"""The MQTT sink against a real broker (Debian's Mosquitto, started here on a free port) and a
-real MQTT client (paho): results and the retained status arrive on the documented topics
-(docs/integration.md), the last will says offline when the sink dies, and the line keeps
-deciding through a broker outage, which the sink counts and recovers from."""
+"""The MQTT sink against a real broker (Debian's Mosquitto, started here on a free port, with
+TLS, client certificates and a password) and a real MQTT client (paho): results and the
+retained status arrive on the documented topics (docs/integration.md), the last will says
+offline when the sink dies, and the line keeps deciding through a broker outage, which the
+sink counts and recovers from."""
 
 from __future__ import annotations
 
+import getpass
 import importlib.util
 import json
 import os
@@ -56,14 +58,82 @@ RESULT_FIELDS = {
 }
 
 
-class Broker:
-    """Mosquitto on 127.0.0.1:``port``, anonymous, no persistence (a restart forgets the
-    retained messages: the sink must publish its status again)."""
+def make_certs(folder: Path) -> dict[str, Path]:
+    """A CA, a broker certificate for 127.0.0.1 and a client certificate, all signed by the CA
+    (PEM files in ``folder``)."""
+    import datetime
+    import ipaddress
 
-    def __init__(self, tmp: Path, port: int) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    out: dict[str, Path] = {}
+
+    def write(name: str, key: Any, cert: Any) -> None:
+        out[f"{name}_cert"] = folder / f"{name}.pem"
+        out[f"{name}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        out[f"{name}_key"] = folder / f"{name}.key"
+        out[f"{name}_key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+
+    def issue(name: str, issuer: Any, signer: Any, ca: bool, san: list | None = None) -> tuple[Any, Any]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer or subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return key, builder.sign(signer or key, hashes.SHA256())
+
+    ca_key, ca_cert = issue("lineside test CA", None, None, True)
+    write("ca", ca_key, ca_cert)
+    san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    write("broker", *issue("127.0.0.1", ca_cert.subject, ca_key, False, san))
+    write("client", *issue("line1", ca_cert.subject, ca_key, False))
+    return out
+
+
+#: the broker's one user (its password reaches the sink through an environment variable)
+USER, PASSWORD = "line1", "s3cret-for-the-test"
+
+
+class Broker:
+    """Mosquitto on 127.0.0.1:``port`` with TLS (client certificates required) and a password
+    file; no persistence, so a restart forgets the retained messages and the sink must publish
+    its status again."""
+
+    def __init__(self, tmp: Path, port: int, certs: dict[str, Path]) -> None:
         self.port = port
+        passwords = tmp / "mosquitto.passwd"
+        if not passwords.exists():
+            subprocess.run(
+                ["mosquitto_passwd", "-b", "-c", str(passwords), USER, PASSWORD], check=True, timeout=30
+            )
+            passwords.chmod(0o600)
         self.conf = tmp / "mosquitto.conf"
-        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.conf.write_text(
+            f"listener {port} 127.0.0.1\n"
+            f"allow_anonymous false\npassword_file {passwords}\n"
+            f"cafile {certs['ca_cert']}\ncertfile {certs['broker_cert']}\nkeyfile {certs['broker_key']}\n"
+            "require_certificate true\npersistence false\n"
+            # started by root, Mosquitto switches to its own user, which cannot read the test's
+            # private folder; as anyone else it stays who it is
+            + (f"user {getpass.getuser()}\n" if os.geteuid() == 0 else "")
+        )
         self.log = tmp / "mosquitto.log"
         self.proc: subprocess.Popen | None = None
 
@@ -89,7 +159,7 @@ class Listener:
     """A paho client subscribed to ``topic`` (QoS 1) that keeps every message and reconnects
     by itself."""
 
-    def __init__(self, port: int, topic: str) -> None:
+    def __init__(self, port: int, topic: str, certs: dict[str, Path]) -> None:
         from paho.mqtt import client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -97,6 +167,8 @@ class Listener:
         self.lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{os.getpid()}-{time.time()}")
         self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.tls_set(str(certs["ca_cert"]), str(certs["client_cert"]), str(certs["client_key"]))
+        self.client.username_pw_set(USER, PASSWORD)
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port, keepalive=5)
@@ -131,9 +203,9 @@ class Listener:
         self.client.loop_stop()
 
 
-def retained_status(port: int) -> dict[str, Any]:
+def retained_status(port: int, certs: dict[str, Path]) -> dict[str, Any]:
     """What a client that connects now gets on the status topic (the retained message)."""
-    listener = Listener(port, "lineside/test/status")
+    listener = Listener(port, "lineside/test/status", certs)
     try:
         assert listener.wait(lambda: listener.on("/status"), 10), "no retained status"
         first = listener.on("/status")[0]
@@ -145,12 +217,13 @@ def retained_status(port: int) -> dict[str, Any]:
 
 @pytest.fixture
 def broker(tmp_path: Path):
+    """``broker(port, certs)`` starts Mosquitto; every one started is killed at the end."""
     if shutil.which("mosquitto") is None or importlib.util.find_spec("paho") is None:
         need_peer(f"mosquitto or paho-mqtt not found: {NEEDS}")
     brokers: list[Broker] = []
 
-    def start(port: int) -> Broker:
-        brokers.append(Broker(tmp_path, port).start())
+    def start(port: int, certs: dict[str, Path]) -> Broker:
+        brokers.append(Broker(tmp_path, port, certs).start())
         return brokers[-1]
 
     yield start
@@ -161,15 +234,33 @@ def broker(tmp_path: Path):
 def test_results_and_status_reach_a_real_broker_through_a_restart(
     trained_package: Path, tmp_path: Path, broker: Any
 ) -> None:
+    """TLS with client certificates and a password from an environment variable, all of it
+    against the real broker; then its last will, an outage, and a clean stop."""
     port = free_port()
-    mosquitto = broker(port)
-    listener = Listener(port, "lineside/test/#")
+    certs = make_certs(tmp_path)
+    mosquitto = broker(port, certs)
+    listener = Listener(port, "lineside/test/#", certs)
     cam = synthetic_camera("cam1", size=MODEL_SIZE, fps=10, seed=5, policy="latest")
-    # a queue of 5 results: a 3 s outage at 10 frames a second must drop (and count) some
-    sinks = {"mqtt": {"enabled": True, "port": port, "queue": 5, "retry_initial_s": 0.2, "retry_max_s": 1}}
-    cfg = line_config(tmp_path, trained_package, [cam], sinks=sinks)
+    mqtt = {
+        "enabled": True,
+        "port": port,
+        "ca_file": str(certs["ca_cert"]),
+        "cert_file": str(certs["client_cert"]),
+        "key_file": str(certs["client_key"]),
+        "username": USER,
+        "password_env": "LINESIDE_TEST_MQTT_PASSWORD",
+        # a queue of 5 results: a 3 s outage at 10 frames a second must drop (and count) some
+        "queue": 5,
+        "retry_initial_s": 0.2,
+        "retry_max_s": 1,
+    }
+    cfg = line_config(tmp_path, trained_package, [cam], sinks={"mqtt": mqtt})
     metrics_port = cfg["metrics"]["port"]
-    daemon, sub = start_line(tmp_path, cfg)
+    os.environ["LINESIDE_TEST_MQTT_PASSWORD"] = PASSWORD  # the daemon inherits it
+    try:
+        daemon, sub = start_line(tmp_path, cfg)
+    finally:
+        del os.environ["LINESIDE_TEST_MQTT_PASSWORD"]
     try:
         # 1. every decision as JSON on lineside/<line>/<camera>/result, QoS 1, no mask
         assert listener.wait(lambda: len(listener.on("/cam1/result")) >= 5, 90), daemon.output()
@@ -181,7 +272,7 @@ def test_results_and_status_reach_a_real_broker_through_a_restart(
         assert first["qos"] == 1 and not first["retain"]
         # 2. the status, retained, saying online, with the line's counters
         assert listener.wait(lambda: any("totals" in m["payload"] for m in listener.on("/status")), 10)
-        status = retained_status(port)
+        status = retained_status(port, certs)
         assert status["online"] is True and status["line"] == "test" and "totals" in status, status
 
         # 3. the sink dies: the broker publishes its last will (offline), the supervisor
@@ -209,7 +300,7 @@ def test_results_and_status_reach_a_real_broker_through_a_restart(
         page = scrape(metrics_port)
         assert metric(page, "lineside_sink_up", sink="mqtt") == 0, "the sink did not notice the outage"
         up_at = time.time()
-        mosquitto = broker(port)
+        mosquitto = broker(port, certs)
         fresh = lambda: [m for m in listener.on("/cam1/result", up_at) if m["payload"]["ts"] > up_at]  # noqa: E731
         assert listener.wait(lambda: len(fresh()) >= 3, 30), daemon.output()
         during = [r for r in sub.results if down_at + 0.5 < r["decided_ts"] < up_at]
@@ -227,14 +318,14 @@ def test_results_and_status_reach_a_real_broker_through_a_restart(
         assert sub.wait_for(counted, 10), sink_lines()
         assert metric(scrape(metrics_port), "lineside_sink_sent_total", sink="mqtt") >= 10
         # the restarted broker forgot the retained status; the sink published it again
-        assert retained_status(port)["online"] is True
+        assert retained_status(port, certs)["online"] is True
     finally:
         daemon.terminate()
         code = finish(daemon, sub)
         listener.close()
     assert code == 0, daemon.output()
     # 5. a clean stop leaves the last status retained, saying offline
-    last = retained_status(port)
+    last = retained_status(port, certs)
     assert last["online"] is False and last.get("final") is True, last
 
 
