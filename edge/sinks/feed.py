@@ -123,10 +123,23 @@ class Feed:
         """Subscribe to the line's publish socket and start reporting the counters."""
         self._ctx = zmq.Context()
         for target, name in ((self._read, "feed-read"), (self._report, "feed-report")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread = threading.Thread(target=self._guard, args=(target,), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
         return self
+
+    def _guard(self, target: Any) -> None:
+        """A thread that fails stops the sink, whose process the supervisor then starts again:
+        a sink that reads nothing, or reports nothing, must not look alive."""
+        try:
+            target()
+        except Exception:
+            log.exception(
+                "%s: %s failed; stopping the sink (the supervisor restarts it)", self.sink, target.__name__
+            )
+            self.stop.set()
+            with self._cond:
+                self._cond.notify_all()
 
     def _read(self) -> None:
         # The line publishes up to 1000 messages ahead of a subscriber before it drops for it;

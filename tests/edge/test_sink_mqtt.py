@@ -399,3 +399,52 @@ def test_the_mask_option_sends_the_defect_mask_as_a_png_that_decodes_to_it() -> 
     decoded = cv2.imdecode(np.frombuffer(base64.b64decode(png), np.uint8), cv2.IMREAD_UNCHANGED)
     assert np.array_equal(decoded, mask)
     assert mask_png({}, b"") is None  # a NO_DECISION without a mask
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {"name": "hall/2", "sinks": {"mqtt": {"enabled": True}}},
+            "name is 'hall/2'; with sinks.mqtt enabled it is an MQTT topic level: no / + or #",
+        ),
+        (
+            {"sinks": {"mqtt": {"topic_prefix": "plant/#"}}},
+            "sinks.mqtt.topic_prefix is 'plant/#'; must be MQTT topic levels joined by / (no + or #, "
+            "no empty level)",
+        ),
+        ({"sinks": {"mqtt": {"qos": 3}}}, "sinks.mqtt.qos is 3; must be between 0 and 2"),
+        ({"sinks": {"mqtt": {"port": 0}}}, "sinks.mqtt.port is 0; must be between 1 and 65535"),
+        (
+            {"sinks": {"mqtt": {"password": "x"}}},
+            "unknown key 'sinks.mqtt.password'; allowed here: enabled, host",
+        ),
+        (
+            {"sinks": {"mqtt": {"enabled": True, "password_env": "P"}}},
+            "sinks.mqtt.username is ''; a password needs a user name",
+        ),
+        (
+            {
+                "sinks": {
+                    "mqtt": {"enabled": True, "username": "u", "password_env": "P", "password_file": "f"}
+                }
+            },
+            "sinks.mqtt.password_file is 'f'; set password_env or password_file, not both",
+        ),
+        (
+            {"sinks": {"mqtt": {"enabled": True, "cert_file": "c.pem"}}},
+            "sinks.mqtt.key_file is ''; cert_file and key_file go together",
+        ),
+        (
+            {"sinks": {"mqtt": {"retry_initial_s": 5, "retry_max_s": 1}}},
+            "sinks.mqtt.retry_max_s is 1.0; must be >= retry_initial_s (5)",
+        ),
+    ],
+    ids=["name", "prefix", "qos", "port", "password-key", "no-user", "two-passwords", "cert-no-key", "retry"],
+)
+def test_bad_mqtt_settings_are_one_line_naming_the_key(data: dict, expected: str) -> None:
+    from edge.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as err:
+        parse_config({"cameras": [{"id": "cam1"}], **data}, "line.yaml")
+    assert str(err.value).startswith(f"line.yaml: {expected}"), str(err.value)

@@ -148,3 +148,36 @@ def test_a_real_opcua_client_reads_subscribes_and_resets(trained_package: Path, 
         code = finish(daemon, sub)
     assert code == 0, daemon.output()
     assert "sink:opcua" in sub.statuses[-1]["processes"]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            {"sinks": {"opcua": {"endpoint": "tcp://127.0.0.1:4840"}}},
+            "sinks.opcua.endpoint is 'tcp://127.0.0.1:4840'; must be opc.tcp://HOST:PORT/PATH",
+        ),
+        (
+            {"sinks": {"opcua": {"enabled": True, "endpoint": "opc.tcp://0.0.0.0:4840/lineside/"}}},
+            "sinks.opcua.endpoint (opc.tcp://0.0.0.0:4840/lineside/) would let anyone on the network read "
+            "the line and reset its counters (no OPC UA security); bind 127.0.0.1, or set "
+            "security.insecure: true",
+        ),
+        ({"sinks": {"opcua": {"queue": 0}}}, "sinks.opcua.queue is 0; must be between 1 and 1000000"),
+    ],
+    ids=["scheme", "beyond-loopback", "queue"],
+)
+def test_bad_opcua_settings_are_one_line_naming_the_key(data: dict, expected: str) -> None:
+    from edge.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as err:
+        parse_config({"cameras": [{"id": "cam1"}], **data}, "line.yaml")
+    assert str(err.value).startswith(f"line.yaml: {expected}"), str(err.value)
+
+
+def test_a_network_endpoint_is_accepted_when_the_config_says_so() -> None:
+    from edge.config import parse_config
+
+    sinks = {"opcua": {"enabled": True, "endpoint": "opc.tcp://0.0.0.0:4840/lineside/"}}
+    cfg = parse_config({"cameras": [{"id": "cam1"}], "sinks": sinks, "security": {"insecure": True}})
+    assert cfg.sinks.opcua.endpoint == "opc.tcp://0.0.0.0:4840/lineside/"
