@@ -25,12 +25,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import time
 import urllib.parse
 from datetime import datetime, timezone
 from typing import Any
 
-from edge.config import LineConfig
+from edge.config import LineConfig, opcua_host_port
 from edge.sinks.feed import Feed, Message
 from edge.sources.backoff import Backoff
 
@@ -221,9 +222,19 @@ class OpcuaSink:
             variant = ua.Variant(value, getattr(ua.VariantType, kind))
             await self.server.write_attribute_value(ua.NodeId(node, self.idx), ua.DataValue(variant))
 
+    def probe(self) -> None:
+        """Raise OSError when the endpoint cannot be bound now: cheaper than building a server
+        (seconds of CPU) only to see it fail."""
+        host, port = opcua_host_port(self.conf.endpoint)
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            # as asyncio's server does: a port that only lingers in TIME_WAIT is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+
     async def serve(self) -> None:
         """Listen, then apply the line's messages until the stop. Raises OSError when the
         endpoint cannot be bound."""
+        self.probe()
         self.server = await self.build()
         await self.server.start()  # OSError: the port is taken, the address is not ours
         if self.ever_up:
@@ -260,7 +271,9 @@ class OpcuaSink:
                 try:
                     await self.serve()
                 except OSError as exc:
-                    say = log.warning if self.backoff.attempts in (0, 9) else log.debug
+                    say = (
+                        log.warning if self.backoff.attempts % 10 == 0 else log.debug
+                    )  # the first, then one in ten
                     say(
                         "cannot listen on %s (%s); retrying with backoff",
                         self.conf.endpoint,
@@ -285,6 +298,8 @@ def opcua_main(cfg_dict: dict, log_level: int) -> None:
     # asyncua logs every node it makes at INFO, and warns that the server has no certificate
     # (which the config chose: docs/integration.md)
     logging.getLogger("asyncua").setLevel(max(log_level, logging.ERROR))
+    # ... and a server that cannot bind with a traceback, which this sink says in one line
+    logging.getLogger("asyncua.server.server").setLevel(max(log_level, logging.CRITICAL))
     sink = OpcuaSink(cfg)
     die_with_parent(sink.feed.stop.set)
     signal.signal(signal.SIGTERM, lambda *_: sink.feed.stop.set())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import socket
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -137,13 +138,25 @@ async def inspect_line(url: str) -> None:
 def test_a_real_opcua_client_reads_subscribes_and_resets(trained_package: Path, tmp_path: Path) -> None:
     if importlib.util.find_spec("asyncua") is None:
         need_peer("asyncua not found: pip install 'lineside[plant]' (.ci/run installs the dev extra)")
-    url = f"opc.tcp://127.0.0.1:{free_port()}/lineside/"
+    port = free_port()
+    url = f"opc.tcp://127.0.0.1:{port}/lineside/"
     cam = synthetic_camera("cam1", size=MODEL_SIZE, fps=10, seed=7, policy="latest")
-    cfg = line_config(tmp_path, trained_package, [cam], sinks={"opcua": {"enabled": True, "endpoint": url}})
+    opcua = {"enabled": True, "endpoint": url, "retry_initial_s": 0.2, "retry_max_s": 1}
+    cfg = line_config(tmp_path, trained_package, [cam], sinks={"opcua": opcua})
+    # Something else holds the port when the line starts: the sink must try again, with backoff,
+    # and serve once the port is free (the line does not wait for it meanwhile).
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", port))
+    squatter.listen()
     daemon, sub = start_line(tmp_path, cfg)
     try:
+        assert sub.wait_for(lambda _: "cannot listen on" in daemon.output(), 90), daemon.output()
+        assert sub.wait_for(lambda s: len(s.results) >= 3, 30), "the line waited for its OPC UA sink"
+        squatter.close()
         asyncio.run(inspect_line(url))
     finally:
+        squatter.close()
         daemon.terminate()
         code = finish(daemon, sub)
     assert code == 0, daemon.output()
