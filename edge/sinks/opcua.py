@@ -271,9 +271,8 @@ class OpcuaSink:
                 try:
                     await self.serve()
                 except OSError as exc:
-                    say = (
-                        log.warning if self.backoff.attempts % 10 == 0 else log.debug
-                    )  # the first, then one in ten
+                    # the first failure is worth a line, then one in ten
+                    say = log.warning if self.backoff.attempts % 10 == 0 else log.debug
                     say(
                         "cannot listen on %s (%s); retrying with backoff",
                         self.conf.endpoint,
