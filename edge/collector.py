@@ -230,6 +230,8 @@ class Collector:
             self.on_camera_stats(h)
         elif kind == "router_stats":
             self.on_router_stats(h)
+        elif kind == "sink_stats":
+            self.metrics.sink_stats(h)
         else:
             self.supervisor = h
 
@@ -564,6 +566,7 @@ class Collector:
 
     def summary(self) -> dict[str, Any]:
         t = self.ledger.totals()
+        _alive, ready, reasons = self._health()
         return {
             "line": self.cfg.name,
             "elapsed_s": time.time() - self.started,
@@ -583,6 +586,9 @@ class Collector:
             "ng_saved": getattr(self.ng_store, "saved", 0),
             "ng_skipped": self.ng_writer.skipped if self.ng_writer else 0,
             "log_lost": self.log_lost,
+            # the plant's sinks (OPC UA) have no other way to learn it
+            "ready": ready,
+            "not_ready": reasons,
         }
 
     # -- main loop ----------------------------------------------------------------------

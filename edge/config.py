@@ -262,6 +262,105 @@ class EndpointsConfig:
     publish: str = endpoint_field("tcp://127.0.0.1:5570")
 
 
+#: a host name or address (a bind address or a peer's)
+HOST = Rule(
+    lambda v: v != "" and v.isprintable() and not any(c.isspace() for c in v),
+    "must be a host name or address, without spaces",
+)
+#: characters MQTT gives a meaning in a topic (level separator, wildcards)
+MQTT_TOPIC_SPECIALS = "/+#"
+#: what sinks.mqtt.topic_prefix allows: topic levels joined by '/', no wildcards
+_TOPIC_PREFIX = Rule(
+    lambda v: (
+        v != "" and v.isprintable() and "+" not in v and "#" not in v and all(level for level in v.split("/"))
+    ),
+    "must be MQTT topic levels joined by / (no + or #, no empty level)",
+)
+
+
+def _is_opcua_endpoint(v: str) -> bool:
+    scheme, sep, rest = v.partition("://")
+    host, _, port = rest.split("/", 1)[0].rpartition(":")
+    return (
+        scheme == "opc.tcp" and bool(sep) and host != "" and port.isdigit() and 0 < int(port) < 65536
+    ) and v.isprintable()
+
+
+@dataclass
+class MqttSinkConfig:
+    """The MQTT sink: every decision and the line's status to a broker (docs/integration.md).
+
+    It runs in a process of its own that subscribes to the line's publish socket, so a slow
+    or absent broker never slows the line. Needs paho-mqtt (``pip install 'lineside[plant]'``).
+    """
+
+    #: publish to the broker below
+    enabled: bool = yes_no(False)
+    #: the broker's host name or address
+    host: str = field(default="127.0.0.1", metadata={"rule": HOST})
+    #: the broker's port (1883 plain, 8883 with TLS by convention)
+    port: int = number(1883, ge=1, le=65535)
+    #: first topic levels: results on <topic_prefix>/<name>/<camera>/result, the status on
+    #: <topic_prefix>/<name>/status
+    topic_prefix: str = field(default="lineside", metadata={"rule": _TOPIC_PREFIX})
+    #: QoS of the result messages (the status always goes with QoS 1, retained)
+    qos: int = number(1, ge=0, le=2)
+    #: add the defect mask to each result as a base64 PNG (``mask_png``); off keeps messages small
+    include_mask: bool = yes_no(False)
+    #: the MQTT client id (unique per broker)
+    client_id: str = text("", empty="lineside-<name>")
+    #: seconds between keep-alive pings; the broker declares the sink gone (and publishes its
+    #: last will) after 1.5 times this without a word
+    keepalive_s: int = number(30, ge=5, le=65535)
+    #: user name for the broker
+    username: str = text("", empty="no user name")
+    #: name of the environment variable that holds the password (the password itself never
+    #: goes in the config file)
+    password_env: str = text("", empty="none")
+    #: file whose first line is the password (relative to the config file; keep it mode 0600)
+    password_file: str = text("", empty="none")
+    #: connect with TLS (also implied by ca_file, cert_file or key_file)
+    tls: bool = yes_no(False)
+    #: CA certificate(s) that sign the broker's certificate, PEM (relative to the config file)
+    ca_file: str = text("", empty="the system's CAs")
+    #: client certificate, PEM, for brokers that authenticate clients by certificate
+    cert_file: str = text("", empty="none")
+    #: the client certificate's private key, PEM
+    key_file: str = text("", empty="none")
+    #: messages kept while the broker is slow or down; when full, the oldest is dropped and counted
+    queue: int = number(10000, ge=1, le=1_000_000)
+    #: first wait before connecting again after the broker went away (doubles up to retry_max_s)
+    retry_initial_s: float = number(0.5, gt=0)
+    #: the longest wait between connection attempts; at least retry_initial_s
+    retry_max_s: float = number(30.0, gt=0)
+
+
+@dataclass
+class OpcuaSinkConfig:
+    """The OPC UA sink: a server with each camera's last decision, the counters and the line's
+    ready state (docs/integration.md). A process of its own, like the MQTT sink. Needs
+    asyncua (``pip install 'lineside[plant]'``)."""
+
+    #: serve the line's state over OPC UA
+    enabled: bool = yes_no(False)
+    #: where the server listens, opc.tcp://HOST:PORT/PATH; a host beyond loopback needs
+    #: security.insecure: true (the server offers no OPC UA security: anyone who reaches it
+    #: can read and reset the counters)
+    endpoint: str = field(
+        default="opc.tcp://127.0.0.1:4840/lineside/",
+        metadata={"rule": Rule(_is_opcua_endpoint, "must be opc.tcp://HOST:PORT/PATH")},
+    )
+    #: namespace URI of the line's nodes
+    namespace: str = text("", empty="urn:lineside:<name>")
+    #: updates kept while the server is busy or cannot listen; when full, the oldest is dropped
+    #: and counted
+    queue: int = number(10000, ge=1, le=1_000_000)
+    #: first wait before listening again after the endpoint could not be bound (doubles up to retry_max_s)
+    retry_initial_s: float = number(0.5, gt=0)
+    #: the longest wait between attempts to listen; at least retry_initial_s
+    retry_max_s: float = number(30.0, gt=0)
+
+
 @dataclass
 class SinksConfig:
     """Where decisions are kept."""
@@ -273,6 +372,10 @@ class SinksConfig:
     #: the NG store deletes its oldest entries to stay under this. At least 1 MB: one entry (image,
     #: mask, metadata) is often hundreds of kB, and a smaller cap would rotate out every save
     ng_store_max_mb: float = number(512.0, ge=1)
+    #: MQTT for the plant's systems (off unless enabled)
+    mqtt: MqttSinkConfig = field(default_factory=MqttSinkConfig)
+    #: an OPC UA server for PLCs (off unless enabled)
+    opcua: OpcuaSinkConfig = field(default_factory=OpcuaSinkConfig)
 
 
 @dataclass
@@ -282,15 +385,7 @@ class MetricsConfig:
     #: HTTP port for /metrics, /healthz (liveness) and /readyz (readiness); 0 = off
     port: int = number(9108, ge=0, le=65535, note="0 = off")
     #: the address the HTTP server binds (0.0.0.0 = every interface)
-    host: str = field(
-        default="127.0.0.1",
-        metadata={
-            "rule": Rule(
-                lambda v: v != "" and v.isprintable() and not any(c.isspace() for c in v),
-                "must be a host name or address, without spaces",
-            )
-        },
-    )
+    host: str = field(default="127.0.0.1", metadata={"rule": HOST})
 
 
 @dataclass
@@ -559,6 +654,28 @@ def _check_values(cfg: LineConfig, source: str) -> None:
         for other in names[:j]:
             if ep == getattr(cfg.endpoints, other):
                 raise bad(f"endpoints.{name}", ep, f"must differ from endpoints.{other}; each is bound once")
+    _check_plant_sinks(cfg, bad)
+
+
+def _check_plant_sinks(cfg: LineConfig, bad: Callable[[str, Any, str], ConfigError]) -> None:
+    """The MQTT and OPC UA sinks' keys that depend on each other or on the line's name."""
+    mqtt = cfg.sinks.mqtt
+    for key, sink in (("sinks.mqtt", mqtt), ("sinks.opcua", cfg.sinks.opcua)):
+        if sink.retry_max_s < sink.retry_initial_s:
+            rule = f"must be >= retry_initial_s ({_num(sink.retry_initial_s)})"
+            raise bad(f"{key}.retry_max_s", sink.retry_max_s, rule)
+    if not mqtt.enabled:
+        return
+    if any(c in cfg.name for c in MQTT_TOPIC_SPECIALS):
+        raise bad("name", cfg.name, "with sinks.mqtt enabled it is an MQTT topic level: no / + or #")
+    if mqtt.password_env and mqtt.password_file:
+        raise bad(
+            "sinks.mqtt.password_file", mqtt.password_file, "set password_env or password_file, not both"
+        )
+    if (mqtt.password_env or mqtt.password_file) and not mqtt.username:
+        raise bad("sinks.mqtt.username", "", "a password needs a user name")
+    if bool(mqtt.cert_file) != bool(mqtt.key_file):
+        raise bad("sinks.mqtt.key_file", mqtt.key_file, "cert_file and key_file go together")
 
 
 def is_loopback(host: str) -> bool:
@@ -585,6 +702,21 @@ def open_endpoints(cfg: LineConfig) -> list[str]:
     return out
 
 
+def opcua_host_port(endpoint: str) -> tuple[str, int]:
+    """(host, port) of an opc.tcp:// endpoint (already checked by its rule)."""
+    host, _, port = endpoint.partition("://")[2].split("/", 1)[0].rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def open_opcua(cfg: LineConfig) -> str:
+    """``sinks.opcua.endpoint (...)`` when the OPC UA server listens beyond loopback, else empty
+    (it has no OPC UA security, and the CURVE keys do not cover it)."""
+    sink = cfg.sinks.opcua
+    if sink.enabled and not is_loopback(opcua_host_port(sink.endpoint)[0]):
+        return f"sinks.opcua.endpoint ({sink.endpoint})"
+    return ""
+
+
 def open_metrics(cfg: LineConfig) -> str:
     """``metrics.host (...)`` when the HTTP server listens beyond loopback, else empty."""
     if cfg.metrics.port and not is_loopback(cfg.metrics.host):
@@ -604,6 +736,12 @@ def _check_security(cfg: LineConfig, source: str) -> None:
             f"{source}: {', '.join(exposed)} would accept anyone on the network (frames, results, "
             f"workers); set security.keys to a folder made by `lineside keys DIR` (docs/security.md), "
             f"bind 127.0.0.1, or set security.insecure: true to accept that"
+        )
+        raise ConfigError(msg)
+    if open_opcua(cfg) and not sec.insecure:
+        msg = (
+            f"{source}: {open_opcua(cfg)} would let anyone on the network read the line and reset its "
+            f"counters (no OPC UA security); bind 127.0.0.1, or set security.insecure: true to accept that"
         )
         raise ConfigError(msg)
     if open_metrics(cfg) and not (sec.public_metrics or sec.insecure):

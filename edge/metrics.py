@@ -105,6 +105,50 @@ class LineMetrics:
             registry=r,
         )
         self.ready = Gauge("lineside_ready", "1 when the line is ready", registry=r)
+        # The plant's sinks (MQTT, OPC UA) run in processes of their own and report here
+        # (sink_stats), so one scrape covers them too.
+        self.sink_sent = Counter(
+            "lineside_sink_sent", "Messages a plant sink delivered (MQTT: acknowledged)", ["sink"], registry=r
+        )
+        self.sink_dropped = Counter(
+            "lineside_sink_dropped",
+            "Messages a plant sink could not deliver, by why (queue_full, connection_lost, error, shutdown)",
+            ["sink", "reason"],
+            registry=r,
+        )
+        self.sink_reconnects = Counter(
+            "lineside_sink_reconnects",
+            "Times a plant sink came back after losing its broker (MQTT) or its endpoint (OPC UA)",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_up = Gauge(
+            "lineside_sink_up",
+            "1 while a plant sink is connected (MQTT) or listening (OPC UA)",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_queued = Gauge(
+            "lineside_sink_queued", "Messages waiting in a plant sink's queue", ["sink"], registry=r
+        )
+        #: (sink, epoch) -> the totals of that sink process already added to the counters
+        self._sink_counted: dict[tuple[str, int], dict[str, float]] = {}
+
+    def sink_stats(self, h: dict) -> None:
+        """Take a sink's report (``sink_stats``): its counts are totals of its process, the
+        metrics are counters of the line, so they grow by what each process adds."""
+        sink = h["sink"]
+        counted = self._sink_counted.setdefault((sink, h["epoch"]), {})
+        grown = [("sent", self.sink_sent, (sink,), h["sent"])]
+        grown.append(("reconnects", self.sink_reconnects, (sink,), h["reconnects"]))
+        grown += [(f"dropped:{r}", self.sink_dropped, (sink, r), n) for r, n in h["dropped"].items()]
+        for name, counter, labels, value in grown:
+            delta = value - counted.get(name, 0)
+            if delta > 0:
+                counter.labels(*labels).inc(delta)
+                counted[name] = value
+        self.sink_up.labels(sink).set(1 if h["up"] else 0)
+        self.sink_queued.labels(sink).set(h["queued"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

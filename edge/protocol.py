@@ -18,12 +18,12 @@ Message kinds (header ``"t"``), by socket:
 - results (everyone PUSH -> collector PULL): ``result`` [header, mask] (+ [image] when the
   decision keeps it) and ``drop`` from workers; ``drop`` and ``router_stats`` from the
   router; ``stats`` straight from each camera (a path that back-pressure cannot block);
-  ``supervisor`` from the supervisor.
+  ``supervisor`` from the supervisor; ``sink_stats`` from the MQTT and OPC UA sinks.
 
 Every header is checked against its kind's schema on receipt (``decode``), and what only
 the line's own processes may say is proven: frames carry a tag, and the line's own
 reports a seal, both made with a key that the supervisor makes per run (``frame_tag``,
-``seal``). ``hello``, ``credit``, ``stats``, ``router_stats`` and ``supervisor`` go as
+``seal``). ``hello``, ``credit``, ``stats``, ``router_stats``, ``supervisor`` and ``sink_stats`` go as
 [header, seal]. docs/security.md says what this protects against.
 """
 
@@ -364,6 +364,18 @@ class Supervisor(_Message, tag="supervisor"):
     pids: dict[Name, Count] = {}
 
 
+class SinkStats(_Message, tag="sink_stats"):
+    """A plant sink's counters, totals of its process (sealed; edge/sinks/feed.py)."""
+
+    sink: Literal["mqtt", "opcua"]
+    epoch: Count
+    sent: Count = 0
+    dropped: dict[Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}$")], Count] = {}
+    reconnects: Count = 0
+    up: bool = False
+    queued: Count = 0
+
+
 #: every message kind of the line
 MESSAGE_TYPES = (
     Hello,
@@ -378,15 +390,16 @@ MESSAGE_TYPES = (
     Stats,
     RouterStats,
     Supervisor,
+    SinkStats,
 )
 #: what each receiver accepts, by socket
 FROM_CAMERAS = msgspec.json.Decoder(Hello | Frame)
 FROM_ROUTER_TO_CAMERA = msgspec.json.Decoder(Credit)
 FROM_WORKERS = msgspec.json.Decoder(Ready | Heartbeat | Bye)
 FROM_ROUTER_TO_WORKER = msgspec.json.Decoder(Welcome | Frame)
-TO_COLLECTOR = msgspec.json.Decoder(Result | Drop | Stats | RouterStats | Supervisor)
+TO_COLLECTOR = msgspec.json.Decoder(Result | Drop | Stats | RouterStats | Supervisor | SinkStats)
 #: kinds that only the line's own processes send: they carry a seal (see ``seal``)
-SEALED_KINDS = frozenset({"hello", "credit", "stats", "router_stats", "supervisor"})
+SEALED_KINDS = frozenset({"hello", "credit", "stats", "router_stats", "supervisor", "sink_stats"})
 
 
 def decode(raw: bytes | memoryview, decoder: msgspec.json.Decoder) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from edge.collector import PROGRESS_SLOTS
 from edge.config import LineConfig, make_run_dir, open_endpoints, open_metrics, to_dict
 from edge.keys import check_line_keys, line_keys
 from edge.router import ROUTER_STATS_INTERVAL_S
+from edge.sinks.feed import check_plant_sinks, enabled_sinks
 from edge.sources.backoff import Backoff
 from edge.worker import EXIT_MODEL_LOAD, HEARTBEAT_S
 
@@ -56,6 +57,11 @@ START_TIMEOUT_S = 60.0
 #: a line that is computing (twice that path, for a loaded machine)
 DRAIN_STALL_FLOOR_S = 2 * (HEARTBEAT_S + ROUTER_STATS_INTERVAL_S)
 
+
+#: how long the plant's sinks (stopped after the collector) may take to deliver what they hold and
+#: exit: MQTT gives itself 1.5 s, OPC UA 1 s to close its sessions, and a process that loaded
+#: asyncua needs a second or two more to exit on a loaded box
+SINK_STOP_S = 5.0
 
 #: the least time each shutdown stage gets, whatever shutdown_timeout_s says: a process
 #: needs about that long to finish its loop, flush and exit
@@ -157,6 +163,7 @@ class Supervisor:
         for sink in (self.cfg.sinks.decision_log, self.cfg.sinks.ng_store):
             if sink:
                 self._check_writable(self.cfg.resolve(sink))
+        check_plant_sinks(self.cfg)  # a missing library or password stops start-up with one line
         return package.manifest.input.height, package.manifest.input.width
 
     def check_security(self) -> None:
@@ -248,6 +255,12 @@ class Supervisor:
         self.children.append(collector)
         self.spawn(collector)
         self.wait_ready(collector, ready)
+        # The plant's sinks subscribe to the publish socket, bound now, so they miss no result;
+        # the line does not wait for them, and they restart like any child (edge/sinks/feed.py).
+        for name in enabled_sinks(self.cfg):
+            sink = Child(f"sink:{name}", f"edge.sinks.{name}:{name}_main", (cfg_dict, lvl))
+            self.children.append(sink)
+            self.spawn(sink)
         ready = self.ctx.Event()
         router = Child("router", "edge.router:router_main", (cfg_dict, lvl, ready))
         self.children.append(router)
@@ -336,6 +349,8 @@ class Supervisor:
         clean = True
         for prefix, mark in zip(("camera:", "router", "worker:", "collector"), marks, strict=True):
             clean &= self.stop_group(prefix, start + mark)
+        # last, so that the collector's final status reaches the plant's systems
+        clean &= self.stop_group("sink:", time.monotonic() + SINK_STOP_S)
         return EXIT_OK if clean else EXIT_FORCED
 
     def request_stop(self, *_: Any) -> None:

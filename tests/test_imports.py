@@ -1,5 +1,6 @@
 """The dependency rules of ARCHITECTURE.md, checked in a fresh interpreter:
-edge and converter import without TensorFlow or TensorRT, and `lineside --help` is light."""
+edge and converter import without TensorFlow or TensorRT (nor the plant sinks' paho-mqtt and
+asyncua, loaded only by a sink that is enabled), and `lineside --help` is light."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ MODULES = [
     "edge.router",
     "edge.worker",
     "edge.collector",
+    "edge.sinks.feed",
+    "edge.sinks.mqtt",
+    "edge.sinks.opcua",
     "edge.bench",
     "edge.backends.onnxrt.runner",
     "edge.backends.trt.runner",
@@ -33,7 +37,7 @@ def test_line_side_modules_import_without_tensorflow_or_tensorrt() -> None:
         "import importlib, sys\n"
         f"for name in {MODULES!r}:\n"
         "    importlib.import_module(name)\n"
-        "heavy = ('tensorflow', 'keras', 'tensorrt', 'pycuda', 'tf2onnx')\n"
+        "heavy = ('tensorflow', 'keras', 'tensorrt', 'pycuda', 'tf2onnx', 'paho', 'asyncua')\n"
         "print(','.join(sorted(m for m in heavy if m in sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -285,6 +285,8 @@ SECTIONS = (
     config_module.DecisionConfig,
     config_module.EndpointsConfig,
     config_module.SinksConfig,
+    config_module.MqttSinkConfig,
+    config_module.OpcuaSinkConfig,
     config_module.MetricsConfig,
     config_module.SecurityConfig,
 )
