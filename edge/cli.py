@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from converter import cli as converter_cli
     from edge import commands as edge_commands
+    from edge.ui import command as ui_command
 
     try:
         from training import cli as training_cli
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         training_cli.register(sub)
     converter_cli.register(sub)
     edge_commands.register(sub)
+    ui_command.register(sub)
     return parser
 
 
