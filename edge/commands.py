@@ -268,8 +268,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run += ["--summary", str(runs / "summary.json"), *overrides]
     ui = start_demo_ui(lineside, args.config, overrides, args.ui_port) if args.ui_port else None
     print(f"== run the line for {args.duration:.0f} s: lineside {' '.join(run)}", flush=True)
+    line = subprocess.Popen([*lineside, *run])
     try:
-        return subprocess.call([*lineside, *run])
+        return line.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reached the line too (one process group): it drains and stops by itself
+        stop_process(line, timeout_s=60.0, signal_first=False)
+        return 130
     finally:
         if ui is not None:
             stop_process(ui)
@@ -293,12 +298,14 @@ def start_demo_ui(lineside: list[str], config: str, overrides: list[str], port: 
     return proc
 
 
-def stop_process(proc: Any, timeout_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL past ``timeout_s``."""
+def stop_process(proc: Any, timeout_s: float = 10.0, signal_first: bool = True) -> None:
+    """SIGTERM (unless ``signal_first`` is false: it has been told already), then SIGKILL
+    past ``timeout_s``."""
     import subprocess
 
     if proc.poll() is None:
-        proc.terminate()
+        if signal_first:
+            proc.terminate()
         try:
             proc.wait(timeout_s)
         except subprocess.TimeoutExpired:

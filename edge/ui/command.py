@@ -107,18 +107,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from edge.ui.inspect_api import Inspector
+    from edge.ui.inspect_api import ModelSlot
     from edge.ui.server import build_app
     from edge.ui.state import LineState
 
-    inspector, why = None, ""
-    try:
-        inspector = Inspector(cfg, threads=args.threads)
-    except LinesideError as exc:  # the page still works without the API
-        why = str(exc)
-        log.warning("ui: POST /v1/inspect is off: %s", why)
+    model = ModelSlot(cfg, threads=args.threads)
     state = LineState(cfg).start()
-    app = build_app(state, inspector, why, int(args.max_upload_mb * (1 << 20)), auth)
+    app = build_app(state, model, int(args.max_upload_mb * (1 << 20)), auth)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(
         f"lineside ui: http://{host}:{args.port}/ (line {cfg.name}, publish {cfg.endpoints.publish})",
@@ -135,6 +130,5 @@ def cmd_ui(args: argparse.Namespace) -> int:
         )
     finally:
         state.close()
-        if inspector is not None:
-            inspector.close()
+        model.close()
     return 0

@@ -162,6 +162,39 @@ class Inspector:
         return out
 
 
+class ModelSlot:
+    """The Inspector, loaded in a thread of its own so that the page serves at once; a
+    request waits for the load at most ``wait_s``, and gets a 503 naming the problem when
+    the package cannot be loaded (the page works without it)."""
+
+    def __init__(self, cfg: LineConfig, threads: int = 1, wait_s: float = 60.0) -> None:
+        self.wait_s = wait_s
+        self.loaded = threading.Event()
+        self.inspector: Inspector | None = None
+        self.error = ""
+        threading.Thread(target=self._load, args=(cfg, threads), name="ui-model", daemon=True).start()
+
+    def _load(self, cfg: LineConfig, threads: int) -> None:
+        try:
+            self.inspector = Inspector(cfg, threads=threads)
+        except Exception as exc:  # open_worker makes its errors one line; anything else still is
+            self.error = str(exc) if isinstance(exc, LinesideError) else f"{type(exc).__name__}: {exc}"
+            log.warning("ui: POST /v1/inspect is off: %s", self.error)
+        finally:
+            self.loaded.set()
+
+    def get(self) -> Inspector:
+        if not self.loaded.wait(self.wait_s):
+            raise InspectError(503, "the model package is still loading; retry in a few seconds")
+        if self.inspector is None:
+            raise InspectError(503, f"the model package could not be loaded: {self.error}")
+        return self.inspector
+
+    def close(self) -> None:
+        if self.loaded.wait(10) and self.inspector is not None:
+            self.inspector.close()
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {

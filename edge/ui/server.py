@@ -30,7 +30,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from edge.ui.inspect_api import IMAGE_TYPES, OPENAPI, InspectError, Inspector
+from edge.ui.inspect_api import IMAGE_TYPES, OPENAPI, InspectError, ModelSlot
 from edge.ui.state import DECISIONS, LineState
 
 log = logging.getLogger(__name__)
@@ -133,13 +133,11 @@ def overlay_png(state: LineState, cam: str) -> bytes | None:
 
 def build_app(
     state: LineState,
-    inspector: Inspector | None,
-    inspector_error: str = "",
+    model: ModelSlot,
     max_upload_bytes: int = 32 << 20,
     auth: tuple[str, str] | None = None,
 ) -> Starlette:
-    """The app over a started ``state``; ``inspector`` None makes /v1/inspect answer 503
-    with ``inspector_error``."""
+    """The app over a started ``state``; ``model`` serves /v1/inspect."""
 
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html")
@@ -243,9 +241,8 @@ def build_app(
             if upload is None or not hasattr(upload, "read"):
                 return error(400, "the multipart body has no file part; send the image as the 'image' field")
             blob = await upload.read()
-        if inspector is None:
-            return error(503, f"the model is not loaded: {inspector_error}")
         try:
+            inspector = await run_in_threadpool(model.get)
             result = await run_in_threadpool(inspector.inspect, blob, request.query_params.get("camera", ""))
         except InspectError as exc:
             return error(exc.status, str(exc))

@@ -60,6 +60,9 @@ class LineState:
         self.status_at = 0.0
         #: results received by this process: counts, and (received, e2e ms) of recent ones
         self.received: collections.Counter = collections.Counter()
+        #: (camera, decision) -> results since the latest status: the line publishes a status
+        #: after the results it counts, so its totals plus these are the counts of now
+        self.since_status: collections.Counter = collections.Counter()
         self.recent: collections.deque[tuple[float, float]] = collections.deque(maxlen=RECENT)
         #: (decided_ts, decision) of the last hour, for a line without a decision log
         self.hour: collections.deque[tuple[float, str]] = collections.deque()
@@ -123,6 +126,7 @@ class LineState:
             self.version += 1
             if topic == b"status":
                 self.status, self.status_at = header, time.monotonic()
+                self.since_status.clear()
                 return
             if not topic.startswith(b"result.") or not isinstance(header, dict):
                 return
@@ -135,6 +139,7 @@ class LineState:
             self.masks[cam] = mask
             decision = header.get("decision", "?")
             self.received[decision] += 1
+            self.since_status[cam, decision] += 1
             e2e = float((header.get("latency_ms") or {}).get("end_to_end", 0.0))
             self.recent.append((now, e2e))
             self.hour.append((now, decision))
@@ -186,6 +191,7 @@ class LineState:
             e2e = [ms for _, ms in self.recent]
             recent_n = sum(1 for t, _ in self.recent if t >= now - FPS_WINDOW_S)
             received = dict(self.received)
+            fresh = dict(self.since_status)
             readyz = dict(self.readyz)
             version = self.version
         since = min(FPS_WINDOW_S, max(now - self.started, 1e-3))
@@ -215,10 +221,12 @@ class LineState:
                     )
                 }
                 | {"has_mask": h.get("mask_shape") is not None},
-                "counts": {d: per_cam.get(d, 0) for d in DECISIONS},
+                "counts": {d: per_cam.get(d, 0) + fresh.get((cam, d), 0) for d in DECISIONS},
             }
-        totals = (status or {}).get("totals") or {d: received.get(d, 0) for d in DECISIONS}
-        since_start = {d: int(totals.get(d, 0)) for d in DECISIONS}
+        totals = (status or {}).get("totals") or {}
+        since_start = {
+            d: int(totals.get(d, 0)) + sum(n for (_, dd), n in fresh.items() if dd == d) for d in DECISIONS
+        }
         last_hour = self.last_hour_counts(now)
         return {
             "line": (status or {}).get("line", self.cfg.name),

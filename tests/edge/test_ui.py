@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,21 +23,27 @@ import numpy as np
 import pytest
 
 from tests.conftest import MODEL_CLASS, MODEL_SIZE
-from tests.edge.daemon import ROOT, free_port, one_error_line
+from tests.edge.daemon import ROOT, Daemon, free_port, one_error_line
 from tests.edge.uihelp import Ui, start_line_and_ui, stop_line, wait_json, wait_until
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ui(trained_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ui]:
+def line(trained_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Ui]]:
+    """A running line and its UI, for the module (the last of its tests stops the line)."""
     tmp = tmp_path_factory.mktemp("ui")
     daemon, ui = start_line_and_ui(tmp, trained_package, ui_extra=("--max-upload-mb", "1"))
     try:
-        yield ui
+        yield daemon, ui
     finally:
         ui.stop()
         stop_line(daemon)
+
+
+@pytest.fixture
+def ui(line: tuple[Daemon, Ui]) -> Ui:
+    return line[1]
 
 
 def decided(state: dict) -> int:
@@ -248,6 +255,19 @@ def test_openapi_describes_the_api(ui: Ui) -> None:
     assert {"200", "400", "413", "415"} <= set(post["responses"])
 
 
+def test_counts_agree_with_the_line_when_it_stops(line: tuple[Daemon, Ui]) -> None:
+    daemon, ui = line
+    stop_line(daemon)
+    summary = daemon.summary()
+    state = wait_json(ui, "/api/state", lambda s: not s["line_running"], 20, "the line's final status")
+    for d in ("PASS", "FAIL", "NO_DECISION"):
+        assert state["since_start"][d] == summary["totals"][d], (d, state["since_start"], summary["totals"])
+        for cam, counts in state["cameras"].items():
+            assert counts["counts"][d] == summary["cameras"][cam][d], (cam, d)
+    assert ui.get("/api/history")["total"] == summary["totals"]["decided"]
+    assert state["line_running"] is False
+
+
 # -- binding and authentication ------------------------------------------------------------------------
 def test_open_host_without_a_password_is_refused(tmp_path: Path, trained_package: Path) -> None:
     from tests.edge.daemon import line_config, synthetic_camera
@@ -263,11 +283,13 @@ def test_open_host_without_a_password_is_refused(tmp_path: Path, trained_package
     assert "LINESIDE_UI_PASSWORD" in one_error_line(done)
 
 
-def test_basic_auth_guards_every_route(tmp_path: Path, trained_package: Path) -> None:
+def test_basic_auth_guards_every_route(tmp_path: Path) -> None:
+    """...on a UI whose model package is missing: the page works, the API says why it cannot."""
     from tests.edge.daemon import line_config, synthetic_camera
 
     cfg = tmp_path / "line.yaml"
-    cfg.write_text(json.dumps(line_config(tmp_path, trained_package, [synthetic_camera("cam1", size=64)])))
+    missing = tmp_path / "no-package"
+    cfg.write_text(json.dumps(line_config(tmp_path, missing, [synthetic_camera("cam1", size=64)])))
     secret = tmp_path / "pw"
     secret.write_text("pw\n")
     ui = Ui(cfg, tmp_path, extra=("--user", "op", "--password-file", str(secret))).start()
@@ -277,10 +299,11 @@ def test_basic_auth_guards_every_route(tmp_path: Path, trained_package: Path) ->
             assert status == 401 and headers["www-authenticate"].startswith("Basic"), path
             assert ui.request(path, auth=("op", "wrong"))[0] == 401
             assert ui.request(path, auth=("op", "pw"))[0] == 200, path
-        status, _, _ = ui.request(
-            "/v1/inspect", data=encoded(synthetic(False, 1), ".png"), headers={"Content-Type": "image/png"}
-        )
-        assert status == 401
+        png, ctype = encoded(synthetic(False, 1), ".png"), {"Content-Type": "image/png"}
+        assert ui.request("/v1/inspect", data=png, headers=ctype)[0] == 401
+        status, _, body = ui.request("/v1/inspect", data=png, headers=ctype, auth=("op", "pw"))
+        error = json.loads(body)["error"]
+        assert status == 503 and str(missing) in error and "\n" not in error, error
     finally:
         ui.stop()
 
@@ -294,37 +317,44 @@ def test_demo_prints_the_ui_url_and_the_ui_shows_its_line(trained_package: Path,
     (work / "checkpoint" / "training.json").write_text("{}")
     shutil.copytree(trained_package, work / "package")
     port = free_port()
-    argv = [sys.executable, "-m", "edge.cli", "demo", "--workdir", str(work), "--duration", "12"]
-    proc = subprocess.Popen(
-        [*argv, "--ui-port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    argv = [sys.executable, "-m", "edge.cli", "demo", "--workdir", str(work), "--duration", "120"]
+    out = tmp_path / "demo.log"
+    with open(out, "w") as log:
+        # its own process group: Ctrl-C reaches the demo, its line and its page, as in a terminal
+        proc = subprocess.Popen(
+            [*argv, "--ui-port", str(port)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
-        url = None
-        seen = []
-        end = time.monotonic() + 60
-        while url is None and time.monotonic() < end:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            if "operators' page:" in line:
-                url = line.split("operators' page:")[1].split()[0]
-        assert url == f"http://127.0.0.1:{port}/", "".join(seen)
-        ui = Ui(Path("-"), tmp_path, port=port)
+        url = f"http://127.0.0.1:{port}/"
+        wait_until(lambda: f"== the operators' page: {url} " in out.read_text(), 60, "the page's address")
 
         def shows_the_line() -> dict | None:
             state = json.loads(urllib.request.urlopen(url + "api/state", timeout=5).read())
             return state if state["line"] == "demo" and decided(state) > 0 else None
 
-        state = wait_until(shows_the_line, 40, "the demo line on the UI")
+        state = wait_until(shows_the_line, 60, "the demo line on the UI")
         assert set(state["cameras"]) == {"cam1", "cam2"}
-        assert ui.port == port
-        rest, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0, "".join(seen) + rest
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(60) == 130, out.read_text()
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
-    # the demo stopped its UI with the line
+    # the line drained and stopped by itself (its summary), and the demo stopped its page
+    assert json.loads((work / "runs" / "summary.json").read_text())["totals"]["decided"] > 0
     with pytest.raises(OSError):
         urllib.request.urlopen(url + "healthz", timeout=2)
+    # nothing of it is left (a child that exited may stay a zombie until init reaps it)
+    wait_until(lambda: group_gone(proc.pid), 10, "the demo's processes to end")
+
+
+def group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
