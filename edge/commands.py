@@ -116,7 +116,7 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
         "--ui-port",
         type=int,
         default=8080,
-        help="port of the operators' page started beside the line, a free one when busy (0 = no page)",
+        help="port of the operators' page beside the line, a free one when busy (0 = none; default: 8080)",
     )
     p.set_defaults(func=cmd_demo)
 

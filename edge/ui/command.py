@@ -33,7 +33,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True, help="the line's config YAML")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="HTTP port (default: 8080)")
-    p.add_argument("--user", default=None, help="basic-auth user name; required when --host is not loopback")
+    p.add_argument(
+        "--user",
+        default=None,
+        help="basic-auth user name; required when --host is not loopback (default: none, no authentication)",
+    )
     p.add_argument(
         "--password-file",
         default=None,
@@ -53,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value as `lineside run --set` does (the line's overrides, to match it)",
+        help="override a config value as `lineside run --set` does, the line's own (default: none)",
     )
     p.set_defaults(func=cmd_ui)
 

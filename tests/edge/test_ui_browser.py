@@ -3,6 +3,7 @@ served by `lineside ui` beside a real running line."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -56,6 +57,7 @@ def search(page: Any, camera: str, decision: str) -> int:
 
 def test_the_page_updates_live_and_the_history_filters(trained_package: Path, tmp_path: Path) -> None:
     browser_path = chromium_path()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     daemon, ui = start_line_and_ui(tmp_path, trained_package)
@@ -118,6 +120,10 @@ def test_the_page_updates_live_and_the_history_filters(trained_package: Path, tm
                     timeout=10000,
                 )
                 search(page, "", "")
+                # for the screenshot only: a moment when a camera shows a FAIL over its frame
+                with contextlib.suppress(PlaywrightTimeout):
+                    page.wait_for_selector(".camera .decision.FAIL", timeout=5000)
+                    page.wait_for_timeout(800)
                 shot = tmp_path / "ui.png"
                 page.screenshot(path=str(shot), full_page=True)
                 assert shot.stat().st_size > 10_000
