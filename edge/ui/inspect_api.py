@@ -163,20 +163,23 @@ class Inspector:
 
 
 class ModelSlot:
-    """The Inspector, loaded in a thread of its own so that the page serves at once; a
-    request waits for the load at most ``wait_s``, and gets a 503 naming the problem when
-    the package cannot be loaded (the page works without it)."""
+    """The Inspector, loaded by the first request (a second or so), so that a page nobody
+    asks to inspect costs the line box no model; a request waits for the load at most
+    ``wait_s``, and gets a 503 naming the problem when the package cannot be loaded (the
+    page works without it)."""
 
     def __init__(self, cfg: LineConfig, threads: int = 1, wait_s: float = 60.0) -> None:
-        self.wait_s = wait_s
+        self.cfg, self.threads, self.wait_s = cfg, threads, wait_s
         self.loaded = threading.Event()
         self.inspector: Inspector | None = None
         self.error = ""
-        threading.Thread(target=self._load, args=(cfg, threads), name="ui-model", daemon=True).start()
+        self._lock = threading.Lock()
+        self._started = False
 
-    def _load(self, cfg: LineConfig, threads: int) -> None:
+    def _load(self) -> None:
         try:
-            self.inspector = Inspector(cfg, threads=threads)
+            self.inspector = Inspector(self.cfg, threads=self.threads)
+            log.info("ui: POST /v1/inspect runs %s", self.inspector.model_id)
         except Exception as exc:  # open_worker makes its errors one line; anything else still is
             self.error = str(exc) if isinstance(exc, LinesideError) else f"{type(exc).__name__}: {exc}"
             log.warning("ui: POST /v1/inspect is off: %s", self.error)
@@ -184,6 +187,10 @@ class ModelSlot:
             self.loaded.set()
 
     def get(self) -> Inspector:
+        with self._lock:
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._load, name="ui-model", daemon=True).start()
         if not self.loaded.wait(self.wait_s):
             raise InspectError(503, "the model package is still loading; retry in a few seconds")
         if self.inspector is None:
@@ -191,7 +198,7 @@ class ModelSlot:
         return self.inspector
 
     def close(self) -> None:
-        if self.loaded.wait(10) and self.inspector is not None:
+        if self._started and self.loaded.wait(10) and self.inspector is not None:
             self.inspector.close()
 
 
