@@ -64,8 +64,12 @@ class LineState:
         #: after the results it counts, so its totals plus these are the counts of now
         self.since_status: collections.Counter = collections.Counter()
         self.recent: collections.deque[tuple[float, float]] = collections.deque(maxlen=RECENT)
-        #: (decided_ts, decision) of the last hour, for a line without a decision log
-        self.hour: collections.deque[tuple[float, str]] = collections.deque()
+        #: (minute, decision) -> decisions: the last hour by capture minute, from the decision
+        #: log once at start (what came before this process) and from each result since; a
+        #: query of the log at every refresh would scan an hour of rows (360 000 at 100 fps)
+        self.minutes: collections.Counter = collections.Counter()
+        #: the latest snapshot, shared by every browser connected: (version, monotonic, snapshot)
+        self._snap: tuple[int, float, dict[str, Any]] | None = None
         self.readyz: dict[str, Any] = {"ready": None, "reasons": [], "error": "not polled yet"}
         #: bumped on every message: the event stream sends a snapshot when it changed
         self.version = 0
@@ -77,6 +81,7 @@ class LineState:
 
     # -- life --------------------------------------------------------------------------------
     def start(self) -> LineState:
+        self.backfill_hour()
         for target, name in ((self._subscribe, "ui-sub"), (self._poll_readyz, "ui-readyz")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -142,9 +147,11 @@ class LineState:
             self.since_status[cam, decision] += 1
             e2e = float((header.get("latency_ms") or {}).get("end_to_end", 0.0))
             self.recent.append((now, e2e))
-            self.hour.append((now, decision))
-            while self.hour and self.hour[0][0] < now - 3600:
-                self.hour.popleft()
+            minute = int(float(header.get("ts") or now) // 60)
+            self.minutes[minute, decision] += 1
+            if len(self.minutes) > 3 * 90:  # keep 90 minutes at most
+                for key in [k for k in self.minutes if k[0] < minute - 90]:
+                    del self.minutes[key]
 
     # -- /readyz ---------------------------------------------------------------------------
     def readyz_url(self) -> str | None:
@@ -181,8 +188,18 @@ class LineState:
             self.stop.wait(READYZ_EVERY_S)
 
     # -- what the page shows -------------------------------------------------------------------
-    def snapshot(self) -> dict[str, Any]:
-        """Everything the live part of the page shows, as JSON-ready values."""
+    def snapshot(self, max_age_s: float = 0.25) -> dict[str, Any]:
+        """Everything the live part of the page shows, as JSON-ready values; computed at most
+        every ``max_age_s`` (or when something changed) however many browsers ask."""
+        cached = self._snap
+        if cached is not None and (cached[0] == self.version or time.monotonic() - cached[1] < max_age_s):
+            return cached[2]
+        version = self.version
+        snap = self._snapshot()
+        self._snap = (version, time.monotonic(), snap)
+        return snap
+
+    def _snapshot(self) -> dict[str, Any]:
         now = time.time()
         with self.lock:
             status = dict(self.status) if self.status else None
@@ -272,26 +289,39 @@ class LineState:
         conn.row_factory = sqlite3.Row
         return conn
 
-    def last_hour_counts(self, now: float) -> dict[str, int]:
-        """Decisions of the last hour by outcome: from the decision log when the line keeps
-        one (it survives a restart of this process), else from what this process received."""
+    def backfill_hour(self) -> None:
+        """The decisions of the hour before this process started, by minute, from the log."""
         try:
             db = self._db()
-        except sqlite3.Error:
-            db = None
-        if db is not None:
-            try:
-                rows = db.execute(
-                    "SELECT decision, COUNT(*) FROM decisions WHERE capture_ts >= ? GROUP BY decision",
-                    (now - 3600,),
-                ).fetchall()
-                return {d: int(dict(rows).get(d, 0)) for d in DECISIONS}
-            except sqlite3.Error as exc:
-                log.debug("ui: last-hour counts from the decision log failed: %s", exc)
-            finally:
-                db.close()
+        except sqlite3.Error as exc:
+            log.warning("ui: cannot read the decision log %s: %s", self.log_path, exc)
+            return
+        if db is None:
+            return
+        try:
+            rows = db.execute(
+                "SELECT CAST(capture_ts / 60 AS INTEGER), decision, COUNT(*) FROM decisions "
+                "WHERE capture_ts >= ? GROUP BY 1, 2",
+                (self.started - 3600,),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            log.warning("ui: cannot read the decision log %s: %s", self.log_path, exc)
+            return
+        finally:
+            db.close()
         with self.lock:
-            counts = collections.Counter(d for t, d in self.hour if t >= now - 3600)
+            for minute, decision, n in rows:
+                self.minutes[int(minute), decision] += int(n)
+
+    def last_hour_counts(self, now: float) -> dict[str, int]:
+        """Decisions captured in the last hour (to the minute) by outcome."""
+        first = int(now // 60) - 59
+        with self.lock:
+            items = list(self.minutes.items())
+        counts = collections.Counter()
+        for (minute, decision), n in items:
+            if minute >= first:
+                counts[decision] += n
         return {d: counts.get(d, 0) for d in DECISIONS}
 
     def history(

@@ -266,6 +266,16 @@ def test_counts_agree_with_the_line_when_it_stops(line: tuple[Daemon, Ui]) -> No
             assert counts["counts"][d] == summary["cameras"][cam][d], (cam, d)
     assert ui.get("/api/history")["total"] == summary["totals"]["decided"]
     assert state["line_running"] is False
+    # a UI started after the line ran reads the last hour from the decision log
+    after = Ui(daemon.tmp / "line.yaml", daemon.tmp).start()
+    try:
+        state = after.get("/api/state")
+        assert state["line_running"] is False
+        for d in ("PASS", "FAIL", "NO_DECISION"):
+            assert state["last_hour"][d] == summary["totals"][d], (d, state["last_hour"])
+        assert after.get("/api/history?per_page=1")["total"] == summary["totals"]["decided"]
+    finally:
+        after.stop()
 
 
 # -- binding and authentication ------------------------------------------------------------------------
