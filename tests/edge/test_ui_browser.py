@@ -60,7 +60,8 @@ def test_the_page_updates_live_and_the_history_filters(trained_package: Path, tm
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
-    daemon, ui = start_line_and_ui(tmp_path, trained_package)
+    # with CURVE keys: the UI subscribes to the line's publish socket as an authorized client
+    daemon, ui = start_line_and_ui(tmp_path, trained_package, curve=True)
     errors: list[str] = []
     try:
         with sync_playwright() as p:

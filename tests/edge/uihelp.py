@@ -123,15 +123,21 @@ def wait_json(ui: Ui, path: str, good: Any, timeout: float, what: str) -> Any:
     return wait_until(lambda: (lambda answer: answer if good(answer) else None)(ui.get(path)), timeout, what)
 
 
-def start_line_and_ui(tmp: Path, package: Path, ui_extra: tuple[str, ...] = ()) -> tuple[Daemon, Ui]:
-    """Two synthetic cameras at the model's size, and the UI on the line's config."""
+def start_line_and_ui(
+    tmp: Path, package: Path, ui_extra: tuple[str, ...] = (), curve: bool = False
+) -> tuple[Daemon, Ui]:
+    """Two synthetic cameras at the model's size, and the UI on the line's config; ``curve``:
+    the line has CURVE keys (docs/security.md), so the UI subscribes as a CURVE client."""
     from tests.conftest import MODEL_SIZE
 
-    cams = [
-        synthetic_camera("cam1", size=MODEL_SIZE, fps=6),
-        synthetic_camera("cam2", size=MODEL_SIZE, fps=6),
-    ]
-    cfg = line_config(tmp, package, cams, name="uitest")
+    cams = [synthetic_camera(cam, size=MODEL_SIZE, fps=6) for cam in ("cam1", "cam2")]
+    over: dict[str, Any] = {"name": "uitest"}
+    if curve:
+        from edge.keys import make_line_keys
+
+        make_line_keys(tmp / "keys")
+        over["security"] = {"keys": str(tmp / "keys")}
+    cfg = line_config(tmp, package, cams, **over)
     daemon = Daemon(cfg, tmp).start()
     try:
         ui = Ui(tmp / "line.yaml", tmp, extra=ui_extra).start()
