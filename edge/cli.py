@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     from converter import cli as converter_cli
     from edge import commands as edge_commands
     from edge import doctor
+    from edge.ui import command as ui_command
 
     try:
         from training import cli as training_cli
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     converter_cli.register(sub)
     edge_commands.register(sub)
     doctor.register(sub)
+    ui_command.register(sub)
     explain(sub)  # keep last: it covers every subcommand registered above
     return parser
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,12 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-config", default="configs/train/demo.yaml", help="training recipe")
     p.add_argument("--duration", type=float, default=45.0, help="seconds to run the line")
     p.add_argument("--fresh", action="store_true", help="redo every step")
+    p.add_argument(
+        "--ui-port",
+        type=int,
+        default=8080,
+        help="port of the operators' page beside the line, a free one when busy (0 = none; default: 8080)",
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -286,14 +293,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # The line runs on the package and writes the sinks of this work folder, whatever the
     # config's own paths say (they name the default folder).
     runs = (work / "runs").resolve()
-    run = [
-        "run",
-        "--config",
-        args.config,
-        "--duration",
-        str(args.duration),
-        "--summary",
-        str(runs / "summary.json"),
+    overrides = [
         "--set",
         f"model.package={package.resolve()}",
         "--set",
@@ -301,5 +301,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "--set",
         f"sinks.ng_store={runs / 'ng'}",
     ]
+    run = ["run", "--config", args.config, "--duration", str(args.duration)]
+    run += ["--summary", str(runs / "summary.json"), *overrides]
+    ui = start_demo_ui(lineside, args.config, overrides, args.ui_port) if args.ui_port else None
     print(f"== run the line for {args.duration:.0f} s: lineside {' '.join(run)}", flush=True)
-    return subprocess.call([*lineside, *run])
+    line = subprocess.Popen([*lineside, *run])
+    try:
+        return line.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reached the line too (one process group): it drains and stops by itself
+        stop_process(line, timeout_s=60.0, signal_first=False)
+        return 130
+    finally:
+        if ui is not None:
+            stop_process(ui)
+
+
+def start_demo_ui(lineside: list[str], config: str, overrides: list[str], port: int) -> Any:
+    """`lineside ui` for the demo line, as its own process (the line never waits for it)."""
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            probe.bind(("127.0.0.1", 0))
+            print(f"== port {port} is busy: the page takes port {probe.getsockname()[1]}", flush=True)
+            port = probe.getsockname()[1]
+    argv = ["ui", "--config", config, "--port", str(port), *overrides]
+    proc = subprocess.Popen([*lineside, *argv])
+    print(f"== the operators' page: http://127.0.0.1:{port}/ (lineside {' '.join(argv)})", flush=True)
+    return proc
+
+
+def stop_process(proc: Any, timeout_s: float = 10.0, signal_first: bool = True) -> None:
+    """SIGTERM (unless ``signal_first`` is false: it has been told already), then SIGKILL
+    past ``timeout_s``."""
+    import subprocess
+
+    if proc.poll() is None:
+        if signal_first:
+            proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
