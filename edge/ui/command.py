@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-upload-mb",
         type=float,
         default=32.0,
-        help="largest image POST /v1/inspect takes, MB; larger gets 413 (default: 32)",
+        help="largest image POST /v1/inspect takes, MB; larger gets 413",
     )
     p.add_argument(
         "--threads", type=int, default=1, help="ONNX Runtime threads of the inspection API (default: 1)"
