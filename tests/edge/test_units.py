@@ -117,6 +117,20 @@ def test_frame_round_trip_and_validation() -> None:
         protocol.decode(b"\xff", protocol.FROM_CAMERAS)
 
 
+def test_a_frame_of_a_newer_major_protocol_version_is_refused_in_one_line() -> None:
+    image = np.zeros((3, 4), np.uint8)
+    header = protocol.frame_header("a", 7, 1.0, image, sent_ts=2.0)
+    assert protocol.decode(protocol.encode_header(header), protocol.FROM_CAMERAS)["v"] == 1
+    header["v"] = protocol.PROTOCOL_VERSION + 1
+    with pytest.raises(protocol.NewerProtocolError) as info:
+        protocol.decode(protocol.encode_header(header), protocol.FROM_CAMERAS)
+    assert str(info.value) == (
+        "frame message of protocol version 2, newer than this lineside's 1: "
+        "upgrade lineside here to the sender's version"
+    )
+    assert info.value.why == "version"
+
+
 # -- router -------------------------------------------------------------------------------
 #: the line key these in-process parts share (the supervisor makes one per run)
 KEY = "5a" * 32
@@ -217,6 +231,16 @@ def test_router_rejects_and_counts_a_message_that_is_not_json(rig: RouterRig) ->
     rig.router.on_frame([Msg(b"id-x"), Msg(b"not json"), Msg(b"")])
     assert rig.router.rejected.counts["malformed"] == 1
     assert rig.router.stats_header()["queues"] == {}
+
+
+def test_router_refuses_and_counts_a_frame_of_a_newer_protocol_version(rig: RouterRig) -> None:
+    header, pixels = frame_parts("trig", 0, "lossless")
+    newer = json.loads(header) | {"v": protocol.PROTOCOL_VERSION + 1}
+    rig.router.on_frame(from_camera("trig", [protocol.encode_header(newer), pixels]))
+    assert rig.router.rejected.counts == {**dict.fromkeys(protocol.REJECT_REASONS, 0), "version": 1}
+    assert rig.router.stats_header()["queues"] == {}
+    rig.router.on_frame(from_camera("trig", [header, pixels]))  # the same frame of this version is taken
+    assert rig.router.stats_header()["queues"] == {"trig": 1}
 
 
 def test_router_sends_a_worker_no_more_frames_than_its_credits(rig: RouterRig, recv) -> None:
