@@ -194,12 +194,14 @@ class RouterRig:
         assert json.loads(recv(self.worker, what="the router's welcome")[0]) == {"t": "welcome"}
 
     def drops(self) -> list[dict]:
+        """The drop reports the router has sent so far."""
         self.router.flush_drops(self.results)
         return drain(self.results_in)
 
 
 @pytest.fixture
 def rig(socket: Callable[..., zmq.Socket]) -> RouterRig:
+    """A router on the four cameras of ``cfg_for``, its sockets from the ``socket`` fixture."""
     from edge.router import Router
 
     work = socket(zmq.ROUTER)
