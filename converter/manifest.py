@@ -56,7 +56,7 @@ class OutputSpec:
 
 @dataclass
 class ModelManifest:
-    """What ``manifest.json`` holds; see docs in ARCHITECTURE.md (model package)."""
+    """What ``manifest.json`` holds; see docs/architecture.md and docs/converter.md (the model package)."""
 
     model_id: str
     architecture: str

@@ -212,7 +212,7 @@ class Collector:
         try:
             h = protocol.decode(raw, protocol.TO_COLLECTOR)
         except protocol.ProtocolError as exc:
-            self.on_rejected(str(exc))
+            self.on_rejected(str(exc), exc.why)
             return
         kind = h["t"]
         if kind in protocol.SEALED_KINDS:

@@ -90,7 +90,7 @@ class LineMetrics:
         )
         self.rejected = Counter(
             "lineside_rejected_messages",
-            "Messages refused, by socket and why (malformed, unauthenticated, unknown, internal)",
+            "Messages refused, by socket and why (malformed, unauthenticated, unknown, version, internal)",
             ["socket", "why"],
             registry=r,
         )

@@ -43,15 +43,15 @@ import zmq
 from converter.errors import LinesideError
 from edge.config import CAMERA_ID_PATTERN, MAX_NAME_LEN
 
+#: the major version of the wire protocol, sent as ``v`` in every frame header. Within a major,
+#: fields are only added (a receiver ignores fields it does not know); a change that an older
+#: receiver would misread raises it, and a receiver refuses a message of a newer major
+#: (``decode``) instead of guessing at it.
 PROTOCOL_VERSION = 1
 
 #: frames the router keeps queued per camera (credits it hands out): enough to keep the
 #: workers fed between two credit round trips, small enough that a backlog stays at the camera
 CAMERA_WINDOW = {"latest": 2, "lossless": 8}
-
-#: Below this size a copying send is cheaper than zero-copy bookkeeping
-#: (pyzmq docs; measured with `lineside bench --transport`).
-ZERO_COPY_MIN_BYTES = 64 * 1024
 
 ALLOWED_DTYPES = ("uint8", "float32")
 #: Largest frame a worker accepts: guards against a malformed header asking for GBs.
@@ -59,14 +59,24 @@ MAX_FRAME_PIXELS = 64 * 1024 * 1024
 
 
 class ProtocolError(LinesideError):
-    """A message that does not follow the protocol; it is counted and dropped, never fatal."""
+    """A message that does not follow the protocol; it is counted (under ``why``) and dropped,
+    never fatal."""
+
+    why = "malformed"
+
+
+class NewerProtocolError(ProtocolError):
+    """A message of a newer major protocol version than this lineside speaks."""
+
+    why = "version"
 
 
 #: why a message was rejected (the ``why`` label of lineside_rejected_messages_total):
 #: ``malformed`` (not the protocol: bad JSON, types, sizes, parts), ``unauthenticated`` (a
 #: frame tag or seal that this line did not make), ``unknown`` (a camera the config does not
-#: have), ``internal`` (a handler raised: a bug, since the schema should have refused the message)
-REJECT_REASONS = ("malformed", "unauthenticated", "unknown", "internal")
+#: have), ``version`` (a newer major protocol version than this lineside's: upgrade it),
+#: ``internal`` (a handler raised: a bug, since the schema should have refused the message)
+REJECT_REASONS = ("malformed", "unauthenticated", "unknown", "version", "internal")
 #: a rejection log line at most this often per socket, after the first few
 REJECT_LOG_EVERY_S = 10.0
 
@@ -178,16 +188,14 @@ def image_from_frame(header: dict[str, Any], buffer: Any) -> np.ndarray:
 
 
 def send_multipart(socket: Any, header: dict[str, Any], *buffers: Any, flags: int = 0) -> None:
-    """Send a header and buffers; large buffers go zero-copy, small ones are copied."""
+    """Send a header and buffers; large buffers go zero-copy, small ones are copied.
+
+    ``copy=False`` is all it takes: pyzmq copies a buffer below the socket's ``copy_threshold``
+    anyway (zmq.COPY_THRESHOLD, 64 KiB), where a copy is cheaper than zero-copy bookkeeping."""
     socket.send(encode_header(header), flags | zmq.SNDMORE if buffers else flags)
     for i, buf in enumerate(buffers):
         last = i == len(buffers) - 1
-        nbytes = buf.nbytes if hasattr(buf, "nbytes") else len(buf)
-        socket.send(
-            buf,
-            (flags if last else flags | zmq.SNDMORE),
-            copy=nbytes < ZERO_COPY_MIN_BYTES,
-        )
+        socket.send(buf, flags if last else flags | zmq.SNDMORE, copy=False)
 
 
 # -- the schema of every message --------------------------------------------------------
@@ -405,7 +413,8 @@ SEALED_KINDS = frozenset({"hello", "credit", "stats", "router_stats", "superviso
 def decode(raw: bytes | memoryview, decoder: msgspec.json.Decoder) -> dict[str, Any]:
     """Check a header against the kinds ``decoder`` accepts; return it as a dict of checked
     values (defaults filled in, unknown fields left out). Raises ProtocolError, never anything
-    else, whatever the bytes."""
+    else, whatever the bytes; NewerProtocolError for a kind that carries ``v`` with a newer
+    major version than ``PROTOCOL_VERSION``."""
     if len(raw) > MAX_HEADER_BYTES:
         msg = f"header of {len(raw)} bytes (at most {MAX_HEADER_BYTES})"
         raise ProtocolError(msg)
@@ -417,8 +426,16 @@ def decode(raw: bytes | memoryview, decoder: msgspec.json.Decoder) -> dict[str, 
         raise ProtocolError(f"malformed header: {exc}") from None
     except RecursionError:
         raise ProtocolError("malformed header: nested too deeply") from None
+    kind = message.__struct_config__.tag
+    version = getattr(message, "v", PROTOCOL_VERSION)
+    if version > PROTOCOL_VERSION:
+        msg = (
+            f"{kind} message of protocol version {version}, newer than this lineside's "
+            f"{PROTOCOL_VERSION}: upgrade lineside here to the sender's version"
+        )
+        raise NewerProtocolError(msg)
     out = msgspec.structs.asdict(message)
-    out["t"] = message.__struct_config__.tag
+    out["t"] = kind
     return out
 
 

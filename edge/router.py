@@ -142,7 +142,7 @@ class Router:
         try:
             header = protocol.decode(raw, protocol.FROM_CAMERAS)
         except protocol.ProtocolError as exc:
-            self.rejected(str(exc))
+            self.rejected(str(exc), exc.why)
             return
         cam = header["cam"]
         if cam not in self.known_cameras:
@@ -203,7 +203,7 @@ class Router:
         try:
             header = protocol.decode(parts[1].bytes, protocol.FROM_WORKERS)
         except protocol.ProtocolError as exc:
-            self.rejected_work(str(exc))
+            self.rejected_work(str(exc), exc.why)
             return
         name, kind = header["worker"], header["t"]
         state = self.workers.get(name)

@@ -254,7 +254,7 @@ class Worker:
                 raise protocol.ProtocolError(f"frame {header['cam']}#{header['seq']} in {len(parts)} part(s)")
             image = protocol.image_from_frame(header, parts[1].buffer) if header["decide"] else None
         except protocol.ProtocolError as exc:
-            self.rejected(str(exc))
+            self.rejected(str(exc), exc.why)
             # A frame that names itself lets the ledger close it; garbage is only counted.
             if header is not None and header["t"] == "frame":
                 self.report_drop(results, header, "malformed")

@@ -1,4 +1,4 @@
-"""The dependency rules of ARCHITECTURE.md, checked in a fresh interpreter:
+"""The dependency rules of docs/architecture.md, checked in a fresh interpreter:
 edge and converter import without TensorFlow or TensorRT (nor the plant sinks' paho-mqtt and
 asyncua, loaded only by a sink that is enabled), and `lineside --help` is light."""
 

@@ -127,9 +127,11 @@ def test_curve_sockets_let_in_only_the_keys_of_their_folder(tmp_path: Path) -> N
     ctx, cctx = zmq.Context(), zmq.Context()
     pull = sockets.make_socket(ctx, zmq.PULL, rcvtimeo_ms=1500)
     pub = sockets.make_socket(ctx, zmq.PUB)
-    inbox, board = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    sockets.bind(pull, inbox, line)
-    sockets.bind(pub, board, line)
+    # CURVE servers, as sockets.bind makes them, on ports ZeroMQ picks at bind (no race)
+    sockets.secure_server(pull, line)
+    sockets.secure_server(pub, line)
+    inbox = f"tcp://127.0.0.1:{pull.bind_to_random_port('tcp://127.0.0.1')}"
+    board = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
     opened: list[zmq.Socket] = [pull, pub]
 
     def pusher(keys: CurveKeys | None) -> zmq.Socket:
@@ -186,8 +188,8 @@ def test_the_protocol_page_snippet_subscribes_with_a_client_key(tmp_path: Path) 
     client_box(line_dir, box, "mes", "subscribers")
     ctx = zmq.Context()
     pub = sockets.make_socket(ctx, zmq.PUB)
-    board = f"tcp://127.0.0.1:{free_port()}"
-    sockets.bind(pub, board, CurveKeys(line_dir))
+    sockets.secure_server(pub, CurveKeys(line_dir))  # a CURVE server, as sockets.bind makes it
+    board = f"tcp://127.0.0.1:{pub.bind_to_random_port('tcp://127.0.0.1')}"
     cwd = os.getcwd()
     os.chdir(tmp_path)  # the snippet reads keys/... relative to where it runs
     scope: dict = {}

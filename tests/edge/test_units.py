@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,21 +44,45 @@ def prob_map(spots: list[tuple[int, int, int]], size: int = 64) -> np.ndarray:
     return p
 
 
-def test_decide_threshold_area_and_rules() -> None:
-    rules = DecisionRules(threshold=0.5, min_defect_area=16)
-    assert decide(np.zeros((64, 64), np.float32), rules).decision == PASS
-    small = decide(prob_map([(10, 10, 1)]), rules)  # 4 px < 16: noise
-    assert small.decision == PASS and small.defect_count == 0
-    d = decide(prob_map([(10, 10, 4), (40, 40, 3)]), rules)
+#: the rules of the decision tests: a region counts from 16 px, any defect fails
+RULES = DecisionRules(threshold=0.5, min_defect_area=16)
+#: two square spots, 8x8 at (10, 10) and 6x6 at (40, 40): 64 + 36 px
+TWO_SPOTS = [(10, 10, 4), (40, 40, 3)]
+
+
+def test_decide_passes_a_map_without_defects() -> None:
+    d = decide(np.zeros((64, 64), np.float32), RULES)
+    assert (d.decision, d.reason, d.defect_count, d.boxes) == (PASS, "no defect", 0, [])
+
+
+def test_decide_ignores_regions_smaller_than_min_defect_area() -> None:
+    small = decide(prob_map([(10, 10, 1)]), RULES)  # 4 px < 16: noise
+    assert (small.decision, small.defect_count, small.defect_area) == (PASS, 0, 0)
+    assert not small.mask.any()
+
+
+def test_decide_fails_on_defects_with_their_boxes_area_and_mask() -> None:
+    d = decide(prob_map(TWO_SPOTS), RULES)
     assert (d.decision, d.defect_count, d.defect_area) == (FAIL, 2, 64 + 36)
     assert sorted(d.boxes) == [[6, 6, 8, 8], [37, 37, 6, 6]]
     assert int((d.mask > 0).sum()) == 100
+
+
+def test_decide_passes_defects_within_max_area_and_count() -> None:
     tolerant = DecisionRules(threshold=0.5, min_defect_area=16, max_defect_area=200, max_defect_count=2)
-    assert decide(prob_map([(10, 10, 4), (40, 40, 3)]), tolerant).decision == PASS
+    d = decide(prob_map(TWO_SPOTS), tolerant)
+    assert (d.decision, d.reason) == (PASS, "2 defect(s), 100 px within limits")
+    one_less = DecisionRules(threshold=0.5, min_defect_area=16, max_defect_area=200, max_defect_count=1)
+    assert decide(prob_map(TWO_SPOTS), one_less).decision == FAIL  # the count limit is a limit
+
+
+def test_decide_leaves_out_defects_under_the_ignore_mask() -> None:
     ignore = np.full((64, 64), 255, np.uint8)
-    ignore[:20, :20] = 0
+    ignore[:20, :20] = 0  # covers the first spot, not the second
     masked = DecisionRules(threshold=0.5, min_defect_area=16, ignore_mask=ignore)
     assert decide(prob_map([(10, 10, 4)]), masked).decision == PASS
+    d = decide(prob_map(TWO_SPOTS), masked)
+    assert (d.decision, d.boxes) == (FAIL, [[37, 37, 6, 6]])
 
 
 def test_nan_output_is_no_decision_never_pass() -> None:
@@ -88,6 +115,20 @@ def test_frame_round_trip_and_validation() -> None:
         protocol.image_from_frame({**decoded, "shape": [10**5, 10**5]}, b"")
     with pytest.raises(protocol.ProtocolError, match="malformed header"):
         protocol.decode(b"\xff", protocol.FROM_CAMERAS)
+
+
+def test_a_frame_of_a_newer_major_protocol_version_is_refused_in_one_line() -> None:
+    image = np.zeros((3, 4), np.uint8)
+    header = protocol.frame_header("a", 7, 1.0, image, sent_ts=2.0)
+    assert protocol.decode(protocol.encode_header(header), protocol.FROM_CAMERAS)["v"] == 1
+    header["v"] = protocol.PROTOCOL_VERSION + 1
+    with pytest.raises(protocol.NewerProtocolError) as info:
+        protocol.decode(protocol.encode_header(header), protocol.FROM_CAMERAS)
+    assert str(info.value) == (
+        "frame message of protocol version 2, newer than this lineside's 1: "
+        "upgrade lineside here to the sender's version"
+    )
+    assert info.value.why == "version"
 
 
 # -- router -------------------------------------------------------------------------------
@@ -127,103 +168,146 @@ def Msg(data: bytes) -> zmq.Frame:
 
 
 def drain(sock: zmq.Socket) -> list[dict]:
+    """The headers of every message waiting on ``sock`` (it stops at 50 ms of quiet)."""
     out = []
     while sock.poll(50):
         out.append(json.loads(sock.recv_multipart()[0]))
     return out
 
 
-def test_router_policies_credits_and_lost_worker() -> None:
+@dataclass
+class RouterRig:
+    """A router in-process, with the sockets it talks to: ``work`` (its ROUTER), ``worker``
+    (a DEALER the test plays as worker ``w1``), ``results`` and ``results_in`` (its drops)."""
+
+    router: Any
+    work: zmq.Socket
+    worker: zmq.Socket
+    results: zmq.Socket
+    results_in: zmq.Socket
+
+    def attach_worker(self, recv: Callable[..., list[bytes]], credits: int) -> None:
+        """Worker ``w1`` says ready with ``credits``; the router welcomes it."""
+        self.worker.send(protocol.encode_header({"t": "ready", "worker": "w1", "credits": credits}))
+        ident, raw = recv(self.work, what="the worker's ready")
+        self.router.on_worker([Msg(ident), Msg(raw)], self.work)
+        assert json.loads(recv(self.worker, what="the router's welcome")[0]) == {"t": "welcome"}
+
+    def drops(self) -> list[dict]:
+        """The drop reports the router has sent so far."""
+        self.router.flush_drops(self.results)
+        return drain(self.results_in)
+
+
+@pytest.fixture
+def rig(socket: Callable[..., zmq.Socket]) -> RouterRig:
+    """A router on the four cameras of ``cfg_for``, its sockets from the ``socket`` fixture."""
     from edge.router import Router
 
-    ctx = zmq.Context()
-    work = ctx.socket(zmq.ROUTER)
+    work = socket(zmq.ROUTER)
     work.bind("inproc://work")
-    results_in = ctx.socket(zmq.PULL)
+    worker = socket(zmq.DEALER, identity=b"w1")
+    worker.connect("inproc://work")
+    results_in = socket(zmq.PULL)
     results_in.bind("inproc://results")
-    results = ctx.socket(zmq.PUSH)
+    results = socket(zmq.PUSH)
     results.connect("inproc://results")
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.IDENTITY, b"w1")
-    dealer.connect("inproc://work")
-    try:
-        router = Router(cfg_for())
-        for seq in range(3):  # latest: only the freshest frame stays queued
-            router.on_frame(from_camera("live", frame_parts("live", seq, "latest")))
-        for seq in range(3):  # lossless: all stay
-            router.on_frame(from_camera("trig", frame_parts("trig", seq, "lossless")))
-        assert router.stats_header()["queues"] == {"live": 1, "trig": 3}
-        router.on_frame([Msg(b"id-x"), Msg(b"not json")])
-        assert router.rejected.count == 1
+    return RouterRig(Router(cfg_for()), work, worker, results, results_in)
 
-        dealer.send(protocol.encode_header({"t": "ready", "worker": "w1", "credits": 2}))
-        ident, raw = work.recv_multipart()
-        router.on_worker([Msg(ident), Msg(raw)], work)
-        assert json.loads(dealer.recv_multipart()[0]) == {"t": "welcome"}  # a line is here
-        router.dispatch(work)
-        got = [json.loads(dealer.recv_multipart()[0]) for _ in range(2)]
-        assert not dealer.poll(100), "the router sent more frames than the worker asked for"
-        assert sorted((g["cam"], g["seq"]) for g in got) == [("live", 2), ("trig", 0)]
 
-        time.sleep(0.4)  # past the heartbeat timeout: the worker is declared lost
-        router.check_workers()
-        router.flush_drops(results)
-        drops = drain(results_in)
-        lost = sorted((d["cam"], s) for d in drops if d["reason"] == "worker_lost" for s in d["seqs"])
-        superseded = sorted(s for d in drops if d["reason"] == "superseded" for s in d["seqs"])
-        assert lost == [("live", 2), ("trig", 0)]
-        assert superseded == [0, 1]
-    finally:
-        for s in (work, results_in, results, dealer):
-            s.close(0)
-        ctx.term()
+def test_router_keeps_only_the_freshest_frame_of_a_latest_camera(rig: RouterRig) -> None:
+    for seq in range(3):
+        rig.router.on_frame(from_camera("live", frame_parts("live", seq, "latest")))
+    assert rig.router.stats_header()["queues"] == {"live": 1}
+    assert [(d["reason"], d["seqs"]) for d in rig.drops()] == [("superseded", [0, 1])]
+
+
+def test_router_keeps_every_frame_of_a_lossless_camera(rig: RouterRig) -> None:
+    for seq in range(3):
+        rig.router.on_frame(from_camera("trig", frame_parts("trig", seq, "lossless")))
+    assert rig.router.stats_header()["queues"] == {"trig": 3}
+    assert rig.drops() == []
+
+
+def test_router_rejects_and_counts_a_message_that_is_not_json(rig: RouterRig) -> None:
+    rig.router.on_frame([Msg(b"id-x"), Msg(b"not json"), Msg(b"")])
+    assert rig.router.rejected.counts["malformed"] == 1
+    assert rig.router.stats_header()["queues"] == {}
+
+
+def test_router_refuses_and_counts_a_frame_of_a_newer_protocol_version(rig: RouterRig) -> None:
+    header, pixels = frame_parts("trig", 0, "lossless")
+    newer = json.loads(header) | {"v": protocol.PROTOCOL_VERSION + 1}
+    rig.router.on_frame(from_camera("trig", [protocol.encode_header(newer), pixels]))
+    assert rig.router.rejected.counts == {**dict.fromkeys(protocol.REJECT_REASONS, 0), "version": 1}
+    assert rig.router.stats_header()["queues"] == {}
+    rig.router.on_frame(from_camera("trig", [header, pixels]))  # the same frame of this version is taken
+    assert rig.router.stats_header()["queues"] == {"trig": 1}
+
+
+def test_router_sends_a_worker_no_more_frames_than_its_credits(rig: RouterRig, recv) -> None:
+    rig.router.on_frame(from_camera("live", frame_parts("live", 0, "latest")))
+    for seq in range(3):
+        rig.router.on_frame(from_camera("trig", frame_parts("trig", seq, "lossless")))
+    rig.attach_worker(recv, credits=2)
+    rig.router.dispatch(rig.work)
+    got = [json.loads(recv(rig.worker, what=f"frame {i + 1} of 2")[0]) for i in range(2)]
+    assert not rig.worker.poll(100), "the router sent more frames than the worker asked for"
+    assert sorted((g["cam"], g["seq"]) for g in got) == [("live", 0), ("trig", 0)]  # one per camera, in turn
+
+
+def test_router_reports_the_frames_of_a_silent_worker_as_worker_lost(rig: RouterRig, recv) -> None:
+    for seq in range(2):
+        rig.router.on_frame(from_camera("trig", frame_parts("trig", seq, "lossless")))
+    rig.attach_worker(recv, credits=2)
+    rig.router.dispatch(rig.work)
+    for i in range(2):
+        recv(rig.worker, what=f"frame {i + 1} of 2")
+    time.sleep(0.4)  # past the heartbeat timeout (0.3 s) without a word: the worker is lost
+    rig.router.check_workers()
+    assert [(d["reason"], d["cam"], d["seqs"]) for d in rig.drops()] == [("worker_lost", "trig", [0, 1])]
 
 
 # -- worker batching -------------------------------------------------------------------------
 @pytest.fixture
-def worker_sockets(trained_package: Path):
+def worker_sockets(trained_package: Path, socket: Callable[..., zmq.Socket]):
     """A worker on the session model, its results socket and a PULL to read them (inproc)."""
     from edge.worker import open_worker
 
     worker = open_worker(cfg_for(trained_package, max_batch=8, max_wait_ms=150), "w-test")
-    ctx = zmq.Context()
-    results_in = ctx.socket(zmq.PULL)
+    results_in = socket(zmq.PULL)
     results_in.bind("inproc://results")
-    results = ctx.socket(zmq.PUSH)
+    results = socket(zmq.PUSH)
     results.connect("inproc://results")
-    yield worker, ctx, results, results_in
+    yield worker, results, results_in
     worker.close()
-    results_in.close(0)
-    results.close(0)
-    ctx.term()
 
 
 @pytest.fixture
-def worker_loop(worker_sockets):
+def worker_loop(worker_sockets, socket: Callable[..., zmq.Socket]):
     """The worker's real loop in a thread, talking to a ROUTER socket the test plays."""
     import threading
 
-    worker, ctx, results, results_in = worker_sockets
-    router = ctx.socket(zmq.ROUTER)
+    worker, results, results_in = worker_sockets
+    router = socket(zmq.ROUTER)
     router.bind("inproc://work")
-    work = ctx.socket(zmq.DEALER)
-    work.setsockopt(zmq.IDENTITY, b"w-test")
+    work = socket(zmq.DEALER, identity=b"w-test")
     work.connect("inproc://work")
     loop = threading.Thread(target=worker.run, args=(work, results), daemon=True)
     yield worker, router, loop, results_in
     worker.stop.set()
     if loop.is_alive():
         loop.join(10)
-    router.close(0)
-    work.close(0)
 
 
-def test_worker_sends_a_partial_batch_when_its_deadline_passes(worker_loop) -> None:
+def test_worker_sends_a_partial_batch_when_its_deadline_passes(worker_loop, recv) -> None:
     """One frame and no more (the other cameras are dead): the batch of 8 goes out after
     max_wait_ms with that one frame, in the worker's real loop."""
     worker, router, loop, results_in = worker_loop
+    # No probability exceeds 1: whatever the model says, a decided frame is a PASS.
+    worker.rules = DecisionRules(threshold=1.0, min_defect_area=1)
     loop.start()
-    ident, ready = router.recv_multipart()
+    ident, ready = recv(router, what="the worker's ready")
     assert json.loads(ready) == {
         "t": "ready",
         "worker": "w-test",
@@ -234,13 +318,12 @@ def test_worker_sends_a_partial_batch_when_its_deadline_passes(worker_loop) -> N
     size = worker.hw[0]
     sent = time.monotonic()
     router.send_multipart([ident, *frame_parts("a", 0, "lossless", size)])
-    assert results_in.poll(10_000), "a lone frame was never decided"
+    parts = recv(results_in, what="the lone frame's result")
     waited = time.monotonic() - sent
-    parts = results_in.recv_multipart()
     header = json.loads(parts[0])
     assert header["t"] == "result" and (header["cam"], header["epoch"], header["seq"]) == ("a", 1, 0)
-    assert header["decision"] in (PASS, FAIL)
-    assert len(parts[1]) == size * size  # the mask travels with the result
+    assert (header["decision"], header["reason"], header["defect_count"]) == (PASS, "no defect", 0)
+    assert parts[1] == bytes(size * size)  # the mask travels with the result, empty here
     assert waited >= worker.max_wait  # it did wait for more frames ...
     assert waited < worker.max_wait + 3.0  # ... but not for a full batch
     worker.stop.set()
@@ -251,88 +334,84 @@ def test_worker_sends_a_partial_batch_when_its_deadline_passes(worker_loop) -> N
     assert done == [["a", 1, 0]]  # the router learns the frame is finished
 
 
-def test_a_frame_larger_than_the_model_is_tiled_and_joined(worker_sockets) -> None:
-    """A strip wider than the model input becomes tiles; their results join into one decision."""
-    worker, _, results, results_in = worker_sockets
+def test_a_frame_larger_than_the_model_is_tiled_and_joined(worker_sockets, recv) -> None:
+    """A strip 3.5 model widths wide becomes 4 tiles, the last one overlapping the third; a
+    defect seen by that last tile alone, inside the overlap, comes out as one FAIL with the
+    defect where it is in the strip."""
+    worker, results, results_in = worker_sockets
     h, w = worker.hw
-    strip = np.full((h, 3 * w + w // 2), 128, np.uint8)  # 3.5 model widths: 4 tiles, one overlapping
+    strip = np.full((h, 3 * w + w // 2), 128, np.uint8)
+    real_infer = worker.infer
+
+    def infer(prepared):
+        probs = real_infer(prepared)  # the session model runs on the tiles ...
+        assert probs.shape == (4, h, w), "a strip of 3.5 model widths is 4 tiles"
+        probs[:] = 0.0  # ... and its answer is replaced by one whose decision is known:
+        probs[3, 10:16, 20:26] = 0.9  # a 6x6 defect that only the last tile sees
+        return probs
+
+    worker.infer = infer
     header = protocol.frame_header("strip", 0, time.time(), strip, sent_ts=time.time(), epoch=1)
     worker.on_frame([Msg(protocol.encode_header(header)), Msg(strip.tobytes())], results)
     worker.process(results)
-    parts = results_in.recv_multipart()
+    parts = recv(results_in, what="the strip's result")
     result = json.loads(parts[0])
     assert not results_in.poll(100), "a tiled frame must give exactly one result"
+    x = strip.shape[1] - w + 20  # the last tile ends at the strip's right edge
+    assert x < 3 * w, "the defect lies where the last two tiles overlap"
+    assert (result["decision"], result["defect_count"], result["defect_area"]) == (FAIL, 1, 36)
+    assert result["boxes"] == [[x, 10, 6, 6]]
     assert result["mask_shape"] == [h, strip.shape[1]]
-    assert len(parts[1]) == strip.size
-    assert result["decision"] in (PASS, FAIL, NO_DECISION)
-    narrow = np.zeros((h // 2, w // 2), np.uint8)  # smaller than the model: refused, not guessed
+    mask = np.frombuffer(parts[1], np.uint8).reshape(h, strip.shape[1])
+    expected = np.zeros_like(mask)
+    expected[10:16, x : x + 6] = 255  # the third tile's empty map does not hide it
+    assert np.array_equal(mask, expected)
+
+
+def test_a_frame_smaller_than_the_model_is_refused_not_guessed(worker_sockets, recv) -> None:
+    worker, results, results_in = worker_sockets
+    h, w = worker.hw
+    narrow = np.zeros((h // 2, w // 2), np.uint8)
     header = protocol.frame_header("strip", 1, time.time(), narrow, sent_ts=time.time(), epoch=1)
     worker.on_frame([Msg(protocol.encode_header(header)), Msg(narrow.tobytes())], results)
     worker.process(results)
-    refused = json.loads(results_in.recv_multipart()[0])
+    refused = json.loads(recv(results_in, what="the refusal")[0])
     assert refused["decision"] == NO_DECISION and "wrong shape" in refused["reason"]
 
 
-def test_router_drops_frames_older_than_their_max_age() -> None:
-    from edge.router import Router
-
-    ctx = zmq.Context()
-    work = ctx.socket(zmq.ROUTER)
-    work.bind("inproc://work-age")
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.IDENTITY, b"w1")
-    dealer.connect("inproc://work-age")
-    results_in = ctx.socket(zmq.PULL)
-    results_in.bind("inproc://results-age")
-    results = ctx.socket(zmq.PUSH)
-    results.connect("inproc://results-age")
-    try:
-        router = Router(cfg_for())
-        image = np.zeros((8, 8), np.uint8)
-        key = bytes.fromhex(KEY)
-        stale = protocol.frame_header(
-            "a", 0, time.time() - 5, image, sent_ts=0, max_age_ms=500, epoch=1, key=key
-        )
-        fresh = protocol.frame_header("a", 1, time.time(), image, sent_ts=0, max_age_ms=500, epoch=1, key=key)
-        for header in (stale, fresh):
-            header["policy"] = "lossless"
-            router.on_frame(from_camera("a", [protocol.encode_header(header), image.tobytes()]))
-        dealer.send(protocol.encode_header({"t": "ready", "worker": "w1", "credits": 4}))
-        ident, raw = work.recv_multipart()
-        router.on_worker([Msg(ident), Msg(raw)], work)
-        assert json.loads(dealer.recv_multipart()[0]) == {"t": "welcome"}
-        router.dispatch(work)
-        router.flush_drops(results)
-        got = json.loads(dealer.recv_multipart()[0])
-        assert got["seq"] == 1 and not dealer.poll(100)  # only the fresh frame costs an inference
-        drops = drain(results_in)
-        assert [(d["reason"], d["seqs"]) for d in drops] == [("too_old", [0])]
-    finally:
-        for s in (work, dealer, results_in, results):
-            s.close(0)
-        ctx.term()
+def test_router_drops_frames_older_than_their_max_age(rig: RouterRig, recv) -> None:
+    image = np.zeros((8, 8), np.uint8)
+    key = bytes.fromhex(KEY)
+    stale = protocol.frame_header("a", 0, time.time() - 5, image, sent_ts=0, max_age_ms=500, epoch=1, key=key)
+    fresh = protocol.frame_header("a", 1, time.time(), image, sent_ts=0, max_age_ms=500, epoch=1, key=key)
+    for header in (stale, fresh):
+        header["policy"] = "lossless"
+        rig.router.on_frame(from_camera("a", [protocol.encode_header(header), image.tobytes()]))
+    rig.attach_worker(recv, credits=4)
+    rig.router.dispatch(rig.work)
+    drops = rig.drops()
+    got = json.loads(recv(rig.worker, what="the fresh frame")[0])
+    assert got["seq"] == 1 and not rig.worker.poll(100)  # only the fresh frame costs an inference
+    assert [(d["reason"], d["seqs"]) for d in drops] == [("too_old", [0])]
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["in-turn", "overlapped"])
-def test_worker_loop_decides_every_frame(worker_loop, overlap: bool) -> None:
+def test_worker_loop_decides_every_frame(worker_loop, recv, overlap: bool) -> None:
     """Both loop modes (host work in turn with the model, or beside it as on a GPU) decide
     every frame once, and acknowledge each to the router."""
     worker, router, loop, results_in = worker_loop
     worker.backend.overlaps_host_work = overlap  # the GPU path, exercised with ONNX Runtime
     loop.start()
-    ident, _ = router.recv_multipart()
+    ident, _ = recv(router, what="the worker's ready")
     size = worker.hw[0]
     done = []
     for seq in range(20):  # more than the 16 credits: the worker must ask for more
         if seq == 16:
-            assert router.poll(10_000)
-            message = json.loads(router.recv_multipart()[1])
+            message = json.loads(recv(router, what="the worker asking for more frames")[1])
             assert message["t"] in ("ready", "heartbeat")
             done += message["done"]
         router.send_multipart([ident, *frame_parts("a", seq, "lossless", size)])
-    seqs = []
-    while len(seqs) < 20 and results_in.poll(10_000):
-        seqs.append(json.loads(results_in.recv_multipart()[0])["seq"])
+    seqs = [json.loads(recv(results_in, what=f"result {i + 1} of 20")[0])["seq"] for i in range(20)]
     assert sorted(seqs) == list(range(20))
     worker.stop.set()
     loop.join(10)
