@@ -37,6 +37,20 @@ when 2 x 255 x |w| > 32767, i.e. with full 8-bit weights; with |w| <= 64 a pair 
 With 8-bit weights, the INT8 gate failed on an AVX2-only CPU (Dice 0.20, agreement 56 %) while
 the same graph passed with ONNX Runtime's graph optimizations off (no fused int8 kernels).
 TensorRT accumulates in int32 and takes these like any other symmetric INT8 weights.
+
+``target="onnxruntime"`` (``lineside export --int8-target onnxruntime``) lays the graph out for
+ONNX Runtime's CPU provider instead; the TensorRT layout ran there at 0.8-1.15x of FP32. With
+symmetric activations every Relu stays in float between a DQ and a Q (zero point 0 cannot clamp
+at 0), and the DQ -> Unsqueeze -> Tile -> Reshape -> Q of each Keras UpSampling2D runs in float
+too, so the line ran 22 QLinearConv among 26 float DQ/Q pairs, 21 float Relus and 18 Transposes
+(to and from the NHWC int8 kernels). The onnxruntime layout quantizes activations to uint8 with
+a zero point, so a Relu's output gets zero point 0 and the quantizer folds the Relu into the
+Conv's Q; Relu, MaxPool and Concat are quantized (ONNX Runtime runs NhwcMaxPool and
+QLinearConcat), and ``sink_dequantize`` moves each DQ below the element moves of the upsampling,
+exactly. ONNX Runtime then runs one Q after the float image Conv, 22 QLinearConv and one DQ
+before the Sigmoid. TensorRT cannot build it (uint8 Q/DQ, zero points not 0), so the gate
+records ``target``. Weights stay 7-bit for the reason above: on AVX2 the uint8 activations
+reach 255 at zero point 0. Measurements: docs/converter.md.
 """
 
 from __future__ import annotations
