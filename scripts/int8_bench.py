@@ -123,4 +123,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from converter.errors import LinesideError
+
+    try:
+        sys.exit(main())
+    except (LinesideError, ValueError) as exc:  # a wrong package, data set or target: one line
+        sys.exit(f"int8_bench: error: {exc}")
