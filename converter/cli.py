@@ -65,6 +65,12 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
         default="minmax",
         help="INT8 calibration method",
     )
+    p.add_argument(
+        "--int8-target",
+        choices=("tensorrt", "onnxruntime"),
+        default="tensorrt",
+        help="lay the INT8 graph out for TensorRT (symmetric INT8) or for ONNX Runtime on the CPU",
+    )
     p.add_argument("--atol", type=float, default=None, help="allowed max |ONNX - Keras| (default: 1e-4)")
     p.add_argument(
         "--no-auto-fp32",
@@ -105,6 +111,7 @@ def run_export(args: argparse.Namespace) -> int:
         gate_samples=args.gate_samples,
         calibration_samples=args.calibration_samples,
         int8_method=args.calibration,
+        int8_target=args.int8_target,
         fp16_auto_keep=not args.no_auto_fp32,
     )
     files = ", ".join(f"{k}={v}" for k, v in sorted(package.manifest.files.items()))

@@ -275,13 +275,15 @@ def export_package(
     gate_samples: int = 32,
     calibration_samples: int = 32,
     int8_method: str | None = None,
+    int8_target: str = "tensorrt",
     fp16_auto_keep: bool = True,
 ) -> ModelPackage:
     """Export ``checkpoint`` to a model package in ``out_dir`` and return it, opened.
 
     ``precisions`` adds ``"fp16"`` and/or ``"int8"`` graphs, each written only if it passes
     its accuracy gate on ``gate_samples`` images of ``data_dir`` (required for them); INT8
-    is calibrated on ``calibration_samples`` other images with ``int8_method``.
+    is calibrated on ``calibration_samples`` other images with ``int8_method`` and laid out for
+    ``int8_target`` (``tensorrt`` or ``onnxruntime``, see converter/int8.py).
     ``folded`` adds ``model.uint8.onnx`` (preprocessing and threshold inside the graph).
     The manifest's model id is ``model_id``, else the training run's name (``run_name``).
     """
@@ -333,6 +335,7 @@ def export_package(
             gate_samples=gate_samples,
             calibration_samples=calibration_samples,
             int8_method=int8_method,
+            int8_target=int8_target,
             fp16_auto_keep=fp16_auto_keep,
         )
     return package

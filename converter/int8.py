@@ -37,6 +37,20 @@ when 2 x 255 x |w| > 32767, i.e. with full 8-bit weights; with |w| <= 64 a pair 
 With 8-bit weights, the INT8 gate failed on an AVX2-only CPU (Dice 0.20, agreement 56 %) while
 the same graph passed with ONNX Runtime's graph optimizations off (no fused int8 kernels).
 TensorRT accumulates in int32 and takes these like any other symmetric INT8 weights.
+
+``target="onnxruntime"`` (``lineside export --int8-target onnxruntime``) lays the graph out for
+ONNX Runtime's CPU provider instead; the TensorRT layout ran there at 0.8-1.15x of FP32. With
+symmetric activations every Relu stays in float between a DQ and a Q (zero point 0 cannot clamp
+at 0), and the DQ -> Unsqueeze -> Tile -> Reshape -> Q of each Keras UpSampling2D runs in float
+too, so the line ran 22 QLinearConv among 26 float DQ/Q pairs, 21 float Relus and 18 Transposes
+(to and from the NHWC int8 kernels). The onnxruntime layout quantizes activations to uint8 with
+a zero point, so a Relu's output gets zero point 0 and the quantizer folds the Relu into the
+Conv's Q; Relu, MaxPool and Concat are quantized (ONNX Runtime runs NhwcMaxPool and
+QLinearConcat), and ``sink_dequantize`` moves each DQ below the element moves of the upsampling,
+exactly. ONNX Runtime then runs one Q after the float image Conv, 22 QLinearConv and one DQ
+before the Sigmoid. TensorRT cannot build it (uint8 Q/DQ, zero points not 0), so the gate
+records ``target``. Weights stay 7-bit for the reason above: on AVX2 the uint8 activations
+reach 255 at zero point 0. Measurements: docs/converter.md.
 """
 
 from __future__ import annotations
@@ -54,6 +68,15 @@ from converter.gate import INT8_BOUNDS, GateBounds, GateError, run_gate
 log = logging.getLogger(__name__)
 
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+#: what the INT8 graph is laid out for (module docstring): TensorRT's symmetric INT8, or the
+#: uint8-activation form ONNX Runtime's CPU kernels run end to end in 8 bits
+TARGETS = ("tensorrt", "onnxruntime")
+DEFAULT_TARGET = "tensorrt"
+#: onnxruntime target: the activation and the ops ONNX Runtime's CPU provider runs in 8 bits
+#: (QLinearConcat, NhwcMaxPool); Relu is folded into the Conv's output Q by a zero point of 0
+ORT_QUANTIZED_OPS = (*QUANTIZED_OPS, "Relu", "MaxPool", "Concat")
+#: ops that only move or copy elements: a per-tensor DequantizeLinear commutes with them
+_MOVERS = ("Tile", "Unsqueeze", "Squeeze", "Reshape", "Transpose", "Flatten", "Expand")
 #: MinMax clips nothing: a rare bright defect must not saturate to the range of the background
 DEFAULT_CALIBRATION = "minmax"
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -113,16 +136,106 @@ def _name_nodes(model) -> bool:
     return named
 
 
+def _params(model, node) -> tuple | None:
+    """(scale, zero point) of a per-tensor Q/DQ ``node`` as Python values; None if per-channel."""
+    from onnx import numpy_helper
+
+    consts = {i.name: i for i in model.graph.initializer}
+    values = []
+    for name in node.input[1:3]:
+        if name not in consts:
+            return None
+        array = numpy_helper.to_array(consts[name])
+        if array.size != 1:
+            return None
+        values.append((array.dtype.str, array.item()))
+    return tuple(values) if len(values) == 2 else None
+
+
+def sink_dequantize(model) -> int:
+    """Move per-tensor DequantizeLinear nodes below the ops that only move elements, in place.
+
+    ``DQ -> Unsqueeze -> Tile -> Reshape -> Q`` (a Keras UpSampling2D) becomes
+    ``Unsqueeze -> Tile -> Reshape -> DQ -> Q`` on the 8-bit tensor, and a DQ -> Q pair with the
+    same scale and zero point is then dropped; a Shape reads the 8-bit tensor (same shape).
+    Exact: these ops copy elements, and a per-tensor DQ maps each element alone. Returns the
+    number of DQ -> Q pairs dropped.
+    """
+    from onnx import helper
+
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    changed = True
+    while changed:
+        changed = False
+        consumers: dict[str, list] = {}
+        for node in graph.node:
+            for name in node.input:
+                consumers.setdefault(name, []).append(node)
+        for dq in graph.node:
+            if dq.op_type != "DequantizeLinear" or dq.output[0] in outputs or _params(model, dq) is None:
+                continue
+            users = consumers.get(dq.output[0], [])
+            movers = [u for u in users if u.op_type in _MOVERS and u.input[0] == dq.output[0]]
+            shapes = [u for u in users if u.op_type == "Shape"]
+            if not movers or len(movers) + len(shapes) != len(users):
+                continue
+            for user in shapes:
+                user.input[0] = dq.input[0]
+            for user in movers:
+                user.input[0] = dq.input[0]
+                moved = user.output[0] + "_int8"
+                new = helper.make_node(
+                    "DequantizeLinear", [moved, *dq.input[1:]], [user.output[0]], name=user.name + "_dq"
+                )
+                user.output[0] = moved
+                index = list(graph.node).index(user)
+                graph.node.insert(index + 1, new)
+            graph.node.remove(dq)
+            changed = True
+            break
+    return _drop_identity_pairs(model)
+
+
+def _drop_identity_pairs(model) -> int:
+    """Remove DQ -> Q pairs whose scale and zero point are equal (Q(DQ(q)) == q); returns the count."""
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    dropped = 0
+    for q in list(graph.node):
+        dq = producer.get(q.input[0])
+        if q.op_type != "QuantizeLinear" or dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        if q.output[0] in {o.name for o in graph.output}:
+            continue
+        if _params(model, q) is None or _params(model, q) != _params(model, dq):
+            continue
+        for node in consumers.get(q.output[0], []):
+            node.input[:] = [dq.input[0] if n == q.output[0] else n for n in node.input]
+        graph.node.remove(q)
+        if len(consumers.get(dq.output[0], [])) == 1:
+            graph.node.remove(dq)
+        dropped += 1
+    return dropped
+
+
 def quantize(
     fp32_model,
     calibration: np.ndarray,
     method: str = DEFAULT_CALIBRATION,
     *,
     float_image_layers: bool = True,
+    target: str = DEFAULT_TARGET,
 ):  # -> onnx.ModelProto
     """Calibrate on ``calibration`` (normalized float32 NHWC) and return the Q/DQ INT8 graph.
 
     ``float_image_layers`` keeps the layers that read the image in float (module docstring).
+    ``target`` lays the graph out for TensorRT (symmetric INT8, the default) or for ONNX
+    Runtime's CPU kernels (uint8 activations, Relu folded, 8-bit through MaxPool/Concat/Tile).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -136,6 +249,10 @@ def quantize(
     if method not in methods:
         msg = f"unknown calibration method {method!r}; allowed: {', '.join(CALIBRATION_METHODS)}"
         raise ValueError(msg)
+    if target not in TARGETS:
+        msg = f"unknown INT8 target {target!r}; allowed: {', '.join(TARGETS)}"
+        raise ValueError(msg)
+    ort_target = target == "onnxruntime"
     input_name = fp32_model.graph.input[0].name
     with tempfile.TemporaryDirectory(prefix="lineside-int8-") as tmp:
         src, pre, out = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
@@ -157,18 +274,27 @@ def quantize(
             str(out),
             _reader(calibration, input_name),
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=list(QUANTIZED_OPS),
+            op_types_to_quantize=list(ORT_QUANTIZED_OPS if ort_target else QUANTIZED_OPS),
             per_channel=True,
             # 7-bit weights: no int16 saturation in ONNX Runtime's non-VNNI x86 kernels (module docstring)
             reduce_range=True,
-            activation_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8 if ort_target else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
             nodes_to_exclude=keep_float,
             # TensorRT's Q/DQ layers take INT8 (not the INT32 a quantized bias needs): biases stay float
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+            # onnxruntime target: asymmetric uint8 activations, so a Relu's output gets zero point 0
+            # and onnxruntime drops the Relu (the Q clamps at 0) and fuses DQ->Conv->Q to QLinearConv
+            extra_options={
+                "ActivationSymmetric": not ort_target,
+                "WeightSymmetric": True,
+                "QuantizeBias": False,
+            },
         )
-        return onnx.load(str(out))
+        model = onnx.load(str(out))
+    if ort_target:
+        log.info("INT8: %d DQ->Q pairs dropped around element moves", sink_dequantize(model))
+    return model
 
 
 def make_int8(
@@ -182,10 +308,11 @@ def make_int8(
     method: str = DEFAULT_CALIBRATION,
     names: list[str] | None = None,
     source: str = "model.onnx",
+    target: str = DEFAULT_TARGET,
 ):  # -> tuple[onnx.ModelProto, GateReport]
-    """Quantize, then gate against FP32 on ``images``; raise GateError if it fails."""
-    log.info("INT8: calibrating on %d images (%s)", len(calibration), method)
-    int8 = quantize(fp32_model, calibration, method)
+    """Quantize for ``target``, then gate against FP32 on ``images``; raise GateError if it fails."""
+    log.info("INT8: calibrating on %d images (%s, for %s)", len(calibration), method, target)
+    int8 = quantize(fp32_model, calibration, method, target=target)
     reference = onnx_graph.session(fp32_model.SerializeToString())
     candidate = onnx_graph.session(int8.SerializeToString())
     report = run_gate(

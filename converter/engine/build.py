@@ -62,6 +62,13 @@ def pick_graph(package: ModelPackage, precision: str, builder_flag_fp16: bool) -
             f"`lineside export CHECKPOINT --out {package.root} --precision {precision} --data DATASET`"
         )
         raise EngineBuildError(msg)
+    if precision == "int8" and package.manifest.gates.get("int8", {}).get("target") == "onnxruntime":
+        # uint8 activations with zero points: TensorRT takes only symmetric INT8 Q/DQ
+        msg = (
+            f"{package.root}: its INT8 graph is laid out for ONNX Runtime on the CPU (uint8 activations), "
+            f"which TensorRT cannot build; re-export with `--int8-target tensorrt` for an INT8 engine"
+        )
+        raise EngineBuildError(msg)
     return package.onnx_path(precision)
 
 

@@ -17,8 +17,8 @@ import pytest
 from converter.engine import layers
 from converter.engine.manifest import EngineManifestError, load_engine_manifest, manifest_path, warnings_for
 from converter.engine.profiles import BatchProfile
+from edge.cli import main as run
 from tests.converter import fake_trt
-from tests.converter.test_cli import run
 from tests.converter.test_engine_plain import L4, _add_engine, _engine_manifest
 
 
@@ -483,3 +483,17 @@ def test_no_old_version_names_left():
                 if name.endswith(".py"):
                     text = Path(base, name).read_text()
                     assert ".driver_version" not in text and ".cuda_version" not in text, name
+
+
+def test_an_int8_graph_laid_out_for_onnxruntime_is_refused_in_one_line(package_copy):
+    """uint8 activations (`--int8-target onnxruntime`) are not a graph TensorRT can take."""
+    from converter.engine.build import EngineBuildError, pick_graph
+
+    m = package_copy.manifest
+    shutil.copy(package_copy.onnx_path("fp32"), package_copy.root / "model.int8.onnx")
+    m.files["int8"] = "model.int8.onnx"
+    m.gates["int8"] = {"passed": True, "target": "tensorrt"}
+    assert pick_graph(package_copy, "int8", False).name == "model.int8.onnx"
+    m.gates["int8"]["target"] = "onnxruntime"
+    with pytest.raises(EngineBuildError, match=r"laid out for ONNX Runtime .*--int8-target tensorrt"):
+        pick_graph(package_copy, "int8", False)

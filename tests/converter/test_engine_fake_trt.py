@@ -193,7 +193,7 @@ def test_parser_errors_are_one_line(fakes, package_copy):
 def test_verify_reports_dice_and_agreement(monkeypatch, package_copy, dataset, capsys):
     """build-engine --verify end to end, with an 'engine' that runs the FP32 graph in ONNX Runtime."""
     from converter import onnx_graph
-    from tests.converter.test_cli import run
+    from edge.cli import main as run
 
     session = onnx_graph.session(package_copy.onnx_path())
     pycuda, driver, memory = fake_trt.make_pycuda()

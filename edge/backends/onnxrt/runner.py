@@ -42,6 +42,11 @@ class OnnxRuntimeBackend(Backend):
         # with them, +2 to +5 without, at the same img/s. (Turning the arena off as well
         # halved the throughput at batch 4.)
         options.enable_mem_pattern = False
+        # Idle intra-op threads sleep instead of spinning: the line's workers share the cores with
+        # each other and the cameras, and spinning threads took CPU from them. Measured on 2 busy
+        # cores at batch 8 (docs/converter.md): FP32 1.05-1.08x, the INT8 graph (many short ops)
+        # 1.05-1.38x as fast.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 os.fspath(self.onnx_path), options, providers=["CPUExecutionProvider"]
