@@ -49,6 +49,10 @@ WORKER_STAGES = ("capture_to_send", "queue", "worker_wait", "preprocess", "infer
 def select_backend(cfg: LineConfig, package: ModelPackage) -> tuple[Backend, str]:
     """The backend the config asks for, and why it was chosen (for the log)."""
     wanted = cfg.model.backend
+    if wanted in ("auto", "openvino"):  # ranks TensorRT, OpenVINO, ONNX Runtime (docs/performance.md)
+        from edge.backends.choice import choose_backend
+
+        return choose_backend(cfg, package)
     if wanted in ("auto", "tensorrt"):
         from converter.engine.select import select_engine
 
