@@ -10,6 +10,7 @@ or skips (``backend: auto``) a precision whose gate failed or was never run.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,28 @@ from converter.samples import SampleError, load_gate_and_calibration
 log = logging.getLogger(__name__)
 
 BACKENDS = ("openvino",)
+
+
+def time_both(session, runner, batch: np.ndarray, rounds: int = 5) -> dict[str, float]:
+    """img/s of ONNX Runtime FP32 and OpenVINO on one batch, interleaved rounds, medians.
+
+    ``backend: auto`` runs OpenVINO fp32 only where it beat ONNX Runtime FP32 on this CPU: it
+    did on an AVX2 EPYC (1.1x) and did not on an AMX Xeon (0.6x, docs/performance.md)."""
+    name = session.get_inputs()[0].name
+    runs = {
+        "onnxruntime_fp32": lambda: session.run(None, {name: batch}),
+        "openvino": lambda: runner.infer(batch),
+    }
+    rates: dict[str, list[float]] = {key: [] for key in runs}
+    for fn in runs.values():
+        fn()  # warm-up: first runs allocate
+    for _ in range(rounds):
+        for key, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            rates[key].append(len(batch) / (time.perf_counter() - start))
+    result = {f"{key}_img_per_s": round(float(np.median(v)), 2) for key, v in rates.items()}
+    return {**result, "batch": len(batch), "rounds": rounds}
 
 
 def gate_openvino(
@@ -77,11 +100,13 @@ def gate_openvino(
     images = normalize(gate_set.images, m.normalization)
     if m.input.layout == "NCHW":
         images = images.transpose(0, 3, 1, 2)
-    reference = onnx_graph.run_batches(onnx_graph.session(package.onnx_path("fp32")), images, batch)
+    session = onnx_graph.session(package.onnx_path("fp32"))
+    reference = onnx_graph.run_batches(session, images, batch)
     runner = ovr.OpenVINORunner(package.onnx_path(graph), device, precision)
     runner.load()
     try:
         candidate = [runner.infer(images[i : i + batch]) for i in range(0, len(images), batch)]
+        speed = time_both(session, runner, images[:batch]) if ovr.device_kind(device) == "CPU" else None
     finally:
         runner.free()
     key = ovr.gate_key(device, precision)
@@ -105,6 +130,15 @@ def gate_openvino(
         cpu=facts.cpu_name,
         data=str(data_dir),
     )
+    if speed is not None:
+        record["speed"] = {"cpu": facts.cpu_name, **speed}
+        log.info(
+            "on this CPU: OpenVINO %s %.1f img/s, ONNX Runtime FP32 %.1f img/s (batch %d)",
+            precision,
+            speed["openvino_img_per_s"],
+            speed["onnxruntime_fp32_img_per_s"],
+            speed["batch"],
+        )
     m.gates[key] = record
     m.save(package.root)
     return report, key

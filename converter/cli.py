@@ -223,6 +223,15 @@ def run_gate(args: argparse.Namespace) -> int:
         args.package, data_dir=args.data, samples=args.samples, device=args.device, precision=args.precision
     )
     print(report.summary())
+    from converter.manifest import ModelManifest
+
+    speed = ModelManifest.load(args.package).gates[key].get("speed")
+    if speed:  # interleaved rounds on one batch of the gate images (converter.backend_gate.time_both)
+        ov, ort = speed["openvino_img_per_s"], speed["onnxruntime_fp32_img_per_s"]
+        print(
+            f"speed at batch {speed['batch']} on {speed['cpu']}: OpenVINO {ov} img/s, "
+            f"ONNX Runtime FP32 {ort} img/s ({ov / ort:.2f}x)"
+        )
     print(f"recorded in {args.package}/manifest.json as gates[{key!r}]")
     return 0 if report.passed else 1
 

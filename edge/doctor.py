@@ -411,6 +411,7 @@ def describe_package(
     precision: str = "fp32",
     openvino: Any = None,
     device: str = "CPU",
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """Which engine or graph this box would run from the package (as ``backend: auto`` picks), and why.
 
@@ -474,7 +475,7 @@ def describe_package(
     from edge.backends.choice import openvino_option, probe_openvino
 
     facts = openvino if openvino is not None else probe_openvino()
-    ov_precision, ov_why = openvino_option(package, device, facts)
+    ov_precision, ov_why = openvino_option(package, device, facts, auto=backend != "openvino")
     result["openvino"] = {"device": device, "precision": ov_precision, "why": ov_why}
     if plan is not None:
         result["would_run"] = f"tensorrt {plan.name}"
@@ -510,7 +511,7 @@ def check_config(path: str, package_arg: str | None, report: dict[str, Any]) -> 
     package_path = package_arg or str(cfg.resolve(cfg.model.package))
     result.update(backend=backend, precision=precision, package=package_path)
     device = cfg.model.device
-    pkg = describe_package(package_path, report["_tensorrt"], precision, report["_openvino"], device)
+    pkg = describe_package(package_path, report["_tensorrt"], precision, report["_openvino"], device, backend)
     report["package"] = pkg
     ort_ok = report["backends"]["onnxruntime"]["usable"]
     if not pkg.get("opened"):

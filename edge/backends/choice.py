@@ -34,11 +34,13 @@ class Choice:
     device: str = "CPU"
 
 
-def openvino_option(package: Any, device: str, facts: Any) -> tuple[str | None, str]:
+def openvino_option(package: Any, device: str, facts: Any, auto: bool = True) -> tuple[str | None, str]:
     """The OpenVINO precision this box may run from ``package`` (gated), or None and why not.
 
     ``facts`` is ``converter.openvino_runtime.probe()``'s answer, or the OpenVINOError raised
-    when OpenVINO is missing.
+    when OpenVINO is missing. Under ``auto``, FP32 on the CPU also has to have beaten ONNX
+    Runtime FP32 when the gate timed both on this CPU model: both then compute in FP32, and
+    which is faster depends on the CPU (OpenVINO 0.6x on an AMX Xeon, 1.1x on an AVX2 EPYC).
     """
     from converter import openvino_runtime as ovr
 
@@ -55,7 +57,30 @@ def openvino_option(package: Any, device: str, facts: Any) -> tuple[str | None, 
             f" --device {device}`" if device != "CPU" else "`"
         )
         return None, f"OpenVINO {device} would run {precision} ({why}) but {gate}; {fix}"
+    if auto and precision == "fp32" and ovr.device_kind(device) == "CPU":
+        slower = _slower_here(package.manifest.gates[ovr.gate_key(device, precision)], facts)
+        if slower:
+            return None, f"OpenVINO {device} fp32 ({why}): {gate}, but {slower}"
+        speed = package.manifest.gates[ovr.gate_key(device, precision)]["speed"]
+        gate += (
+            f"; {speed['openvino_img_per_s']} img/s against ONNX Runtime FP32's "
+            f"{speed['onnxruntime_fp32_img_per_s']} when gated on this CPU"
+        )
     return precision, f"OpenVINO {facts.version} {device} {precision}: {why}; {gate}"
+
+
+def _slower_here(gate: dict[str, Any], facts: Any) -> str:
+    """Why OpenVINO FP32 is not known to be faster than ONNX Runtime FP32 here ("" when it is)."""
+    speed = gate.get("speed") or {}
+    ov, ort = speed.get("openvino_img_per_s"), speed.get("onnxruntime_fp32_img_per_s")
+    if not ov or not ort:
+        return "the gate timed no speed; re-run `lineside gate` on this box"
+    if speed.get("cpu") != facts.cpu_name:
+        where = f"{speed.get('cpu')!r}, not this {facts.cpu_name!r}"
+        return f"the gate timed it on {where}; re-run `lineside gate` here"
+    if ov < ort:
+        return f"it ran {ov} img/s against ONNX Runtime FP32's {ort} img/s when gated on this CPU"
+    return ""
 
 
 def plan_backend(
@@ -80,7 +105,7 @@ def plan_backend(
         raise BackendError(msg)
     notes = [f"no usable TensorRT engine: {engine_why}"] if wanted == "auto" else []
     if wanted in ("auto", "openvino"):
-        ov_precision, ov_why = openvino_option(package, device, openvino)
+        ov_precision, ov_why = openvino_option(package, device, openvino, auto=wanted == "auto")
         if ov_precision is not None:
             from converter.openvino_runtime import GRAPHS
 

@@ -116,6 +116,18 @@ def here() -> tuple[str, str]:
     return precision, ovr.gate_key("CPU", precision)
 
 
+def gate_as_timed(package: ModelPackage, openvino: float, onnxruntime: float, cpu: str | None = None) -> None:
+    """Run the gate for real, then set the speeds it timed (timing on a shared box is noise)."""
+    _, key = here()
+    gate_openvino(package.root, samples=8)
+    m = ModelManifest.load(package.root)
+    speed = m.gates[key].setdefault("speed", {"cpu": ovr.probe().cpu_name, "batch": 8, "rounds": 5})
+    speed.update(openvino_img_per_s=openvino, onnxruntime_fp32_img_per_s=onnxruntime)
+    if cpu is not None:
+        speed["cpu"] = cpu
+    m.save(package.root)
+
+
 def gate_images(package: ModelPackage, count: int = 16) -> np.ndarray:
     m = package.manifest
     samples = load_samples(m.dataset["root"], SIZE, SIZE, 1, count)
@@ -210,6 +222,9 @@ def test_precision_choice_follows_the_cpu():
 def test_auto_runs_openvino_once_gated(package):
     precision, key = here()
     gate_openvino(package.root, samples=8)
+    speed = ModelPackage.open(package.root).manifest.gates[key].get("speed", {})
+    assert speed["openvino_img_per_s"] > 0 and speed["onnxruntime_fp32_img_per_s"] > 0 and speed["batch"] == 8
+    gate_as_timed(package, openvino=20.0, onnxruntime=10.0)
     pkg = ModelPackage.open(package.root)
     backend, reason = choose_backend(cfg(pkg, "auto"), pkg)
     assert backend.name == "openvino" and backend.precision == precision
@@ -218,6 +233,24 @@ def test_auto_runs_openvino_once_gated(package):
     assert backend.name == "openvino" and "TensorRT" not in reason
     with backend:  # it really runs
         assert backend.infer(gate_images(pkg, 2)).shape == (2, SIZE, SIZE)
+
+
+def test_auto_keeps_onnxruntime_where_openvino_fp32_was_slower(package):
+    """Both compute in FP32 there: auto takes OpenVINO only where the gate timed it faster on this CPU."""
+    precision, _ = here()
+    gate_as_timed(package, openvino=10.0, onnxruntime=20.0)
+    backend, reason = choose_backend(cfg(package, "auto"), ModelPackage.open(package.root))
+    if precision != "fp32":  # bf16/int8 on this CPU: the speed of FP32 does not matter
+        assert backend.name == "openvino"
+        return
+    assert backend.name == "onnxruntime"
+    assert "it ran 10.0 img/s against ONNX Runtime FP32's 20.0 img/s when gated on this CPU" in reason
+    assert (
+        choose_backend(cfg(package, "openvino"), ModelPackage.open(package.root))[0].name == "openvino"
+    )  # asked for: runs
+    gate_as_timed(package, openvino=20.0, onnxruntime=10.0, cpu="Some Other CPU")
+    backend, reason = choose_backend(cfg(package, "auto"), ModelPackage.open(package.root))
+    assert backend.name == "onnxruntime" and "timed it on 'Some Other CPU'" in reason
 
 
 def test_auto_skips_openvino_without_a_passed_gate_and_openvino_refuses(package):
@@ -342,7 +375,7 @@ def test_doctor_shows_the_choice_and_why(package, tmp_path):
     report = doc.collect(None, str(config))
     assert report["exit_code"] == 1 and "was never run" in report["config"]["why"]
 
-    gate_openvino(package.root, samples=8)
+    gate_as_timed(package, openvino=20.0, onnxruntime=10.0)
     report = doc.collect(str(package.root))
     assert report["package"]["would_run"] == f"openvino model.onnx ({precision}, CPU)"
     assert f"this box would run: openvino model.onnx ({precision}, CPU)" in doc.render(report)
