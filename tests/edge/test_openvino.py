@@ -173,6 +173,20 @@ def test_gate_records_the_result_per_backend_and_precision(package):
     assert all(gates[k] == v for k, v in old_gates.items())  # existing keys keep their meaning
 
 
+def test_gate_keeps_a_schema_1_package_readable(package):
+    """A package exported before graph hashes (schema 1) still opens after a gate is recorded in it."""
+    data = json.loads((package.root / "manifest.json").read_text())
+    data["schema_version"] = 1
+    del data["files_sha256"]
+    (package.root / "manifest.json").write_text(json.dumps(data))
+    _, key = gate_openvino(package.root, samples=8)
+    reopened = ModelPackage.open(package.root)
+    assert reopened.manifest.schema_version == 1 and reopened.manifest.gates[key]["passed"] is True
+    assert reopened.verify() == [
+        "model.onnx"
+    ]  # still unchecked, as before: the gate vouches for nothing else
+
+
 def test_int8_graph_gated_with_the_int8_bounds(package):
     """The package's Q/DQ graph on OpenVINO (int8 kernels) against ONNX Runtime FP32."""
     from converter.variants import add_variants
