@@ -1,4 +1,4 @@
-"""``lineside export | build-engine | inspect``: the converter's subcommands.
+"""``lineside export | build-engine | gate | inspect``: the converter's subcommands.
 
 Only argparse lives here at module level; each handler imports its step when it runs,
 so ``lineside --help`` is instant and a line-side box needs neither TensorFlow nor TensorRT.
@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add the converter's subcommands to the ``lineside`` parser."""
     _register_export(sub)
     _register_build_engine(sub)
+    _register_gate(sub)
     _register_inspect(sub)
 
 
@@ -201,6 +202,52 @@ def run_build_engine(args: argparse.Namespace) -> int:
         print(report.summary())
         return 0 if report.passed else 1
     return 0
+
+
+def _register_gate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "gate",
+        help="gate a backend's precision against ONNX Runtime FP32 and record it in the package",
+        description=(
+            "Run the backend (OpenVINO: in the precision this box runs fastest, or --precision) and ONNX "
+            "Runtime FP32 on validation images, compare them with the FP16/INT8 accuracy gate and record the "
+            "result in manifest.json under gates (e.g. openvino:bf16). The line runs only a gated precision. "
+            "Exit 0 when the gate passed, 1 when it failed."
+        ),
+    )
+    p.add_argument("package", help="model package folder")
+    p.add_argument("--backend", choices=("openvino",), default="openvino", help="backend to gate")
+    p.add_argument("--data", default=None, help="validation images (default: the manifest's data set)")
+    p.add_argument("--device", default="CPU", help="OpenVINO device: CPU, GPU or NPU (default CPU)")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "int8", "fp16"),
+        default=None,
+        help="precision to gate (default: the one this box runs fastest)",
+    )
+    p.add_argument("--samples", type=_positive_int, default=32, help="images for the gate (default 32)")
+    p.set_defaults(func=run_gate)
+
+
+def run_gate(args: argparse.Namespace) -> int:
+    """Handler of ``lineside gate``."""
+    from converter.backend_gate import gate_openvino
+
+    report, key = gate_openvino(
+        args.package, data_dir=args.data, samples=args.samples, device=args.device, precision=args.precision
+    )
+    print(report.summary())
+    from converter.manifest import ModelManifest
+
+    speed = ModelManifest.load(args.package).gates[key].get("speed")
+    if speed:  # interleaved rounds on one batch of the gate images (converter.backend_gate.time_both)
+        ov, ort = speed["openvino_img_per_s"], speed["onnxruntime_fp32_img_per_s"]
+        print(
+            f"speed at batch {speed['batch']} on {speed['cpu']}: OpenVINO {ov} img/s, "
+            f"ONNX Runtime FP32 {ort} img/s ({ov / ort:.2f}x)"
+        )
+    print(f"recorded in {args.package}/manifest.json as gates[{key!r}]")
+    return 0 if report.passed else 1
 
 
 def _register_inspect(sub: argparse._SubParsersAction) -> None:

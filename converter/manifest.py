@@ -75,7 +75,8 @@ class ModelManifest:
     files: dict[str, str] = field(default_factory=lambda: {"fp32": "model.onnx"})
     #: file name -> sha256 (hex) of that file as it was written; one entry per name in ``files``
     files_sha256: dict[str, str] = field(default_factory=dict)
-    #: results of accuracy gates (fp16 / int8 against fp32), written by the converter
+    #: results of accuracy gates (fp16 / int8 / uint8 against fp32), written by the converter, and
+    #: per backend and precision by `lineside gate` ("openvino:bf16", ...); absent keys: never run
     gates: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -201,7 +202,8 @@ def _parse(data: Any, source: str) -> ModelManifest:
 
 def _hashes(data: dict[str, Any], files: dict[str, Any], version: int, source: str) -> dict[str, str]:
     """``files_sha256``: required from schema 2 on, one 64-hex-digit entry per named file."""
-    if version < 2 and "files_sha256" not in data:
+    # a schema 1 manifest saved again (a gate recorded in it) writes its empty files_sha256 back
+    if version < 2 and not data.get("files_sha256"):
         return {}
     hashes = _require(data, "files_sha256", dict, source)
     for name in files.values():

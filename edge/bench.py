@@ -30,6 +30,12 @@ def make_backend(package: ModelPackage, backend: str, precision: str, threads: i
             msg = f"no TensorRT engine usable here: {why}"
             raise BackendError(msg)
         return TensorRTBackend.for_package(package, plan)
+    if backend == "openvino":  # in the precision this CPU runs fastest, gated or not: this only measures
+        from converter import openvino_runtime as ovr
+        from edge.backends.openvino import OpenVINOBackend
+
+        chosen, _ = ovr.choose_precision(ovr.probe(), "CPU", package.has_precision("int8"))
+        return OpenVINOBackend(package.onnx_path(ovr.GRAPHS[chosen]), "CPU", chosen, threads)
     from edge.backends.onnxrt.runner import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(package.onnx_path(precision), threads=threads)

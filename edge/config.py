@@ -150,8 +150,11 @@ class ModelConfig:
 
     #: model package folder (made by `lineside export`); relative to the config file
     package: str = text("models/demo")
-    #: tensorrt when the package has an engine for this GPU, else onnxruntime
-    backend: str = choices("auto", "onnxruntime", "tensorrt", default="auto")
+    #: auto: tensorrt when the package has an engine for this GPU, else openvino when installed and
+    #: gated (`lineside gate`), else onnxruntime
+    backend: str = choices("auto", "onnxruntime", "tensorrt", "openvino", default="auto")
+    #: openvino device: CPU, or GPU / NPU for an Intel iGPU / NPU
+    device: str = text("CPU")
     #: ONNX graph precision for the onnxruntime backend
     precision: str = choices("fp32", "fp16", "int8", default="fp32")
     #: onnxruntime intra-op threads per worker; 0 = all cores

@@ -369,26 +369,53 @@ def machine_fields(machine: Any) -> dict[str, Any]:
     }
 
 
-def probe_openvino(onnxruntime: dict[str, Any]) -> dict[str, Any]:
-    """OpenVINO: its version if installed; lineside has no OpenVINO backend (ONNX Runtime serves the CPU)."""
-    version = dist_version("openvino")
+def probe_openvino(onnxruntime: dict[str, Any], facts: Any = None) -> dict[str, Any]:
+    """OpenVINO: installed or not, its devices, and the precision this CPU runs fastest
+    (what ``backend: openvino`` / ``auto`` would run once the package's gate passed)."""
+    from converter import openvino_runtime as ovr
+    from edge.backends.choice import probe_openvino as openvino_facts
+
+    facts = facts if facts is not None else openvino_facts()
     via_ort = "OpenVINOExecutionProvider" in onnxruntime.get("providers", [])
-    have = f"OpenVINO {version}" if version else "OpenVINO not installed"
-    if via_ort:
-        have += ", ONNX Runtime has its OpenVINOExecutionProvider"
+    note = " (ONNX Runtime's OpenVINOExecutionProvider is not used by lineside)" if via_ort else ""
+    if isinstance(facts, Exception):
+        return {
+            "version": dist_version("openvino"),
+            "usable": False,
+            "why": f"{facts}{note}",
+            "fix": "pip install 'lineside[openvino]' (then `lineside gate PACKAGE --backend openvino`)",
+        }
+    precision, why = ovr.choose_precision(facts, "CPU", has_int8_graph=True)
+    caps = ", ".join(facts.capabilities) or "none"
     return {
-        "version": version,
-        "usable": False,
-        "why": f"lineside has no OpenVINO backend ({have}); the CPU line runs on ONNX Runtime",
-        "fix": "none needed: use backend onnxruntime (or auto) on the CPU",
+        "version": facts.version,
+        "usable": True,
+        "devices": list(facts.devices),
+        "cpu_capabilities": list(facts.capabilities),
+        "cpu_precision": precision,
+        "why": (
+            f"OpenVINO {facts.version}, devices {', '.join(facts.devices)}; the CPU ({caps}) runs "
+            f"{precision} fastest: {why}; a package runs it once "
+            f"`lineside gate PACKAGE --backend openvino` passed{note}"
+        ),
+        "fix": "",
     }
 
 
 # -- model package and line config ------------------------------------------------------------------
 
 
-def describe_package(path: str | Path, tensorrt: dict[str, Any], precision: str = "fp32") -> dict[str, Any]:
-    """Which engine or graph this box would run from the package (as ``backend: auto`` picks), and why."""
+def describe_package(
+    path: str | Path,
+    tensorrt: dict[str, Any],
+    precision: str = "fp32",
+    openvino: Any = None,
+    device: str = "CPU",
+    backend: str = "auto",
+) -> dict[str, Any]:
+    """Which engine or graph this box would run from the package (as ``backend: auto`` picks), and why.
+
+    ``openvino`` is ``edge.backends.choice.probe_openvino()``'s answer (probed here when None)."""
     result: dict[str, Any] = {"path": str(path), "opened": False}
     try:
         from converter.package import ModelPackage
@@ -445,12 +472,24 @@ def describe_package(path: str | Path, tensorrt: dict[str, Any], precision: str 
         except Exception as exc:
             result["graph"] = None
             result["graph_why"] = str(exc) or _one_line(exc)
+    from edge.backends.choice import openvino_option, probe_openvino
+
+    facts = openvino if openvino is not None else probe_openvino()
+    ov_precision, ov_why = openvino_option(package, device, facts, auto=backend != "openvino")
+    result["openvino"] = {"device": device, "precision": ov_precision, "why": ov_why}
     if plan is not None:
         result["would_run"] = f"tensorrt {plan.name}"
         result["why"] = result["engine_why"]
+    elif ov_precision is not None:
+        from converter.openvino_runtime import GRAPHS
+
+        result["would_run"] = (
+            f"openvino {package.manifest.files[GRAPHS[ov_precision]]} ({ov_precision}, {device})"
+        )
+        result["why"] = f"no usable TensorRT engine: {result['engine_why']}; {ov_why}"
     elif result["graph"]:
         result["would_run"] = f"onnxruntime {graph} ({precision})"
-        result["why"] = f"no usable TensorRT engine: {result['engine_why']}"
+        result["why"] = f"no usable TensorRT engine: {result['engine_why']}; {ov_why}"
     else:
         result["would_run"] = None
         result["why"] = result["graph_why"]
@@ -471,7 +510,8 @@ def check_config(path: str, package_arg: str | None, report: dict[str, Any]) -> 
     backend, precision = cfg.model.backend, cfg.model.precision
     package_path = package_arg or str(cfg.resolve(cfg.model.package))
     result.update(backend=backend, precision=precision, package=package_path)
-    pkg = describe_package(package_path, report["_tensorrt"], precision)
+    device = cfg.model.device
+    pkg = describe_package(package_path, report["_tensorrt"], precision, report["_openvino"], device, backend)
     report["package"] = pkg
     ort_ok = report["backends"]["onnxruntime"]["usable"]
     if not pkg.get("opened"):
@@ -483,6 +523,10 @@ def check_config(path: str, package_arg: str | None, report: dict[str, Any]) -> 
             result["why"] = f"backend tensorrt but no engine is usable here: {pkg['engine_why']}"
     elif backend == "auto" and pkg.get("engine"):
         result.update(runnable=True, why=f"backend auto runs TensorRT: {pkg['engine_why']}")
+    elif backend in ("auto", "openvino") and pkg["openvino"]["precision"]:
+        result.update(runnable=True, why=f"backend {backend} runs {pkg['openvino']['why']}")
+    elif backend == "openvino":
+        result["why"] = f"backend openvino: {pkg['openvino']['why']}"
     elif not ort_ok:
         result["why"] = f"backend {backend} needs ONNX Runtime: {report['backends']['onnxruntime']['why']}"
     elif not pkg.get("graph"):
@@ -521,6 +565,9 @@ def collect(package: str | None = None, config: str | None = None) -> dict[str, 
     else:
         gpus, gpu_source = [], "none"
     trt = probe_tensorrt(nvidia_driver, bool(gpus))
+    from edge.backends.choice import probe_openvino as openvino_facts
+
+    report["_openvino"] = openvino_facts()
     report["versions"] = {
         "onnxruntime": ort["version"],
         "openvino": dist_version("openvino"),
@@ -553,11 +600,13 @@ def collect(package: str | None = None, config: str | None = None) -> dict[str, 
     report["backends"] = {
         "onnxruntime": {k: ort.get(k) for k in ("usable", "why", "fix")},
         "tensorrt": {k: trt.get(k) for k in ("usable", "why", "fix")},
-        "openvino": probe_openvino(ort),
+        "openvino": probe_openvino(ort, report["_openvino"]),
     }
     report["machine"] = trt.get("machine")
     report["_tensorrt"] = trt
-    report["package"] = describe_package(package, trt) if package and not config else None
+    report["package"] = (
+        describe_package(package, trt, openvino=report["_openvino"]) if package and not config else None
+    )
     report["config"] = check_config(config, package, report) if config else None
     if config:
         ok = bool(report["config"]["runnable"])
@@ -573,7 +622,7 @@ def collect(package: str | None = None, config: str | None = None) -> dict[str, 
     report["verdict"] = verdict
     report["exit_code"] = 0 if ok else 1
     trt.pop("machine_object", None)
-    del report["_tensorrt"]
+    del report["_tensorrt"], report["_openvino"]
     return report
 
 

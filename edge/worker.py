@@ -51,21 +51,21 @@ WORKER_STAGES = ("capture_to_send", "queue", "worker_wait", "preprocess", "infer
 def select_backend(cfg: LineConfig, package: ModelPackage) -> tuple[Backend, str]:
     """The backend the config asks for, and why it was chosen (for the log)."""
     wanted = cfg.model.backend
-    if wanted in ("auto", "tensorrt"):
+    if wanted in ("auto", "openvino"):  # ranks TensorRT, OpenVINO, ONNX Runtime (docs/performance.md)
+        from edge.backends.choice import choose_backend
+
+        return choose_backend(cfg, package)
+    if wanted == "tensorrt":
         from converter.engine.select import select_engine
 
         plan, why = select_engine(package)
-        if plan is not None:
-            from edge.backends.trt.runner import TensorRTBackend
-
-            return TensorRTBackend.for_package(package, plan), f"tensorrt: {why}"
-        if wanted == "tensorrt":
+        if plan is None:
             msg = f"backend tensorrt requested but unusable: {why}; set model.backend to auto or onnxruntime"
             raise BackendError(msg)
-        reason = f"onnxruntime (no usable TensorRT engine: {why})"
-    else:
-        reason = "onnxruntime (as configured)"
-    return _onnxruntime(cfg, package), reason
+        from edge.backends.trt.runner import TensorRTBackend
+
+        return TensorRTBackend.for_package(package, plan), f"tensorrt: {why}"
+    return _onnxruntime(cfg, package), "onnxruntime (as configured)"
 
 
 def _onnxruntime(cfg: LineConfig, package: ModelPackage) -> Backend:
@@ -574,6 +574,8 @@ def _open_worker(cfg: LineConfig, name: str) -> Worker:
     backend, why = select_backend(cfg, package)
     try:
         worker = _start_backend(cfg, package, backend, name)
+        if cfg.model.backend == "auto":  # lineside chose: say what and why where operators look
+            worker.backend_note = f"auto: {why}"[:NOTE_CHARS]
     except LinesideError as exc:
         if cfg.model.backend != "auto" or backend.name != "tensorrt":
             raise

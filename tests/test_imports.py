@@ -24,10 +24,14 @@ MODULES = [
     "edge.bench",
     "edge.backends.onnxrt.runner",
     "edge.backends.trt.runner",
+    "edge.backends.openvino",
+    "edge.backends.choice",
     "converter.cli",
     "converter.export",
     "converter.package",
     "converter.engine.select",
+    "converter.openvino_runtime",
+    "converter.backend_gate",
     "training.cli",
 ]
 
@@ -37,7 +41,7 @@ def test_line_side_modules_import_without_tensorflow_or_tensorrt() -> None:
         "import importlib, sys\n"
         f"for name in {MODULES!r}:\n"
         "    importlib.import_module(name)\n"
-        "heavy = ('tensorflow', 'keras', 'tensorrt', 'pycuda', 'tf2onnx', 'paho', 'asyncua')\n"
+        "heavy = ('tensorflow', 'keras', 'tensorrt', 'pycuda', 'tf2onnx', 'paho', 'asyncua', 'openvino')\n"
         "print(','.join(sorted(m for m in heavy if m in sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -57,6 +61,7 @@ def test_help_lists_every_subcommand() -> None:
         "export",
         "build-engine",
         "inspect",
+        "gate",
         "run",
         "worker",
         "bench",

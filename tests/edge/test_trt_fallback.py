@@ -89,6 +89,26 @@ def test_auto_falls_back_when_tensorrt_fails_to_start(package, monkeypatch, capl
         worker.close()
 
 
+def test_auto_says_which_backend_it_chose_and_why(package, monkeypatch):
+    """Under auto the choice itself travels in the heartbeat (to /readyz and the status), not
+    only in the worker's log; a backend named in the config needs no note."""
+    from edge.worker import open_worker
+
+    _fakes(monkeypatch, None)  # TensorRT starts: the fitting engine is chosen
+    worker = open_worker(_cfg(package, "auto"), "w-auto")
+    try:
+        assert worker.backend.name == "tensorrt"
+        assert worker.backend_note.startswith("auto: tensorrt: ") and "NVIDIA L4" in worker.backend_note
+        assert worker.heartbeat_header()["backend_note"] == worker.backend_note
+    finally:
+        worker.close()
+    named = open_worker(_cfg(package, "onnxruntime"), "w-ort")
+    try:
+        assert named.backend.name == "onnxruntime" and named.backend_note == ""
+    finally:
+        named.close()
+
+
 def test_tensorrt_asked_for_stops_with_the_one_line(package, monkeypatch):
     from edge.worker import ModelLoadError, open_worker
 
@@ -107,7 +127,7 @@ def test_a_working_engine_gets_the_pinned_input(package, monkeypatch):
     driver, memory = _fakes(monkeypatch, None)
     worker = open_worker(_cfg(package, "auto"), "w-trt")
     try:
-        assert worker.backend.name == "tensorrt" and worker.backend_note == ""
+        assert worker.backend.name == "tensorrt" and worker.backend_note.startswith("auto: tensorrt")
         item = type("Item", (), {})()
         item.image = np.full((MODEL_SIZE, MODEL_SIZE), 255, np.uint8)
         item.header = {"cam": "cam", "seq": 0, "epoch": 0, "tag": ""}

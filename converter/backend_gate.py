@@ -1,0 +1,144 @@
+"""``lineside gate``: a backend's precision against ONNX Runtime FP32 on validation images,
+recorded in the package's manifest under ``gates`` (``"openvino:bf16"``, ...).
+
+The images are the ones ``lineside export`` gates FP16/INT8 on (the same split, so none of
+them calibrated the INT8 graph), the comparison and its bounds are converter.gate's: FP16
+bounds for fp32/bf16/fp16, INT8 bounds for int8. The line refuses (``backend: openvino``)
+or skips (``backend: auto``) a precision whose gate failed or was never run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from converter import onnx_graph
+from converter import openvino_runtime as ovr
+from converter.gate import FP16_BOUNDS, INT8_BOUNDS, GateReport, compare
+from converter.package import ModelPackage, sha256_file
+from converter.preprocessing import normalize
+from converter.samples import SampleError, load_gate_and_calibration
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("openvino",)
+
+
+def time_both(session, runner, batch: np.ndarray, rounds: int = 5) -> dict[str, float]:
+    """img/s of ONNX Runtime FP32 and OpenVINO on one batch, interleaved rounds, medians.
+
+    ``backend: auto`` runs OpenVINO fp32 only where it beat ONNX Runtime FP32 on this CPU: it
+    did on an AVX2 EPYC (1.1x) and did not on an AMX Xeon (0.6x, docs/performance.md)."""
+    name = session.get_inputs()[0].name
+    runs = {
+        "onnxruntime_fp32": lambda: session.run(None, {name: batch}),
+        "openvino": lambda: runner.infer(batch),
+    }
+    rates: dict[str, list[float]] = {key: [] for key in runs}
+    for fn in runs.values():
+        fn()  # warm-up: first runs allocate
+    for _ in range(rounds):
+        for key, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            rates[key].append(len(batch) / (time.perf_counter() - start))
+    result = {f"{key}_img_per_s": round(float(np.median(v)), 2) for key, v in rates.items()}
+    return {**result, "batch": len(batch), "rounds": rounds}
+
+
+def gate_openvino(
+    package_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    samples: int = 32,
+    device: str = "CPU",
+    precision: str | None = None,
+    batch: int = 8,
+) -> tuple[GateReport, str]:
+    """Gate OpenVINO on ``device`` in ``precision`` (default: the one this box would choose)
+    and record the result in the manifest. Returns the report and the ``gates`` key."""
+    package = ModelPackage.open(package_dir)
+    package.verify()
+    m = package.manifest
+    facts = ovr.probe()
+    ovr.check_device(facts, device)
+    if precision is None:
+        precision, why = ovr.choose_precision(facts, device, package.has_precision("int8"))
+        log.info("OpenVINO on %s: %s (%s)", device, precision, why)
+    allowed = ovr.supported_precisions(facts, device)
+    if precision not in allowed:
+        msg = (
+            f"OpenVINO on {device} here does not compute in {precision} (it can: {', '.join(allowed)}); "
+            "gate that precision on a box that has it"
+        )
+        raise ovr.OpenVINOError(msg)
+    graph = ovr.GRAPHS[precision]
+    if not package.has_precision(graph):
+        msg = (
+            f"{package.root}: {precision} runs the {graph} graph, which the package lacks; "
+            f"run `lineside export --precision {graph}`"
+        )
+        raise ovr.OpenVINOError(msg)
+    data_dir = data_dir or m.dataset.get("root")
+    if not data_dir:
+        msg = f"{package.root}: the gate needs validation images; pass --data DATASET_DIR"
+        raise SampleError(msg)
+    # the export's split: with an INT8 graph, its calibration images are left out of the gate
+    calibration = (m.gates.get("int8") or {}).get("calibration", {}).get("images", 0)
+    gate_set, _ = load_gate_and_calibration(
+        data_dir,
+        m.input.height,
+        m.input.width,
+        m.input.channels,
+        gate=samples,
+        calibration=calibration,
+        classes=m.dataset.get("classes"),
+    )
+    images = normalize(gate_set.images, m.normalization)
+    if m.input.layout == "NCHW":
+        images = images.transpose(0, 3, 1, 2)
+    session = onnx_graph.session(package.onnx_path("fp32"))
+    reference = onnx_graph.run_batches(session, images, batch)
+    runner = ovr.OpenVINORunner(package.onnx_path(graph), device, precision)
+    runner.load()
+    try:
+        candidate = [runner.infer(images[i : i + batch]) for i in range(0, len(images), batch)]
+        speed = time_both(session, runner, images[:batch]) if ovr.device_kind(device) == "CPU" else None
+    finally:
+        runner.free()
+    key = ovr.gate_key(device, precision)
+    report = compare(
+        reference,
+        np.concatenate(candidate),
+        name=f"{key} vs ONNX Runtime FP32",
+        threshold=m.threshold,
+        min_defect_area=m.min_defect_area,
+        bounds=INT8_BOUNDS if precision == "int8" else FP16_BOUNDS,
+        names=gate_set.names,
+    )
+    record = report.to_dict()
+    record.update(
+        backend="openvino",
+        device=device,
+        precision=precision,
+        graph=package.manifest.files[graph],
+        graph_sha256=sha256_file(package.onnx_path(graph)),
+        openvino=facts.version,
+        cpu=facts.cpu_name,
+        data=str(data_dir),
+    )
+    if speed is not None:
+        record["speed"] = {"cpu": facts.cpu_name, **speed}
+        log.info(
+            "on this CPU: OpenVINO %s %.1f img/s, ONNX Runtime FP32 %.1f img/s (batch %d)",
+            precision,
+            speed["openvino_img_per_s"],
+            speed["onnxruntime_fp32_img_per_s"],
+            speed["batch"],
+        )
+    m.gates[key] = record
+    m.save(package.root)
+    return report, key
