@@ -350,23 +350,16 @@ def probe_tensorrt(nvidia_driver: str | None, gpus_found: bool) -> dict[str, Any
 
 
 def machine_fields(machine: Any) -> dict[str, Any]:
-    """MachineInfo as a dict, whether its fields have today's or the renamed names (issue 14)."""
-
-    def pick(*names: str) -> Any:
-        for name in names:
-            value = getattr(machine, name, None)
-            if value not in (None, ""):
-                return value
-        return None
-
-    return {
-        "tensorrt_version": pick("tensorrt_version"),
-        "cuda_toolkit_version": pick("cuda_toolkit_version", "cuda_version"),
-        "cuda_driver_api_version": pick("cuda_driver_api_version", "driver_version"),
-        "nvidia_driver_version": pick("nvidia_driver_version"),
-        "gpu_name": pick("gpu_name"),
-        "compute_capability": pick("compute_capability"),
-    }
+    """MachineInfo as a dict, with None for what the probe could not read."""
+    fields = (
+        "tensorrt_version",
+        "cuda_toolkit_version",
+        "cuda_driver_api_version",
+        "nvidia_driver_version",
+        "gpu_name",
+        "compute_capability",
+    )
+    return {name: getattr(machine, name, None) or None for name in fields}
 
 
 def probe_openvino(onnxruntime: dict[str, Any], facts: Any = None) -> dict[str, Any]:
