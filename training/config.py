@@ -8,7 +8,6 @@ raises one ``ConfigError`` naming the file, the dotted key and the allowed value
 from __future__ import annotations
 
 import copy
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,6 @@ import yaml
 from converter.errors import LinesideError
 from converter.overrides import did_you_mean, parse_set, set_value
 from converter.preprocessing import NORMALIZATIONS
-
-logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("tinyunet", "unet_lowered", "mobilenetv2_unet")
 DATASET_KINDS = ("dagm", "severstal", "folders", "synthetic")

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from pathlib import Path
 
 from converter.errors import LinesideError
-
-log = logging.getLogger(__name__)
 
 #: where ``--user`` finds its password when ``--password-file`` is not given
 PASSWORD_ENV = "LINESIDE_UI_PASSWORD"
