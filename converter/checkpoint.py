@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,6 @@ from typing import Any
 import numpy as np
 
 from converter.errors import LinesideError
-
-log = logging.getLogger(__name__)
 
 TRAINING_JSON = "training.json"
 

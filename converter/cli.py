@@ -7,9 +7,6 @@ so ``lineside --help`` is instant and a line-side box needs neither TensorFlow n
 from __future__ import annotations
 
 import argparse
-import logging
-
-log = logging.getLogger(__name__)
 
 
 def _positive_int(text: str) -> int:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 
 from converter.errors import LinesideError
-
-log = logging.getLogger(__name__)
 
 #: TensorRT 10/11 parse opset 17+ well (LayerNormalization etc. as one op)
 MIN_OPSET = 17

@@ -21,7 +21,6 @@ against ONNX Runtime FP32 (``lineside gate``); the manifest records it under
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +29,6 @@ from typing import Any
 import numpy as np
 
 from converter.errors import LinesideError
-
-log = logging.getLogger(__name__)
 
 #: the one line a box without OpenVINO gets
 INSTALL_HINT = "OpenVINO is not installed; pip install 'lineside[openvino]'"

@@ -23,7 +23,7 @@ def make_backend(package: ModelPackage, backend: str, precision: str, threads: i
     if backend == "tensorrt":
         from converter.engine.select import select_engine
         from edge.backends.base import BackendError
-        from edge.backends.trt.runner import TensorRTBackend
+        from edge.backends.trt import TensorRTBackend
 
         plan, why = select_engine(package)
         if plan is None:
@@ -36,7 +36,7 @@ def make_backend(package: ModelPackage, backend: str, precision: str, threads: i
 
         chosen, _ = ovr.choose_precision(ovr.probe(), "CPU", package.has_precision("int8"))
         return OpenVINOBackend(package.onnx_path(ovr.GRAPHS[chosen]), "CPU", chosen, threads)
-    from edge.backends.onnxrt.runner import OnnxRuntimeBackend
+    from edge.backends.onnxrt import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(package.onnx_path(precision), threads=threads)
 

@@ -25,7 +25,7 @@ import zmq
 from edge import imageops, protocol, sockets
 from edge.config import CameraConfig, LineConfig
 from edge.sources.backoff import Backoff
-from edge.sources.base import CameraError, Captured, FrameSource, make_source, register_source
+from edge.sources.base import CameraError, Captured, FrameSource, make_source
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,6 @@ def build_source(cam: CameraConfig) -> FrameSource:
     """The frame source a camera config names (options are checked against its signature)."""
     options = dict(cam.options)
     if cam.source == "synthetic":
-        from edge.synthetic_source import SyntheticSource
-
-        register_source("synthetic", SyntheticSource)
         options.setdefault("name", cam.id)
     if cam.source == "opencv":
         options.setdefault("open_timeout_s", cam.open_timeout_s)

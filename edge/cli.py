@@ -90,12 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     from edge import doctor
     from edge.ui import command as ui_command
 
-    try:
-        from training import cli as training_cli
-    except ImportError:  # a line-side install may ship without the training package
-        training_cli = None
-    if training_cli is not None:
-        training_cli.register(sub)
+    # training ships in the same distribution (pyproject's packages.find), so this import fails
+    # only on a real error, which must show; training.cli loads TensorFlow inside its handlers
+    from training import cli as training_cli
+
+    training_cli.register(sub)
     converter_cli.register(sub)
     edge_commands.register(sub)
     doctor.register(sub)

@@ -7,8 +7,6 @@ import logging
 import os
 from typing import Any
 
-log = logging.getLogger(__name__)
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a line: cameras, workers, collector (Ctrl-C or SIGTERM stops it)")
@@ -131,38 +129,11 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """``a.b=value`` strings -> nested dict with YAML-parsed values."""
-    import yaml
-
-    from edge.config import ConfigError
-
-    out: dict = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            msg = f"--set {pair!r}: expected KEY=VALUE, e.g. workers.count=2"
-            raise ConfigError(msg)
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                msg = f"--set {pair!r}: {part} was set to a value earlier; set {key} or {part}, not both"
-                raise ConfigError(msg)
-        try:
-            node[parts[-1]] = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            msg = f"--set {pair!r}: the value is not valid YAML ({getattr(exc, 'problem', exc)})"
-            raise ConfigError(msg) from None
-    return out
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from edge.config import load_config
     from edge.supervisor import Supervisor
 
-    cfg = load_config(args.config, parse_overrides(args.set))
+    cfg = load_config(args.config, args.set)
     return Supervisor(cfg, duration=args.duration, summary_path=args.summary).run()
 
 

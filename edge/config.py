@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from converter.errors import LinesideError
+from converter.overrides import ListOf, apply_overrides, did_you_mean
 
 
 class ConfigError(LinesideError):
@@ -546,7 +547,8 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
     for key, value in data.items():
         path = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
-            msg = f"{source}: unknown key {path!r}; allowed here: {', '.join(fields)}"
+            hint = did_you_mean(key, fields)
+            msg = f"{source}: unknown key {path!r}{hint} (allowed here: {', '.join(fields)})"
             raise ConfigError(msg)
         meta = fields[key].metadata
         rule: Rule | None = meta.get("rule")
@@ -775,8 +777,9 @@ def make_run_dir(cfg: LineConfig) -> str:
     return cfg.run_dir
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> LineConfig:
-    """Read a YAML line config; every problem is one ConfigError line."""
+def load_config(path: str | Path, sets: list[str] | None = None) -> LineConfig:
+    """Read a YAML line config, with ``--set KEY=VALUE`` flags applied; every problem is one
+    ConfigError line."""
     path = Path(path)
     if not path.is_file():
         msg = f"{path}: config file not found; see configs/demo.yaml for an example"
@@ -791,18 +794,33 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Li
     except (OSError, UnicodeDecodeError) as exc:
         msg = f"{path}: cannot read the config ({exc})"
         raise ConfigError(msg) from None
-    if overrides:
-        data = _merge(data, overrides)
+    if sets:
+        if not isinstance(data, dict):
+            msg = f"{path}: the top level must be a mapping, got {_show(data)}"
+            raise ConfigError(msg)
+        data = apply_overrides(data, sets, override_schema(), error=ConfigError)
     return parse_config(data, str(path), path.resolve().parent)
 
 
-def _merge(base: Any, over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base) if isinstance(base, dict) else {}
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+def override_schema(cls: type | None = None) -> dict[str, Any]:
+    """The shape of a line config for ``--set`` (converter/overrides.py): each section's keys,
+    ``ListOf`` for the cameras; the program's own fields are left out, as in the file."""
+    cls = cls or LineConfig
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        tp = hints[f.name]
+        args = typing.get_args(tp)
+        if dataclasses.is_dataclass(tp):
+            out[f.name] = override_schema(tp)
+        elif typing.get_origin(tp) is list and args and dataclasses.is_dataclass(args[0]):
+            out[f.name] = ListOf(override_schema(args[0]))
         else:
-            out[key] = value
+            # a leaf (its value is checked by parse_config); a free mapping such as a camera's
+            # options takes any key
+            out[f.name] = None
     return out
 
 

@@ -208,8 +208,10 @@ def render_line_config() -> str:
         "A line config is a YAML file (`lineside run --config LINE.yaml`, examples in `configs/`).",
         "Every key is optional: a missing one takes its default. An unknown key, a value of the",
         "wrong type or outside its allowed values stops the line before it starts, with one line",
-        "that names the file and the key. `lineside run --set KEY=VALUE` overrides a key",
-        "(dotted path, YAML value). `cameras[]` is a list: `cameras[].fps` is the `fps` of each camera.",
+        "that names the file and the key (and the nearest known key). `lineside run --set KEY=VALUE`",
+        "(and `lineside ui`) overrides a key: a dotted path that may index a list, e.g.",
+        "`--set cameras[0].fps=5`; the value is YAML (`5`, `true`, `[1, 2]`, `null`).",
+        "`cameras[]` is a list: `cameras[].fps` is the `fps` of each camera.",
     ]
     for path, intro, keys in line_sections(LineConfig):
         out += ["", f"## `{path}`" if path else "## Top level", ""]
@@ -365,8 +367,10 @@ def render_training_config() -> str:
         "",
         "A recipe is a YAML file (`lineside train RECIPE.yaml`, examples in `configs/train/`) merged",
         "over these defaults. An unknown key or a value of the wrong type or outside its allowed",
-        "values stops training with one line that names the key. `lineside train --set KEY=VALUE`",
-        "overrides a key (dotted path, YAML value). A key's `name` is recorded in training.json and",
+        "values stops training with one line that names the key (and the nearest known key).",
+        "`lineside train --set KEY=VALUE` (and `lineside eval`) overrides a key: a dotted path that",
+        "may index a list, e.g. `--set dataset.classes[1]=3`; the value is YAML (`3`, `true`,",
+        "`[1, 2]`, `null`). A key's `name` is recorded in training.json and",
         "becomes the model id of the package that `lineside export` makes (docs/converter.md).",
         "",
         *_table(recipe_keys()),

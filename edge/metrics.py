@@ -8,7 +8,6 @@ histograms, drops by reason, decisions by outcome, queue depths, camera state.
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +24,6 @@ from prometheus_client import (
 
 from edge.sockets import EndpointError
 
-log = logging.getLogger(__name__)
 # A `_created` gauge beside every counter and histogram doubles the page for nothing a
 # line's dashboards use (Prometheus detects counter resets by itself).
 disable_created_metrics()

@@ -62,14 +62,14 @@ def select_backend(cfg: LineConfig, package: ModelPackage) -> tuple[Backend, str
         if plan is None:
             msg = f"backend tensorrt requested but unusable: {why}; set model.backend to auto or onnxruntime"
             raise BackendError(msg)
-        from edge.backends.trt.runner import TensorRTBackend
+        from edge.backends.trt import TensorRTBackend
 
         return TensorRTBackend.for_package(package, plan), f"tensorrt: {why}"
     return _onnxruntime(cfg, package), "onnxruntime (as configured)"
 
 
 def _onnxruntime(cfg: LineConfig, package: ModelPackage) -> Backend:
-    from edge.backends.onnxrt.runner import OnnxRuntimeBackend
+    from edge.backends.onnxrt import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(package.onnx_path(cfg.model.precision), threads=cfg.model.threads)
 

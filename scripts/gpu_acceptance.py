@@ -712,7 +712,7 @@ def worker_check(package_dir: str, plan: str, out: str, loop_seconds: float) -> 
     import numpy as np
 
     from converter.package import ModelPackage
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
     from edge.bench import sample_batch
 
     package = ModelPackage.open(package_dir)

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from converter.package import ModelPackage
     from converter.preprocessing import normalize
     from converter.samples import load_gate_and_calibration
-    from edge.backends.onnxrt.runner import OnnxRuntimeBackend
+    from edge.backends.onnxrt import OnnxRuntimeBackend
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("package")

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 
 def _overrides(args: argparse.Namespace) -> dict:

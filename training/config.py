@@ -8,16 +8,14 @@ raises one ``ConfigError`` naming the file, the dotted key and the allowed value
 from __future__ import annotations
 
 import copy
-import logging
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from converter.errors import LinesideError
+from converter.overrides import did_you_mean, parse_set, set_value
 from converter.preprocessing import NORMALIZATIONS
-
-logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("tinyunet", "unet_lowered", "mobilenetv2_unet")
 DATASET_KINDS = ("dagm", "severstal", "folders", "synthetic")
@@ -214,7 +212,7 @@ def _merge(base: dict[str, Any], user: dict[str, Any], prefix: str, source: str)
     for key, value in user.items():
         dotted = f"{prefix}{key}"
         if key not in base:
-            msg = f"{source}: unknown key {dotted!r}; allowed: {', '.join(base)}"
+            msg = f"{source}: unknown key {dotted!r}{did_you_mean(key, base)} (allowed: {', '.join(base)})"
             raise ConfigError(msg)
         default = base[key]
         if isinstance(default, dict) and dotted not in _NULLABLE:
@@ -314,18 +312,6 @@ def _check_ranges(cfg: dict[str, Any], source: str) -> None:
         bad("dataset.root", "", "the folder of the data set")
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    """Apply one ``a.b.c: value`` override as a nested mapping (validated by the merge)."""
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            msg = f"override {dotted!r}: {part!r} is not a mapping"
-            raise ConfigError(msg)
-    node[parts[-1]] = value
-
-
 def load_config(
     config: dict[str, Any] | str | Path | None, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -350,20 +336,13 @@ def load_config(
             msg = f"{path}: a recipe must be a YAML mapping, got {type(user).__name__}"
             raise ConfigError(msg)
     for dotted, value in (overrides or {}).items():
-        _set_dotted(user, dotted, value)
+        set_value(user, dotted, value, DEFAULTS, error=ConfigError)
     cfg = _merge(DEFAULTS, user, "", source)
     _check_ranges(cfg, source)
     return cfg
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``key.sub=value`` from the command line; the value is parsed as YAML (so 3, 0.5, true, [1,2])."""
-    if "=" not in text:
-        msg = f"override {text!r} must look like key.sub=value, e.g. train.epochs=3"
-        raise ConfigError(msg)
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
+    """``key.sub=value`` or ``list[0]=value`` from the command line; the value is parsed as YAML
+    (so 3, 0.5, true, [1,2], null). The one ``--set`` parser of every command (converter/overrides.py)."""
+    return parse_set(text, error=ConfigError)

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 from converter.errors import LinesideError
-
-logger = logging.getLogger(__name__)
 
 
 class EvalError(LinesideError, ValueError):

@@ -215,6 +215,8 @@ def build_mobilenetv2_unet(
     Grayscale input is repeated to the 3 channels MobileNetV2 expects. Encoder weights
     come only from ``encoder_weights`` (a local file); otherwise they start random:
     nothing is downloaded. Encoder layers before ``freeze_until`` are frozen.
+    ``weight_decay`` puts L2 on every trainable conv kernel, the decoder's and the encoder's
+    (as the other architectures do on theirs); frozen layers have nothing to decay.
     """
     import keras
 
@@ -250,17 +252,33 @@ def build_mobilenetv2_unet(
             raise ModelError(msg)
         for layer in encoder.layers[: names.index(freeze_until)]:
             layer.trainable = False
+    reg = keras.regularizers.L2(weight_decay) if weight_decay else None
+    if reg is not None:
+        # keras.applications takes no regularizer and the encoder is already built: Keras 3
+        # adds a variable's ``regularizer`` to the model's losses (Layer._get_regularization_losses)
+        for layer in encoder.layers:
+            kernel = getattr(layer, "kernel", None)  # Conv2D and DepthwiseConv2D
+            if kernel is not None and layer.trainable:
+                kernel.regularizer = reg
     *skips, x = encoder(rgb)
     for i, (filters, skip) in enumerate(zip((16, 8, 4, 2), reversed(skips), strict=True), start=1):
         x = keras.layers.Conv2DTranspose(
-            filters * base_filters, 3, strides=2, padding="same", use_bias=False, name=f"up_{i}_deconv"
+            filters * base_filters,
+            3,
+            strides=2,
+            padding="same",
+            use_bias=False,
+            kernel_regularizer=reg,
+            name=f"up_{i}_deconv",
         )(x)
         x = keras.layers.BatchNormalization(name=f"up_{i}_bn")(x)
         if dropout:
             x = keras.layers.Dropout(dropout, name=f"up_{i}_dropout")(x)
         x = keras.layers.ReLU(name=f"up_{i}_relu")(x)
         x = keras.layers.Concatenate(name=f"up_{i}_concat")([x, skip])
-    x = keras.layers.Conv2DTranspose(1, 3, strides=2, padding="same", name="output_logits")(x)
+    x = keras.layers.Conv2DTranspose(
+        1, 3, strides=2, padding="same", kernel_regularizer=reg, name="output_logits"
+    )(x)
     return keras.Model(inputs, _sigmoid_output(keras, x), name="mobilenetv2_unet")
 
 

@@ -10,15 +10,12 @@ run would have seen.
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
 from converter.preprocessing import NORMALIZATIONS, check_normalization
 from training.datasets.base import Sample
 from training.datasets.rle import rle_decode
-
-logger = logging.getLogger(__name__)
 
 
 def _columns(samples: list[Sample]) -> dict[str, list[Any]]:

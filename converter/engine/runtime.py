@@ -1,7 +1,7 @@
 """Run a TensorRT engine plan: checked manifest first, then deserialize, then batches.
 
 :class:`EngineRunner` is the TensorRT core shared by the line-side backend
-(``edge/backends/trt/runner.py``) and ``lineside build-engine --verify``. Order of
+(``edge/backends/trt.py``) and ``lineside build-engine --verify``. Order of
 ``load()``: read the engine manifest, check the plan's sha256 against it, import
 TensorRT/pycuda (install hint if missing), compare the manifest with this machine and
 refuse a mismatch naming both sides, and only then deserialize: a plan from another

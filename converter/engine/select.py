@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from converter.engine.manifest import (
@@ -13,8 +12,6 @@ from converter.engine.manifest import (
     mismatches,
 )
 from converter.package import ModelPackage, sha256_file
-
-log = logging.getLogger(__name__)
 
 #: FP16 first: it is the precision the line is designed around; INT8 passed a looser gate
 DEFAULT_PREFERENCE = ("fp16", "int8", "fp32")

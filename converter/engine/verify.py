@@ -15,7 +15,6 @@ half of its compute layers in FP16, or an "int8" engine without an INT8 layer, f
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +28,6 @@ from converter.gate import FP16_BOUNDS, INT8_BOUNDS, GateReport, compare
 from converter.package import ModelPackage, sha256_file
 from converter.preprocessing import normalize
 from converter.samples import SampleError, load_samples
-
-log = logging.getLogger(__name__)
 
 #: relative differences divide by max(|reference|, this): an output is a probability, and
 #: below 1e-3 it is "no defect" for the line, so a ratio there says nothing

@@ -151,7 +151,7 @@ def choose_backend(cfg: Any, package: Any, machine: Any = None) -> tuple[Backend
     # the worker logs the reason with the backend's description; once is enough
     log.debug("backend %s chosen: %s", choice.kind, choice.reason)
     if choice.kind == "tensorrt":
-        from edge.backends.trt.runner import TensorRTBackend
+        from edge.backends.trt import TensorRTBackend
 
         return TensorRTBackend.for_package(package, choice.path), choice.reason
     if choice.kind == "openvino":
@@ -160,6 +160,6 @@ def choose_backend(cfg: Any, package: Any, machine: Any = None) -> tuple[Backend
 
         package.check_graph_io(GRAPHS[choice.precision])
         return OpenVINOBackend(choice.path, device, choice.precision, cfg.model.threads), choice.reason
-    from edge.backends.onnxrt.runner import OnnxRuntimeBackend
+    from edge.backends.onnxrt import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(choice.path, threads=cfg.model.threads), choice.reason

@@ -1,5 +1,7 @@
 """Frame sources: where a camera process gets its frames (OpenCV capture, a folder, synthetic).
 
+Each kind is one module here, named in ``base._REGISTRY`` by import path (loaded on first use).
+
 Build one from config with ``make_source(kind, **options)``; reconnect with ``Backoff``.
 """
 

@@ -136,6 +136,7 @@ SourceFactory = Callable[..., FrameSource]
 _REGISTRY: dict[str, SourceFactory | str] = {
     "opencv": "edge.sources.opencv_source:OpenCvSource",
     "folder": "edge.sources.folder_source:FolderSource",
+    "synthetic": "edge.sources.synthetic_source:SyntheticSource",
 }
 
 

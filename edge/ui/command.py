@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from pathlib import Path
 
 from converter.errors import LinesideError
-
-log = logging.getLogger(__name__)
 
 #: where ``--user`` finds its password when ``--password-file`` is not given
 PASSWORD_ENV = "LINESIDE_UI_PASSWORD"
@@ -91,10 +88,9 @@ def read_auth(args: argparse.Namespace) -> tuple[str, str] | None:
 def cmd_ui(args: argparse.Namespace) -> int:
     import socket
 
-    from edge.commands import parse_overrides
     from edge.config import load_config
 
-    cfg = load_config(args.config, parse_overrides(args.set))
+    cfg = load_config(args.config, args.set)
     auth = read_auth(args)
     if args.max_upload_mb <= 0:
         raise UiError(f"--max-upload-mb {args.max_upload_mb:g}: give a positive size")

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import hmac
 import json
-import logging
 import time
 from datetime import datetime
 from pathlib import Path
@@ -32,8 +31,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.ui.inspect_api import IMAGE_TYPES, OPENAPI, InspectError, ModelSlot
 from edge.ui.state import DECISIONS, LineState
-
-log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 #: the event stream sends at most one snapshot this often (seconds), and a keep-alive otherwise

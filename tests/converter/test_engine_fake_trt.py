@@ -43,7 +43,7 @@ def test_probe_reads_the_machine(fakes):
 
 
 def test_runner_chunks_pads_and_frees(fakes, tmp_path):
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     trt, driver, memory = fakes
     backend = TensorRTBackend(_plan(tmp_path, L4), onnx_sha256="ab" * 32)
@@ -63,7 +63,7 @@ def test_runner_chunks_pads_and_frees(fakes, tmp_path):
 
 def test_runner_refuses_before_deserializing(fakes, tmp_path):
     from edge.backends.base import BackendError
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     trt, _, memory = fakes
     with pytest.raises(BackendError, match=r"Orin \(sm 8\.7\).*NVIDIA L4 \(sm 8\.9\)"):
@@ -79,7 +79,7 @@ def test_runner_refuses_a_plan_changed_after_its_build(fakes, tmp_path):
     (deserializing a foreign plan can crash the process)."""
     from converter.package import sha256_file
     from edge.backends.base import BackendError
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     trt, _, memory = fakes
     plan = _plan(tmp_path, L4)
@@ -101,7 +101,7 @@ def test_runner_refuses_a_plan_changed_after_its_build(fakes, tmp_path):
 
 def test_runner_reports_a_plan_tensorrt_rejects(fakes, tmp_path):
     from edge.backends.base import BackendError
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     _, driver, memory = fakes
     with pytest.raises(BackendError, match="could not deserialize"):
@@ -111,7 +111,7 @@ def test_runner_reports_a_plan_tensorrt_rejects(fakes, tmp_path):
 
 def test_runner_rejects_a_wrong_image_shape(fakes, tmp_path):
     from edge.backends.base import BackendError
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     with TensorRTBackend(_plan(tmp_path, L4)) as backend, pytest.raises(BackendError, match="image shape"):
         backend.infer(np.zeros((2, 16, 16, 1), np.float32))
@@ -131,7 +131,7 @@ def test_build_steps(fakes, package_copy, tmp_path, capsys):
     from converter.engine.manifest import load_engine_manifest
     from converter.engine.profiles import BatchProfile
     from converter.package import sha256_file
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     trt, _, _ = fakes
     seen = fake_trt.add_builder(trt)
@@ -230,7 +230,7 @@ def test_verify_reports_dice_and_agreement(monkeypatch, package_copy, dataset, c
 
 
 def _load_free_load_infer_free(plan) -> np.ndarray:
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     backend = TensorRTBackend(plan, onnx_sha256="ab" * 32)
     backend.activate()
@@ -288,7 +288,7 @@ def test_free_pops_a_context_left_current(fakes, tmp_path):
 
 def test_runtime_nullptr_is_one_line_with_the_driver_hint(monkeypatch, tmp_path):
     from edge.backends.base import BackendError
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     pycuda, driver, memory = fake_trt.make_pycuda()
     trt = fake_trt.make_tensorrt(memory, runtime_error=fake_trt.NULLPTR)
@@ -405,7 +405,7 @@ def _with_dtypes(monkeypatch, tmp_path, **dtypes):
 def test_fp16_io_is_cast_on_the_host(monkeypatch, tmp_path):
     """An engine with FP16 input and output gets fp16 values (not float32 bytes read as fp16)
     and returns float32."""
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     plan, _, _ = _with_dtypes(monkeypatch, tmp_path, input_dtype=np.float16, output_dtype=np.float16)
     x = np.random.default_rng(1).random((3, 8, 8, 1), dtype=np.float32)
@@ -427,7 +427,7 @@ def test_fp16_io_is_cast_on_the_host(monkeypatch, tmp_path):
 )
 def test_io_dtypes_the_line_does_not_feed_are_refused_at_load(monkeypatch, tmp_path, dtypes, what):
     from edge.backends.base import BackendError
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     plan, driver, memory = _with_dtypes(monkeypatch, tmp_path, **dtypes)
     with pytest.raises(BackendError) as info:
@@ -437,7 +437,7 @@ def test_io_dtypes_the_line_does_not_feed_are_refused_at_load(monkeypatch, tmp_p
 
 
 def test_the_pinned_input_view_is_not_copied_and_the_output_is_reused(fakes, tmp_path):
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     _, driver, _ = fakes
     x = np.random.default_rng(2).random((3, 8, 8, 1), dtype=np.float32)
@@ -463,7 +463,7 @@ def test_the_pinned_input_view_is_not_copied_and_the_output_is_reused(fakes, tmp
 
 def test_an_output_batch_that_does_not_follow_the_input_is_refused_at_load(monkeypatch, tmp_path):
     from edge.backends.base import BackendError
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     plan, driver, memory = _with_dtypes(monkeypatch, tmp_path, output_batch=1)
     with pytest.raises(BackendError, match=r"output batch does not follow its input batch \(input 4 gives 1"):

@@ -164,7 +164,7 @@ def test_select_engine_without_tensorrt(package_copy):
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
 def test_backend_without_tensorrt_says_what_to_install(package_copy):
     from edge.backends.base import BackendError
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     plan = _add_engine(package_copy, L4)
     backend = TensorRTBackend.for_package(package_copy, plan)
@@ -177,7 +177,7 @@ def test_backend_refuses_mismatch_before_deserializing(package_copy, monkeypatch
     """The manifest check runs before TensorRT sees the plan: a mismatch never reaches deserialize."""
     from converter.engine import runtime
     from edge.backends.base import BackendError
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     plan = _add_engine(package_copy, ORIN)
     calls = []
@@ -199,7 +199,7 @@ def test_backend_refuses_mismatch_before_deserializing(package_copy, monkeypatch
 
 def test_backend_refuses_plan_without_manifest(tmp_path):
     from edge.backends.base import BackendError
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     plan = tmp_path / "x.plan"
     plan.write_bytes(b"plan")

@@ -60,7 +60,7 @@ def test_build_writes_plan_and_manifest(built, fp16_package):
 
 
 def test_backend_matches_onnxruntime(built, fp16_package, dataset):
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     images = normalize(load_samples(dataset, SIZE, SIZE, 1, limit=7).images, "zero_one")
     reference = onnx_graph.run_batches(onnx_graph.session(fp16_package.onnx_path("fp32")), images)[..., 0]
@@ -93,7 +93,7 @@ def test_real_mismatch_is_refused(built, tmp_path):
     import shutil
 
     from edge.backends.base import BackendError
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     plan = tmp_path / built.plan_path.name
     shutil.copy(built.plan_path, plan)

@@ -31,7 +31,7 @@ def test_every_line_config_key_is_documented() -> None:
     fps = next(k for k in keys if k.path == "cameras[].fps")
     assert (fps.type, fps.default, fps.allowed) == ("number", "`5.0`", ">= 0 (0 = as fast as it can)")
     backend = next(k for k in keys if k.path == "model.backend")
-    assert backend.allowed == "`auto`, `onnxruntime`, `tensorrt`"
+    assert backend.allowed == "`auto`, `onnxruntime`, `tensorrt`, `openvino`"
 
 
 def test_every_recipe_key_is_documented() -> None:

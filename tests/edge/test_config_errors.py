@@ -36,7 +36,10 @@ def run_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.Complet
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        ({**GOOD, "camras": []}, "unknown key 'camras'; allowed here: name, model, cameras"),
+        (
+            {**GOOD, "camras": []},
+            "unknown key 'camras'; did you mean 'cameras'? (allowed here: name, model, cameras",
+        ),
         (
             {**GOOD, "model": {"backend": "tensorrtx"}},
             "model.backend is 'tensorrtx'; allowed: auto, onnxruntime",
@@ -385,3 +388,67 @@ def test_a_nan_fps_stops_lineside_run_with_one_line_and_starts_nothing(tmp_path:
 
     override = one_error_line(run_cli("run", "--config", str(path), "--set", "workers.count=[", env=env))
     assert "--set 'workers.count=[': the value is not valid YAML" in override
+
+
+TWO_CAMERAS = {"model": {"package": "pkg"}, "cameras": [{"id": "a"}, {"id": "b", "fps": 2}]}
+
+
+def test_set_reaches_cameras_and_reads_yaml_values(tmp_path: Path) -> None:
+    path = tmp_path / "line.yaml"
+    path.write_text(yaml.safe_dump(TWO_CAMERAS))
+    sets = [
+        "cameras[0].fps=5",
+        "cameras[-1].roi=[0, 0, 32, 32]",
+        "cameras[1].options.defect_rate=0.25",
+        "workers.count=2",
+        "decision.threshold=null",
+        "security.insecure=true",
+    ]
+    cfg = load_config(path, sets)
+    assert cfg.cameras[0].fps == 5 and cfg.cameras[1].fps == 2
+    assert cfg.cameras[1].roi == [0, 0, 32, 32] and cfg.cameras[1].options == {"defect_rate": 0.25}
+    assert cfg.workers.count == 2 and cfg.decision.threshold is None and cfg.security.insecure is True
+    # the file itself is untouched; a later --set wins over an earlier one
+    assert load_config(path, ["workers.count=2", "workers.count=3"]).workers.count == 3
+    assert load_config(path).cameras[0].fps == 5.0  # the default, as before
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("cameras[9].fps=5", "cameras[9] is past the end; cameras has 2 items (0..1)"),
+        ("model..package=x", "an empty part (two dots, or a dot at an end)"),
+        ("workers.count", "expected KEY=VALUE, e.g. workers.count=2"),
+        ("workers[0].count=1", "workers is a mapping, not a list; drop the [0]"),
+        ("cameras.fps=5", "cameras is a list; index it, e.g. cameras[0].fps"),
+        ("cameras[0].fps[0]=5", "cameras[0].fps is empty, not a list"),
+        ("workers.cout=2", "unknown key 'workers.cout'; did you mean 'count'?"),
+        ("cameras[1].fsp=2", "unknown key 'cameras[1].fsp'; did you mean 'fps'?"),
+        ("camras[0].fps=2", "unknown key 'camras'; did you mean 'cameras'?"),
+        ("workers.count=[", "the value is not valid YAML"),
+        ("run_dir=/tmp/x", "unknown key 'run_dir'"),
+    ],
+)
+def test_bad_set_is_one_error_line(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "line.yaml"
+    path.write_text(yaml.safe_dump(TWO_CAMERAS))
+    with pytest.raises(ConfigError) as err:
+        load_config(path, [text])
+    assert f"--set {text!r}: " in str(err.value) and expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_set_errors_through_the_run_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.cli import main
+
+    path = tmp_path / "line.yaml"
+    path.write_text(yaml.safe_dump(TWO_CAMERAS))
+    assert main(["run", "--config", str(path), "--set", "cameras[9].fps=5"]) == 2
+    err = capsys.readouterr().err
+    past = "cameras[9] is past the end; cameras has 2 items (0..1)"
+    assert err == f"lineside: error: --set 'cameras[9].fps=5': {past}\n"
+    assert main(["run", "--config", str(path), "--set", "cameras[0].polcy=lossless"]) == 2
+    assert "did you mean 'policy'?" in capsys.readouterr().err
+    # a good --set reaches the camera: the line then stops at the missing package, one line too
+    assert main(["run", "--config", str(path), "--set", "cameras[0].fps=5"]) == 2
+    assert "no such model package folder" in capsys.readouterr().err

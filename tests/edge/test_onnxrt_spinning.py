@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge.backends.onnxrt.runner import OnnxRuntimeBackend
+from edge.backends.onnxrt import OnnxRuntimeBackend
 from tests.converter.graphs import write_graph
 
 

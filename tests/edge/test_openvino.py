@@ -138,7 +138,7 @@ def gate_images(package: ModelPackage, count: int = 16) -> np.ndarray:
 
 
 def test_openvino_backend_equals_onnxruntime_fp32_within_its_gate(package):
-    from edge.backends.onnxrt.runner import OnnxRuntimeBackend
+    from edge.backends.onnxrt import OnnxRuntimeBackend
     from edge.backends.openvino import OpenVINOBackend
 
     precision, _ = here()

@@ -78,9 +78,11 @@ def test_backoff_wait_wakes_on_stop():
 
 
 def test_make_source_registry(tmp_path):
-    assert {"opencv", "folder"} <= set(available_sources())
+    assert {"opencv", "folder", "synthetic"} <= set(available_sources())
     src = make_source("folder", path=tmp_path, fps=0)
     assert isinstance(src, FolderSource)
+    # synthetic is in the table like the others, not registered by whoever uses it first
+    assert type(make_source("synthetic", size=32, bank=1)).__name__ == "SyntheticSource"
     with pytest.raises(SourceConfigError, match=r"unknown camera source kind 'usb'.*folder") as info:
         make_source("usb")
     assert isinstance(info.value, LinesideError)
@@ -526,7 +528,7 @@ def test_camera_refuses_a_frame_far_below_the_model_input(fit, hw, refused):
 
 
 def test_camera_size_check_applies_after_the_roi_and_to_every_source_kind(tmp_path):
-    from edge.synthetic_source import SyntheticSource
+    from edge.sources.synthetic_source import SyntheticSource
 
     loop = camera_loop(roi=[0, 0, 20, 200])  # a 20 px wide cut of a 256 px frame
     loop.emit(Captured(np.full((256, 256), 90, np.uint8), time.time()))

@@ -30,7 +30,7 @@ def test_defaults_merge_and_overrides():
 @pytest.mark.parametrize(
     ("recipe", "message"),
     [
-        ({"modle": {}}, "unknown key 'modle'; allowed: name, seed, dataset"),
+        ({"modle": {}}, "unknown key 'modle'; did you mean 'model'? (allowed: name, seed, dataset"),
         (
             {"model": {"architecture": "resnet"}},
             "'model.architecture' is 'resnet'; allowed: tinyunet, unet_lowered",
@@ -44,7 +44,7 @@ def test_defaults_merge_and_overrides():
         ({"eval": {"min_tnr": "high"}}, "'eval.min_tnr' must be float/int, got 'high'"),
         (
             {"input": {"augment": {"rotation": 5}}},
-            "unknown key 'input.augment.rotation'; allowed: flip, rot90",
+            "unknown key 'input.augment.rotation'; did you mean 'rotate'? (allowed: flip, rot90",
         ),
         ({"input": {"augment": {"rotate": True}}}, "'input.augment.rotate' must be float/int, got True"),
         (
@@ -87,3 +87,51 @@ def test_recipe_file_errors_name_the_file(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="must be a YAML mapping"):
         load_config(bad)
+
+
+def test_set_indexes_lists_and_reads_yaml_values():
+    overrides = dict(
+        parse_override(text)
+        for text in ("dataset.classes[1]=3", "optimizer.weight_decay=0", "model.encoder_weights=null")
+    )
+    cfg = load_config({"dataset": {"root": "/data", "classes": [1, 2]}}, overrides)
+    assert cfg["dataset"]["classes"] == [1, 3]
+    assert cfg["optimizer"]["weight_decay"] == 0 and cfg["model"]["encoder_weights"] is None
+    # a list the recipe leaves at its default is indexed in the default ([1])
+    assert load_config({"dataset": {"root": "/d"}}, {"dataset.classes[0]": 4})["dataset"]["classes"] == [4]
+    assert load_config({"dataset": {"root": "/d"}}, {"dataset.classes[-1]": 2})["dataset"]["classes"] == [2]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("dataset.classes[5]=3", "dataset.classes[5] is past the end; dataset.classes has 2 items (0..1)"),
+        ("model..x=1", "an empty part (two dots, or a dot at an end)"),
+        ("train.epochs", "expected KEY=VALUE"),
+        ("=3", "the key is empty"),
+        ("model[0]=1", "model is a mapping, not a list; drop the [0]"),
+        ("train.epochs[0]=1", "train.epochs is 10, not a list"),
+        ("train.epochs.x=1", "train.epochs is 10, not a mapping"),
+        ("optimizer.weight_decy=0", "unknown key 'optimizer.weight_decy'; did you mean 'weight_decay'?"),
+        ("modle.x=1", "unknown key 'modle'; did you mean 'model'?"),
+        ("train.epochs=[1", "the value is not valid YAML"),
+        ("cameras[0]x=1", "'cameras[0]x' is not a key"),
+    ],
+)
+def test_bad_set_is_one_error_line(text, message):
+    recipe = {"dataset": {"root": "/data", "classes": [1, 2]}, "train": {"epochs": 10}}
+    with pytest.raises(ConfigError, match=_escape(message)) as err:
+        load_config(recipe, dict([parse_override(text)]))
+    assert "\n" not in str(err.value)
+
+
+def test_bad_set_through_the_train_command(tmp_path, capsys):
+    from edge.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("dataset: {root: x, classes: [1]}\n")
+    assert main(["train", str(recipe), "--set", "optimizer.learning_rte=0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "did you mean 'learning_rate'?" in err
+    assert main(["train", str(recipe), "--set", "dataset.classes[3]=2"]) == 2
+    assert "dataset.classes[3] is past the end; dataset.classes has 1 item (0..0)" in capsys.readouterr().err

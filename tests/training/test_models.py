@@ -144,3 +144,20 @@ def test_input_size_check_names_a_valid_size():
         check_input_size("tinyunet", 500, 512)
     with pytest.raises(ModelError, match="divisible by 32"):
         check_input_size("mobilenetv2_unet", 1600, 240)
+
+
+def test_mobilenet_honours_weight_decay():
+    """optimizer.weight_decay reaches mobilenetv2_unet as it does the others: L2 on the trainable
+    conv kernels of decoder and encoder, none on a frozen layer, none when it is 0."""
+    cfg = _model_cfg(**MODELS["mobilenetv2_unet"])
+    assert build_model(cfg, weight_decay=0.0).losses == []
+    model = build_model(cfg, weight_decay=1e-3)
+    encoder = model.get_layer("mobilenetv2_encoder")
+    assert model.get_layer("up_1_deconv").kernel.regularizer is not None
+    assert model.get_layer("output_logits").kernel.regularizer is not None
+    assert encoder.get_layer("block_16_project").kernel.regularizer is not None
+    assert encoder.get_layer("block_13_depthwise").kernel.regularizer is not None
+    assert encoder.get_layer("block_1_expand").kernel.regularizer is None  # frozen (before block_6_expand)
+    decayed = [w for w in model.trainable_weights if w.regularizer is not None]
+    assert len(model.losses) == len(decayed) > 10
+    assert all(float(loss) > 0 for loss in model.losses)

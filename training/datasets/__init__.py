@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,6 @@ __all__ = [
     "load_splits",
     "split_train_val",
 ]
-
-logger = logging.getLogger(__name__)
 
 SYNTHETIC_MARKER = "synthetic.json"
 

@@ -10,15 +10,12 @@ Nothing here imports TensorRT or pycuda until ``activate()``.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
 
 from converter.errors import LinesideError
 from edge.backends.base import Backend, BackendError, squeeze_probabilities
-
-log = logging.getLogger(__name__)
 
 
 class TensorRTBackend(Backend):

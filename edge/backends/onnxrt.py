@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
 from edge.backends.base import Backend, BackendError, squeeze_probabilities
-
-log = logging.getLogger(__name__)
 
 
 class OnnxRuntimeBackend(Backend):

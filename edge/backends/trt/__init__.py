@@ -1,1 +1,0 @@
-"""TensorRT backend (imports TensorRT and pycuda only when activated)."""
