@@ -347,14 +347,14 @@ def format_backends(report: dict) -> str:
     lines = [
         f"model {report['model_id']}  input {report['input']}  on {m['cpu']} ({m['cores']} cores, "
         f"load {m['load_1m']}), {report['rounds']} interleaved rounds",
-        f"{'backend':<18} {'batch':>5} {'img/s':>8} {'IQR':>13} {'vs 1st':>6} "
+        f"{'backend':<18} {'batch':>5} {'img/s':>8} {'IQR':>15} {'vs 1st':>6} "
         + " ".join(f"{k:>7}" for k in LATENCY_KEYS)
         + "  (ms per call)",
     ]
     for r in report["rows"]:
         s = r["img_per_s_spread"]
         lines.append(
-            f"{r['backend']:<18} {r['batch']:>5} {r['img_per_s']:>8.1f} {s['q1']:>6.1f}-{s['q3']:<6.1f} "
+            f"{r['backend']:<18} {r['batch']:>5} {r['img_per_s']:>8.1f} {s['q1']:>7.1f}-{s['q3']:<7.1f} "
             f"{r['ratio']:>5.2f}x " + " ".join(f"{r['latency_ms'][k]:>7.1f}" for k in LATENCY_KEYS)
         )
         if "compute_ms" in r:
@@ -485,6 +485,7 @@ def write_plot(report: dict, path: str) -> bool:
                 label=f"line, batch {batch}",
             )
             ax.axhline(pipe["bare"][str(batch)]["img_per_s"], ls="--", lw=0.8, color=ax.lines[-1].get_color())
+        ax.set_xticks(sorted({c["workers"] for c in pipe["cells"]}))
         ax.set_xlabel("workers")
         ax.set_ylabel("decisions/s (dashed: bare backend)")
         ax.set_title(f"the line, {pipe['graph']} graph")
