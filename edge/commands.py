@@ -76,31 +76,58 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace existing keys")
     p.set_defaults(func=cmd_keys)
 
-    p = sub.add_parser("bench", help="throughput of the bare backend on a model package")
+    p = sub.add_parser(
+        "bench",
+        help="backends side by side on a model package; --pipeline: the whole line against the bare backend",
+    )
     p.add_argument("package", help="model package folder")
     p.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated, first row is the ratios' base (default: all of "
+        "onnxruntime:fp32,onnxruntime:fp16,onnxruntime:int8,openvino,opencv,keras,tensorrt; "
+        "those that cannot run here are listed with the reason)",
+    )
+    p.add_argument(
         "--backend",
-        default="onnxruntime",
+        default=None,
         choices=("onnxruntime", "tensorrt", "openvino"),
-        help="inference backend; openvino runs in the precision this CPU runs fastest",
+        help="one backend only (with --precision); with --pipeline, the line's backend (default onnxruntime)",
     )
     p.add_argument(
         "--precision",
         default="fp32",
         choices=("fp32", "fp16", "int8"),
-        help="graph (or engine) precision, for onnxruntime and tensorrt",
+        help="with --backend onnxruntime: the graph's precision",
     )
-    p.add_argument("--batch", default="1,4,8", help="comma-separated batch sizes")
-    p.add_argument("--seconds", type=float, default=5.0, help="time per batch size")
-    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = all cores)")
-    p.add_argument("--json", default=None, help="also write the figures as JSON here")
+    p.add_argument("--keras", default=None, metavar="MODEL.keras", help="the Keras model for the keras row")
+    p.add_argument("--batch", default=None, help="comma-separated batch sizes (default 1,4,8; --pipeline: 8)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per batch size")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=5.0,
+        help="time per backend and batch size, split over the rounds; --pipeline: measured time per cell",
+    )
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all cores)")
+    p.add_argument(
+        "--json", default=None, metavar="FILE", help="also write the report here (edge/bench_schema.json)"
+    )
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="also plot it (needs matplotlib)")
     p.add_argument(
         "--pipeline",
         action="store_true",
-        help="run the whole line (cameras to collector) and compare its img/s with the bare backend",
+        help="run the whole line (cameras to collector) per worker count and batch size, "
+        "against the bare backend",
+    )
+    p.add_argument(
+        "--null",
+        action="store_true",
+        help="--pipeline with a near-free graph of the package's I/O: the plumbing alone",
     )
     p.add_argument("--cameras", type=int, default=2, help="--pipeline: synthetic cameras")
-    p.add_argument("--workers", default="1,2", help="--pipeline: comma-separated worker counts to compare")
+    p.add_argument("--workers", default="1,2", help="--pipeline: comma-separated worker counts")
+    p.add_argument("--warmup", type=float, default=5.0, help="--pipeline: seconds before measuring each cell")
     p.set_defaults(func=cmd_bench)
 
     register_demo(sub)
@@ -207,18 +234,43 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edge.bench import bench_backend
+    from edge import bench
 
-    batches = [int(b) for b in args.batch.split(",") if b.strip()]
-    if args.pipeline:
-        from edge.bench import bench_pipeline
+    def ints(text: str) -> list[int]:
+        return [int(b) for b in text.split(",") if b.strip()]
 
-        workers = [int(w) for w in args.workers.split(",") if w.strip()]
-        bench_pipeline(
-            args.package, args.cameras, workers, max(batches), args.seconds, args.threads, args.json
+    if args.pipeline or args.null:
+        bench.bench_pipeline(
+            args.package,
+            args.cameras,
+            ints(args.workers),
+            ints(args.batch or "8"),
+            args.seconds,
+            args.threads,
+            json_path=args.json,
+            null=args.null,
+            backend=args.backend or "onnxruntime",
+            rounds=args.rounds,
+            warmup_s=args.warmup,
+            plot_path=args.plot,
         )
         return 0
-    bench_backend(args.package, args.backend, args.precision, batches, args.seconds, args.threads, args.json)
+    if args.backends:
+        specs = [b.strip() for b in args.backends.split(",") if b.strip()]
+    elif args.backend:
+        specs = [f"onnxruntime:{args.precision}" if args.backend == "onnxruntime" else args.backend]
+    else:
+        specs = list(bench.BACKENDS)
+    report = bench.bench_backends(
+        args.package, specs, ints(args.batch or "1,4,8"), args.rounds, args.seconds, args.threads, args.keras
+    )
+    if args.json:
+        bench.write_json(report, args.json)
+    if args.plot:
+        bench.write_plot(report, args.plot)
+    if not report["rows"]:
+        log.error("none of %s can run here (reasons above)", ", ".join(specs))
+        return 1
     return 0
 
 

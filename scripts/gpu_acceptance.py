@@ -101,43 +101,6 @@ def last_line(text: str) -> str:
 # -- packages ---------------------------------------------------------------------------------------
 
 
-def near_free_package(source: str | Path, out: str | Path) -> Path:
-    """A copy of ``source``'s manifest around a near-free graph with the same I/O: sigmoid(x - 10)
-    (channels averaged when the output has fewer). It measures what the line costs without the model."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from converter.package import ModelPackage, sha256_file
-
-    package = ModelPackage.open(source)
-    model = onnx.load(str(package.onnx_path("fp32")), load_external_data=False)
-    inp, outp = model.graph.input[0], model.graph.output[0]
-    m = package.manifest
-    axis = 1 if m.input.layout == "NCHW" else 3
-    ten = numpy_helper.from_array(np.array(10.0, np.float32), "ten")
-    nodes = [helper.make_node("Cast", [inp.name], ["xf"], to=TensorProto.FLOAT)]
-    nodes.append(helper.make_node("Sub", ["xf", "ten"], ["shifted"]))
-    last = "shifted"
-    if m.input.channels != m.output.channels:
-        nodes.append(helper.make_node("ReduceMean", ["shifted"], ["mean"], axes=[axis], keepdims=1))
-        last = "mean"
-    nodes.append(helper.make_node("Sigmoid", [last], [outp.name]))
-    graph = helper.make_graph(nodes, "near-free", [inp], [outp], initializer=[ten])
-    free = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    free.ir_version = 8
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    onnx.save(free, str(out / "model.onnx"))
-    m.model_id = f"{m.model_id}-near-free"
-    m.files = {"fp32": "model.onnx"}
-    m.files_sha256 = {"model.onnx": sha256_file(out / "model.onnx")}
-    m.gates = {}
-    m.save(out)
-    ModelPackage.open(out).check_graph_io("fp32")
-    return out
-
-
 def make_package_with_tensorflow(work: Path, quick: bool) -> Path:
     """synth + train (tiny recipe, short) + export with FP16 and INT8 graphs; needs TensorFlow."""
     data, ckpt, pkg = work / "data", work / "checkpoint", work / "package"
@@ -492,40 +455,39 @@ class Acceptance:
     def do_bench(self, s: Step) -> str:
         self.need_trt()
         pkg = self.need_package()
-        rows = {}
-        for backend in ("tensorrt", "onnxruntime"):
-            path = self.out / f"bench-{backend}.json"
-            proc = run(
-                lineside(
-                    "bench",
-                    str(pkg),
-                    "--backend",
-                    backend,
-                    "--batch",
-                    "1,8",
-                    "--seconds",
-                    str(self.bench_seconds),
-                    "--json",
-                    str(path),
-                ),
-                timeout=300,
-                log=self.logs / f"bench-{backend}.log",
-            )
-            if proc.returncode != 0:
-                raise Fail(f"bench {backend}: {last_line(proc.stderr)}")
-            rows[backend] = json.loads(path.read_text())["rows"]
+        path = self.out / "bench.json"
+        proc = run(
+            lineside(
+                "bench",
+                str(pkg),
+                "--backends",
+                "tensorrt,onnxruntime:fp32",
+                "--batch",
+                "1,8",
+                "--rounds",
+                "3",
+                "--seconds",
+                str(self.bench_seconds),
+                "--json",
+                str(path),
+            ),
+            timeout=300,
+            log=self.logs / "bench.log",
+        )
+        if proc.returncode != 0:
+            raise Fail(f"bench: {last_line(proc.stderr)}")
+        report = json.loads(path.read_text())
+        if report["unavailable"]:
+            u = report["unavailable"][0]
+            raise Fail(f"bench: {u['backend']} unavailable: {u['reason']}")
+        rows = {b: [r for r in report["rows"] if r["backend"] == b] for b in ("tensorrt", "onnxruntime:fp32")}
         s.details = rows
         self.bare_trt_img_s = max(r["img_per_s"] for r in rows["tensorrt"])
-        split = all(k in rows["tensorrt"][0] for k in ("h2d_ms", "compute_ms", "d2h_ms"))
-        text = ", ".join(
-            f"b{t['batch']}: TensorRT {t['img_per_s']:.0f} img/s vs ONNX Runtime {o['img_per_s']:.0f}"
-            for t, o in zip(rows["tensorrt"], rows["onnxruntime"], strict=False)
+        return ", ".join(
+            f"b{t['batch']}: TensorRT {t['img_per_s']:.0f} img/s (H2D {t['h2d_ms']:.2f}, compute "
+            f"{t['compute_ms']:.2f}, D2H {t['d2h_ms']:.2f} ms) vs ONNX Runtime {o['img_per_s']:.0f}"
+            for t, o in zip(rows["tensorrt"], rows["onnxruntime:fp32"], strict=False)
         )
-        if not split:
-            text += (
-                "; lineside bench does not report H2D, compute and D2H separately (only the whole infer call)"
-            )
-        return text
 
     def pipeline(self, pkg: Path, backend: str, workers: list[int], fps: float) -> list[dict]:
         from edge.bench import measure_pipeline, pipeline_config
@@ -578,7 +540,7 @@ class Acceptance:
         pkg = self.need_package()
         if not self.doctor.get("backends", {}).get("onnxruntime", {}).get("usable"):
             raise Skip("ONNX Runtime is not usable here")
-        from edge.bench import bench_backend
+        from edge.bench import bench_backend, near_free_package
 
         free = near_free_package(pkg, self.out / "near-free")
         result = {}

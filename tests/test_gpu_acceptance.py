@@ -1,5 +1,5 @@
 """scripts/gpu-acceptance.sh on this box: what it can run passes, the rest is skipped with the
-reason, a failed step makes exit 1; its near-free graph; its worker check against the fakes."""
+reason, a failed step makes exit 1; the near-free graph it uses; its worker check against the fakes."""
 
 from __future__ import annotations
 
@@ -33,10 +33,10 @@ def load_driver():
 def test_near_free_graph_has_the_package_io_and_computes_sigmoid_x_minus_10(tmp_path):
     from converter import onnx_graph
     from converter.package import ModelPackage
+    from edge.bench import near_free_package  # shared by the script's step 11 and `lineside bench --null`
 
-    driver = load_driver()
     package = write_tiny_package(tmp_path / "pkg", size=16)
-    free = ModelPackage.open(driver.near_free_package(package, tmp_path / "free"))
+    free = ModelPackage.open(near_free_package(package, tmp_path / "free"))
     assert free.verify() == []  # the manifest records the new graph's sha256
     free.check_graph_io("fp32")
     x = np.random.default_rng(0).random((2, 16, 16, 1), dtype=np.float32) * 20

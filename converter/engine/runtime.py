@@ -12,6 +12,7 @@ TensorRT version or GPU, or a changed plan, can crash the process inside
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,12 @@ class EngineRunner:
         #: pinned float32 input buffers a caller may normalize straight into (``input_buffer``)
         self._offered: list[PinnedBuffer] = []
         self._stream: Stream | None = None
+        #: `lineside bench` sets this to split each ``infer`` into H2D, compute and D2H (as
+        #: trtexec does): the stream is then synchronized after each stage, which serializes
+        #: copies and compute, so the line leaves it off
+        self.time_stages = False
+        #: seconds per stage of the last ``infer`` (summed over its chunks) when ``time_stages``
+        self.stage_seconds: dict[str, float] = {}
         #: the output of the last ``infer``, reused (valid until the next call)
         self._result: np.ndarray | None = None
 
@@ -234,6 +241,8 @@ class EngineRunner:
         if len(batch) > len(self._result):
             self._result = np.empty((len(batch), *self._result.shape[1:]), np.float32)
         result = self._result[: len(batch)]
+        timed = self.time_stages
+        stages = dict.fromkeys(("h2d", "compute", "d2h"), 0.0)
         with self._ctx:
             for chunk in plan_chunks(len(batch), self.profile):
                 rows = chunk.run_batch
@@ -246,13 +255,26 @@ class EngineRunner:
                 if not self._context.set_input_shape(self.input_name, (rows, *host_in.shape[1:])):
                     msg = f"{self.plan_path}: batch {rows} is outside the engine profile {self.profile}"
                     raise EngineLoadError(msg)
+                t0 = time.perf_counter()
                 self._stream.copy_to_device(dev_in, host_in[:rows])
+                if timed:
+                    self._stream.synchronize()
+                    t1 = time.perf_counter()
                 if not self._context.execute_async_v3(self._stream.handle):
                     msg = f"{self.plan_path}: TensorRT execute_async_v3 failed (see its log)"
                     raise EngineLoadError(msg)
+                if timed:
+                    self._stream.synchronize()
+                    t2 = time.perf_counter()
                 self._stream.copy_to_host(host_out[:rows], dev_out)
                 self._stream.synchronize()
+                if timed:
+                    stages["h2d"] += t1 - t0
+                    stages["compute"] += t2 - t1
+                    stages["d2h"] += time.perf_counter() - t2
                 result[chunk.start : chunk.start + chunk.count] = host_out[: chunk.count]
+        if timed:
+            self.stage_seconds = stages
         return result
 
     def free(self) -> None:

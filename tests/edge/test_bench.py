@@ -1,0 +1,147 @@
+"""`lineside bench`: percentiles against numpy, the report against its schema, backends that
+cannot run listed with the reason, the whole line end to end on a tiny configuration, and
+TensorRT's H2D/compute/D2H split against the fake tensorrt/pycuda modules."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edge import bench
+from tests.converter import fake_trt
+from tests.converter.test_engine_fake_trt import _plan
+from tests.converter.test_engine_plain import L4
+
+ROOT = bench.SCHEMA_PATH.parents[1]
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 100, 1001])
+def test_percentiles_match_numpy(n):
+    values = np.random.default_rng(n).lognormal(size=n) * 10
+    for q in (0, 1, 25, 37.5, 50, 90, 95, 99, 99.9, 100):
+        assert bench.percentile(values, q) == pytest.approx(float(np.percentile(values, q)), rel=1e-12)
+    stats = bench.latency_stats(values)
+    assert list(stats) == ["min", "mean", "p50", "p90", "p95", "p99", "max"]
+    assert stats["mean"] == pytest.approx(values.mean())
+    assert (stats["min"], stats["max"]) == (values.min(), values.max())
+    with pytest.raises(ValueError):
+        bench.percentile([], 50)
+
+
+def test_the_schema_checker_finds_what_is_wrong():
+    schema = bench.load_schema()
+    assert bench.validate({}, schema)  # everything missing
+    report = {
+        "schema_version": 1,
+        "created": "now",
+        "package": "p",
+        "model_id": "m",
+        "input": "8x8x1",
+        "machine": {"cpu": "x", "cores": 2, "load_1m": 1.0, "python": "3.11"},
+        "rounds": 1,
+        "seconds": 1.0,
+        "rows": [],
+        "unavailable": [{"backend": "keras", "reason": "no model"}],
+        "pipeline": None,
+    }
+    assert bench.validate(report, schema) == []
+    report["rows"] = [{"backend": "onnxruntime:fp32", "batch": 0}]
+    errors = bench.validate(report, schema)
+    assert any("batch: 0 is below 1" in e for e in errors) and any(
+        "'latency_ms' is missing" in e for e in errors
+    )
+    report["rows"], report["pipeline"] = [], {"graph": "other"}
+    assert bench.validate(report, schema) == ["$.pipeline: matches none of its allowed forms"]
+
+
+def test_backends_side_by_side_and_the_unavailable_with_their_reason(trained_package, tmp_path):
+    specs = ["onnxruntime:fp32", "opencv", "onnxruntime:int8", "keras", "tensorrt", "tflite"]
+    report = bench.bench_backends(str(trained_package), specs, [1, 2], rounds=2, seconds=0.2, threads=1)
+    ran = [r["backend"] for r in report["rows"]]
+    skipped = {u["backend"]: u["reason"] for u in report["unavailable"]}
+    assert set(ran) | set(skipped) == set(specs) and not set(ran) & set(skipped)
+    assert ran[0] == "onnxruntime:fp32"
+    assert "--keras MODEL.keras" in skipped["keras"]
+    assert "unknown backend 'tflite'" in skipped["tflite"]
+    if "onnxruntime:int8" in skipped:
+        assert "--precision int8" in skipped["onnxruntime:int8"]
+    for batch in (1, 2):
+        rows = [r for r in report["rows"] if r["batch"] == batch]
+        assert rows[0]["backend"] == "onnxruntime:fp32" and rows[0]["ratio"] == 1.0
+        for r in rows:
+            lat = r["latency_ms"]
+            assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+            assert r["rounds"] == 2 and r["runs"] >= 2 and r["img_per_s"] > 0
+    path = tmp_path / "bench.json"
+    bench.write_json(report, str(path))
+    assert bench.validate(json.loads(path.read_text()), bench.load_schema()) == []
+    # what the terminal shows: one line per row, one per unavailable backend with its reason
+    table = bench.format_backends(report)
+    assert "keras" in table and "unavailable: no Keras model at hand" in table
+
+
+def test_the_line_end_to_end_with_a_near_free_graph(trained_package, tmp_path):
+    """`lineside bench --pipeline --null` on one camera, one worker, batch 2: a short run whose
+    JSON validates and whose cells carry every figure the issue asks for."""
+    out = tmp_path / "line.json"
+    argv = [sys.executable, "-m", "edge.cli", "bench", str(trained_package), "--null", "--cameras", "1"]
+    argv += ["--workers", "1", "--batch", "2", "--seconds", "2", "--warmup", "1", "--rounds", "1"]
+    argv += ["--json", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert bench.validate(report, bench.load_schema()) == []
+    pipe = report["pipeline"]
+    assert pipe["graph"] == "near-free" and report["model_id"].endswith("-near-free")
+    (cell,) = pipe["cells"]
+    assert (cell["workers"], cell["batch"]) == (1, 2) and cell["decisions"] > 0
+    assert {"end_to_end", "infer", "queue"} <= set(cell["stages_ms"])
+    assert cell["truth"]["judged"] >= 0
+    procs = cell["processes"]
+    if "unavailable" in procs:
+        assert "pip install psutil" in procs["unavailable"]
+    else:
+        assert {"worker", "camera", "router", "collector"} <= set(procs)
+        assert procs["worker"]["peak_rss_mib"] > 10
+    assert "vs bare" in proc.stdout
+
+
+def test_near_free_package_keeps_the_io(trained_package, tmp_path):
+    from converter.package import ModelPackage
+
+    free = ModelPackage.open(bench.near_free_package(trained_package, tmp_path / "free"))
+    data = bench.sample_batch(free, 2)
+    with bench.make_backend(free, "onnxruntime", "fp32", 1) as backend:
+        out = backend.infer(data)
+    assert out.shape == (2, free.manifest.input.height, free.manifest.input.width)
+    assert float(out.max()) < 0.01  # sigmoid(x - 10): nothing is a defect
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    pycuda, driver, memory = fake_trt.make_pycuda()
+    trt = fake_trt.make_tensorrt(memory)
+    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    return trt
+
+
+def test_tensorrt_splits_h2d_compute_and_d2h_only_when_asked(fakes, tmp_path):
+    from edge.backends.trt.runner import TensorRTBackend
+
+    backend = TensorRTBackend(_plan(tmp_path, L4), onnx_sha256="ab" * 32)
+    x = np.random.default_rng(0).random((7, 8, 8, 1), dtype=np.float32)
+    with backend:
+        engine = backend._runner
+        backend.infer(x)
+        assert engine.stage_seconds == {}  # the line's path: no extra synchronization
+        engine.time_stages = True
+        np.testing.assert_array_equal(backend.infer(x), 2 * x[..., 0])  # same result, timed
+        assert set(engine.stage_seconds) == {"h2d", "compute", "d2h"}
+        assert all(v >= 0 for v in engine.stage_seconds.values())
+        assert fakes.executions[-2:] == [4, 3]  # both chunks ran, each timed
