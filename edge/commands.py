@@ -7,6 +7,8 @@ import logging
 import os
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a line: cameras, workers, collector (Ctrl-C or SIGTERM stops it)")

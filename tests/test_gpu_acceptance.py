@@ -109,7 +109,7 @@ def test_worker_check_against_the_fakes(tmp_path, monkeypatch):
     assert result["batches"] == [1, 8, 9]  # the manifest's profile is 1..8: 1, max, max+1
     assert result["loop_runs"] > 0 and result["reactivated_shape"] == [1, 32, 32]
     assert result["memory_grown_mib"] is None  # no NVML here: said, not invented
-    assert memory == {} and drv.PrimaryContext.pushed == 0  # freed, every push popped
+    assert memory == {} and drv.stacks() == ([], [])  # freed, every push popped
 
 
 @pytest.mark.slow
