@@ -132,7 +132,7 @@ def fakes(monkeypatch):
 
 
 def test_tensorrt_splits_h2d_compute_and_d2h_only_when_asked(fakes, tmp_path):
-    from edge.backends.trt.runner import TensorRTBackend
+    from edge.backends.trt import TensorRTBackend
 
     backend = TensorRTBackend(_plan(tmp_path, L4), onnx_sha256="ab" * 32)
     x = np.random.default_rng(0).random((7, 8, 8, 1), dtype=np.float32)
