@@ -119,6 +119,7 @@ class Collector:
         self.lock = threading.Lock()
         self.started = started or time.time()
         self.e2e: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+        self._empty_masks: dict[tuple[int, ...], bytes] = {}
         self.pending_log: list[dict[str, Any]] = []
         self.last_flush = time.monotonic()
         self.router: dict[str, Any] = {}
@@ -331,15 +332,26 @@ class Collector:
                 m.camera_fps.labels(cam).set((captured - mark[1]) / (now - mark[0]))
             self._fps_marks[cam] = (now, captured, epoch)
 
+    def empty_mask(self, shape: list[int]) -> bytes:
+        """The published bytes of an all-background mask of ``shape``, made once per shape:
+        subscribers still get the raw mask the protocol promises, the line no copy per frame."""
+        key = tuple(shape)
+        if key not in self._empty_masks:
+            self._empty_masks = {key: bytes(int(np.prod(key)))}  # one shape per line: keep one
+        return self._empty_masks[key]
+
     def on_result(self, h: dict[str, Any], parts: list[Any], pub: zmq.Socket) -> None:
         cam, epoch, seq, outcome = h["cam"], h["epoch"], h["seq"], h["decision"]
         if not protocol.tag_ok(self.key, cam, epoch, seq, h["tag"]):
             self.on_rejected(f"result for {cam}#{seq} without this line's tag", "unauthenticated")
             return
-        # [header] or [header, mask] or [header, mask, image]: each buffer as its shape says
-        shapes = [s for s in (h["mask_shape"], h["image_shape"]) if s is not None]
+        # [header] or [header, mask] or [header, mask, image]: each buffer as its shape says;
+        # an empty mask (``mask_empty``) is not sent, and an image comes only with a sent mask
+        sent_mask = None if h["mask_empty"] else h["mask_shape"]
+        shapes = [s for s in (sent_mask, h["image_shape"]) if s is not None]
         if (
-            (h["image_shape"] is not None and h["mask_shape"] is None)
+            (h["image_shape"] is not None and sent_mask is None)
+            or (h["mask_empty"] and h["mask_shape"] is None)
             or len(parts) != 1 + len(shapes)
             or any(len(p) != int(np.prod(s)) for p, s in zip(parts[1:], shapes, strict=True))
         ):
@@ -366,9 +378,12 @@ class Collector:
         m.worker_decisions.labels(h.get("worker", "?")).inc()
         for stage, ms in lat.items():
             m.latency.labels(stage).observe(ms / 1000)
-        mask_bytes = parts[1].bytes if len(parts) > 1 else b""
+        if h["mask_empty"]:
+            mask_bytes = self.empty_mask(h["mask_shape"])
+        else:
+            mask_bytes = parts[1].bytes if len(parts) > 1 else b""
         # Publish first: subscribers should not wait for the disk.
-        header_out = {k: v for k, v in h.items() if k not in ("t", "image_shape", "tag")}
+        header_out = {k: v for k, v in h.items() if k not in ("t", "image_shape", "tag", "mask_empty")}
         if header_out["mask_shape"] is None:
             del header_out["mask_shape"]
         # PUB drops for a subscriber at its HWM instead of blocking: a stalled UI never stalls the line.

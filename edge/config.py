@@ -589,6 +589,7 @@ def _option_rules(kind: str) -> dict[str, tuple[tuple[type, ...], Rule | None]]:
             "pattern": (words, text_rule()),
             "loop": (flag, None),
             "fps": (real, number_rule(ge=0, note="0 = as fast as it can")),
+            "cache_mb": (real, number_rule(ge=0, note="0 = decode every pass")),
         }
     if kind == "opencv":
         uri = Rule(

@@ -35,6 +35,9 @@ class Decision:
     boxes: list[list[int]] = field(default_factory=list)
     #: uint8 0/255 mask of the defects kept (None for NO_DECISION)
     mask: np.ndarray | None = None
+    #: the mask is all background (no pixel above the threshold): the worker sends a flag,
+    #: not the bytes
+    empty: bool = False
 
 
 def decide(prob: np.ndarray, rules: DecisionRules) -> Decision:
@@ -43,8 +46,14 @@ def decide(prob: np.ndarray, rules: DecisionRules) -> Decision:
     A map holding NaN or Inf means the numbers cannot be trusted (an FP16
     overflow, a broken engine): the answer is NO_DECISION, never PASS.
     """
-    if not np.isfinite(prob).all():
+    # min and max carry any NaN or Inf into their sum: one pass over the map, no temporary.
+    low, high = float(prob.min()), float(prob.max())
+    if not np.isfinite(low + high):
         return Decision(NO_DECISION, "non-finite model output (NaN/Inf)")
+    if high <= rules.threshold:
+        # Nothing above the threshold, the usual good part: no labelling, and an empty mask
+        # that is flagged (``Decision.empty``) so it need not travel as 0-bytes.
+        return Decision(PASS, "no defect", mask=np.zeros(prob.shape, np.uint8), empty=True)
     binary = (prob > rules.threshold).astype(np.uint8)
     if rules.ignore_mask is not None:
         binary &= rules.ignore_mask > 0
@@ -65,7 +74,7 @@ def decide(prob: np.ndarray, rules: DecisionRules) -> Decision:
         reason = f"{n} defect(s), {area} px"
         return Decision(FAIL, reason, area, n, boxes, mask)
     reason = "no defect" if not n else f"{n} defect(s), {area} px within limits"
-    return Decision(PASS, reason, area, n, boxes, mask)
+    return Decision(PASS, reason, area, n, boxes, mask, empty=not n)
 
 
 def merge_tiles(decisions: list[Decision], offsets: list[tuple[int, int]]) -> Decision:

@@ -312,6 +312,8 @@ class Result(_Message, tag="result"):
     latency_ms: dict[Annotated[str, msgspec.Meta(max_length=32)], Millis] = {}
     truth: dict[Annotated[str, msgspec.Meta(max_length=64)], Any] | None = None
     mask_shape: Shape | None = None
+    #: the mask is all background: it is not sent (``mask_shape`` says its size)
+    mask_empty: bool = False
     image_shape: Shape | None = None
 
 

@@ -345,8 +345,11 @@ class Worker:
             if ignore is not None:
                 rules = DecisionRules(**{**rules.__dict__, "ignore_mask": ignore})
             decisions = [decide(probs[i], rules) for i in range(start, end)]
+            empty = all(d.empty for d in decisions)
             if len(decisions) == 1:
                 result, mask = decisions[0], decisions[0].mask
+            elif empty:
+                result, mask = merge_tiles(decisions, plan), np.zeros(item.image.shape[:2], np.uint8)
             else:
                 result = merge_tiles(decisions, plan)
                 h, w = item.image.shape[:2]
@@ -360,7 +363,7 @@ class Worker:
                 "infer": (t2 - t1) * 1000,
                 "postprocess": (t3 - t2) * 1000,
             }
-            self.send_result(results, item, result, lat, mask)
+            self.send_result(results, item, result, lat, mask, empty=empty)
 
     def process(self, results: zmq.Socket) -> None:
         """Prepare, infer and finish the waiting frames in this thread (shutdown, tests)."""
@@ -370,8 +373,16 @@ class Worker:
             self.finish(prepared, probs, time.time(), results)
 
     def send_result(
-        self, results: zmq.Socket, item: Item, d: Decision, lat: dict[str, float], mask: np.ndarray | None
+        self,
+        results: zmq.Socket,
+        item: Item,
+        d: Decision,
+        lat: dict[str, float],
+        mask: np.ndarray | None,
+        empty: bool = False,
     ) -> None:
+        """Send one decision to the collector. An ``empty`` mask (all background, most good
+        parts) travels as ``mask_empty`` with its shape, not as its bytes (262 KB at 512x512)."""
         h = item.header
         now = time.time()
         sent = h.get("sent") or h["ts"]
@@ -404,7 +415,10 @@ class Worker:
             "tag": h["tag"],
         }
         buffers: list[np.ndarray] = []
-        if mask is not None:
+        if mask is not None and empty:
+            header["mask_shape"] = list(mask.shape)
+            header["mask_empty"] = True
+        elif mask is not None:
             header["mask_shape"] = list(mask.shape)
             buffers.append(np.ascontiguousarray(mask))
             if d.decision == "FAIL" and item.image is not None:

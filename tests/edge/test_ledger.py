@@ -150,3 +150,30 @@ def test_a_restarted_collector_carries_on_with_the_saved_books(collector) -> Non
     again.run_sweeps()
     assert dict(again.ledger.cameras["a"].dropped) == {"collector_lost": 4}
     assert again.ledger.totals()["in_flight"] == 0
+
+
+def test_an_empty_mask_sent_as_a_flag_is_published_as_its_zero_bytes(collector) -> None:
+    """The worker leaves out an all-background mask (``mask_empty``); subscribers still get the
+    raw mask of the public protocol. A flagged mask that came with bytes anyway is refused."""
+    col, pub = collector
+    sub = pub.context.socket(zmq.SUB)
+    sub.subscribe(b"result.")
+    sub.connect("inproc://pub")
+    try:
+        time.sleep(0.1)  # the subscription reaches the PUB socket
+        flagged = protocol.frame_tag(KEY, "a", 1, 0)
+        header = {"t": "result", "cam": "a", "epoch": 1, "seq": 0, "ts": time.time(), "decision": "PASS"}
+        col.on_message(frame({**header, "tag": flagged, "mask_shape": [4, 6], "mask_empty": True}), pub)
+        assert sub.poll(2000), "no result was published"
+        topic, out, mask = sub.recv_multipart()
+        published = json.loads(out)
+        assert (topic, mask, published["mask_shape"]) == (b"result.a", bytes(24), [4, 6])
+        assert "mask_empty" not in published  # the public header is unchanged
+        both = {**header, "seq": 1, "tag": protocol.frame_tag(KEY, "a", 1, 1), "mask_empty": True}
+        col.on_message([*frame({**both, "mask_shape": [4, 6]}), zmq.Frame(bytes(24))], pub)
+        no_shape = {**header, "seq": 2, "tag": protocol.frame_tag(KEY, "a", 1, 2), "mask_empty": True}
+        col.on_message(frame(no_shape), pub)
+        assert col.rejected.counts["malformed"] == 2
+        assert col.ledger.cameras["a"].decided == 1
+    finally:
+        sub.close(0)

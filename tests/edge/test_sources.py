@@ -3,6 +3,7 @@ for a camera device that blocks."""
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
@@ -206,6 +207,36 @@ def test_folder_loops(image_folder):
     src = FolderSource(image_folder, loop=True, pattern="img_0[0-1].png")
     src.open()
     assert [int(src.read().image[0, 0]) for _ in range(5)] == [10, 20, 10, 20, 10]
+
+
+def test_a_looping_folder_decodes_each_file_once_until_it_changes(image_folder, monkeypatch):
+    src = FolderSource(image_folder, loop=True, pattern="img_0[0-1].png")
+    decoded = []
+    load = FolderSource._load
+    monkeypatch.setattr(FolderSource, "_load", staticmethod(lambda p: decoded.append(p.name) or load(p)))
+    src.open()
+    first = [src.read().image for _ in range(4)]
+    assert decoded == ["img_00.png", "img_01.png"]  # the second pass came from the cache
+    assert first[2] is first[0] and not first[0].flags.writeable  # shared, so read-only
+    assert src.cached_bytes == 2 * 16 * 24
+    cv2.imwrite(str(image_folder / "img_00.png"), np.full((16, 24), 99, np.uint8))
+    os.utime(image_folder / "img_00.png", ns=(1, 1))  # a new mtime even on a coarse clock
+    assert int(src.read().image[0, 0]) == 99  # a changed file is decoded again
+    assert decoded[-1] == "img_00.png"
+
+
+def test_the_folder_cache_keeps_to_its_cap_and_only_loops_use_it(image_folder, monkeypatch):
+    decoded = []
+    load = FolderSource._load
+    monkeypatch.setattr(FolderSource, "_load", staticmethod(lambda p: decoded.append(p.name) or load(p)))
+    capped = FolderSource(image_folder, loop=True, pattern="img_0[0-1].png", cache_mb=384 / 2**20)
+    capped.open()
+    assert [int(capped.read().image[0, 0]) for _ in range(6)] == [10, 20] * 3
+    assert decoded == ["img_00.png", "img_01.png", "img_01.png", "img_01.png"]  # one frame fits
+    assert capped.cached_bytes == 384
+    once = FolderSource(image_folder, pattern="img_0[0-1].png")  # no loop: nothing to keep
+    once.open()
+    assert once.read().image.flags.writeable and once.cached_bytes == 0
 
 
 def test_folder_looping_over_only_unusable_files_raises_instead_of_spinning(tmp_path):

@@ -58,7 +58,19 @@ def test_decide_passes_a_map_without_defects() -> None:
 def test_decide_ignores_regions_smaller_than_min_defect_area() -> None:
     small = decide(prob_map([(10, 10, 1)]), RULES)  # 4 px < 16: noise
     assert (small.decision, small.defect_count, small.defect_area) == (PASS, 0, 0)
-    assert not small.mask.any()
+    assert not small.mask.any() and small.empty
+
+
+def test_decide_flags_an_all_background_mask_and_only_that() -> None:
+    """``empty`` lets the worker send a flag instead of the mask: it must never hide a defect."""
+    clean = decide(np.full((64, 64), 0.5, np.float32), RULES)  # at the threshold, not above it
+    assert (clean.decision, clean.empty, clean.mask.shape) == (PASS, True, (64, 64))
+    assert not clean.mask.any()
+    failed = decide(prob_map(TWO_SPOTS), RULES)
+    assert failed.decision == FAIL and not failed.empty
+    tolerant = DecisionRules(threshold=0.5, min_defect_area=16, max_defect_area=200, max_defect_count=2)
+    within = decide(prob_map(TWO_SPOTS), tolerant)
+    assert within.decision == PASS and not within.empty and within.mask.any()
 
 
 def test_decide_fails_on_defects_with_their_boxes_area_and_mask() -> None:
@@ -85,9 +97,10 @@ def test_decide_leaves_out_defects_under_the_ignore_mask() -> None:
     assert (d.decision, d.boxes) == (FAIL, [[37, 37, 6, 6]])
 
 
-def test_nan_output_is_no_decision_never_pass() -> None:
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_output_is_no_decision_never_pass(bad: float) -> None:
     p = np.zeros((64, 64), np.float32)
-    p[3, 3] = np.nan
+    p[3, 3] = bad
     d = decide(p, DecisionRules())
     assert d.decision == NO_DECISION and "NaN" in d.reason
 
@@ -323,7 +336,8 @@ def test_worker_sends_a_partial_batch_when_its_deadline_passes(worker_loop, recv
     header = json.loads(parts[0])
     assert header["t"] == "result" and (header["cam"], header["epoch"], header["seq"]) == ("a", 1, 0)
     assert (header["decision"], header["reason"], header["defect_count"]) == (PASS, "no defect", 0)
-    assert parts[1] == bytes(size * size)  # the mask travels with the result, empty here
+    # an all-background mask travels as a flag and its shape, not as 0-bytes
+    assert len(parts) == 1 and header["mask_empty"] and header["mask_shape"] == [size, size]
     assert waited >= worker.max_wait  # it did wait for more frames ...
     assert waited < worker.max_wait + 3.0  # ... but not for a full batch
     worker.stop.set()
