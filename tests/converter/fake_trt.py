@@ -498,3 +498,18 @@ def add_builder(
         Runtime=Runtime,
     )
     return seen
+
+
+def install(
+    monkeypatch, **tensorrt_options
+) -> tuple[types.ModuleType, types.ModuleType, dict[int, np.ndarray]]:
+    """Put fake ``pycuda``, ``pycuda.driver`` and ``tensorrt`` modules in ``sys.modules`` for one
+    test (``monkeypatch`` undoes it); returns (tensorrt, pycuda.driver, device memory)."""
+    import sys
+
+    pycuda, driver, memory = make_pycuda()
+    trt = make_tensorrt(memory, **tensorrt_options)
+    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    return trt, driver, memory

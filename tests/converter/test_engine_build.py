@@ -24,11 +24,7 @@ from tests.converter.test_engine_plain import L4, _add_engine, _engine_manifest
 
 @pytest.fixture
 def fakes(monkeypatch):
-    pycuda, driver, memory = fake_trt.make_pycuda()
-    trt = fake_trt.make_tensorrt(memory)
-    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    trt, driver, memory = fake_trt.install(monkeypatch)
     # this machine's NVIDIA driver, whatever box the tests run on
     monkeypatch.setattr("converter.engine.machine.nvidia_driver_version", lambda: "575.57.08")
     return trt, driver, memory

@@ -15,12 +15,7 @@ from tests.converter.test_engine_plain import L4, ORIN, _engine_manifest
 
 @pytest.fixture
 def fakes(monkeypatch):
-    pycuda, driver, memory = fake_trt.make_pycuda()
-    trt = fake_trt.make_tensorrt(memory)
-    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    return trt, driver, memory
+    return fake_trt.install(monkeypatch)
 
 
 def _plan(tmp_path, machine, data=fake_trt.PLAN_BYTES):

@@ -123,12 +123,7 @@ def test_near_free_package_keeps_the_io(trained_package, tmp_path):
 
 @pytest.fixture
 def fakes(monkeypatch):
-    pycuda, driver, memory = fake_trt.make_pycuda()
-    trt = fake_trt.make_tensorrt(memory)
-    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    return trt
+    return fake_trt.install(monkeypatch)[0]
 
 
 def test_tensorrt_splits_h2d_compute_and_d2h_only_when_asked(fakes, tmp_path):

@@ -13,7 +13,6 @@ tests/converter/fake_trt.py.
 from __future__ import annotations
 
 import shutil
-import sys
 import textwrap
 from pathlib import Path
 
@@ -48,13 +47,9 @@ def package(trained_package: Path, tmp_path: Path) -> Path:
 
 
 def _fakes(monkeypatch, runtime_error: str | None):
-    pycuda, driver, memory = fake_trt.make_pycuda()
-    trt = fake_trt.make_tensorrt(
-        memory, profile=PROFILE, compute=lambda x: x * 0, runtime_error=runtime_error
+    _, driver, memory = fake_trt.install(
+        monkeypatch, profile=PROFILE, compute=lambda x: x * 0, runtime_error=runtime_error
     )
-    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
     return driver, memory
 
 
