@@ -1,12 +1,15 @@
-"""Suite-wide fixtures: markers, and one small model trained for real per session.
+"""Suite-wide fixtures: markers, and the two model packages the line-side tests run.
 
 Tests without the ``gpu`` marker are marked ``cpu``. ``gpu`` tests are skipped
 here with the reason (TensorRT, pycuda or the GPU is missing).
 
-``trained_package`` trains TinyUNet on a small synthetic DAGM-like set with the
-project's own training code, exports it with the project's own converter and
-hands out the model package: the line-side tests run a real trained model, not
-a hard-coded decision rule.
+``line_package`` is an untrained ONNX package built with ``onnx.helper`` in about a second
+(tests/packages.py: bright pixels are defects), with the I/O and manifest of the exported
+model: the line's plumbing, reliability and protocol tests run it, on the line-side install
+(no TensorFlow). ``trained_package`` trains TinyUNet on a small synthetic DAGM-like set with
+the project's own training code and exports it with the project's own converter: only the
+tests that check decisions against the synthetic truth need it, and they skip without
+TensorFlow. ``requires`` marks the other tests that need the ``train`` extra.
 """
 
 from __future__ import annotations
@@ -41,6 +44,27 @@ def _gpu_skip_reason() -> str | None:
     except Exception as exc:  # no driver or no device: any CUDA failure means skip
         return f"CUDA is not usable here ({exc})"
     return None
+
+
+def requires(*modules: str) -> pytest.MarkDecorator:
+    """A mark that skips a test, with the reason, where one of ``modules`` of the ``train`` extra
+    (TensorFlow, Keras, scikit-image) is not installed: the line-side install runs without them."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    reason = f"{', '.join(missing)} not installed (the line-side install); pip install -e '.[train]'"
+    return pytest.mark.skipif(bool(missing), reason=reason)
+
+
+#: the mark of a test that builds, trains or loads a Keras model
+needs_tensorflow = requires("tensorflow", "keras")
+
+
+def import_tensorflow_or_skip() -> None:
+    """Skip the calling fixture or test where TensorFlow/Keras is not installed, with the reason
+    (``pytest.importorskip``: a TensorFlow that is installed but broken is a skip too)."""
+    for name in ("tensorflow", "keras"):
+        pytest.importorskip(
+            name, reason=f"{name} not installed (the line-side install); pip install -e '.[train]'"
+        )
 
 
 def need_peer(missing: str | None) -> None:
@@ -79,16 +103,27 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def line_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained model package of MODEL_SIZE pixels built with ``onnx.helper``
+    (tests/packages.py): the line's model where a test does not check what it decides."""
+    from tests.packages import write_bright_package
+
+    return write_bright_package(tmp_path_factory.mktemp("line-model") / "package", size=MODEL_SIZE)
+
+
+@pytest.fixture(scope="session")
 def trained_package(tmp_path_factory: pytest.TempPathFactory, synthetic_dataset: Path) -> Path:
     """A model package exported from a TinyUNet trained for real on ``synthetic_dataset``.
 
     ``LINESIDE_TEST_PACKAGE=DIR`` reuses a package this fixture made before (its path is
-    printed), to rerun the line-side tests in seconds while working on them.
+    printed), to rerun the accuracy tests in seconds while working on them. Without it and
+    without TensorFlow, the tests that use it skip.
     """
     reuse = os.environ.get("LINESIDE_TEST_PACKAGE")
     if reuse:
         return Path(reuse)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import_tensorflow_or_skip()
     from converter.export import export_package
     from training.train import train
 

@@ -13,30 +13,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from converter.manifest import InputSpec, ModelManifest, OutputSpec
-from converter.package import ModelPackage, sha256_file
-from tests.converter.graphs import write_graph
+from converter.package import ModelPackage
+from tests.packages import write_bright_package
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
 def write_tiny_package(folder: Path, size: int = 32) -> Path:
-    """A model package without TensorFlow: a one-node ONNX graph (made with onnx.helper) and its manifest."""
-    folder.mkdir(parents=True, exist_ok=True)
-    graph = write_graph(folder / "model.onnx", in_shape=["batch", size, size, 1])
-    ModelManifest(
-        model_id="tiny-doctor",
-        architecture="cast",
-        input=InputSpec(name="image", height=size, width=size, channels=1),
-        output=OutputSpec(name="probability"),
-        threshold=0.5,
-        min_defect_area=4,
-        dataset={"kind": "synthetic", "classes": []},
-        files={"fp32": "model.onnx"},
-        files_sha256={"model.onnx": sha256_file(graph)},
-    ).save(folder)
-    return folder
+    """A model package without TensorFlow: the untrained onnx.helper package of tests/packages.py."""
+    return write_bright_package(folder, size=size, model_id="tiny-doctor", min_defect_area=4)
 
 
 def doctor(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.conftest import import_tensorflow_or_skip
+
 SIZE = 64
 
 
@@ -40,6 +42,7 @@ def write_defect_dataset(root: Path, count: int = 48, size: int = SIZE, seed: in
 
 def build_unet(size: int | None = SIZE):
     """A tiny UNet: two convs, pool, conv, upsample, skip, conv, sigmoid (NHWC, 1 channel)."""
+    import_tensorflow_or_skip()
     import keras
 
     inp = keras.Input((size, size, 1), name="image")
@@ -83,6 +86,7 @@ def dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory, dataset) -> Path:
     """A tiny UNet trained on ``dataset`` until it finds the defects (seconds on 2 cores)."""
+    import_tensorflow_or_skip()
     import keras
 
     from converter.preprocessing import normalize

@@ -78,9 +78,9 @@ def test_bare_keras_file_needs_its_size(tmp_path):
 
 
 def test_savedmodel(tmp_path):
+    model = build_unet(size=32)  # skips where TensorFlow is not installed
     import tensorflow as tf
 
-    model = build_unet(size=32)
     saved = tmp_path / "saved"
     model.export(str(saved), format="tf_saved_model", verbose=False)
     (tmp_path / "training.json").write_text(json.dumps({"architecture": "tinyunet", "threshold": 0.3}))

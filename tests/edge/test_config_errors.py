@@ -87,7 +87,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert "colour" in one_error_line(run_cli("run", "--config", str(bad_option)))
 
 
-def test_port_in_use_stops_startup_with_one_line(trained_package: Path, tmp_path: Path) -> None:
+def test_port_in_use_stops_startup_with_one_line(line_package: Path, tmp_path: Path) -> None:
     import socket
 
     from tests.edge.daemon import line_config, synthetic_camera
@@ -96,7 +96,7 @@ def test_port_in_use_stops_startup_with_one_line(trained_package: Path, tmp_path
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        cfg = line_config(tmp_path, trained_package, [synthetic_camera("a", size=64)])
+        cfg = line_config(tmp_path, line_package, [synthetic_camera("a", size=64)])
         cfg["endpoints"]["publish"] = f"tcp://127.0.0.1:{port}"
         path = tmp_path / "line.yaml"
         path.write_text(yaml.safe_dump(cfg))

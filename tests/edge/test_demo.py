@@ -17,14 +17,14 @@ from tests.edge.daemon import ROOT
 pytestmark = pytest.mark.slow
 
 
-def test_demo_runs_the_line_on_its_own_workdir(trained_package: Path, tmp_path: Path) -> None:
+def test_demo_runs_the_line_on_its_own_workdir(line_package: Path, tmp_path: Path) -> None:
     # 10 s, not 4: on a loaded 2-core box the first decisions of a fresh line came after 4 s
     work = tmp_path / "my-demo"
     # The steps before the line are cached when their outputs exist: seed them.
     (work / "data" / "Class1" / "Test").mkdir(parents=True)
     (work / "checkpoint").mkdir()
     (work / "checkpoint" / "training.json").write_text("{}")
-    shutil.copytree(trained_package, work / "package")
+    shutil.copytree(line_package, work / "package")
     done = subprocess.run(
         [sys.executable, "-m", "edge.cli", "demo", "--workdir", str(work), "--duration", "10"],
         cwd=ROOT,

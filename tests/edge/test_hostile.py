@@ -128,10 +128,10 @@ def test_no_message_makes_a_handler_raise(parts_in_process, batch) -> None:
 
 
 @pytest.fixture(scope="module")
-def worker_in_process(trained_package: Path):
+def worker_in_process(line_package: Path):
     from edge.worker import open_worker
 
-    model = {"package": str(trained_package), "backend": "onnxruntime", "threads": 1}
+    model = {"package": str(line_package), "backend": "onnxruntime", "threads": 1}
     cfg = parse_config({"model": model, "cameras": [{"id": "a"}]})
     worker = open_worker(cfg, "w-hostile")
     ctx = zmq.Context()
@@ -316,10 +316,10 @@ def rejected_lines(out: str) -> int:
 
 @pytest.mark.slow
 def test_a_line_under_attack_keeps_deciding_and_its_books_stay_whole(
-    trained_package: Path, tmp_path: Path
+    line_package: Path, tmp_path: Path
 ) -> None:
     cam = synthetic_camera("cam1", size=MODEL_SIZE, fps=10, seed=61)
-    cfg = line_config(tmp_path, trained_package, [cam], status_interval_s=2)
+    cfg = line_config(tmp_path, line_package, [cam], status_interval_s=2)
     daemon, sub = start_line(tmp_path, cfg)
     ctx = zmq.Context()
     socks = {

@@ -70,14 +70,14 @@ class Prometheus:
 
 
 def test_metrics_pass_promtool_match_the_docs_and_work_in_prometheus(
-    trained_package: Path, tmp_path: Path
+    line_package: Path, tmp_path: Path
 ) -> None:
     if shutil.which("promtool") is None or shutil.which("prometheus") is None:
         need_peer(f"promtool/prometheus not found: {NEEDS}")
     flaky = synthetic_camera("flaky", size=MODEL_SIZE, fps=10, seed=91, disconnect_at=15)
     flaky.update(reconnect_initial_s=0.2)
     live = synthetic_camera("live", size=MODEL_SIZE, fps=10, seed=92, policy="latest")
-    cfg = line_config(tmp_path, trained_package, [flaky, live])
+    cfg = line_config(tmp_path, line_package, [flaky, live])
     port = cfg["metrics"]["port"]
     prometheus = Prometheus(tmp_path, f"127.0.0.1:{port}")
     daemon, sub = start_line(tmp_path, cfg)

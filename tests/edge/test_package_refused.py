@@ -6,7 +6,7 @@ not the manifest's). A graph that changes while the line runs is caught by the n
 worker that loads it: that worker is not restarted, the line stops with one line and
 exit 2, never a crash loop that drops every frame and exits 0.
 
-Real package (the session model, copied), real graphs (onnx.helper), the real daemon.
+Real package (the untrained ``line_package``, copied), real graphs (onnx.helper), the real daemon.
 """
 
 from __future__ import annotations
@@ -34,15 +34,11 @@ SMALL = MODEL_SIZE // 2
 
 
 @pytest.fixture
-def package(trained_package: Path, tmp_path: Path) -> Path:
-    """A private copy of the session package, which `lineside export` wrote with graph hashes."""
+def package(line_package: Path, tmp_path: Path) -> Path:
+    """A private copy of the session's line package, written with graph hashes as `lineside export` writes."""
     copy = tmp_path / "package"
-    shutil.copytree(trained_package, copy)
-    if not ModelManifest.load(copy).files_sha256:
-        pytest.fail(
-            f"{trained_package} has no graph sha256s: it was exported by an older lineside; "
-            "re-export it or unset LINESIDE_TEST_PACKAGE"
-        )
+    shutil.copytree(line_package, copy)
+    assert ModelManifest.load(copy).files_sha256, "tests/packages.py must record the graph's sha256"
     return copy
 
 

@@ -112,13 +112,13 @@ def check_status(doc: Contract, parts: list[bytes], problems: list[str]) -> dict
     return status
 
 
-def test_every_message_of_a_run_follows_the_protocol_page(trained_package: Path, tmp_path: Path) -> None:
+def test_every_message_of_a_run_follows_the_protocol_page(line_package: Path, tmp_path: Path) -> None:
     doc = Contract(DOC.read_text())
     assert len(doc.result) >= 16 and len(doc.stages) == 7 and "shutdown" in doc.reasons
     flaky = synthetic_camera("flaky", size=MODEL_SIZE, fps=10, seed=81, disconnect_at=20, black_at=10)
     flaky.update(reconnect_initial_s=0.3)
     live = synthetic_camera("live", size=MODEL_SIZE, fps=15, seed=82, policy="latest")
-    cfg = line_config(tmp_path, trained_package, [flaky, live])
+    cfg = line_config(tmp_path, line_package, [flaky, live])
     ctx = zmq.Context()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)

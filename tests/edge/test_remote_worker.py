@@ -18,10 +18,10 @@ from tests.edge.daemon import ROOT, Daemon, Subscriber, check_ledger, free_port,
 pytestmark = pytest.mark.slow
 
 
-def test_remote_worker_over_tcp_decides_the_line(trained_package: Path, tmp_path: Path) -> None:
+def test_remote_worker_over_tcp_decides_the_line(line_package: Path, tmp_path: Path) -> None:
     cams = [synthetic_camera("cam1", size=MODEL_SIZE, fps=10, seed=21)]
     # No local worker: every decision must come from the worker on the "other box".
-    cfg = line_config(tmp_path, trained_package, cams, workers={"count": 0})
+    cfg = line_config(tmp_path, line_package, cams, workers={"count": 0})
     sub = Subscriber(cfg["endpoints"]["publish"]).start()
     daemon = Daemon(cfg, tmp_path).start()
     worker_cfg = tmp_path / "remote.yaml"
@@ -83,10 +83,10 @@ def worker_argv(config: Path, timeout_s: float) -> list[str]:
 
 
 def test_a_worker_with_no_line_says_so_stops_on_ctrl_c_and_gives_up(
-    trained_package: Path, tmp_path: Path
+    line_package: Path, tmp_path: Path
 ) -> None:
     """(Before: it waited silently forever and ignored Ctrl-C.)"""
-    cfg = line_config(tmp_path, trained_package, [synthetic_camera("cam1", size=MODEL_SIZE)])
+    cfg = line_config(tmp_path, line_package, [synthetic_camera("cam1", size=MODEL_SIZE)])
     config = tmp_path / "line.yaml"
     config.write_text(yaml.safe_dump(cfg))
     # No line at all: one clear line and exit 2 once the connect timeout has passed.

@@ -18,7 +18,7 @@ from tests.edge.daemon import check_ledger, finish, line_config, start_line
 pytestmark = pytest.mark.slow
 
 
-def test_folder_and_video_replay_decide_every_frame_then_stop(trained_package: Path, tmp_path: Path) -> None:
+def test_folder_and_video_replay_decide_every_frame_then_stop(line_package: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     folder = tmp_path / "stills"
     folder.mkdir()
@@ -53,7 +53,7 @@ def test_folder_and_video_replay_decide_every_frame_then_stop(trained_package: P
             "options": {"uri": str(video)},
         },
     ]
-    cfg = line_config(tmp_path, trained_package, cameras)
+    cfg = line_config(tmp_path, line_package, cameras)
     daemon, sub = start_line(tmp_path, cfg)  # no --duration: it must stop on its own
     code = finish(daemon, sub, timeout=90)
     out = daemon.output()
@@ -109,7 +109,7 @@ def replay_cameras(folder: Path, video: Path) -> list[dict]:
 
 
 def test_a_replay_of_n_frames_ends_with_n_decisions_whatever_the_shutdown_timeout(
-    trained_package: Path, tmp_path: Path
+    line_package: Path, tmp_path: Path
 ) -> None:
     """48 frames per camera, each cut into 16 model tiles: the line needs far longer than the
     1 s ``shutdown_timeout_s`` to decide them, and still decides every one, then exits 0.
@@ -117,7 +117,7 @@ def test_a_replay_of_n_frames_ends_with_n_decisions_whatever_the_shutdown_timeou
     dropped as shutdown with exit code 0.)"""
     n = 48
     folder, video = write_recordings(tmp_path, n, 4 * MODEL_SIZE)
-    cfg = line_config(tmp_path, trained_package, replay_cameras(folder, video), shutdown_timeout_s=1)
+    cfg = line_config(tmp_path, line_package, replay_cameras(folder, video), shutdown_timeout_s=1)
     started = time.monotonic()
     daemon, sub = start_line(tmp_path, cfg)
     code = finish(daemon, sub, timeout=240)
@@ -133,12 +133,12 @@ def test_a_replay_of_n_frames_ends_with_n_decisions_whatever_the_shutdown_timeou
     assert took > 4 * cfg["shutdown_timeout_s"], "the line was not slower than the bound: no proof"
 
 
-def test_a_replay_that_loses_frames_exits_non_zero(trained_package: Path, tmp_path: Path) -> None:
+def test_a_replay_that_loses_frames_exits_non_zero(line_package: Path, tmp_path: Path) -> None:
     """No worker ever comes: nothing is decided, the stall bound ends the drain, and the exit
     code says the lossless frames were lost (a script must be able to trust exit 0)."""
     folder, video = write_recordings(tmp_path, 12, MODEL_SIZE)
     cfg = line_config(
-        tmp_path, trained_package, replay_cameras(folder, video), workers={"count": 0}, shutdown_timeout_s=2
+        tmp_path, line_package, replay_cameras(folder, video), workers={"count": 0}, shutdown_timeout_s=2
     )
     daemon, sub = start_line(tmp_path, cfg)
     code = finish(daemon, sub, timeout=120)
@@ -189,7 +189,7 @@ def write_mixed_folder(folder: Path) -> dict[str, str | None]:
 
 
 def test_a_folder_of_mixed_good_and_unusable_files_ends_with_one_decision_per_file(
-    trained_package: Path, tmp_path: Path
+    line_package: Path, tmp_path: Path
 ) -> None:
     """N entries in a lossless folder: N decisions, published and logged, in file-name order.
     Each file the line cannot use (empty, not an image, truncated, float pixels, a folder)
@@ -206,7 +206,7 @@ def test_a_folder_of_mixed_good_and_unusable_files_ends_with_one_decision_per_fi
         "policy": "lossless",
         "options": {"path": str(folder)},
     }
-    cfg = line_config(tmp_path, trained_package, [camera])
+    cfg = line_config(tmp_path, line_package, [camera])
     daemon, sub = start_line(tmp_path, cfg)
     code = finish(daemon, sub, timeout=90)
     out = daemon.output()

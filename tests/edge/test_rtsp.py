@@ -76,16 +76,14 @@ def rtsp_camera(url: str) -> dict:
     }
 
 
-def test_an_rtsp_outage_shows_at_once_backs_off_and_resumes(
-    rtsp, trained_package: Path, tmp_path: Path
-) -> None:
+def test_an_rtsp_outage_shows_at_once_backs_off_and_resumes(rtsp, line_package: Path, tmp_path: Path) -> None:
     """The server is killed: within read_timeout_s + 1 s the camera reports NO_DECISION
     ("camera down") on its own results topic and /readyz says not ready; NO_DECISION keeps
     coming at the camera's rate while it is down; the camera reconnects with backoff when
     the server is back, and decisions resume. (Before: buffered frames for ~35 s.)"""
     server = rtsp(fps=10)
     cam = rtsp_camera(server.url)
-    cfg = line_config(tmp_path, trained_package, [cam], shutdown_timeout_s=6)
+    cfg = line_config(tmp_path, line_package, [cam], shutdown_timeout_s=6)
     port = cfg["metrics"]["port"]
     daemon, sub = start_line(tmp_path, cfg)
     try:

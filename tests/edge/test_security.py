@@ -345,7 +345,7 @@ def remote_worker(cfg: dict, tmp: Path, keys: Path, index: int, timeout_s: float
 
 
 @pytest.mark.slow
-def test_a_line_with_keys_serves_its_clients_and_nobody_else(trained_package: Path, tmp_path: Path) -> None:
+def test_a_line_with_keys_serves_its_clients_and_nobody_else(line_package: Path, tmp_path: Path) -> None:
     keys = tmp_path / "line-keys"
     assert lineside("keys", str(keys)).returncode == 0
     gpu_box = client_box(keys, tmp_path / "gpu-box", "gpu1", "authorized")
@@ -353,7 +353,7 @@ def test_a_line_with_keys_serves_its_clients_and_nobody_else(trained_package: Pa
     rogue_box = client_box(keys, tmp_path / "rogue-box", "rogue")
     cams = [synthetic_camera("cam1", size=MODEL_SIZE, fps=10, seed=31)]
     # Every endpoint tcp: the local worker and the camera are CURVE clients too.
-    cfg = line_config(tmp_path, trained_package, cams, security={"keys": str(keys)})
+    cfg = line_config(tmp_path, line_package, cams, security={"keys": str(keys)})
     mes = Subscriber(cfg["endpoints"]["publish"], curve=curve_of(mes_box, "mes")).start()
     plain = Subscriber(cfg["endpoints"]["publish"]).start()
     example = subprocess.Popen(
@@ -403,13 +403,13 @@ def test_a_line_with_keys_serves_its_clients_and_nobody_else(trained_package: Pa
 
 
 @pytest.mark.slow
-def test_an_insecure_line_starts_says_so_and_takes_anything(trained_package: Path, tmp_path: Path) -> None:
+def test_an_insecure_line_starts_says_so_and_takes_anything(line_package: Path, tmp_path: Path) -> None:
     """`insecure: true` binds 0.0.0.0 without keys and warns naming the open endpoints; the
     same plain subscriber as above then gets every result, and the forged PASS reaches the
     collector (the checks above can fail), where only the frame tag stops it."""
     work, results, publish = free_port(), free_port(), free_port()
     cams = [synthetic_camera("cam1", size=MODEL_SIZE, fps=10, seed=32)]
-    cfg = line_config(tmp_path, trained_package, cams, security={"insecure": True})
+    cfg = line_config(tmp_path, line_package, cams, security={"insecure": True})
     cfg["endpoints"].update(
         work=f"tcp://0.0.0.0:{work}", results=f"tcp://0.0.0.0:{results}", publish=f"tcp://0.0.0.0:{publish}"
     )

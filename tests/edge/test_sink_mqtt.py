@@ -232,7 +232,7 @@ def broker(tmp_path: Path):
 
 
 def test_results_and_status_reach_a_real_broker_through_a_restart(
-    trained_package: Path, tmp_path: Path, broker: Any
+    line_package: Path, tmp_path: Path, broker: Any
 ) -> None:
     """TLS with client certificates and a password from an environment variable, all of it
     against the real broker; then its last will, an outage, and a clean stop."""
@@ -254,7 +254,7 @@ def test_results_and_status_reach_a_real_broker_through_a_restart(
         "retry_initial_s": 0.2,
         "retry_max_s": 1,
     }
-    cfg = line_config(tmp_path, trained_package, [cam], sinks={"mqtt": mqtt})
+    cfg = line_config(tmp_path, line_package, [cam], sinks={"mqtt": mqtt})
     metrics_port = cfg["metrics"]["port"]
     os.environ["LINESIDE_TEST_MQTT_PASSWORD"] = PASSWORD  # the daemon inherits it
     try:
@@ -329,13 +329,13 @@ def test_results_and_status_reach_a_real_broker_through_a_restart(
     assert last["online"] is False and last.get("final") is True, last
 
 
-def test_a_missing_library_stops_lineside_run_with_one_line(trained_package: Path, tmp_path: Path) -> None:
+def test_a_missing_library_stops_lineside_run_with_one_line(line_package: Path, tmp_path: Path) -> None:
     """End to end: paho hidden from the command (``sys.modules[name] = None`` is how Python says
     "not installed"); exit 2 and one line, before any process of the line starts."""
     cam = synthetic_camera("cam1", size=MODEL_SIZE)
     path = tmp_path / "line.yaml"
     sinks = {"mqtt": {"enabled": True}}
-    path.write_text(yaml.safe_dump(line_config(tmp_path, trained_package, [cam], sinks=sinks)))
+    path.write_text(yaml.safe_dump(line_config(tmp_path, line_package, [cam], sinks=sinks)))
     argv = ["run", "--config", str(path), "--duration", "1"]
     code = f"import sys; sys.modules['paho'] = None\nfrom edge.cli import main; sys.exit(main({argv!r}))"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

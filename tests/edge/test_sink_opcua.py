@@ -135,14 +135,14 @@ async def inspect_line(url: str) -> None:
         await client.disconnect()
 
 
-def test_a_real_opcua_client_reads_subscribes_and_resets(trained_package: Path, tmp_path: Path) -> None:
+def test_a_real_opcua_client_reads_subscribes_and_resets(line_package: Path, tmp_path: Path) -> None:
     if importlib.util.find_spec("asyncua") is None:
         need_peer("asyncua not found: pip install 'lineside[plant]' (.ci/run installs the dev extra)")
     port = free_port()
     url = f"opc.tcp://127.0.0.1:{port}/lineside/"
     cam = synthetic_camera("cam1", size=MODEL_SIZE, fps=10, seed=7, policy="latest")
     opcua = {"enabled": True, "endpoint": url, "retry_initial_s": 0.2, "retry_max_s": 1}
-    cfg = line_config(tmp_path, trained_package, [cam], sinks={"opcua": opcua})
+    cfg = line_config(tmp_path, line_package, [cam], sinks={"opcua": opcua})
     # Something else holds the port when the line starts: the sink must try again, with backoff,
     # and serve once the port is free (the line does not wait for it meanwhile).
     squatter = socket.socket()

@@ -83,11 +83,11 @@ def test_negative_control_a_leaking_process_is_caught() -> None:
     assert slope > BUDGET_MIB_PER_MIN  # ~600 MiB/min: the measurement sees a leak
 
 
-def test_daemon_rss_is_flat_through_faults(trained_package: Path, tmp_path: Path) -> None:
+def test_daemon_rss_is_flat_through_faults(line_package: Path, tmp_path: Path) -> None:
     flaky = synthetic_camera("flaky", size=MODEL_SIZE, fps=15, seed=31, disconnect_at=60)
     flaky.update(reconnect_initial_s=0.2)
     cams = [flaky, synthetic_camera("steady", size=MODEL_SIZE, fps=15, seed=32, policy="latest")]
-    cfg = line_config(tmp_path, trained_package, cams, workers={"count": 2})
+    cfg = line_config(tmp_path, line_package, cams, workers={"count": 2})
     sub = Subscriber(cfg["endpoints"]["publish"]).start()
     daemon = Daemon(cfg, tmp_path).start()
     try:

@@ -30,10 +30,10 @@ PROFILE = ((1, MODEL_SIZE, MODEL_SIZE, 1), (4, MODEL_SIZE, MODEL_SIZE, 1), (4, M
 
 
 @pytest.fixture
-def package(trained_package: Path, tmp_path: Path) -> Path:
-    """A copy of the session package with an engine built (on paper) for the fake L4."""
+def package(line_package: Path, tmp_path: Path) -> Path:
+    """A copy of the session's line package with an engine built (on paper) for the fake L4."""
     copy = tmp_path / "package"
-    shutil.copytree(trained_package, copy)
+    shutil.copytree(line_package, copy)
     pkg = ModelPackage.open(copy)
     manifest = _engine_manifest(L4, sha256_file(pkg.onnx_path()), "fp32")
     manifest.profiles = [

@@ -283,11 +283,12 @@ def test_router_reports_the_frames_of_a_silent_worker_as_worker_lost(rig: Router
 
 # -- worker batching -------------------------------------------------------------------------
 @pytest.fixture
-def worker_sockets(trained_package: Path, socket: Callable[..., zmq.Socket]):
-    """A worker on the session model, its results socket and a PULL to read them (inproc)."""
+def worker_sockets(line_package: Path, socket: Callable[..., zmq.Socket]):
+    """A worker on the session's line package (tests/packages.py), its results socket and a PULL
+    to read them (inproc)."""
     from edge.worker import open_worker
 
-    worker = open_worker(cfg_for(trained_package, max_batch=8, max_wait_ms=150), "w-test")
+    worker = open_worker(cfg_for(line_package, max_batch=8, max_wait_ms=150), "w-test")
     results_in = socket(zmq.PULL)
     results_in.bind("inproc://results")
     results = socket(zmq.PUSH)
@@ -358,7 +359,7 @@ def test_a_frame_larger_than_the_model_is_tiled_and_joined(worker_sockets, recv)
     real_infer = worker.infer
 
     def infer(prepared):
-        probs = real_infer(prepared)  # the session model runs on the tiles ...
+        probs = real_infer(prepared)  # the line package runs on the tiles ...
         assert probs.shape == (4, h, w), "a strip of 3.5 model widths is 4 tiles"
         probs[:] = 0.0  # ... and its answer is replaced by one whose decision is known:
         probs[3, 10:16, 20:26] = 0.9  # a 6x6 defect that only the last tile sees

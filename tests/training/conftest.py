@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from converter.synthetic import write_dagm
+from tests.conftest import import_tensorflow_or_skip
 
 
 def tiny_recipe(root: Path, out: Path, **train: object) -> dict:
@@ -46,6 +47,7 @@ def dagm_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(dagm_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny training run shared by the contract, eval and CLI tests."""
+    import_tensorflow_or_skip()
     from training.train import train
 
     out = tmp_path_factory.mktemp("run") / "tiny"

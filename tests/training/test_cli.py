@@ -15,6 +15,7 @@ import yaml
 
 from converter.quiet import quiet_tensorflow
 from edge.cli import build_parser, main
+from tests.conftest import needs_tensorflow
 from tests.training.conftest import tiny_recipe
 from tests.training.test_datasets import write_dagm_split
 
@@ -53,6 +54,7 @@ def test_synth_writes_the_dagm_layout(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["classes"]["3"]["Train"]["images"] == 2
 
 
+@needs_tensorflow
 def test_bad_recipe_is_one_line_and_exit_code_2(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("dataset: {root: x}\nloss: focal\n")
@@ -96,6 +98,7 @@ def test_lenient_flag_sets_dataset_lenient():
     assert parser.parse_args(["eval", "run", "--lenient"]).lenient is True
 
 
+@needs_tensorflow
 def test_labels_txt_disagreement_stops_train_in_one_line(tmp_path, capsys):
     recipe = tiny_recipe(_broken_dagm(tmp_path / "data"), tmp_path / "run")
     recipe["dataset"]["classes"] = [1]

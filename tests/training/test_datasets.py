@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.conftest import needs_tensorflow
 from training.datasets import DatasetError, LabelsTxtError, load_dagm, load_folders, load_severstal
 from training.datasets.rle import rle_decode, rle_encode
 from training.datasets.severstal import HEIGHT, WIDTH
@@ -175,6 +176,7 @@ def _write_severstal(root: Path) -> dict[str, np.ndarray]:
     return masks
 
 
+@needs_tensorflow
 def test_severstal_loader_and_pipeline_decode_the_runs(tmp_path):
     import tensorflow as tf
 

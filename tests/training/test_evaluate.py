@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.conftest import import_tensorflow_or_skip
+
 # (name, label square (top, left, side) or None, white squares painted into the image)
 LABEL = (4, 4, 8)  # 64 px
 CLASS1 = [
@@ -51,6 +53,7 @@ def _write_class(root: Path, class_id: int, images) -> None:
 
 @pytest.fixture(scope="module")
 def white_is_defect(tmp_path_factory):
+    import_tensorflow_or_skip()
     """(run dir holding model.keras, recipe) over a two-class DAGM-layout set of 32x32 images."""
     import keras
 

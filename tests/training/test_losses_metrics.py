@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import needs_tensorflow
 from training.metrics import SegmentationScores, dice_iou, format_table, is_defective
 
 
+@needs_tensorflow
 def test_dice_coefficient_and_losses_by_hand():
     from training import losses
 
@@ -30,6 +32,7 @@ def test_dice_coefficient_and_losses_by_hand():
         losses.get_loss("focal")
 
 
+@needs_tensorflow
 def test_tversky_loss_by_hand_weighs_a_missed_pixel_above_a_false_one():
     from training import losses
 

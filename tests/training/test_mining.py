@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.conftest import needs_tensorflow
 from tests.training.conftest import tiny_recipe
 from training.config import ConfigError, load_config
 from training.datasets.base import Sample
@@ -43,11 +44,13 @@ def _hits(fraction: float, hint, seeds: range, mask=None, size: int = 128, marke
     return hits / len(seeds)
 
 
+@needs_tensorflow
 @pytest.mark.parametrize("hint", [(64, 64), (0, 0), (127, 127), (3, 120), (100, 30)])
 def test_crop_follows_the_hint_on_a_clean_image(hint):
     assert _hits(1.0, hint, range(40)) == 1.0
 
 
+@needs_tensorflow
 def test_crop_ignores_the_hint_when_off_absent_or_defective():
     import tensorflow as tf
 
@@ -94,6 +97,7 @@ def _pipeline_cfg(root: Path, epochs: int, steps: int) -> dict:
     )
 
 
+@needs_tensorflow
 def test_the_pipeline_reads_the_hints_as_they_are_now(tmp_path):
     """The whole multi-epoch pipeline is built before training: hints written later must reach it."""
     from training.mining import make_hints
@@ -148,6 +152,7 @@ def _miner_setup(tmp_path: Path, start_epoch: int = 0, n_clean: int = 5):
     return miner, hints, centres
 
 
+@needs_tensorflow
 def test_miner_finds_the_bright_spot_of_each_clean_image(tmp_path, caplog):
     from training.mining import MINING_FILE
 
@@ -172,6 +177,7 @@ def test_miner_finds_the_bright_spot_of_each_clean_image(tmp_path, caplog):
     assert miner.last_pass is None
 
 
+@needs_tensorflow
 def test_a_resumed_run_takes_the_saved_hints_of_its_epoch(tmp_path, caplog):
     from training.mining import MINING_FILE
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.conftest import needs_tensorflow
 from training.models import ModelError, build_model, check_input_size
 
 MODELS = {
@@ -28,6 +29,7 @@ def _model_cfg(**kw):
     return load_config({"dataset": {"root": "x"}, "model": kw})["model"]
 
 
+@needs_tensorflow
 def test_tinyunet_matches_nvidia_block_structure():
     model = build_model(_model_cfg(architecture="tinyunet", base_filters=32))
     convs = {layer.name: layer for layer in model.layers if layer.__class__.__name__ == "Conv2D"}
@@ -46,6 +48,7 @@ def test_tinyunet_matches_nvidia_block_structure():
     assert model.input_shape == (None, None, None, 1) and model.output_shape == (None, None, None, 1)
 
 
+@needs_tensorflow
 @pytest.mark.parametrize("arch", ["tinyunet", "unet_lowered", "mobilenetv2_unet"])
 def test_a_standardized_model_sees_past_gain_and_offset(arch):
     """model.standardize: the same surface under another gain and offset gives the same map
@@ -63,6 +66,7 @@ def test_a_standardized_model_sees_past_gain_and_offset(arch):
     assert "standardize" not in [layer.name for layer in plain.layers]
 
 
+@needs_tensorflow
 def test_bottleneck_dilation_widens_only_the_bottleneck():
     model = build_model(_model_cfg(architecture="tinyunet", base_filters=4, bottleneck_dilation=3))
     dilations = {layer.name: layer.dilation_rate for layer in model.layers if hasattr(layer, "dilation_rate")}
@@ -70,6 +74,7 @@ def test_bottleneck_dilation_widens_only_the_bottleneck():
     assert {d for n, d in dilations.items() if not n.startswith("bottleneck_conv")} == {(1, 1)}
 
 
+@needs_tensorflow
 def test_unet_lowered_filters():
     model = build_model(_model_cfg(architecture="unet_lowered", base_filters=16, dropout=0.5))
     filters = [layer.filters for layer in model.layers if layer.name.endswith("_conv1")]
@@ -77,6 +82,7 @@ def test_unet_lowered_filters():
     assert sum(layer.__class__.__name__ == "Dropout" for layer in model.layers) == 2
 
 
+@needs_tensorflow
 @pytest.mark.parametrize("name", list(MODELS))
 def test_model_builds_any_divisible_size_and_reloads(name, tmp_path):
     import keras
@@ -114,6 +120,7 @@ def test_model_trains_and_loss_goes_down(name):
     assert history[-1] < 0.92 * history[0] and history[-1] < history[-2], history
 
 
+@needs_tensorflow
 def test_mobilenet_encoder_weights_from_a_local_file(tmp_path):
     import keras
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import needs_tensorflow
 from training.config import ConfigError, load_config
 
 
@@ -23,6 +24,7 @@ def test_cosine_decays_to_zero_over_the_run():
     assert schedule(500, 2000) == pytest.approx(0.002 * 0.5 * (1 + 0.7071068), rel=1e-6)
 
 
+@needs_tensorflow
 def test_cosine_matches_keras_and_leaves_the_rate_settable():
     """The rate is set per step (the time budget may shorten the run), so the optimizer holds a
     plain rate; the values are Keras' CosineDecay's."""
@@ -40,6 +42,7 @@ def test_cosine_matches_keras_and_leaves_the_rate_settable():
     assert step_schedule(_opt(schedule="exponential")) is None
 
 
+@needs_tensorflow
 def test_exponential_is_staircase_and_zero_steps_is_constant():
     from training.optimizers import learning_rate
 

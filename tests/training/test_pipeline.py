@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 
 from converter.preprocessing import NORMALIZATIONS
+from tests.conftest import needs_tensorflow
 from training.config import load_config
 from training.datasets import load_dagm
+
+#: the input pipeline is tf.data
+pytestmark = needs_tensorflow
 
 
 @pytest.mark.parametrize("normalization", sorted(NORMALIZATIONS))

@@ -12,8 +12,12 @@ import pytest
 
 from converter.synthetic import write_dagm
 from edge.cli import main
+from tests.conftest import requires
 from training.datasets import load_dagm
 from training.datasets import realsurface as rs
+
+#: the set is cut from scikit-image's photographs (the `train` extra)
+needs_skimage = requires("skimage")
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +33,7 @@ def _decode(path: str) -> np.ndarray:
     return cv2.imread(path, cv2.IMREAD_UNCHANGED)
 
 
+@needs_skimage
 def test_the_command_writes_a_set_the_dagm_loader_reads(realset: Path):
     train, test = load_dagm(realset, [1, 2])
     assert len(train) == 16 and len(test) == 8
@@ -53,6 +58,7 @@ def test_the_command_writes_a_set_the_dagm_loader_reads(realset: Path):
     assert lines[0] == "4" and sum(line.split("\t")[1] == "1" for line in lines[1:]) == 2
 
 
+@needs_skimage
 def test_same_seed_writes_the_same_bytes_and_another_seed_does_not(tmp_path: Path):
     def files(root: Path) -> dict[str, bytes]:
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
@@ -84,6 +90,7 @@ def _best_match(patch: np.ndarray, photo: np.ndarray, step: float, angle_deg: fl
     return best
 
 
+@needs_skimage
 @pytest.mark.parametrize("texture", ["brick", "gravel"])
 def test_clean_images_are_views_of_the_named_photograph(texture: str):
     """A patch of a clean frame is found in its own photograph, and not in another texture's."""
@@ -100,6 +107,7 @@ def test_clean_images_are_views_of_the_named_photograph(texture: str):
         assert image.std() > 0.35 * rs.photograph(texture).std()
 
 
+@needs_skimage
 @pytest.mark.parametrize("kind", rs.DEFECT_KINDS)
 def test_the_pixel_mask_is_where_the_defect_was_drawn(kind: str):
     for seed in range(4):
@@ -113,6 +121,7 @@ def test_the_pixel_mask_is_where_the_defect_was_drawn(kind: str):
         assert change[near].sum() >= 0.98 * change.sum()
 
 
+@needs_skimage
 def test_label_modes_share_the_image_and_the_ellipse_covers_the_pixels():
     for seed in range(6):
         img_e, ellipse, info_e = rs.render(np.random.default_rng(seed), "moon", 128, True, labels="ellipse")
@@ -123,6 +132,7 @@ def test_label_modes_share_the_image_and_the_ellipse_covers_the_pixels():
         assert (ellipse > 0).sum() > (pixels > 0).sum()
 
 
+@needs_skimage
 def test_defects_vary_in_kind_polarity_and_contrast():
     infos = [rs.render(np.random.default_rng(i), "grass", 64, True)[2] for i in range(60)]
     assert {info["kind"] for info in infos} == set(rs.DEFECT_KINDS)
@@ -132,6 +142,7 @@ def test_defects_vary_in_kind_polarity_and_contrast():
     assert len({info["camera"]["gain"] for info in infos}) >= 50  # rounded to 3 decimals in the info
 
 
+@needs_skimage
 def test_not_the_synthetic_generator(tmp_path: Path):
     """The same seed and size through the synthetic writer gives other images: this set is its own."""
     rs.write_realsurface(tmp_path / "real", ("brick",), n_train=2, n_test=1, size=64, seed=0)
@@ -142,6 +153,7 @@ def test_not_the_synthetic_generator(tmp_path: Path):
         assert not np.array_equal(real, synth)
 
 
+@needs_skimage
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -166,6 +178,7 @@ def test_unknown_textures_are_refused_naming_the_allowed_ones(tmp_path: Path, ca
     assert tuple(rs.TEXTURES) == ("brick", "grass", "gravel", "moon")  # the CLI's choices spell these
 
 
+@needs_skimage
 def test_a_used_folder_and_a_missing_scikit_image_are_refused(tmp_path: Path, capsys, monkeypatch):
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "notes.txt").write_text("mine")

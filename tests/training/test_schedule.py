@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import needs_tensorflow
 from training.optimizers import cosine_lr
 from training.schedule import TIME_BUDGET, describe_end, epochs_that_fit
 
@@ -37,6 +38,7 @@ def _run_budget(budget, epochs: list[int]) -> None:
         budget.on_epoch_end(epoch)
 
 
+@needs_tensorflow
 def test_the_budget_ends_the_schedule_where_it_stops(caplog):
     from types import SimpleNamespace
 
@@ -55,6 +57,7 @@ def test_the_budget_ends_the_schedule_where_it_stops(caplog):
     assert "short of the schedule's end at epoch 5" in caplog.text  # the plan came too late
 
 
+@needs_tensorflow
 def test_the_budget_says_nothing_on_the_last_planned_epoch(caplog):
     from types import SimpleNamespace
 
