@@ -346,16 +346,30 @@ class Collector:
             self.on_rejected(f"result for {cam}#{seq} without this line's tag", "unauthenticated")
             return
         # [header] or [header, mask] or [header, mask, image]: each buffer as its shape says;
-        # an empty mask (``mask_empty``) is not sent, and an image comes only with a sent mask
+        # an empty mask (``mask_empty``) is not sent, and an image comes only with a sent mask;
+        # then [preview] last when the header says ``preview`` (a JPEG: capped, not decoded here)
         sent_mask = None if h["mask_empty"] else h["mask_shape"]
         shapes = [s for s in (sent_mask, h["image_shape"]) if s is not None]
+        preview = parts[-1] if h["preview"] is not None and len(parts) > 1 else None
         if (
             (h["image_shape"] is not None and sent_mask is None)
             or (h["mask_empty"] and h["mask_shape"] is None)
-            or len(parts) != 1 + len(shapes)
-            or any(len(p) != int(np.prod(s)) for p, s in zip(parts[1:], shapes, strict=True))
+            or len(parts) != 1 + len(shapes) + (h["preview"] is not None)
+            or any(len(p) != int(np.prod(s)) for p, s in zip(parts[1:], shapes, strict=False))
         ):
             self.on_rejected(f"result {cam}#{seq}: {len(parts)} part(s) that do not match its shapes")
+            return
+        if (h["preview"] is None) != (h["preview_shape"] is None) or (
+            preview is not None
+            and (
+                len(preview) > protocol.MAX_PREVIEW_BYTES or bytes(preview.buffer[:2]) != protocol.JPEG_MAGIC
+            )
+        ):
+            size = f"{len(preview)} bytes" if preview is not None else "no part"
+            self.on_rejected(
+                f"result {cam}#{seq}: a bad preview ({size}; needs preview and preview_shape, and a JPEG "
+                f"of at most {protocol.MAX_PREVIEW_BYTES} bytes)"
+            )
             return
         status = self.ledger.decided(cam, epoch, seq, outcome)
         if status == DUPLICATE:
@@ -384,10 +398,14 @@ class Collector:
             mask_bytes = parts[1].bytes if len(parts) > 1 else b""
         # Publish first: subscribers should not wait for the disk.
         header_out = {k: v for k, v in h.items() if k not in ("t", "image_shape", "tag", "mask_empty")}
-        if header_out["mask_shape"] is None:
-            del header_out["mask_shape"]
+        for key in ("mask_shape", "preview", "preview_shape"):  # present only when they say something
+            if header_out[key] is None:
+                del header_out[key]
+        out = [b"result." + cam.encode(), protocol.encode_header(header_out), mask_bytes]
+        if preview is not None:  # trailing: the documented parts keep their places
+            out.append(preview.bytes)
         # PUB drops for a subscriber at its HWM instead of blocking: a stalled UI never stalls the line.
-        pub.send_multipart([b"result." + cam.encode(), protocol.encode_header(header_out), mask_bytes])
+        pub.send_multipart(out)
         self.pending_log.append(
             {
                 "camera_id": cam,
@@ -407,7 +425,7 @@ class Collector:
                 "truth": h.get("truth"),
             }
         )
-        if outcome == "FAIL" and self.ng_writer is not None and len(parts) >= 3 and "image_shape" in h:
+        if outcome == "FAIL" and self.ng_writer is not None and h["image_shape"] is not None:
             mask = np.frombuffer(parts[1].buffer, np.uint8).reshape(h["mask_shape"])
             image = np.frombuffer(parts[2].buffer, np.uint8).reshape(h["image_shape"])
             meta = {k: h.get(k) for k in ("reason", "boxes", "model_id", "defect_area")}

@@ -383,6 +383,19 @@ class SinksConfig:
 
 
 @dataclass
+class PublishConfig:
+    """What the publish socket sends besides decisions (docs/protocol.md)."""
+
+    #: a JPEG preview of the frame travels with a camera's result at most this often, so a
+    #: page can show what the camera sees (the line keeps full frames of NG parts only):
+    #: the longest side of the preview in pixels; 0 = no previews
+    preview_px: int = number(256, ge=0, le=2048, note="0 = off")
+    #: at most one preview per camera per this many seconds (per worker: each worker keeps
+    #: its own clock, so N workers may send up to N per period)
+    preview_every_s: float = number(0.5, ge=0.05)
+
+
+@dataclass
 class MetricsConfig:
     """Prometheus /metrics and health endpoints."""
 
@@ -422,6 +435,7 @@ class LineConfig:
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     endpoints: EndpointsConfig = field(default_factory=EndpointsConfig)
     sinks: SinksConfig = field(default_factory=SinksConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     #: seconds between status lines on the console (and status messages to subscribers). At least

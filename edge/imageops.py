@@ -24,7 +24,16 @@ import numpy as np
 
 from converter.errors import LinesideError
 
-__all__ = ["ImageOpsError", "crop_roi", "cut_tiles", "join_tiles", "plan_tiles", "resize_to", "to_gray"]
+__all__ = [
+    "ImageOpsError",
+    "crop_roi",
+    "cut_tiles",
+    "join_tiles",
+    "plan_tiles",
+    "preview_jpeg",
+    "resize_to",
+    "to_gray",
+]
 
 Roi = tuple[int, int, int, int]
 
@@ -188,3 +197,28 @@ def join_tiles(
         return total / hits.reshape(hits.shape + (1,) * (total.ndim - 2))
     msg = f"join_tiles: reduce must be 'max' or 'mean', got {reduce!r}"
     raise ImageOpsError(msg)
+
+
+#: JPEG quality of a preview: small enough to publish a few per second per camera, sharp
+#: enough for an operator to recognise the part
+PREVIEW_QUALITY = 80
+
+
+def preview_jpeg(img: np.ndarray, longest: int) -> tuple[bytes, list[int]]:
+    """A small JPEG of a frame for the operators' page: ``img`` downsized (INTER_AREA, never
+    enlarged) so that its longest side is at most ``longest``; returns the JPEG and its shape.
+    A float frame is stretched to 0..255 first (JPEG holds 8-bit pixels)."""
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.dtype != np.uint8:
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX, dtype=cv2.CV_8U)
+    h, w = img.shape[:2]
+    scale = min(1.0, longest / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, PREVIEW_QUALITY])
+    if not ok:
+        msg = f"cannot JPEG-encode a preview of shape {list(img.shape)}"
+        raise ImageOpsError(msg)
+    return buf.tobytes(), list(img.shape)

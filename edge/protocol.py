@@ -16,7 +16,8 @@ Message kinds (header ``"t"``), by socket:
   holds, the credits it has open, and why it runs another backend than configured),
   ``bye``; router -> worker: ``welcome``, ``frame``.
 - results (everyone PUSH -> collector PULL): ``result`` [header, mask] (+ [image] when the
-  decision keeps it) and ``drop`` from workers; ``drop`` and ``router_stats`` from the
+  decision keeps it) (+ [preview] when the header says ``preview``: a small JPEG of the frame)
+  and ``drop`` from workers; ``drop`` and ``router_stats`` from the
   router; ``stats`` straight from each camera (a path that back-pressure cannot block);
   ``supervisor`` from the supervisor; ``sink_stats`` from the MQTT and OPC UA sinks.
 
@@ -56,6 +57,11 @@ CAMERA_WINDOW = {"latest": 2, "lossless": 8}
 ALLOWED_DTYPES = ("uint8", "float32")
 #: Largest frame a worker accepts: guards against a malformed header asking for GBs.
 MAX_FRAME_PIXELS = 64 * 1024 * 1024
+#: Largest preview JPEG the collector accepts and publishes: a 2048 px preview (publish.preview_px's
+#: maximum) of a busy colour frame at quality 80 stays well under it; a bigger one is no preview.
+MAX_PREVIEW_BYTES = 4 * 1024 * 1024
+#: every JPEG starts with this (SOI marker): a cheap check that a preview is one, without decoding it
+JPEG_MAGIC = b"\xff\xd8"
 
 
 class ProtocolError(LinesideError):
@@ -315,6 +321,9 @@ class Result(_Message, tag="result"):
     #: the mask is all background: it is not sent (``mask_shape`` says its size)
     mask_empty: bool = False
     image_shape: Shape | None = None
+    #: a JPEG preview of the frame travels as the last part (``edge.imageops.preview_jpeg``)
+    preview: Literal["jpeg"] | None = None
+    preview_shape: Shape | None = None
 
 
 class Drop(_Message, tag="drop"):

@@ -155,6 +155,11 @@ class Worker:
         #: capped by the backend's own limit once it is active (see open_worker)
         self.max_batch = cfg.workers.max_batch
         self.max_wait = cfg.workers.max_wait_ms / 1000
+        #: camera -> when this worker last sent its preview (monotonic): at most one per
+        #: ``publish.preview_every_s`` per camera, whatever the frame rate
+        self.preview_at: dict[str, float] = {}
+        #: previews that could not be made (logged once; the result still goes, without one)
+        self.preview_failures = 0
         self.stop = threading.Event()
         self.batch: list[Item] = []
         self.done: list[list[Any]] = []
@@ -424,9 +429,33 @@ class Worker:
             if d.decision == "FAIL" and item.image is not None:
                 header["image_shape"] = list(item.image.shape)
                 buffers.append(np.ascontiguousarray(item.image))
+        preview = self.preview_of(h["cam"], item.image)
+        if preview is not None:  # always the last part, after the mask and the image
+            header["preview"], header["preview_shape"] = "jpeg", preview[1]
+            buffers.append(preview[0])
         protocol.send_multipart(results, header, *buffers)
         self.done.append([h["cam"], h.get("epoch", 0), h["seq"]])
         self.processed += 1
+
+    def preview_of(self, cam: str, image: np.ndarray | None) -> tuple[bytes, list[int]] | None:
+        """The JPEG preview (and its shape) to send with this camera's result when one is due
+        (``publish``: ``preview_px``, ``preview_every_s``), else None. It costs one resize and
+        one encode of a small image, at most once per period per camera."""
+        pub = self.cfg.publish
+        if image is None or pub.preview_px <= 0 or image.size == 0:
+            return None
+        now = time.monotonic()
+        last = self.preview_at.get(cam)
+        if last is not None and now - last < pub.preview_every_s:
+            return None
+        self.preview_at[cam] = now
+        try:
+            return imageops.preview_jpeg(image, pub.preview_px)
+        except (imageops.ImageOpsError, cv2.error) as exc:
+            self.preview_failures += 1
+            if self.preview_failures == 1:  # a frame format that cannot be one keeps failing: say it once
+                log.warning("%s: no preview for %s (%s); results go without one", self.name, cam, exc)
+            return None
 
     # -- main loop ------------------------------------------------------------------------
     def run(self, work: zmq.Socket, results: zmq.Socket, connect_timeout_s: float | None = None) -> None:

@@ -151,10 +151,13 @@ class Inspector:
             self.worker.process(caught)
             self.worker.done.clear()  # no router to acknowledge frames to
         out = json.loads(caught.parts[0])
-        for key in ("t", "tag", "image_shape"):
+        # the worker's wire-only fields: the NG image, and a preview (the caller has the image)
+        for key in ("t", "tag", "image_shape", "preview", "preview_shape"):
             out.pop(key, None)
         out["latency_ms"]["end_to_end"] = (time.time() - received) * 1000
-        if len(caught.parts) > 1 and out.get("mask_shape"):
+        if out.pop("mask_empty", False) and out.get("mask_shape"):  # all background: not sent
+            out["mask_png"] = encode_mask(np.zeros(out["mask_shape"], np.uint8))
+        elif len(caught.parts) > 1 and out.get("mask_shape"):  # the mask is the first buffer
             mask = np.frombuffer(caught.parts[1], np.uint8).reshape(out["mask_shape"])
             out["mask_png"] = encode_mask(mask)
         else:

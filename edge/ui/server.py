@@ -3,7 +3,8 @@
 Routes (docs/ui.md): ``/`` the page; ``/events`` Server-Sent Events, one snapshot of the line
 (``LineState.snapshot``) whenever it changed, at most every ``EVENT_EVERY_S``;
 ``/api/state``, ``/api/history``, ``/api/ng`` JSON; ``/api/camera/{cam}/overlay.png`` the
-latest mask of a camera over its frame when the NG store holds it; ``/ng/...`` NG files;
+latest mask of a camera over its frame (the NG store's, or the latest preview's);
+``/api/camera/{cam}/preview.jpg`` the latest preview as published; ``/ng/...`` NG files;
 ``POST /v1/inspect`` and ``/openapi.json``; ``/healthz``.
 """
 
@@ -94,8 +95,10 @@ def int_param(request: Request, name: str, default: int, lo: int, hi: int) -> in
 
 
 def overlay_png(state: LineState, cam: str) -> bytes | None:
-    """The latest mask of ``cam`` in red over its frame (from the NG store, where the line
-    keeps frames of FAIL parts), or over a dark field when no frame is kept."""
+    """The latest mask of ``cam`` in red over its frame: the NG store's frame of a FAIL (the
+    line keeps full frames of NG parts); else the camera's latest preview with that frame's
+    own mask (a few a second come with the results: ``publish.preview_px``); else the mask
+    over a dark field, saying why there is no frame."""
     got = state.latest_mask(cam)
     if got is None:
         return None
@@ -110,16 +113,20 @@ def overlay_png(state: LineState, cam: str) -> bytes | None:
             time.sleep(0.05)
         if entry is not None:
             frame = cv2.imread(str(state.ng_root / f"{entry}.png"), cv2.IMREAD_COLOR)
+    if frame is None and (preview := state.latest_preview(cam)) is not None:
+        decoded = cv2.imdecode(np.frombuffer(preview[2], np.uint8), cv2.IMREAD_COLOR)
+        if decoded is not None:  # else (a broken JPEG) the mask alone, as before any preview
+            frame, mask = decoded, preview[1]
     if mask is None and frame is None:
         mask = np.zeros((128, 128), np.uint8)
     if frame is None:
         frame = np.full((*mask.shape, 3), 40, np.uint8)
-        # the line publishes frames of no part, and keeps those of NG parts only
-        note = "mask only: the line keeps NG frames only"
+        # no preview yet (or previews off: publish.preview_px 0), and the frame of no NG part
+        note = "mask only: no preview from the line yet"
         scale = frame.shape[1] / 700
         cv2.putText(frame, note, (4, frame.shape[0] - 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (170, 170, 170), 1)
     if mask is not None:
-        if mask.shape != frame.shape[:2]:
+        if mask.shape != frame.shape[:2]:  # a preview is smaller than the mask: scale the mask to it
             mask = cv2.resize(mask, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
         hit = mask > 0
         red = np.array([40, 40, 255], np.float32)
@@ -201,6 +208,12 @@ def build_app(
             return error(404, f"no result from camera {request.path_params['cam']!r} yet")
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
+    async def camera_preview(request: Request) -> Response:
+        got = state.latest_preview(request.path_params["cam"])
+        if got is None:
+            return error(404, f"no preview from camera {request.path_params['cam']!r} yet")
+        return Response(got[2], media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
@@ -257,6 +270,7 @@ def build_app(
         Route("/api/history", history),
         Route("/api/ng", ng),
         Route("/api/camera/{cam}/overlay.png", camera_overlay),
+        Route("/api/camera/{cam}/preview.jpg", camera_preview),
         Route("/ng/{cam}/{day}/{name}", ng_file),
         Route("/openapi.json", openapi),
         Route("/v1/inspect", inspect, methods=["POST"]),

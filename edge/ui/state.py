@@ -55,6 +55,10 @@ class LineState:
         #: camera id -> the latest result header (as published) and its mask
         self.latest: dict[str, dict[str, Any]] = {}
         self.masks: dict[str, np.ndarray | None] = {}
+        #: camera -> its latest preview (docs/protocol.md: a trailing JPEG part, at most a few a
+        #: second): (result header, mask of that same frame, JPEG bytes). Kept with its own mask
+        #: so the page never draws one frame's defects over another frame
+        self.previews: dict[str, tuple[dict[str, Any], np.ndarray | None, bytes]] = {}
         #: the latest ``status`` message and when it came (monotonic)
         self.status: dict[str, Any] | None = None
         self.status_at = 0.0
@@ -142,6 +146,9 @@ class LineState:
                 mask = np.frombuffer(parts[2], np.uint8).reshape(shape)
             self.latest[cam] = header
             self.masks[cam] = mask
+            # the preview is the part after the mask (protocol.md); a subscriber may ignore it
+            if header.get("preview") == "jpeg" and len(parts) > 3 and parts[3]:
+                self.previews[cam] = (header, mask, parts[3])
             decision = header.get("decision", "?")
             self.received[decision] += 1
             self.since_status[cam, decision] += 1
@@ -205,6 +212,7 @@ class LineState:
             status = dict(self.status) if self.status else None
             status_age = time.monotonic() - self.status_at if status else None
             cams = {cam: dict(h) for cam, h in self.latest.items()}
+            preview_seqs = {cam: p[0].get("seq") for cam, p in self.previews.items()}
             e2e = [ms for _, ms in self.recent]
             recent_n = sum(1 for t, _ in self.recent if t >= now - FPS_WINDOW_S)
             received = dict(self.received)
@@ -237,7 +245,7 @@ class LineState:
                         "backend",
                     )
                 }
-                | {"has_mask": h.get("mask_shape") is not None},
+                | {"has_mask": h.get("mask_shape") is not None, "preview_seq": preview_seqs.get(cam)},
                 "counts": {d: per_cam.get(d, 0) + fresh.get((cam, d), 0) for d in DECISIONS},
             }
         totals = (status or {}).get("totals") or {}
@@ -278,6 +286,11 @@ class LineState:
             if cam not in self.latest:
                 return None
             return dict(self.latest[cam]), self.masks.get(cam)
+
+    def latest_preview(self, cam: str) -> tuple[dict[str, Any], np.ndarray | None, bytes] | None:
+        """The latest preview of ``cam``: its result header, that frame's mask, the JPEG."""
+        with self.lock:
+            return self.previews.get(cam)
 
     # -- the decision log (read-only) -------------------------------------------------------------
     def _db(self) -> sqlite3.Connection | None:

@@ -134,6 +134,36 @@ def test_camera_overlay_is_a_png(ui: Ui) -> None:
     assert ui.request("/api/camera/nope/overlay.png")[0] == 404
 
 
+def test_a_pass_camera_card_shows_its_preview_frame(ui: Ui) -> None:
+    """The line sends a small JPEG of each camera's frame a few times a second with any
+    decision: a PASS camera's card draws its mask over that frame, not over a dark field."""
+
+    def pass_with_preview() -> str | None:
+        cams = ui.get("/api/state")["cameras"]
+        return next(
+            (
+                c
+                for c, i in cams.items()
+                if i["latest"]
+                and i["latest"]["decision"] == "PASS"
+                and i["latest"]["preview_seq"] is not None
+            ),
+            None,
+        )
+
+    cam = wait_until(pass_with_preview, 30, "a PASS camera with a preview")
+    status, headers, body = ui.request(f"/api/camera/{cam}/preview.jpg")
+    assert status == 200 and headers["content-type"] == "image/jpeg"
+    preview = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+    assert preview is not None and max(preview.shape[:2]) <= 256
+    status, _, body = ui.request(f"/api/camera/{cam}/overlay.png")
+    overlay = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+    assert status == 200 and overlay.shape == preview.shape  # a camera's previews keep their size
+    dark = float((overlay == 40).all(axis=2).mean())
+    assert dark < 0.5, f"{dark:.0%} of the card's image is the dark field of a mask-only overlay"
+    assert ui.request("/api/camera/nope/preview.jpg")[0] == 404
+
+
 def test_the_page_and_its_scripts_are_served(ui: Ui) -> None:
     status, _, body = ui.request("/")
     assert status == 200 and b"/static/app.js" in body

@@ -337,8 +337,10 @@ def test_worker_sends_a_partial_batch_when_its_deadline_passes(worker_loop, recv
     header = json.loads(parts[0])
     assert header["t"] == "result" and (header["cam"], header["epoch"], header["seq"]) == ("a", 1, 0)
     assert (header["decision"], header["reason"], header["defect_count"]) == (PASS, "no defect", 0)
-    # an all-background mask travels as a flag and its shape, not as 0-bytes
-    assert len(parts) == 1 and header["mask_empty"] and header["mask_shape"] == [size, size]
+    # an all-background mask travels as a flag and its shape, not as 0-bytes; the only part
+    # is the camera's first preview (due at once: publish.preview_every_s has not begun)
+    assert header["mask_empty"] and header["mask_shape"] == [size, size]
+    assert len(parts) == 2 and header["preview"] == "jpeg"
     assert waited >= worker.max_wait  # it did wait for more frames ...
     assert waited < worker.max_wait + 3.0  # ... but not for a full batch
     worker.stop.set()
@@ -392,6 +394,106 @@ def test_a_frame_smaller_than_the_model_is_refused_not_guessed(worker_sockets, r
     worker.process(results)
     refused = json.loads(recv(results_in, what="the refusal")[0])
     assert refused["decision"] == NO_DECISION and "wrong shape" in refused["reason"]
+
+
+def test_worker_attaches_a_due_preview_and_no_other(worker_sockets, recv) -> None:
+    """A camera's first frame carries a JPEG preview (longest side publish.preview_px), the
+    next within preview_every_s none, a later one again one; a FAIL's preview comes after its
+    mask and NG image, whatever the decision."""
+    import cv2
+
+    worker, results, results_in = worker_sockets
+    worker.cfg.publish.preview_px, worker.cfg.publish.preview_every_s = 32, 0.3
+    h, w = worker.hw
+    frame = np.full((h, 2 * w), 128, np.uint8)  # two tiles wide: the preview keeps its aspect
+
+    def send(seq: int) -> tuple[dict, list[bytes]]:
+        header = protocol.frame_header("strip", seq, time.time(), frame, sent_ts=time.time(), epoch=1)
+        worker.on_frame([Msg(protocol.encode_header(header)), Msg(frame.tobytes())], results)
+        worker.process(results)
+        parts = recv(results_in, what=f"the result of #{seq}")
+        return json.loads(parts[0]), parts
+
+    first, parts = send(0)
+    assert first["preview"] == "jpeg" and first["preview_shape"] == [16, 32]
+    preview = cv2.imdecode(np.frombuffer(parts[-1], np.uint8), cv2.IMREAD_UNCHANGED)
+    assert preview is not None and list(preview.shape) == first["preview_shape"]
+    assert abs(int(preview.mean()) - 128) <= 2  # the frame, downsized
+    second, parts = send(1)
+    assert "preview" not in second and len(parts) == 1 + (not second.get("mask_empty"))
+    time.sleep(0.35)
+    real_infer = worker.infer
+
+    def infer(prepared):  # a FAIL: mask, image and preview, in that order
+        probs = real_infer(prepared)
+        probs[:] = 0.0
+        probs[:, 10:16, 20:26] = 0.9
+        return probs
+
+    worker.infer = infer
+    third, parts = send(2)
+    assert third["decision"] == FAIL and third["preview"] == "jpeg"
+    assert len(parts) == 4 and len(parts[2]) == frame.size and parts[3][:2] == b"\xff\xd8"
+    # previews off: none, however long since the last
+    worker.cfg.publish.preview_px = 0
+    time.sleep(0.35)
+    assert "preview" not in send(3)[0]
+
+
+def collector_result(seq: int, **extra: Any) -> dict:
+    """A PASS result for camera ``a`` with this line's tag and an empty mask (no mask part)."""
+    tag = protocol.frame_tag(bytes.fromhex(KEY), "a", 1, seq)
+    result = {"t": "result", "cam": "a", "epoch": 1, "seq": seq, "ts": time.time(), "decision": PASS}
+    return result | {"tag": tag, "mask_shape": [4, 4], "mask_empty": True, "latency_ms": {}} | extra
+
+
+def test_collector_publishes_a_preview_as_the_trailing_part_and_refuses_a_bad_one(
+    socket: Callable[..., zmq.Socket], recv, tmp_path: Path
+) -> None:
+    import cv2
+
+    from edge.collector import Collector
+
+    cfg = cfg_for()
+    cfg.sinks.decision_log = cfg.sinks.ng_store = ""
+    collector = Collector(cfg)
+    pub = socket(zmq.PUB)
+    pub.bind("inproc://pub-preview")
+    sub = socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect("inproc://pub-preview")
+    time.sleep(0.1)  # the subscription reaches the PUB socket
+    ok, encoded = cv2.imencode(".jpg", np.full((6, 8), 90, np.uint8))
+    assert ok
+    jpeg = encoded.tobytes()
+    good = collector_result(0, preview="jpeg", preview_shape=[6, 8])
+    collector.on_message([Msg(protocol.encode_header(good)), Msg(jpeg)], pub)
+    topic, header, mask, preview = recv(sub, what="the published result")
+    assert topic == b"result.a" and mask == bytes(16) and preview == jpeg
+    header = json.loads(header)
+    assert header["preview"] == "jpeg" and header["preview_shape"] == [6, 8]
+    # without a preview: the three documented parts, no preview fields
+    collector.on_message([Msg(protocol.encode_header(collector_result(1)))], pub)
+    parts = recv(sub, what="the result without a preview")
+    assert len(parts) == 3 and "preview" not in json.loads(parts[1])
+    # refused and counted malformed, never published: not a JPEG, too big, a flag without
+    # its part or its shape, a part without the flag
+    big = b"\xff\xd8" + bytes(protocol.MAX_PREVIEW_BYTES)
+    bad = [
+        (collector_result(2, preview="jpeg", preview_shape=[6, 8]), [b"GIF89a"]),
+        (collector_result(3, preview="jpeg", preview_shape=[6, 8]), [big]),
+        (collector_result(4, preview="jpeg", preview_shape=[6, 8]), []),
+        (collector_result(5, preview="jpeg"), [jpeg]),
+        (collector_result(6), [jpeg]),
+        (collector_result(7, preview="png", preview_shape=[6, 8]), [jpeg]),
+    ]
+    before = collector.rejected.counts["malformed"]
+    for header, rest in bad:
+        collector.on_message([Msg(protocol.encode_header(header)), *(Msg(p) for p in rest)], pub)
+    assert collector.rejected.counts["malformed"] - before == len(bad)
+    assert collector.rejected.counts["internal"] == 0
+    assert not sub.poll(200), "a refused result was published"
+    assert collector.ledger.totals()["decided"] == 2
 
 
 def test_router_drops_frames_older_than_their_max_age(rig: RouterRig, recv) -> None:

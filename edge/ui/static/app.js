@@ -37,7 +37,10 @@ function renderCamera(cam, info) {
   badge.dataset.seq = latest.seq;
   badge.textContent = `${latest.decision} #${latest.seq}`;
   badge.className = "decision " + latest.decision;
-  card.querySelector(".reason").textContent = `${latest.reason} · ${when(latest.ts)}`;
+  // the image is of the latest preview's frame (a few a second), which may be an earlier one
+  const shown = latest.preview_seq !== null && latest.preview_seq !== latest.seq && latest.decision !== "FAIL"
+    ? ` · frame #${latest.preview_seq}` : "";
+  card.querySelector(".reason").textContent = `${latest.reason} · ${when(latest.ts)}${shown}`;
   const img = card.querySelector("img");
   // one image request at a time per camera: a fast line never queues up image loads
   if (!img.dataset.loading) {
