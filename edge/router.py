@@ -214,11 +214,16 @@ class Router:
             for cam, epoch, seq, tag in header.get("holding", []):
                 if protocol.tag_ok(self.key, cam, epoch, seq, tag):  # only frames of this line
                     state.inflight[(cam, epoch, seq)] = tag
-            if kind == "heartbeat":
-                state.credits = header["credits_open"]
+            # Its whole open count, whichever message comes first: a ready that only acknowledges
+            # frames (credits 0) from a worker whose credits went to a dead router would
+            # otherwise leave both sides waiting for the other (seen with a fast model).
+            state.credits = max(header.get("credits_open", 0), header.get("credits", 0))
+            joined = True
             log.info("worker %s joined", name)
             if work is not None:
                 self.welcome(work, state)
+        else:
+            joined = False
         state.last_seen = time.monotonic()
         if kind == "heartbeat":
             state.busy = bool(header["busy"] or header["holding"])
@@ -227,7 +232,8 @@ class Router:
         for cam, epoch, seq in header.get("done", []):
             state.inflight.pop((cam, epoch, seq), None)
         if kind == "ready":
-            state.credits += header["credits"]
+            if not joined:  # a joining worker's credits_open already counts these
+                state.credits += header["credits"]
             state.skip_until = 0.0  # it spoke on its frame socket: reachable
         elif kind == "bye":
             self.lose_worker(name, "worker_exit")

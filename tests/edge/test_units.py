@@ -269,6 +269,23 @@ def test_router_sends_a_worker_no_more_frames_than_its_credits(rig: RouterRig, r
     assert sorted((g["cam"], g["seq"]) for g in got) == [("live", 0), ("trig", 0)]  # one per camera, in turn
 
 
+def test_a_restarted_router_takes_a_joining_workers_whole_open_count(rig: RouterRig, recv) -> None:
+    """The first word from a worker after a router restart may be a ready that only acknowledges
+    frames (credits 0) while its credits went to the dead router: the new router must take the
+    worker's open count, or each waits for the other and the line decides nothing."""
+    for seq in range(3):
+        rig.router.on_frame(from_camera("trig", frame_parts("trig", seq, "lossless")))
+    rig.worker.send(
+        protocol.encode_header({"t": "ready", "worker": "w1", "credits": 0, "credits_open": 2, "done": []})
+    )
+    ident, raw = recv(rig.work, what="the worker's ready")
+    rig.router.on_worker([Msg(ident), Msg(raw)], rig.work)
+    assert json.loads(recv(rig.worker, what="the router's welcome")[0]) == {"t": "welcome"}
+    rig.router.dispatch(rig.work)
+    got = [json.loads(recv(rig.worker, what=f"frame {i + 1} of 2")[0])["seq"] for i in range(2)]
+    assert got == [0, 1] and not rig.worker.poll(100)
+
+
 def test_router_reports_the_frames_of_a_silent_worker_as_worker_lost(rig: RouterRig, recv) -> None:
     for seq in range(2):
         rig.router.on_frame(from_camera("trig", frame_parts("trig", seq, "lossless")))
