@@ -278,7 +278,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run each step as its own ``lineside`` process: the line side never imports TensorFlow."""
+    import contextlib
     import shutil
+    import signal
     import subprocess
     import sys
     import time
@@ -337,15 +339,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     ui = start_demo_ui(lineside, args.config, overrides, args.ui_port) if args.ui_port else None
     print(f"== run the line for {args.duration:.0f} s: lineside {' '.join(run)}", flush=True)
     line = subprocess.Popen([*lineside, *run])
+    interrupted: list[int] = []
+
+    def on_ctrl_c(*_: Any) -> None:
+        # Ctrl-C stops the line, which drains first; a flag, not an exception, so that a line
+        # that exits at the same moment cannot make the interrupted demo report success
+        interrupted.append(1)
+        with contextlib.suppress(OSError):
+            line.send_signal(signal.SIGINT)  # also when only the demo got it (kill -INT)
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
     try:
-        return line.wait()
-    except KeyboardInterrupt:
-        # Ctrl-C reached the line too (one process group): it drains and stops by itself
-        stop_process(line, timeout_s=60.0, signal_first=False)
-        return 130
+        code = line.wait()
     finally:
+        signal.signal(signal.SIGINT, previous)
         if ui is not None:
             stop_process(ui)
+    return 130 if interrupted else code
 
 
 def start_demo_ui(lineside: list[str], config: str, overrides: list[str], port: int) -> Any:

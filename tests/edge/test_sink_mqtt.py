@@ -417,7 +417,7 @@ def test_the_mask_option_sends_the_defect_mask_as_a_png_that_decodes_to_it() -> 
         ({"sinks": {"mqtt": {"port": 0}}}, "sinks.mqtt.port is 0; must be between 1 and 65535"),
         (
             {"sinks": {"mqtt": {"password": "x"}}},
-            "unknown key 'sinks.mqtt.password'; allowed here: enabled, host",
+            "unknown key 'sinks.mqtt.password'; did you mean 'password_env'? (allowed here: enabled, host",
         ),
         (
             {"sinks": {"mqtt": {"enabled": True, "password_env": "P"}}},
