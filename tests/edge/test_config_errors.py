@@ -290,6 +290,7 @@ SECTIONS = (
     config_module.SinksConfig,
     config_module.MqttSinkConfig,
     config_module.OpcuaSinkConfig,
+    config_module.PublishConfig,
     config_module.MetricsConfig,
     config_module.SecurityConfig,
 )
