@@ -153,6 +153,7 @@ def test_input_size_check_names_a_valid_size():
         check_input_size("mobilenetv2_unet", 1600, 240)
 
 
+@needs_tensorflow
 def test_mobilenet_honours_weight_decay():
     """optimizer.weight_decay reaches mobilenetv2_unet as it does the others: L2 on the trainable
     conv kernels of decoder and encoder, none on a frozen layer, none when it is 0."""
