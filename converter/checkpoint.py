@@ -10,7 +10,6 @@ TensorFlow is imported only by :func:`load_reference`.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from converter.errors import LinesideError
+from converter.schema import read_json_object
 
 TRAINING_JSON = "training.json"
 
@@ -53,15 +53,7 @@ def _read_training_json(folder: Path) -> dict[str, Any]:
     path = folder / TRAINING_JSON
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        msg = f"{path}: not valid JSON ({exc}); re-run `lineside train` or fix the file"
-        raise CheckpointError(msg) from None
-    if not isinstance(data, dict):
-        msg = f"{path}: expected a JSON object"
-        raise CheckpointError(msg)
-    return data
+    return read_json_object(path, fix="re-run `lineside train` or fix the file", error=CheckpointError)
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:

@@ -19,6 +19,7 @@ from typing import Any
 
 from converter.errors import LinesideError
 from converter.preprocessing import NORMALIZATIONS
+from converter.schema import Rule, build, choices, number, read_json_object, text
 
 SCHEMA_VERSION = 2
 #: schema 1 is schema 2 without ``files_sha256``
@@ -33,53 +34,70 @@ class ManifestError(LinesideError, ValueError):
     """A manifest is missing, unreadable or does not match the schema."""
 
 
+#: re-export a package with this version: the fix every manifest error names
+REEXPORT = "re-create it with `lineside export`"
+_SHA256 = Rule(
+    lambda v: len(v) == 64 and all(c in "0123456789abcdef" for c in v), "must be a sha256 (64 hex digits)"
+)
+
+
 @dataclass
 class InputSpec:
     """The tensor the model takes: one image, batch dimension dynamic."""
 
-    name: str
-    height: int
-    width: int
-    channels: int = 1
-    layout: str = "NHWC"
-    dtype: str = "float32"
+    name: str = text()
+    height: int = number(gt=0)
+    width: int = number(gt=0)
+    channels: int = number(1, gt=0, required=True)
+    layout: str = choices(*LAYOUTS, default="NHWC", required=True)
+    dtype: str = choices("float32", "uint8", default="float32", required=True)
 
 
 @dataclass
 class OutputSpec:
     """The tensor the model returns: a per-pixel defect map."""
 
-    name: str
-    activation: str = "sigmoid"
-    channels: int = 1
+    name: str = text()
+    activation: str = choices(*ACTIVATIONS, default="sigmoid", required=True)
+    channels: int = number(1, gt=0, required=True)
 
 
 @dataclass
 class ModelManifest:
-    """What ``manifest.json`` holds; see docs/architecture.md and docs/converter.md (the model package)."""
+    """What ``manifest.json`` holds; see docs/architecture.md and docs/converter.md (the model package).
 
-    model_id: str
-    architecture: str
-    input: InputSpec
-    output: OutputSpec
-    normalization: str = "zero_one"
+    A manifest is written whole, so a key the program has a default for is still required in
+    the file (``required``): one without its threshold was cut short or hand-edited.
+    """
+
+    model_id: str = text()
+    architecture: str = text()
+    input: InputSpec = field(default_factory=lambda: InputSpec("image", 1, 1))
+    output: OutputSpec = field(default_factory=lambda: OutputSpec("probability"))
+    normalization: str = choices(*sorted(NORMALIZATIONS), default="zero_one", required=True)
     #: per-pixel probability above which a pixel counts as defective
-    threshold: float = 0.5
+    threshold: float = number(0.5, gt=0, lt=1, required=True)
     #: connected regions smaller than this many pixels are ignored
-    min_defect_area: int = 16
+    min_defect_area: int = number(16, ge=0, required=True)
     dataset: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     source_checkpoint_sha256: str = ""
     tool_versions: dict[str, str] = field(default_factory=dict)
     #: precision -> file name inside the package ("fp32": "model.onnx", ...)
-    files: dict[str, str] = field(default_factory=lambda: {"fp32": "model.onnx"})
+    files: dict[str, str] = field(
+        default_factory=lambda: {"fp32": "model.onnx"},
+        metadata={
+            "required": True,
+            "rule": Rule(lambda v: "fp32" in v, 'must name the fp32 graph, e.g. {"fp32": "model.onnx"}'),
+        },
+    )
     #: file name -> sha256 (hex) of that file as it was written; one entry per name in ``files``
     files_sha256: dict[str, str] = field(default_factory=dict)
     #: results of accuracy gates (fp16 / int8 / uint8 against fp32), written by the converter, and
     #: per backend and precision by `lineside gate` ("openvino:bf16", ...); absent keys: never run
     gates: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = number(SCHEMA_VERSION, ge=1, required=True)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,112 +124,33 @@ class ModelManifest:
         if not path.is_file():
             msg = f"{path}: no manifest; is {package_dir} a model package? Create one with `lineside export`."
             raise ManifestError(msg)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            msg = f"{path}: not valid JSON ({exc}); re-create it with `lineside export`."
-            raise ManifestError(msg) from None
-        return _parse(data, str(path))
-
-
-def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], source: str) -> Any:
-    if key not in data:
-        msg = f"{source}: missing key {key!r}"
-        raise ManifestError(msg)
-    value = data[key]
-    if isinstance(value, bool) or not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-        msg = f"{source}: key {key!r} must be {names}, got {value!r}"
-        raise ManifestError(msg)
-    return value
-
-
-def _choice(value: str, allowed: tuple[str, ...] | list[str], key: str, source: str) -> str:
-    if value not in allowed:
-        msg = f"{source}: key {key!r} is {value!r}; allowed: {', '.join(allowed)}"
-        raise ManifestError(msg)
-    return value
+        return _parse(read_json_object(path, fix=REEXPORT, error=ManifestError), str(path))
 
 
 def _parse(data: Any, source: str) -> ModelManifest:
     if not isinstance(data, dict):
-        msg = f"{source}: expected a JSON object, got {type(data).__name__}"
+        msg = f"{source}: expected a JSON object, got {type(data).__name__}; {REEXPORT}"
         raise ManifestError(msg)
-    version = _require(data, "schema_version", int, source)
-    if version not in READABLE_SCHEMAS:
+    version = data.get("schema_version")
+    if isinstance(version, int) and version not in READABLE_SCHEMAS:
         msg = (
             f"{source}: schema_version {version} is not supported by this lineside "
-            f"(it reads {', '.join(map(str, READABLE_SCHEMAS))}); re-export the package with this version"
+            f"(it reads {', '.join(map(str, READABLE_SCHEMAS))}); "
+            "re-export the package with this lineside (`lineside export`)"
         )
         raise ManifestError(msg)
-    known = set(ModelManifest.__dataclass_fields__)
-    unknown = sorted(set(data) - known)
-    if unknown:
-        msg = f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
-        raise ManifestError(msg)
-
-    raw_in = _require(data, "input", dict, source)
-    raw_out = _require(data, "output", dict, source)
-    in_src, out_src = f"{source} [input]", f"{source} [output]"
-    inp = InputSpec(
-        name=_require(raw_in, "name", str, in_src),
-        height=_require(raw_in, "height", int, in_src),
-        width=_require(raw_in, "width", int, in_src),
-        channels=_require(raw_in, "channels", int, in_src),
-        layout=_choice(_require(raw_in, "layout", str, in_src), LAYOUTS, "layout", in_src),
-        dtype=_choice(_require(raw_in, "dtype", str, in_src), ("float32", "uint8"), "dtype", in_src),
-    )
-    for key in ("height", "width", "channels"):
-        if getattr(inp, key) <= 0:
-            msg = f"{in_src}: key {key!r} must be positive, got {getattr(inp, key)}"
-            raise ManifestError(msg)
-    out = OutputSpec(
-        name=_require(raw_out, "name", str, out_src),
-        activation=_choice(_require(raw_out, "activation", str, out_src), ACTIVATIONS, "activation", out_src),
-        channels=_require(raw_out, "channels", int, out_src),
-    )
-    threshold = float(_require(data, "threshold", (int, float), source))
-    if not 0.0 < threshold < 1.0:
-        msg = f"{source}: key 'threshold' must be in (0, 1), got {threshold}"
-        raise ManifestError(msg)
-    files = _require(data, "files", dict, source)
-    if "fp32" not in files:
-        msg = f'{source}: key \'files\' must name the fp32 graph, e.g. {{"fp32": "model.onnx"}}'
-        raise ManifestError(msg)
-    return ModelManifest(
-        model_id=_require(data, "model_id", str, source),
-        architecture=_require(data, "architecture", str, source),
-        input=inp,
-        output=out,
-        normalization=_choice(
-            _require(data, "normalization", str, source), sorted(NORMALIZATIONS), "normalization", source
-        ),
-        threshold=threshold,
-        min_defect_area=_require(data, "min_defect_area", int, source),
-        dataset=data.get("dataset", {}),
-        metrics=data.get("metrics", {}),
-        source_checkpoint_sha256=data.get("source_checkpoint_sha256", ""),
-        tool_versions=data.get("tool_versions", {}),
-        files=files,
-        files_sha256=_hashes(data, files, version, source),
-        gates=data.get("gates", {}),
-        created_at=data.get("created_at", ""),
-        schema_version=version,
-    )
-
-
-def _hashes(data: dict[str, Any], files: dict[str, Any], version: int, source: str) -> dict[str, str]:
-    """``files_sha256``: required from schema 2 on, one 64-hex-digit entry per named file."""
-    # a schema 1 manifest saved again (a gate recorded in it) writes its empty files_sha256 back
-    if version < 2 and not data.get("files_sha256"):
-        return {}
-    hashes = _require(data, "files_sha256", dict, source)
-    for name in files.values():
-        value = hashes.get(name)
-        if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-            msg = (
-                f"{source}: key 'files_sha256' has no valid sha256 for {name!r} (got {value!r}); "
-                "re-run `lineside export`"
-            )
-            raise ManifestError(msg)
-    return hashes
+    if version in READABLE_SCHEMAS and version >= 2 and "files_sha256" not in data:
+        raise ManifestError(f"{source}: missing key 'files_sha256'; {REEXPORT}")
+    manifest = build(ModelManifest, data, source, error=ManifestError, fix=REEXPORT)
+    if manifest.schema_version >= 2 or manifest.files_sha256:
+        # from schema 2 on, one sha256 per named graph (a schema 1 manifest saved again, a gate
+        # recorded in it, writes its empty files_sha256 back)
+        for name in manifest.files.values():
+            value = manifest.files_sha256.get(name)
+            if value is None or not _SHA256.check(value):
+                msg = (
+                    f"{source}: key 'files_sha256' has no valid sha256 for {name!r} (got {value!r}); "
+                    "re-run `lineside export`"
+                )
+                raise ManifestError(msg)
+    return manifest

@@ -17,22 +17,32 @@ import math
 import os
 import re
 import tempfile
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from converter.overrides import apply_overrides
+from converter.schema import (
+    YES_NO,
+    ConfigError,
+    Rule,
+    build,
+    choices,
+    internal,
+    not_finite,
+    number,
+    number_rule,
+    override_schema,
+    read_yaml_mapping,
+    show,
+    text,
+    text_rule,
+    yes_no,
+)
+from converter.schema import _num as _num
 
-from converter.errors import LinesideError
-from converter.overrides import ListOf, apply_overrides, did_you_mean
-
-
-class ConfigError(LinesideError):
-    """The line config is missing, unreadable or invalid."""
-
+__all__ = ["YES_NO", "ConfigError", "Rule", "number_rule", "text_rule"]
 
 #: max_age_ms when a camera does not set it: a live view wants fresh frames; lossless means
 #: every frame is decided, however long it waited
@@ -40,47 +50,6 @@ DEFAULT_MAX_AGE_MS = {"latest": 2000.0, "lossless": 0.0}
 
 #: the longest camera id (part of file names, topics and metric labels) or line name
 MAX_NAME_LEN = 64
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What one key allows: ``check(value)``, and the words an error names the rule with."""
-
-    check: Callable[[Any], bool]
-    #: what the error says after the value, e.g. "must be >= 0"
-    text: str
-    #: for a number, its range ("> 0"): said when the value is NaN or infinite
-    bounds: str = ""
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else repr(x)
-
-
-def number_rule(
-    ge: float | None = None, gt: float | None = None, le: float | None = None, note: str = ""
-) -> Rule:
-    """A number at least ``ge`` / above ``gt`` / at most ``le``; ``note`` says what a special value means."""
-    low, low_open = (gt, True) if gt is not None else (ge, False)
-
-    def check(v: float) -> bool:
-        above = low is None or (v > low if low_open else v >= low)
-        return above and (le is None or v <= le)
-
-    if low is not None and le is not None:
-        bounds = f"> {_num(low)} and <= {_num(le)}" if low_open else f"between {_num(low)} and {_num(le)}"
-    elif low is not None:
-        bounds = f"{'>' if low_open else '>='} {_num(low)}"
-    else:
-        bounds = f"<= {_num(le)}"
-    bounds += f" ({note})" if note else ""
-    return Rule(check, f"must be {bounds}", bounds)
-
-
-def number(default: Any, **bounds: Any) -> Any:
-    """A numeric field with its allowed range (see number_rule)."""
-    return field(default=default, metadata={"rule": number_rule(**bounds)})
-
 
 #: a camera id (also checked on every message: edge/protocol.py)
 CAMERA_ID_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9_.-]*"
@@ -102,38 +71,6 @@ LINE_NAME = Rule(
     lambda v: 0 < len(v) <= MAX_NAME_LEN and v.isprintable(),
     f"must be 1 to {MAX_NAME_LEN} printable characters (no control characters)",
 )
-
-
-def text_rule(*, empty: str = "") -> Rule:
-    """Printable text, e.g. a path; ``empty`` says what an empty value means (else it is refused)."""
-    if empty:
-        return Rule(
-            lambda v: v.isprintable(), f"must be printable text (no control characters; empty = {empty})"
-        )
-    return Rule(
-        lambda v: v != "" and v.isprintable(), "must be non-empty printable text (no control characters)"
-    )
-
-
-#: a yes/no key (its type is checked on load; the rule only documents it)
-YES_NO = Rule(lambda v: isinstance(v, bool), "must be true or false")
-
-
-def yes_no(default: bool) -> Any:
-    return field(default=default, metadata={"rule": YES_NO})
-
-
-def text(default: str, **kw: str) -> Any:
-    return field(default=default, metadata={"rule": text_rule(**kw)})
-
-
-def choices(*allowed: str, default: str) -> Any:
-    return field(default=default, metadata={"choices": allowed})
-
-
-def internal(default: str) -> Any:
-    """Set by the program, never by the file (an unknown key there)."""
-    return field(default=default, metadata={"internal": True})
 
 
 def _is_roi(v: list[int]) -> bool:
@@ -227,7 +164,8 @@ class WorkersConfig:
 
 @dataclass
 class DecisionConfig:
-    """How a defect map becomes PASS / FAIL. Empty values take the manifest's defaults."""
+    """How a defect map becomes PASS / FAIL (edge/postprocess.decide). Empty values take the
+    manifest's defaults (edge/worker.decision_rules)."""
 
     #: a pixel is a defect above this score
     threshold: float | None = field(
@@ -477,107 +415,6 @@ class LineConfig:
 RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(LineConfig) if f.metadata.get("internal"))
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _show(value: Any) -> str:
-    """The value as an error names it (cut short: a 400-digit number is not helpful)."""
-    shown = repr(value)
-    return shown if len(shown) <= 80 else shown[:77] + "..."
-
-
-def _not_finite(key: str, value: Any, source: str, bounds: str = "") -> ConfigError:
-    return ConfigError(
-        f"{source}: {key} is {_show(value)}; must be a finite number{' ' + bounds if bounds else ''}"
-    )
-
-
-def _reject_non_finite(value: Any, key: str, source: str) -> None:
-    """NaN and infinity anywhere in free-form data (camera options): no option means them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise _not_finite(key, value, source)
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _reject_non_finite(v, f"{key}.{k}", source)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _reject_non_finite(v, f"{key}[{i}]", source)
-
-
-def _convert(value: Any, tp: Any, key: str, source: str, bounds: str = "") -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints widen to float).
-
-    Every float must be finite: every comparison with NaN is false, so a check such as
-    ``fps < 0`` lets it through (a NaN fps ran a camera unthrottled). ``bounds`` is the key's
-    range, named in that error.
-    """
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], key, source, bounds)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key, source)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            msg = f"{source}: {key} must be a list, got {_show(value)}"
-            raise ConfigError(msg)
-        return [_convert(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            msg = f"{source}: {key} must be a mapping, got {_show(value)}"
-            raise ConfigError(msg)
-        _reject_non_finite(value, key, source)
-        return dict(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        try:
-            value = float(value)
-        except OverflowError:  # an integer too large for a float
-            raise _not_finite(key, value, source, bounds) from None
-    if tp in (int, float, str, bool) and (
-        not isinstance(value, tp) or (tp is not bool and isinstance(value, bool))
-    ):
-        msg = f"{source}: {key} must be {_type_name(tp)}, got {_show(value)}"
-        raise ConfigError(msg)
-    if tp is float and not math.isfinite(value):
-        raise _not_finite(key, value, source, bounds)
-    return value
-
-
-def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
-    """``cls`` from a mapping: each key known, of its type, and within its field's rule."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        msg = f"{source}: {prefix or 'the top level'} must be a mapping, got {_show(data)}"
-        raise ConfigError(msg)
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            hint = did_you_mean(key, fields)
-            msg = f"{source}: unknown key {path!r}{hint} (allowed here: {', '.join(fields)})"
-            raise ConfigError(msg)
-        meta = fields[key].metadata
-        rule: Rule | None = meta.get("rule")
-        value = _convert(value, hints[key], path, source, rule.bounds if rule else "")
-        allowed_values = meta.get("choices")
-        if allowed_values and value not in allowed_values:
-            msg = f"{source}: {path} is {_show(value)}; allowed: {', '.join(allowed_values)}"
-            raise ConfigError(msg)
-        if rule is not None and value is not None and not rule.check(value):
-            msg = f"{source}: {path} is {_show(value)}; {rule.text}"
-            raise ConfigError(msg)
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
 def _option_rules(kind: str) -> dict[str, tuple[tuple[type, ...], Rule | None]]:
     """Options of a ``kind`` camera whose values are cheap to check here: name -> (types, rule).
 
@@ -621,7 +458,20 @@ def _option_rules(kind: str) -> dict[str, tuple[tuple[type, ...], Rule | None]]:
     return {}
 
 
+def _reject_non_finite(value: Any, key: str, source: str) -> None:
+    """NaN and infinity anywhere in a camera's options: no option means them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise not_finite(key, value, source)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _reject_non_finite(v, f"{key}.{k}", source)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _reject_non_finite(v, f"{key}[{i}]", source)
+
+
 def _check_options(cam: CameraConfig, key: str, source: str) -> None:
+    _reject_non_finite(cam.options, key, source)
     if cam.source == "folder" and "path" not in cam.options:
         msg = f"{source}: {key}.path is missing; a folder camera needs the image folder"
         raise ConfigError(msg)
@@ -638,10 +488,10 @@ def _check_options(cam: CameraConfig, key: str, source: str) -> None:
         types_, rule = rules[name]
         if (isinstance(value, bool) and bool not in types_) or not isinstance(value, types_):
             kinds = " or ".join(t.__name__ for t in types_)
-            msg = f"{source}: {key}.{name} must be {kinds}, got {_show(value)}"
+            msg = f"{source}: {key}.{name} must be {kinds}, got {show(value)}"
             raise ConfigError(msg)
         if rule is not None and not rule.check(value):
-            msg = f"{source}: {key}.{name} is {_show(value)}; {rule.text}"
+            msg = f"{source}: {key}.{name} is {show(value)}; {rule.text}"
             raise ConfigError(msg)
 
 
@@ -650,7 +500,7 @@ def _check_values(cfg: LineConfig, source: str) -> None:
     depend on the source, and defaults that depend on other keys."""
 
     def bad(key: str, value: Any, rule: str) -> ConfigError:
-        return ConfigError(f"{source}: {key} is {_show(value)}; {rule}")
+        return ConfigError(f"{source}: {key} is {show(value)}; {rule}")
 
     if not cfg.cameras:
         msg = f"{source}: cameras is empty; add at least one camera (see configs/demo.yaml)"
@@ -775,7 +625,7 @@ def _check_security(cfg: LineConfig, source: str) -> None:
 
 def parse_config(data: Any, source: str = "<config>", base_dir: str | Path = ".") -> LineConfig:
     """Build and validate a LineConfig from already-parsed YAML data."""
-    cfg = _build(LineConfig, data, "", source)
+    cfg = build(LineConfig, data, source)
     cfg.base_dir = os.fspath(base_dir)
     _check_values(cfg, source)
     _check_security(cfg, source)
@@ -796,47 +646,10 @@ def load_config(path: str | Path, sets: list[str] | None = None) -> LineConfig:
     """Read a YAML line config, with ``--set KEY=VALUE`` flags applied; every problem is one
     ConfigError line."""
     path = Path(path)
-    if not path.is_file():
-        msg = f"{path}: config file not found; see configs/demo.yaml for an example"
-        raise ConfigError(msg)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        msg = f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"
-        raise ConfigError(msg) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        msg = f"{path}: cannot read the config ({exc})"
-        raise ConfigError(msg) from None
+    data = read_yaml_mapping(path, what="config", example="configs/demo.yaml")
     if sets:
-        if not isinstance(data, dict):
-            msg = f"{path}: the top level must be a mapping, got {_show(data)}"
-            raise ConfigError(msg)
-        data = apply_overrides(data, sets, override_schema(), error=ConfigError)
+        data = apply_overrides(data, sets, override_schema(LineConfig), error=ConfigError)
     return parse_config(data, str(path), path.resolve().parent)
-
-
-def override_schema(cls: type | None = None) -> dict[str, Any]:
-    """The shape of a line config for ``--set`` (converter/overrides.py): each section's keys,
-    ``ListOf`` for the cameras; the program's own fields are left out, as in the file."""
-    cls = cls or LineConfig
-    hints = typing.get_type_hints(cls)
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("internal"):
-            continue
-        tp = hints[f.name]
-        args = typing.get_args(tp)
-        if dataclasses.is_dataclass(tp):
-            out[f.name] = override_schema(tp)
-        elif typing.get_origin(tp) is list and args and dataclasses.is_dataclass(args[0]):
-            out[f.name] = ListOf(override_schema(args[0]))
-        else:
-            # a leaf (its value is checked by parse_config); a free mapping such as a camera's
-            # options takes any key
-            out[f.name] = None
-    return out
 
 
 def to_dict(cfg: LineConfig) -> dict[str, Any]:
@@ -847,7 +660,7 @@ def to_dict(cfg: LineConfig) -> dict[str, Any]:
 def from_dict(data: dict[str, Any]) -> LineConfig:
     """Inverse of to_dict, for spawned processes (already validated)."""
     clean = {k: v for k, v in data.items() if k not in RUNTIME_FIELDS}
-    cfg = _build(LineConfig, clean, "", "<spawned>")
+    cfg = build(LineConfig, clean, "<spawned>")
     for name in RUNTIME_FIELDS:
         setattr(cfg, name, data.get(name, ""))
     return cfg

@@ -5,9 +5,7 @@ The line config (edge/config.py) is a tree of dataclasses: each field's type, de
 lines above it (read from the source with ``ast``, as Sphinx does: comments are not kept at
 run time). A field whose type is a dataclass, a list of one or an optional one becomes its
 own section, so a new section (``sinks.mqtt``) needs nothing here. Training recipes
-(training/config.py) are nested dicts: ``DEFAULTS`` gives keys, types and defaults, the
-``#`` comments above a key its meaning, ``CHOICES``/``_NULLABLE`` and the literal rules of
-``_check_ranges`` its allowed values.
+(training/config.py) are declared the same way (converter/schema.py) and read the same way.
 
 Refresh both files after changing either schema::
 
@@ -107,6 +105,7 @@ def _unwrap(tp: Any) -> tuple[Any, bool]:
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
             return inner[0], type(None) in args
+        return typing.Union[tuple(inner)], type(None) in args  # noqa: UP007 (built at run time)
     return tp, False
 
 
@@ -182,6 +181,17 @@ def line_sections(cls: type, path: str = "", title: str = "") -> Iterator[tuple[
         yield from line_sections(section, sub_path, what)
 
 
+def section_tables(cls: type) -> list[str]:
+    """A heading, the section's docstring and its key table, for ``cls`` and each section below."""
+    out: list[str] = []
+    for path, intro, keys in line_sections(cls):
+        out += ["", f"## `{path}`" if path else "## Top level", ""]
+        if intro:
+            out += [intro, ""]
+        out += _table(keys)
+    return out
+
+
 def camera_options() -> list[str]:
     """The camera options that the config checks, per source (edge.config._option_rules)."""
     from edge.config import CameraConfig, _option_rules
@@ -213,11 +223,7 @@ def render_line_config() -> str:
         "`--set cameras[0].fps=5`; the value is YAML (`5`, `true`, `[1, 2]`, `null`).",
         "`cameras[]` is a list: `cameras[].fps` is the `fps` of each camera.",
     ]
-    for path, intro, keys in line_sections(LineConfig):
-        out += ["", f"## `{path}`" if path else "## Top level", ""]
-        if intro:
-            out += [intro, ""]
-        out += _table(keys)
+    out += section_tables(LineConfig)
     out += [
         "",
         "## `cameras[].options`",
@@ -233,129 +239,11 @@ def render_line_config() -> str:
 # -- training recipes --------------------------------------------------------------------------
 
 
-class _Unknown(Exception):
-    """An expression the rule reader does not evaluate (the rule is left out)."""
-
-
-def _value(node: ast.AST | None, env: dict[str, Any]) -> Any:
-    if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, ast.Name) and node.id in env:
-        return env[node.id]
-    if isinstance(node, ast.JoinedStr):
-        parts = []
-        for part in node.values:
-            if isinstance(part, ast.FormattedValue):
-                spec = _value(part.format_spec, env) if part.format_spec else ""
-                parts.append(format(_value(part.value, env), spec))
-            else:
-                parts.append(str(_value(part, env)))
-        return "".join(parts)
-    raise _Unknown
-
-
-def range_rules(func: ast.FunctionDef) -> dict[str, list[str]]:
-    """``key -> rules`` from the ``bad("key", value, "rule")`` calls of ``_check_ranges``,
-    through loops over literal tuples and over ``.items()`` of a literal dict."""
-    literals: dict[str, dict] = {}
-    found: dict[str, list[str]] = {}
-
-    def bindings(loop: ast.For) -> list[dict[str, Any]]:
-        target, it = loop.target, loop.iter
-        if isinstance(target, ast.Name) and isinstance(it, (ast.Tuple, ast.List)):
-            return [{target.id: ast.literal_eval(e)} for e in it.elts]
-        if (
-            isinstance(target, ast.Tuple)
-            and isinstance(it, ast.Call)
-            and isinstance(it.func, ast.Attribute)
-            and it.func.attr == "items"
-            and isinstance(it.func.value, ast.Name)
-            and it.func.value.id in literals
-        ):
-            names = [t.id for t in target.elts if isinstance(t, ast.Name)]
-            return [dict(zip(names, pair, strict=True)) for pair in literals[it.func.value.id].items()]
-        return [{}]
-
-    def visit(body: list[ast.stmt], env: dict[str, Any]) -> None:
-        for st in body:
-            if isinstance(st, ast.Assign) and isinstance(st.value, ast.Dict) and len(st.targets) == 1:
-                target = st.targets[0]
-                if isinstance(target, ast.Name):
-                    literals[target.id] = ast.literal_eval(st.value)
-            if isinstance(st, ast.For):
-                for binding in bindings(st):
-                    visit(st.body, {**env, **binding})
-                continue
-            if isinstance(st, (ast.If, ast.With, ast.Try)):
-                visit(st.body, env)
-                visit(getattr(st, "orelse", []), env)
-                continue
-            for node in ast.walk(st):
-                if (
-                    isinstance(node, ast.Call)
-                    and getattr(node.func, "id", "") == "bad"
-                    and len(node.args) == 3
-                ):
-                    try:
-                        key, rule = _value(node.args[0], env), _value(node.args[2], env)
-                    except _Unknown:
-                        continue
-                    if rule not in found.setdefault(key, []):
-                        found[key].append(rule)
-
-    visit(func.body, {})
-    return found
-
-
 def recipe_keys() -> list[Key]:
     """Every recipe key with its type, default, allowed values and meaning."""
-    import training.config as recipe
+    from training.config import Recipe
 
-    source = inspect.getsource(recipe)
-    tree = ast.parse(source)
-    defaults_node = next(
-        st.value
-        for st in tree.body
-        if isinstance(st, (ast.Assign, ast.AnnAssign))
-        and "DEFAULTS"
-        in [getattr(t, "id", "") for t in getattr(st, "targets", [getattr(st, "target", None)])]
-    )
-    check = next(st for st in tree.body if isinstance(st, ast.FunctionDef) and st.name == "_check_ranges")
-    rules = range_rules(check)
-    keys: list[Key] = []
-
-    lines_seen: set[int] = set()  # a comment belongs to the first key on the line below it
-
-    def walk(node: ast.Dict, values: dict[str, Any], prefix: str) -> None:
-        for key_node, value_node in zip(node.keys, node.values, strict=True):
-            name = ast.literal_eval(key_node)
-            dotted = prefix + name
-            default = values[name]
-            first = key_node.lineno not in lines_seen
-            lines_seen.add(key_node.lineno)
-            meaning = comments_above(source, key_node.lineno, "#") if first else ""
-            if isinstance(default, dict) and dotted not in recipe._NULLABLE:
-                keys.append(Key(dotted, "section", "", "", meaning))
-                walk(value_node, default, dotted + ".")
-                continue
-            if dotted in recipe._NULLABLE:
-                kinds = [
-                    _TYPE_WORDS.get(t, "list" if t is list else t.__name__) for t in recipe._NULLABLE[dotted]
-                ]
-                words = " or ".join(kinds) + " or null"
-            elif isinstance(default, list):
-                words = "list"
-            else:
-                words = _TYPE_WORDS[type(default)]
-            allowed = (
-                [", ".join(f"`{c}`" for c in recipe.CHOICES[dotted])] if dotted in recipe.CHOICES else []
-            )
-            keys.append(
-                Key(dotted, words, _show(default), "; ".join(allowed + rules.get(dotted, [])), meaning)
-            )
-
-    walk(defaults_node, recipe.DEFAULTS, "")
-    return keys
+    return [k for _, _, keys in line_sections(Recipe) for k in keys]
 
 
 def render_training_config() -> str:
@@ -372,9 +260,10 @@ def render_training_config() -> str:
         "may index a list, e.g. `--set dataset.classes[1]=3`; the value is YAML (`3`, `true`,",
         "`[1, 2]`, `null`). A key's `name` is recorded in training.json and",
         "becomes the model id of the package that `lineside export` makes (docs/converter.md).",
-        "",
-        *_table(recipe_keys()),
     ]
+    from training.config import Recipe
+
+    out += section_tables(Recipe)
     return "\n".join(out) + "\n"
 
 

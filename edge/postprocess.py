@@ -7,22 +7,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from edge.config import DecisionConfig
+
 PASS, FAIL, NO_DECISION = "PASS", "FAIL", "NO_DECISION"
-
-
-@dataclass
-class DecisionRules:
-    """The thresholds that turn a probability map into PASS or FAIL."""
-
-    threshold: float = 0.5
-    #: regions smaller than this (pixels) are noise, not defects
-    min_defect_area: int = 16
-    #: FAIL when the total defect area exceeds this (0 = any defect fails)
-    max_defect_area: int = 0
-    #: FAIL when the number of defects exceeds this (0 = any defect fails)
-    max_defect_count: int = 0
-    #: uint8 mask of the model input size; 0 = ignore that pixel
-    ignore_mask: np.ndarray | None = None
 
 
 @dataclass
@@ -40,7 +27,7 @@ class Decision:
     empty: bool = False
 
 
-def decide(prob: np.ndarray, rules: DecisionRules) -> Decision:
+def decide(prob: np.ndarray, rules: DecisionConfig, ignore_mask: np.ndarray | None = None) -> Decision:
     """Turn one (H, W) probability map into a Decision.
 
     A map holding NaN or Inf means the numbers cannot be trusted (an FP16
@@ -55,8 +42,8 @@ def decide(prob: np.ndarray, rules: DecisionRules) -> Decision:
         # that is flagged (``Decision.empty``) so it need not travel as 0-bytes.
         return Decision(PASS, "no defect", mask=np.zeros(prob.shape, np.uint8), empty=True)
     binary = (prob > rules.threshold).astype(np.uint8)
-    if rules.ignore_mask is not None:
-        binary &= rules.ignore_mask > 0
+    if ignore_mask is not None:
+        binary &= ignore_mask > 0
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     # Label 0 is the background.
     keep = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= rules.min_defect_area]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -30,9 +31,9 @@ from converter.package import ModelPackage
 from converter.preprocessing import normalize
 from edge import imageops, protocol, sockets
 from edge.backends.base import Backend, BackendError
-from edge.config import LineConfig
+from edge.config import DecisionConfig, LineConfig
 from edge.keys import CurveKeys, client_keys
-from edge.postprocess import NO_DECISION, Decision, DecisionRules, decide, merge_tiles
+from edge.postprocess import NO_DECISION, Decision, decide, merge_tiles
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +75,13 @@ def _onnxruntime(cfg: LineConfig, package: ModelPackage) -> Backend:
     return OnnxRuntimeBackend(package.onnx_path(cfg.model.precision), threads=cfg.model.threads)
 
 
-def decision_rules(cfg: LineConfig, package: ModelPackage) -> DecisionRules:
-    """Decision thresholds: the config's values where set, else the manifest's defaults."""
+def decision_rules(cfg: LineConfig, package: ModelPackage) -> DecisionConfig:
+    """The line's decision rules with the manifest's values where the config leaves them empty."""
     m, d = package.manifest, cfg.decision
-    return DecisionRules(
+    return dataclasses.replace(
+        d,
         threshold=d.threshold if d.threshold is not None else m.threshold,
         min_defect_area=d.min_defect_area if d.min_defect_area is not None else m.min_defect_area,
-        max_defect_area=d.max_defect_area,
-        max_defect_count=d.max_defect_count,
     )
 
 
@@ -345,11 +345,8 @@ class Worker:
         """Decide each frame of an inferred batch and send its result."""
         t1, t2 = prepared.prepared_at, t_infer_done
         for item, start, end, plan in prepared.spans:
-            rules = self.rules
             ignore = self.ignore.get(item.header["cam"])
-            if ignore is not None:
-                rules = DecisionRules(**{**rules.__dict__, "ignore_mask": ignore})
-            decisions = [decide(probs[i], rules) for i in range(start, end)]
+            decisions = [decide(probs[i], self.rules, ignore) for i in range(start, end)]
             empty = all(d.empty for d in decisions)
             if len(decisions) == 1:
                 result, mask = decisions[0], decisions[0].mask

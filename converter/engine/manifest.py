@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from converter.errors import LinesideError
+from converter.schema import Rule, build, read_json_object
 
 #: 2: the versions are named for what they are (cuda_toolkit_version, cuda_driver_api_version,
 #: nvidia_driver_version; 1 had cuda_version/driver_version) and layer_precisions was added
@@ -47,6 +48,14 @@ class MachineInfo:
     nvidia_driver_version: str = ""
 
 
+#: the fix every engine manifest error names
+REBUILD = "rebuild the engine with `lineside build-engine`"
+_PROFILES = Rule(
+    lambda v: bool(v) and all({"min", "opt", "max"} <= set(p) for p in v),
+    "must list the min/opt/max shapes of each optimization profile",
+)
+
+
 @dataclass
 class EngineManifest:
     """What ``<plan>.json`` holds."""
@@ -61,7 +70,7 @@ class EngineManifest:
     onnx_sha256: str
     input_name: str
     #: {"input": name, "min": [..], "opt": [..], "max": [..]} per optimization profile
-    profiles: list[dict[str, Any]]
+    profiles: list[dict[str, Any]] = field(metadata={"rule": _PROFILES})
     tensorrt_version: str
     cuda_toolkit_version: str
     cuda_driver_api_version: str
@@ -111,44 +120,14 @@ def load_engine_manifest(plan: str | Path) -> EngineManifest:
             "TensorRT version it cannot check. Rebuild it with `lineside build-engine`"
         )
         raise EngineManifestError(msg)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        msg = f"{path}: not valid JSON ({exc}); rebuild the engine with `lineside build-engine`"
-        raise EngineManifestError(msg) from None
-    if not isinstance(data, dict):
-        msg = f"{path}: expected a JSON object; rebuild the engine with `lineside build-engine`"
-        raise EngineManifestError(msg)
+    data = read_json_object(path, fix=REBUILD, error=EngineManifestError)
     if data.get("schema_version") != ENGINE_SCHEMA_VERSION:
         msg = (
             f"{path}: engine manifest schema_version {data.get('schema_version')!r} is not "
             f"{ENGINE_SCHEMA_VERSION}; rebuild the engine with this lineside"
         )
         raise EngineManifestError(msg)
-    fields_by_name = {f.name: f for f in fields(EngineManifest)}
-    known = set(fields_by_name)
-    required = {k for k, f in fields_by_name.items() if f.default is MISSING and f.default_factory is MISSING}
-    missing = sorted(required - set(data))
-    unknown = sorted(set(data) - known)
-    if missing or unknown:
-        detail = "; ".join(
-            part
-            for part in (
-                f"missing {', '.join(missing)}" if missing else "",
-                f"unknown {', '.join(unknown)}" if unknown else "",
-            )
-            if part
-        )
-        msg = (
-            f"{path}: engine manifest does not match the schema ({detail}); rebuild: `lineside build-engine`"
-        )
-        raise EngineManifestError(msg)
-    manifest = EngineManifest(**data)
-    profiles = manifest.profiles
-    if not profiles or not all(isinstance(p, dict) and {"min", "opt", "max"} <= set(p) for p in profiles):
-        msg = f"{path}: 'profiles' must list min/opt/max shapes; rebuild with `lineside build-engine`"
-        raise EngineManifestError(msg)
-    return manifest
+    return build(EngineManifest, data, str(path), error=EngineManifestError, fix=REBUILD)
 
 
 def _slug(text: str) -> str:

@@ -102,10 +102,11 @@ def test_engine_manifest_round_trip_and_errors(tmp_path):
     assert load_engine_manifest(plan) == manifest and manifest.max_batch == 8
     data = manifest.to_dict()
     for edit, message in [
-        (lambda d: d.pop("gpu_name"), "missing gpu_name"),
-        (lambda d: d.update(extra=1), "unknown extra"),
+        (lambda d: d.pop("gpu_name"), "missing key 'gpu_name'"),
+        (lambda d: d.update(extra=1), "unknown key 'extra'"),
         (lambda d: d.update(schema_version=7), "schema_version 7"),
-        (lambda d: d.update(profiles=[]), "'profiles' must list"),
+        (lambda d: d.update(profiles=[]), r"profiles is \[\]; must list"),
+        (lambda d: d.update(workspace_bytes="1"), "workspace_bytes must be int"),
     ]:
         broken = json.loads(json.dumps(data))
         edit(broken)

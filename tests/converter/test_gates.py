@@ -174,12 +174,13 @@ def test_gate_compare_bounds():
 
 
 def test_gate_decision_matches_the_line():
-    from edge.postprocess import FAIL, DecisionRules, decide
+    from edge.config import DecisionConfig
+    from edge.postprocess import FAIL, decide
 
     rng = np.random.default_rng(0)
     for _ in range(30):
         prob = (rng.random((24, 24)) > 0.93).astype(np.float32)
         prob[rng.integers(0, 20) :][:, :3] *= rng.integers(0, 2)
         min_area = int(rng.integers(1, 5))
-        line = decide(prob, DecisionRules(threshold=0.5, min_defect_area=min_area)).decision == FAIL
+        line = decide(prob, DecisionConfig(threshold=0.5, min_defect_area=min_area)).decision == FAIL
         assert is_fail(prob, 0.5, min_area) == line

@@ -50,14 +50,17 @@ def test_round_trip(tmp_path):
     [
         (lambda d: d.pop("schema_version"), "missing key 'schema_version'"),
         (lambda d: d.update(schema_version=99), "schema_version 99 is not supported"),
-        (lambda d: d.update(threshold=1.5), "'threshold' must be in (0, 1)"),
-        (lambda d: d.update(bogus=1), "unknown key(s) bogus"),
-        (lambda d: d["input"].update(height=0), "'height' must be positive"),
+        (lambda d: d.update(threshold=1.5), "threshold is 1.5; must be > 0 and < 1"),
+        (lambda d: d.update(bogus=1), "unknown key 'bogus'"),
+        (lambda d: d["input"].update(height=0), "input.height is 0; must be > 0"),
         (lambda d: d["input"].update(layout="HWC"), "allowed: NHWC, NCHW"),
         (lambda d: d.update(normalization="imagenet"), "allowed: zero_centered, zero_one"),
         (lambda d: d.update(files={"fp16": "x.onnx"}), "must name the fp32 graph"),
-        (lambda d: d.update(min_defect_area="16"), "'min_defect_area' must be int"),
-        (lambda d: d["input"].pop("width"), "missing key 'width'"),
+        (lambda d: d.update(min_defect_area="16"), "min_defect_area must be int"),
+        (lambda d: d.pop("threshold"), "missing key 'threshold'"),
+        (lambda d: d["files_sha256"].pop("model.fp16.onnx"), "no valid sha256 for 'model.fp16.onnx'"),
+        (lambda d: d.update(schema_version="2"), "schema_version must be int"),
+        (lambda d: d["input"].pop("width"), "missing key 'input.width'"),
     ],
 )
 def test_validation_errors_name_the_key(tmp_path, edit, message):
@@ -68,6 +71,7 @@ def test_validation_errors_name_the_key(tmp_path, edit, message):
         ModelPackage.open(tmp_path)
     assert message in str(info.value)
     assert str(tmp_path / "manifest.json") in str(info.value)
+    assert "\n" not in str(info.value) and "lineside export" in str(info.value)
 
 
 def test_not_json_and_missing(tmp_path):

@@ -37,12 +37,11 @@ def test_every_line_config_key_is_documented() -> None:
 def test_every_recipe_key_is_documented() -> None:
     keys = {k.path: k for k in recipe_keys()}
     missing = [path for path, k in keys.items() if not k.meaning]
-    assert not missing, f"no comment above these keys of DEFAULTS in training/config.py: {missing}"
+    assert not missing, f"no `#:` comment above these fields in training/config.py: {missing}"
     assert keys["loss"].allowed.startswith("`bce`, `dice`, `adaptive`")
-    # rules read from _check_ranges, through its loops
-    assert keys["input.augment.rotate"].allowed == "in [0, 45] (0: off)"
+    assert keys["input.augment.rotate"].allowed == "between 0 and 45 (0: off)"
     assert keys["train.steps_per_epoch"].allowed == ">= 1"
-    assert keys["dataset.image_size"].type == "list or integer or null"
+    assert keys["dataset.image_size"].type == "integer or list of integer or null"
     assert keys["dataset.synthetic.size"].meaning == "image side in pixels"
 
 

@@ -11,7 +11,8 @@ import onnxruntime as ort
 from converter.package import ModelPackage
 from converter.preprocessing import normalize
 from converter.synthetic import render
-from edge.postprocess import FAIL, PASS, DecisionRules, decide
+from edge.config import DecisionConfig
+from edge.postprocess import FAIL, PASS, decide
 from tests.conftest import MODEL_CLASS, MODEL_SIZE
 from tests.packages import BRIGHT
 
@@ -22,7 +23,7 @@ def decisions(package: Path, images: np.ndarray) -> list[str]:
     session = ort.InferenceSession(str(opened.onnx_path()), providers=["CPUExecutionProvider"])
     x = normalize(images, m.normalization)[..., None].astype(np.float32)
     probs = session.run([m.output.name], {m.input.name: x})[0][..., 0]
-    rules = DecisionRules(threshold=m.threshold, min_defect_area=m.min_defect_area)
+    rules = DecisionConfig(threshold=m.threshold, min_defect_area=m.min_defect_area)
     return [decide(p, rules).decision for p in probs]
 
 

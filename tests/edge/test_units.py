@@ -18,8 +18,8 @@ import zmq
 
 from edge import protocol
 from edge.accounting import Ledger
-from edge.config import parse_config
-from edge.postprocess import FAIL, NO_DECISION, PASS, DecisionRules, decide, merge_tiles
+from edge.config import DecisionConfig, parse_config
+from edge.postprocess import FAIL, NO_DECISION, PASS, decide, merge_tiles
 
 
 # -- ledger -----------------------------------------------------------------------------
@@ -45,7 +45,7 @@ def prob_map(spots: list[tuple[int, int, int]], size: int = 64) -> np.ndarray:
 
 
 #: the rules of the decision tests: a region counts from 16 px, any defect fails
-RULES = DecisionRules(threshold=0.5, min_defect_area=16)
+RULES = DecisionConfig(threshold=0.5, min_defect_area=16)
 #: two square spots, 8x8 at (10, 10) and 6x6 at (40, 40): 64 + 36 px
 TWO_SPOTS = [(10, 10, 4), (40, 40, 3)]
 
@@ -68,7 +68,7 @@ def test_decide_flags_an_all_background_mask_and_only_that() -> None:
     assert not clean.mask.any()
     failed = decide(prob_map(TWO_SPOTS), RULES)
     assert failed.decision == FAIL and not failed.empty
-    tolerant = DecisionRules(threshold=0.5, min_defect_area=16, max_defect_area=200, max_defect_count=2)
+    tolerant = DecisionConfig(threshold=0.5, min_defect_area=16, max_defect_area=200, max_defect_count=2)
     within = decide(prob_map(TWO_SPOTS), tolerant)
     assert within.decision == PASS and not within.empty and within.mask.any()
 
@@ -81,19 +81,18 @@ def test_decide_fails_on_defects_with_their_boxes_area_and_mask() -> None:
 
 
 def test_decide_passes_defects_within_max_area_and_count() -> None:
-    tolerant = DecisionRules(threshold=0.5, min_defect_area=16, max_defect_area=200, max_defect_count=2)
+    tolerant = DecisionConfig(threshold=0.5, min_defect_area=16, max_defect_area=200, max_defect_count=2)
     d = decide(prob_map(TWO_SPOTS), tolerant)
     assert (d.decision, d.reason) == (PASS, "2 defect(s), 100 px within limits")
-    one_less = DecisionRules(threshold=0.5, min_defect_area=16, max_defect_area=200, max_defect_count=1)
+    one_less = DecisionConfig(threshold=0.5, min_defect_area=16, max_defect_area=200, max_defect_count=1)
     assert decide(prob_map(TWO_SPOTS), one_less).decision == FAIL  # the count limit is a limit
 
 
 def test_decide_leaves_out_defects_under_the_ignore_mask() -> None:
     ignore = np.full((64, 64), 255, np.uint8)
     ignore[:20, :20] = 0  # covers the first spot, not the second
-    masked = DecisionRules(threshold=0.5, min_defect_area=16, ignore_mask=ignore)
-    assert decide(prob_map([(10, 10, 4)]), masked).decision == PASS
-    d = decide(prob_map(TWO_SPOTS), masked)
+    assert decide(prob_map([(10, 10, 4)]), RULES, ignore).decision == PASS
+    d = decide(prob_map(TWO_SPOTS), RULES, ignore)
     assert (d.decision, d.boxes) == (FAIL, [[37, 37, 6, 6]])
 
 
@@ -101,12 +100,12 @@ def test_decide_leaves_out_defects_under_the_ignore_mask() -> None:
 def test_nan_output_is_no_decision_never_pass(bad: float) -> None:
     p = np.zeros((64, 64), np.float32)
     p[3, 3] = bad
-    d = decide(p, DecisionRules())
+    d = decide(p, DecisionConfig(threshold=0.5, min_defect_area=16))
     assert d.decision == NO_DECISION and "NaN" in d.reason
 
 
 def test_tiles_merge_into_one_decision() -> None:
-    rules = DecisionRules(threshold=0.5, min_defect_area=4)
+    rules = DecisionConfig(threshold=0.5, min_defect_area=4)
     tiles = [decide(np.zeros((32, 32), np.float32), rules), decide(prob_map([(8, 8, 2)], 32), rules)]
     merged = merge_tiles(tiles, [(0, 0), (0, 32)])
     assert merged.decision == FAIL and merged.boxes == [[38, 6, 4, 4]]
@@ -336,7 +335,7 @@ def test_worker_sends_a_partial_batch_when_its_deadline_passes(worker_loop, recv
     max_wait_ms with that one frame, in the worker's real loop."""
     worker, router, loop, results_in = worker_loop
     # No probability exceeds 1: whatever the model says, a decided frame is a PASS.
-    worker.rules = DecisionRules(threshold=1.0, min_defect_area=1)
+    worker.rules = DecisionConfig(threshold=1.0, min_defect_area=1)
     loop.start()
     ident, ready = recv(router, what="the worker's ready")
     assert json.loads(ready) == {

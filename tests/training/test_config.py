@@ -30,39 +30,56 @@ def test_defaults_merge_and_overrides():
 @pytest.mark.parametrize(
     ("recipe", "message"),
     [
-        ({"modle": {}}, "unknown key 'modle'; did you mean 'model'? (allowed: name, seed, dataset"),
+        ({"modle": {}}, "unknown key 'modle'; did you mean 'model'? (allowed here: name, seed, dataset"),
         (
             {"model": {"architecture": "resnet"}},
-            "'model.architecture' is 'resnet'; allowed: tinyunet, unet_lowered",
+            "model.architecture is 'resnet'; allowed: tinyunet, unet_lowered",
         ),
-        ({"loss": "focal"}, "'loss' is 'focal'; allowed: bce, dice, adaptive, bce_dice"),
+        ({"loss": "focal"}, "loss is 'focal'; allowed: bce, dice, adaptive, bce_dice"),
         ({"input": {"normalization": "imagenet"}}, "allowed: zero_one, zero_centered"),
-        ({"train": {"epochs": "ten"}}, "'train.epochs' must be int, got 'ten'"),
-        ({"train": {"epochs": 0}}, "'train.epochs' is 0; it must be >= 1"),
-        ({"eval": {"calibration_fraction": 0.7}}, "'eval.calibration_fraction' is 0.7; it must be in"),
-        ({"eval": {"min_tnr": 1.5}}, "'eval.min_tnr' is 1.5; it must be in [0, 1], e.g. 0.98"),
-        ({"eval": {"min_tnr": "high"}}, "'eval.min_tnr' must be float/int, got 'high'"),
+        ({"train": {"epochs": "ten"}}, "train.epochs must be int, got 'ten'"),
+        ({"train": {"epochs": 0}}, "train.epochs is 0; must be >= 1"),
+        (
+            {"eval": {"calibration_fraction": 0.7}},
+            "eval.calibration_fraction is 0.7; must be between 0 and 0.5 (0: none)",
+        ),
+        ({"eval": {"min_tnr": 1.5}}, "eval.min_tnr is 1.5; must be between 0 and 1 (e.g. 0.98)"),
+        ({"eval": {"min_tnr": "high"}}, "eval.min_tnr must be float, got 'high'"),
         (
             {"input": {"augment": {"rotation": 5}}},
-            "unknown key 'input.augment.rotation'; did you mean 'rotate'? (allowed: flip, rot90",
+            "unknown key 'input.augment.rotation'; did you mean 'rotate'? (allowed here: flip, rot90",
         ),
-        ({"input": {"augment": {"rotate": True}}}, "'input.augment.rotate' must be float/int, got True"),
+        ({"input": {"augment": {"rotate": True}}}, "input.augment.rotate must be float, got True"),
         (
             {"input": {"augment": {"rotate": 90}}},
-            "'input.augment.rotate' is 90.0; it must be in [0, 45] (0: off)",
+            "input.augment.rotate is 90.0; must be between 0 and 45 (0: off)",
         ),
-        ({"input": {"augment": {"noise": -1}}}, "'input.augment.noise' is -1.0; it must be in [0, 64]"),
-        ({"input": {"augment": {"blur": 11}}}, "'input.augment.blur' is 11.0; it must be in [0, 10]"),
+        ({"input": {"augment": {"noise": -1}}}, "input.augment.noise is -1.0; must be between 0 and 64"),
+        ({"input": {"augment": {"blur": 11}}}, "input.augment.blur is 11.0; must be between 0 and 10"),
         ({"loss": "tversky_focal"}, "allowed: bce, dice, adaptive, bce_dice, tversky, bce_tversky"),
-        ({"model": {"bottleneck_dilation": 0}}, "'model.bottleneck_dilation' is 0; it must be >= 1"),
+        ({"model": {"bottleneck_dilation": 0}}, "model.bottleneck_dilation is 0; must be >= 1"),
         (
             {"model": {"architecture": "unet_lowered", "bottleneck_dilation": 2}},
-            "and 1 unless model.architecture is tinyunet",
+            "model.bottleneck_dilation is 2; must be 1 unless model.architecture is tinyunet",
         ),
-        ({"model": {"standardize": "yes"}}, "'model.standardize' must be bool, got 'yes'"),
-        ({"dataset": {"kind": "dagm", "root": ""}}, "'dataset.root'"),
-        ({"dataset": {"classes": []}}, "'dataset.classes'"),
+        ({"model": {"standardize": "yes"}}, "model.standardize must be bool, got 'yes'"),
+        (
+            {"dataset": {"kind": "dagm", "root": ""}},
+            "dataset.root is ''; must be the folder of the dagm data set",
+        ),
+        (
+            {"dataset": {"classes": []}},
+            "dataset.classes is []; must be a non-empty list of class numbers >= 1",
+        ),
         ({"optimizer": {"name": "sgd"}}, "allowed: rmsprop, adam"),
+        (
+            {"dataset": {"image_size": 8}},
+            "dataset.image_size is 8; must be null, an int or [height, width] of ints >= 16",
+        ),
+        ({"dataset": {"image_size": "big"}}, "dataset.image_size must be int or list of int, got 'big'"),
+        ({"dataset": {"classes": [1, True]}}, "dataset.classes[1] must be int, got True"),
+        ({"input": {"hard_negative_fraction": 0.3}}, "must be 0 when input.crop is 0"),
+        ({"train": {"max_minutes": float("nan")}}, "train.max_minutes is nan; must be a finite number"),
     ],
 )
 def test_bad_recipes_name_key_and_allowed_values(recipe, message):
@@ -77,15 +94,22 @@ def _escape(text: str) -> str:
     return re.escape(text)
 
 
+def test_image_size_as_one_int_means_a_square():
+    cfg = load_config({"dataset": {"root": "/d", "image_size": 64}})
+    assert cfg["dataset"]["image_size"] == [64, 64]
+    cfg = load_config({"dataset": {"root": "/d", "image_size": [32, 48]}})
+    assert cfg["dataset"]["image_size"] == [32, 48]
+
+
 def test_recipe_file_errors_name_the_file(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match=r"recipe file not found; see configs/train/demo\.yaml"):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {architecture: unet}\ndataset: {root: x}\n")
-    with pytest.raises(ConfigError, match=f"{_escape(str(bad))}: key 'model.architecture'"):
+    with pytest.raises(ConfigError, match=f"{_escape(str(bad))}: model.architecture is 'unet'"):
         load_config(bad)
     bad.write_text("- a list\n")
-    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+    with pytest.raises(ConfigError, match="the top level must be a mapping"):
         load_config(bad)
 
 
@@ -135,3 +159,34 @@ def test_bad_set_through_the_train_command(tmp_path, capsys):
     assert err.count("\n") == 0 and "did you mean 'learning_rate'?" in err
     assert main(["train", str(recipe), "--set", "dataset.classes[3]=2"]) == 2
     assert "dataset.classes[3] is past the end; dataset.classes has 1 item (0..0)" in capsys.readouterr().err
+
+
+def _sections(cls: type) -> list[type]:
+    """``cls`` and every dataclass below it."""
+    import dataclasses
+    import typing
+
+    out = [cls]
+    for tp in typing.get_type_hints(cls).values():
+        if dataclasses.is_dataclass(tp):
+            out += _sections(tp)
+    return out
+
+
+def test_every_recipe_key_has_a_rule_that_its_default_passes():
+    """Declared like the line config (converter/schema.py): a new key needs its rule."""
+    import dataclasses
+
+    from training.config import Recipe
+
+    sections = _sections(Recipe)
+    assert len(sections) >= 8
+    for cls in sections:
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(f.default_factory):
+                continue
+            rule, allowed = f.metadata.get("rule"), f.metadata.get("choices")
+            assert rule is not None or allowed, f"{cls.__name__}.{f.name} has no rule"
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            assert default in (allowed or (default,)), f.name
+            assert rule is None or default is None or rule.check(default), f"{f.name}: {default!r}"

@@ -219,11 +219,11 @@ def test_passes_take_the_clean_images_in_turns():
 @pytest.mark.parametrize(
     ("input_cfg", "message"),
     [
-        ({"hard_negative_fraction": 1.5}, "'input.hard_negative_fraction' is 1.5; it must be in [0, 1]"),
-        ({"hard_negative_fraction": -0.1}, "'input.hard_negative_fraction' is -0.1; it must be in [0, 1]"),
+        ({"hard_negative_fraction": 1.5}, "input.hard_negative_fraction is 1.5; must be between 0 and 1"),
+        ({"hard_negative_fraction": -0.1}, "input.hard_negative_fraction is -0.1; must be between 0 and 1"),
         ({"hard_negative_fraction": 0.5, "crop": 0}, "must be 0 when input.crop is 0"),
-        ({"mining_every": 0}, "'input.mining_every' is 0; it must be >= 1"),
-        ({"mining_every": 1.5}, "'input.mining_every' must be int, got 1.5"),
+        ({"mining_every": 0}, "input.mining_every is 0; must be >= 1"),
+        ({"mining_every": 1.5}, "input.mining_every must be int, got 1.5"),
     ],
 )
 def test_bad_mining_keys_name_the_key_and_rule(input_cfg, message):
