@@ -209,20 +209,17 @@ class Collector:
         """One message on the results socket: checked against the schema, then against what
         proves it comes from this line (a frame's tag, or the seal of the line's own
         processes), then handled. Whatever fails is refused and counted, never half-applied."""
-        raw = parts[0].bytes
-        try:
-            h = protocol.decode(raw, protocol.TO_COLLECTOR)
-        except protocol.ProtocolError as exc:
-            self.on_rejected(str(exc), exc.why)
+        h = protocol.admit(
+            parts[0].bytes,
+            protocol.TO_COLLECTOR,
+            self.on_rejected,
+            key=self.key,
+            mac=parts[1].buffer if len(parts) == 2 else None,
+            cameras=self.policies,
+        )
+        if h is None:
             return
         kind = h["t"]
-        if kind in protocol.SEALED_KINDS:
-            if len(parts) != 2 or not protocol.unseal(self.key, raw, parts[1].buffer):
-                self.on_rejected(f"{kind} message not sealed by this line", "unauthenticated")
-                return
-        elif h["cam"] not in self.policies:
-            self.on_rejected(f"{kind} for camera {h['cam']!r}, which this line does not have", "unknown")
-            return
         if kind == "result":
             self.on_result(h, parts, pub)
         elif kind == "drop":
@@ -288,9 +285,6 @@ class Collector:
 
     def on_camera_stats(self, h: dict[str, Any]) -> None:
         cam, epoch, captured = h["cam"], h["epoch"], h["captured"]
-        if cam not in self.policies:
-            self.on_rejected(f"stats of camera {cam!r}, which this line does not have", "unknown")
-            return
         current = self.camera_epoch.get(cam)
         if current is not None and epoch > current and (cam, current) not in self.final_epochs:
             log.warning(
@@ -397,8 +391,8 @@ class Collector:
         else:
             mask_bytes = parts[1].bytes if len(parts) > 1 else b""
         # Publish first: subscribers should not wait for the disk.
-        header_out = {k: v for k, v in h.items() if k not in ("t", "image_shape", "tag", "mask_empty")}
-        for key in ("mask_shape", "preview", "preview_shape"):  # present only when they say something
+        header_out = {k: v for k, v in h.items() if k != "t" and k not in protocol.RESULT_UNPUBLISHED}
+        for key in protocol.RESULT_OPTIONAL:  # present only when they say something
             if header_out[key] is None:
                 del header_out[key]
         out = [b"result." + cam.encode(), protocol.encode_header(header_out), mask_bytes]

@@ -35,6 +35,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Callable, Container
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -326,6 +327,16 @@ class Result(_Message, tag="result"):
     preview_shape: Shape | None = None
 
 
+#: fields of a ``result`` that stay inside the line: the collector publishes a result without them
+RESULT_UNPUBLISHED = ("tag", "mask_empty", "image_shape")
+#: fields of a published result that are there only when they say something (not None)
+RESULT_OPTIONAL = ("mask_shape", "preview", "preview_shape")
+#: the header fields every published result has (docs/protocol.md), in the Struct's order
+RESULT_FIELDS = tuple(
+    f for f in Result.__struct_fields__ if f not in RESULT_UNPUBLISHED and f not in RESULT_OPTIONAL
+)
+
+
 class Drop(_Message, tag="drop"):
     """Frames that will never have a result; ``tags[i]`` is the tag of ``seqs[i]``."""
 
@@ -448,6 +459,38 @@ def decode(raw: bytes | memoryview, decoder: msgspec.json.Decoder) -> dict[str, 
     out = msgspec.structs.asdict(message)
     out["t"] = kind
     return out
+
+
+def admit(
+    raw: bytes,
+    decoder: msgspec.json.Decoder,
+    reject: Callable[[str, str], None],
+    *,
+    key: bytes | None = None,
+    mac: bytes | memoryview | None = None,
+    cameras: Container[str] | None = None,
+) -> dict[str, Any] | None:
+    """A received header (``decode``) and what proves it may be acted on: a kind of
+    ``SEALED_KINDS`` must carry ``mac``, this line's seal of ``raw`` (``unseal`` with ``key``),
+    and a message that names a camera (``cam``) must name one of ``cameras`` (when given).
+    The seal comes first: a stranger's message is ``unauthenticated`` whatever camera it names.
+    Returns the header, or None after counting why not with ``reject(text, why)`` (a
+    ``Rejections`` or what counts like one): ``malformed`` or ``version``, ``unauthenticated``,
+    ``unknown``. Every receiver of the collector and the router admits its messages here."""
+    try:
+        header = decode(raw, decoder)
+    except ProtocolError as exc:
+        reject(str(exc), exc.why)
+        return None
+    kind = header["t"]
+    if kind in SEALED_KINDS and (key is None or mac is None or not unseal(key, raw, mac)):
+        reject(f"{kind} message not sealed by this line", "unauthenticated")
+        return None
+    cam = header.get("cam")
+    if cameras is not None and cam is not None and cam not in cameras:
+        reject(f"{kind} for camera {cam!r}, which this line does not have", "unknown")
+        return None
+    return header
 
 
 # -- what proves that a message comes from this line -------------------------------------

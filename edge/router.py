@@ -138,20 +138,20 @@ class Router:
         if len(parts) != 3:
             self.rejected(f"{len(parts) - 1} part(s) on the frames socket; a camera sends 2")
             return
-        ident, raw = parts[0].bytes, parts[1].bytes
-        try:
-            header = protocol.decode(raw, protocol.FROM_CAMERAS)
-        except protocol.ProtocolError as exc:
-            self.rejected(str(exc), exc.why)
+        ident = parts[0].bytes
+        # a hello is sealed (its seal is the third part); a frame's third part is its pixels
+        header = protocol.admit(
+            parts[1].bytes,
+            protocol.FROM_CAMERAS,
+            self.rejected,
+            key=self.key,
+            mac=parts[2].buffer,
+            cameras=self.known_cameras,
+        )
+        if header is None:
             return
         cam = header["cam"]
-        if cam not in self.known_cameras:
-            self.rejected(f"{header['t']} from camera {cam!r}, which this line does not have", "unknown")
-            return
         if header["t"] == "hello":
-            if not protocol.unseal(self.key, raw, parts[2].buffer):
-                self.rejected(f"hello from {cam} not sealed by this line", "unauthenticated")
-                return
             queue = self.camera(cam, header["policy"])
             queue.ident = ident
             # Credit for what the window has room for, less what the camera still holds.
@@ -200,10 +200,8 @@ class Router:
         if len(parts) != 2:
             self.rejected_work(f"{len(parts) - 1} part(s) on the work socket; a worker sends 1")
             return
-        try:
-            header = protocol.decode(parts[1].bytes, protocol.FROM_WORKERS)
-        except protocol.ProtocolError as exc:
-            self.rejected_work(str(exc), exc.why)
+        header = protocol.admit(parts[1].bytes, protocol.FROM_WORKERS, self.rejected_work)
+        if header is None:
             return
         name, kind = header["worker"], header["t"]
         state = self.workers.get(name)

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from converter.errors import LinesideError
+from edge import protocol
 from edge.config import LineConfig
 
 log = logging.getLogger(__name__)
@@ -275,24 +276,7 @@ OPENAPI: dict[str, Any] = {
         "schemas": {
             "Result": {
                 "type": "object",
-                "required": [
-                    "cam",
-                    "epoch",
-                    "seq",
-                    "ts",
-                    "decided_ts",
-                    "decision",
-                    "reason",
-                    "defect_area",
-                    "defect_count",
-                    "boxes",
-                    "model_id",
-                    "worker",
-                    "backend",
-                    "latency_ms",
-                    "truth",
-                    "mask_png",
-                ],
+                "required": [*protocol.RESULT_FIELDS, "mask_png"],
                 "properties": {
                     "cam": {"type": "string", "description": "the camera named, or `api`"},
                     "epoch": {"type": "integer"},

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edge import protocol
 from edge.config import LineConfig
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ FPS_WINDOW_S = 10.0
 READYZ_EVERY_S = 2.0
 #: an NG store path part: a camera id, a day folder or an entry stem (edge/sinks/ng_store.py)
 SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: the fields of a camera's latest result that the page gets (under its camera: no ``cam``;
+#: no latencies, no truth)
+LATEST_FIELDS = tuple(f for f in protocol.RESULT_FIELDS if f not in ("cam", "latency_ms", "truth"))
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -228,23 +232,7 @@ class LineState:
             cameras[cam] = {
                 "latest": None
                 if h is None
-                else {
-                    k: h.get(k)
-                    for k in (
-                        "epoch",
-                        "seq",
-                        "ts",
-                        "decided_ts",
-                        "decision",
-                        "reason",
-                        "defect_area",
-                        "defect_count",
-                        "boxes",
-                        "model_id",
-                        "worker",
-                        "backend",
-                    )
-                }
+                else {k: h.get(k) for k in LATEST_FIELDS}
                 | {"has_mask": h.get("mask_shape") is not None, "preview_seq": preview_seqs.get(cam)},
                 "counts": {d: per_cam.get(d, 0) + fresh.get((cam, d), 0) for d in DECISIONS},
             }

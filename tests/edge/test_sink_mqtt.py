@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from edge import protocol
 from tests.conftest import MODEL_SIZE, need_peer
 from tests.edge.daemon import (
     ROOT,
@@ -39,23 +40,6 @@ from tests.edge.rtsp import free_port
 pytestmark = pytest.mark.slow
 
 NEEDS = "install Debian's mosquitto package and paho-mqtt (.ci/run does)"
-#: every field docs/protocol.md says a result always has
-RESULT_FIELDS = {
-    "cam",
-    "epoch",
-    "seq",
-    "ts",
-    "decided_ts",
-    "decision",
-    "reason",
-    "defect_area",
-    "defect_count",
-    "boxes",
-    "model_id",
-    "worker",
-    "backend",
-    "latency_ms",
-}
 
 
 def make_certs(folder: Path) -> dict[str, Path]:
@@ -266,7 +250,7 @@ def test_results_and_status_reach_a_real_broker_through_a_restart(
         assert listener.wait(lambda: len(listener.on("/cam1/result")) >= 5, 90), daemon.output()
         first = listener.on("/cam1/result")[0]
         assert first["topic"] == "lineside/test/cam1/result"
-        assert set(first["payload"]) >= RESULT_FIELDS, first
+        assert set(first["payload"]) >= set(protocol.RESULT_FIELDS), first  # the fields always there
         assert "mask_png" not in first["payload"]
         assert first["payload"]["decision"] in ("PASS", "FAIL", "NO_DECISION")
         assert first["qos"] == 1 and not first["retain"]

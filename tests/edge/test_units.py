@@ -143,6 +143,44 @@ def test_a_frame_of_a_newer_major_protocol_version_is_refused_in_one_line() -> N
     assert info.value.why == "version"
 
 
+def test_admit_counts_why_a_message_is_refused_and_checks_the_seal_before_the_camera() -> None:
+    key, other = bytes.fromhex("5a" * 32), bytes(32)
+    refused: list[tuple[str, str]] = []
+
+    def admit(raw: bytes, mac: bytes | None = None) -> dict | None:
+        return protocol.admit(
+            raw, protocol.FROM_CAMERAS, lambda *why: refused.append(why), key=key, mac=mac, cameras={"a"}
+        )
+
+    hello = {"t": "hello", "cam": "a", "policy": "lossless"}
+    raw, mac = protocol.seal(key, hello)
+    assert admit(raw, mac)["policy"] == "lossless"
+    frame = protocol.frame_header("b", 7, 1.0, np.zeros((3, 4), np.uint8), sent_ts=2.0, key=key)
+    newer = protocol.frame_header("a", 7, 1.0, np.zeros((3, 4), np.uint8), sent_ts=2.0) | {"v": 2}
+    for message in (
+        (b"not json",),
+        (protocol.encode_header(newer),),
+        (raw,),  # no seal
+        (raw, protocol.seal(other, hello)[1]),  # another line's seal
+        protocol.seal(other, {**hello, "cam": "b"}),  # the seal is checked first
+        protocol.seal(key, {**hello, "cam": "b"}),
+        (protocol.encode_header(frame), b"pixels"),
+    ):
+        assert admit(*message) is None
+    assert [why for _, why in refused] == [
+        "malformed",
+        "version",
+        "unauthenticated",
+        "unauthenticated",
+        "unauthenticated",
+        "unknown",
+        "unknown",
+    ]
+    assert refused[-1][0] == "frame for camera 'b', which this line does not have"
+    # a kind that is not sealed needs no seal, and without ``cameras`` any camera is taken
+    assert protocol.admit(protocol.encode_header(frame), protocol.FROM_CAMERAS, refused.append) is not None
+
+
 # -- router -------------------------------------------------------------------------------
 #: the line key these in-process parts share (the supervisor makes one per run)
 KEY = "5a" * 32
@@ -492,6 +530,8 @@ def test_collector_publishes_a_preview_as_the_trailing_part_and_refuses_a_bad_on
     collector.on_message([Msg(protocol.encode_header(collector_result(1)))], pub)
     parts = recv(sub, what="the result without a preview")
     assert len(parts) == 3 and "preview" not in json.loads(parts[1])
+    # every field a result always has, its mask's shape, and nothing that stays inside the line
+    assert set(json.loads(parts[1])) == {*protocol.RESULT_FIELDS, "mask_shape"}
     # refused and counted malformed, never published: not a JPEG, too big, a flag without
     # its part or its shape, a part without the flag
     big = b"\xff\xd8" + bytes(protocol.MAX_PREVIEW_BYTES)
