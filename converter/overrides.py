@@ -15,6 +15,7 @@ It lives in ``converter``, the floor both ``edge`` and ``training`` import (docs
 
 from __future__ import annotations
 
+import argparse
 import copy
 import difflib
 import re
@@ -40,6 +41,17 @@ class ListOf:
 #: one step of a key path: a name, then any number of [index]
 _STEP = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)((?:\[-?[0-9]+\])*)")
 _INDEX = re.compile(r"\[(-?[0-9]+)\]")
+
+
+def add_set_flag(parser: argparse.ArgumentParser, example: str) -> None:
+    """The ``--set KEY=VALUE`` flag (repeatable; ``args.set`` is a list, empty when not given)."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a key, e.g. --set {example} (a YAML value; a path may index a list); repeatable",
+    )
 
 
 def did_you_mean(key: str, known: Iterable[str]) -> str:

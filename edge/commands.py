@@ -7,6 +7,8 @@ import logging
 import os
 from typing import Any
 
+from converter.overrides import add_set_flag
+
 log = logging.getLogger(__name__)
 
 
@@ -17,13 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--duration", type=float, default=0.0, help="stop after this many seconds (0 = run until stopped)"
     )
     p.add_argument("--summary", default=None, help="write the final accounting summary (JSON) here")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set workers.count=2 (YAML value)",
-    )
+    add_set_flag(p, "workers.count=2")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("worker", help="a worker that attaches to a running line (possibly on another box)")

@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from converter.overrides import add_set_flag
+
 
 def _overrides(args: argparse.Namespace) -> dict:
     from training.config import parse_override
@@ -136,9 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--strategy", choices=("default", "mirrored", "multi_worker"), help="tf.distribute strategy"
     )
-    p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override any recipe key, e.g. input.crop=128"
-    )
+    add_set_flag(p, "input.crop=128")
     _add_lenient(p)
     p.set_defaults(func=_train)
 
@@ -150,9 +150,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--split", choices=("validation", "train"), default="validation", help="the images to score"
     )
-    p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a recipe key, e.g. eval.threshold=0.75"
-    )
+    add_set_flag(p, "eval.threshold=0.75")
     p.add_argument(
         "-o", "--output", type=Path, help="where to write eval.json and the PNGs (default: the run dir)"
     )

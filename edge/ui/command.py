@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from converter.errors import LinesideError
+from converter.overrides import add_set_flag
 
 #: where ``--user`` finds its password when ``--password-file`` is not given
 PASSWORD_ENV = "LINESIDE_UI_PASSWORD"
@@ -49,13 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threads", type=int, default=1, help="ONNX Runtime threads of the inspection API (default: 1)"
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value as `lineside run --set` does, the line's own (default: none)",
-    )
+    add_set_flag(p, "cameras[0].fps=5")
     p.set_defaults(func=cmd_ui)
 
 
