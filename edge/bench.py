@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import time
@@ -592,6 +593,8 @@ class _Resources:
         self.procs: dict[int, tuple[str, object]] = {}
         self.cpu0: dict[int, float] = {}
         self.peak: dict[int, int] = {}
+        #: (seconds into the window, RSS bytes) per process, for the memory trend of a long run
+        self.series: dict[int, list[tuple[float, int]]] = {}
         self.t0 = 0.0
 
     def track(self, pids: dict[str, int]) -> None:
@@ -621,9 +624,24 @@ class _Resources:
     def sample(self) -> None:
         if self.psutil is None:
             return
+        now = time.monotonic()
         for pid, (_, proc) in self.procs.items():
             with contextlib.suppress(self.psutil.Error):
-                self.peak[pid] = max(self.peak.get(pid, 0), proc.memory_info().rss)
+                rss = proc.memory_info().rss
+                self.peak[pid] = max(self.peak.get(pid, 0), rss)
+                if self.t0:
+                    self.series.setdefault(pid, []).append((now - self.t0, rss))
+
+    def trend(self, pid: int) -> tuple[float, float, float] | None:
+        """(first, last RSS in MiB, least-squares growth in MiB/min) over the window; None
+        with fewer than 3 samples."""
+        points = self.series.get(pid, [])
+        if len(points) < 3:
+            return None
+        t = np.array([p[0] for p in points]) / 60
+        mib = np.array([p[1] for p in points]) / 2**20
+        slope = float(np.polyfit(t, mib, 1)[0]) if np.ptp(t) > 0 else 0.0
+        return float(mib[0]), float(mib[-1]), slope
 
     def report(self) -> dict:
         if self.psutil is None:
@@ -636,6 +654,10 @@ class _Resources:
             with contextlib.suppress(self.psutil.Error):
                 k["cpu_percent"] += 100 * (self._cpu(proc) - self.cpu0.get(pid, 0.0)) / span
             k["peak_rss_mib"] = max(k["peak_rss_mib"], self.peak.get(pid, 0) / 2**20)
+            trend = self.trend(pid)
+            # per kind, the process whose memory grew fastest: a leak shows in one worker
+            if trend is not None and trend[2] >= k.get("rss_growth_mib_per_min", -math.inf):
+                k["rss_start_mib"], k["rss_end_mib"], k["rss_growth_mib_per_min"] = trend
         return kinds
 
 
@@ -669,7 +691,8 @@ def measure_pipeline(cfg: dict, seconds: float, warmup_s: float = 5.0) -> dict:
         opened = None  # the first status inside the window, and the last one
         status_first = status_last = None
         try:
-            deadline = time.monotonic() + 120
+            # the line's start (model load, first frames) may take a minute on a loaded box
+            deadline = time.monotonic() + 120 + warmup_s + seconds
             while time.monotonic() < deadline and proc.poll() is None:
                 if not sub.poll(200):
                     continue
@@ -741,11 +764,15 @@ def bench_pipeline(
     rounds: int = 3,
     warmup_s: float = 5.0,
     plot_path: str | None = None,
+    fps: float = 0.0,
 ) -> dict:
     """The whole line against the bare backend, per worker count and batch size, in one run.
 
     With ``null`` the package's graph is replaced by a near-free one with the same I/O: what
-    is left is the line's own cost (transport, normalization, decisions, accounting).
+    is left is the line's own cost (transport, normalization, decisions, accounting). ``fps``
+    per camera; 0 offers 1.5x what the bare backend takes (a saturated line). A line offered
+    far less than it takes measures the transport hop: its ``queue`` stage is then the time from
+    the camera's send to the worker's receipt, with no backlog in it.
     """
     import tempfile
 
@@ -772,21 +799,22 @@ def bench_pipeline(
         for batch in batches:
             # Offer 1.5x what the bare backend can take: the line is saturated, but the cameras do
             # not spin (an unthrottled synthetic camera would eat the cores the workers need).
-            fps = round(float(1.5 * bare[str(batch)]["img_per_s"] / cameras), 1)
+            offered = fps or round(float(1.5 * bare[str(batch)]["img_per_s"] / cameras), 1)
             for n in workers:
                 # Split the cores between workers so they do not fight over them.
                 per_worker = threads or max(1, (os.cpu_count() or 1) // n)
-                cfg = pipeline_config(package_dir, cameras, n, batch, per_worker, fps)
+                cfg = pipeline_config(package_dir, cameras, n, batch, per_worker, offered)
                 cfg["model"]["backend"] = backend
                 cell = measure_pipeline(cfg, seconds, warmup_s)
                 cell.update(
                     workers=n,
                     batch=batch,
-                    fps_per_camera=fps,
+                    fps_per_camera=offered,
                     ratio_vs_bare=cell["img_per_s"] / bare[str(batch)]["img_per_s"],
                 )
                 cells.append(cell)
                 print(format_cell(cell))
+                print(format_stages(cell))
         report["pipeline"] = {
             "graph": "near-free" if null else "model",
             "backend": backend,
@@ -802,6 +830,24 @@ def bench_pipeline(
         if plot_path:
             write_plot(report, plot_path)
     return report
+
+
+def format_stages(c: dict) -> str:
+    """The stages' p50/p99 and, over a window long enough to show a trend, each process kind's
+    memory at its start and end and its growth per minute."""
+    stages = ", ".join(
+        f"{k} {v['p50']:.1f}/{v['p99']:.1f}" for k, v in c["stages_ms"].items() if k != "end_to_end"
+    )
+    out = f"{'':>14}stage p50/p99 ms: {stages}"
+    trends = [
+        f"{kind} {v['rss_start_mib']:.0f}->{v['rss_end_mib']:.0f} MiB "
+        f"({v['rss_growth_mib_per_min']:+.2f} MiB/min)"
+        for kind, v in sorted(c["processes"].items())
+        if "rss_growth_mib_per_min" in v
+    ]
+    if trends:
+        out += f"\n{'':>14}memory over the window (fastest-growing process per kind): {', '.join(trends)}"
+    return out
 
 
 def format_cell(c: dict) -> str:

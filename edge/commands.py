@@ -126,6 +126,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cameras", type=int, default=2, help="--pipeline: synthetic cameras")
     p.add_argument("--workers", default="1,2", help="--pipeline: comma-separated worker counts")
     p.add_argument("--warmup", type=float, default=5.0, help="--pipeline: seconds before measuring each cell")
+    p.add_argument(
+        "--fps",
+        type=float,
+        default=0.0,
+        help="--pipeline: frames per second per camera (0 = 1.5x what the bare backend takes: saturated); "
+        "a low rate with --null measures the transport hop (the queue stage)",
+    )
     p.set_defaults(func=cmd_bench)
 
     register_demo(sub)
@@ -251,6 +258,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             rounds=args.rounds,
             warmup_s=args.warmup,
             plot_path=args.plot,
+            fps=args.fps,
         )
         return 0
     if args.backends:

@@ -90,6 +90,7 @@ def test_the_line_end_to_end_with_a_near_free_graph(trained_package, tmp_path):
     out = tmp_path / "line.json"
     argv = [sys.executable, "-m", "edge.cli", "bench", str(trained_package), "--null", "--cameras", "1"]
     argv += ["--workers", "1", "--batch", "2", "--seconds", "2", "--warmup", "1", "--rounds", "1"]
+    argv += ["--fps", "25"]
     argv += ["--json", str(out)]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -99,6 +100,7 @@ def test_the_line_end_to_end_with_a_near_free_graph(trained_package, tmp_path):
     assert pipe["graph"] == "near-free" and report["model_id"].endswith("-near-free")
     (cell,) = pipe["cells"]
     assert (cell["workers"], cell["batch"]) == (1, 2) and cell["decisions"] > 0
+    assert cell["fps_per_camera"] == 25  # the offered rate asked for, not 1.5x the bare backend
     assert {"end_to_end", "infer", "queue"} <= set(cell["stages_ms"])
     assert cell["truth"]["judged"] >= 0
     procs = cell["processes"]
@@ -107,7 +109,21 @@ def test_the_line_end_to_end_with_a_near_free_graph(trained_package, tmp_path):
     else:
         assert {"worker", "camera", "router", "collector"} <= set(procs)
         assert procs["worker"]["peak_rss_mib"] > 10
-    assert "vs bare" in proc.stdout
+    assert "vs bare" in proc.stdout and "stage p50/p99 ms: " in proc.stdout and "queue " in proc.stdout
+
+
+def test_memory_trend_is_the_least_squares_growth_per_minute():
+    """A 10-minute run reports each process kind's RSS at the window's start and end and its
+    growth per minute: a worker that leaks 1 MiB a minute shows +1.00."""
+    res = bench._Resources()
+    if res.psutil is None:
+        pytest.skip("psutil is not installed")
+    mib = 2**20
+    res.series[1] = [(t, int((100 + t / 60) * mib)) for t in range(0, 601, 10)]
+    res.series[2] = [(0.0, 50 * mib), (300.0, 50 * mib)]  # two samples: no trend
+    first, last, slope = res.trend(1)
+    assert (round(first), round(last)) == (100, 110) and slope == pytest.approx(1.0, abs=1e-3)
+    assert res.trend(2) is None
 
 
 def test_near_free_package_keeps_the_io(trained_package, tmp_path):
