@@ -380,14 +380,12 @@ def start_demo_ui(lineside: list[str], config: str, overrides: list[str], port: 
     return proc
 
 
-def stop_process(proc: Any, timeout_s: float = 10.0, signal_first: bool = True) -> None:
-    """SIGTERM (unless ``signal_first`` is false: it has been told already), then SIGKILL
-    past ``timeout_s``."""
+def stop_process(proc: Any, timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL past ``timeout_s``."""
     import subprocess
 
     if proc.poll() is None:
-        if signal_first:
-            proc.terminate()
+        proc.terminate()
         try:
             proc.wait(timeout_s)
         except subprocess.TimeoutExpired:

@@ -13,17 +13,18 @@ external commands (nvidia-smi, nvcc) have short timeouts.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+# one NVML and nvidia-smi probe for the doctor and the engine manifest's driver version
+from converter.engine.machine import one_line, probe_nvidia_smi, probe_nvml, run_command
 
 #: the fix for TensorRT, by what the NVIDIA driver can run (TensorRT 11 wheels are CUDA 13 only,
 #: and CUDA 13 needs driver r580 or newer; CUDA 12 wheels run on r525 and every newer driver)
@@ -58,11 +59,6 @@ DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def dist_version(component: str) -> str | None:
     """Installed version of ``component`` from package metadata (imports nothing), or None."""
     for name in DISTRIBUTIONS.get(component, (component,)):
@@ -73,15 +69,6 @@ def dist_version(component: str) -> str | None:
         except Exception:  # a broken dist-info must not stop the doctor
             continue
     return None
-
-
-def _run(argv: list[str], timeout: float = 10.0) -> tuple[int, str]:
-    """(exit code, stdout+stderr) of a short external command; (-1, why) when it cannot run."""
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return -1, _one_line(exc)
-    return proc.returncode, (proc.stdout or "") + (proc.stderr or "")
 
 
 # -- OpenCV and ONNX Runtime ------------------------------------------------------------------------
@@ -121,7 +108,7 @@ def probe_opencv() -> dict[str, Any]:
         video = parse_video_io(cv2.getBuildInformation())
         return {"version": cv2.__version__, "video_io": video, "error": ""}
     except Exception as exc:
-        return {"version": dist_version("opencv"), "video_io": {}, "error": _one_line(exc)}
+        return {"version": dist_version("opencv"), "video_io": {}, "error": one_line(exc)}
 
 
 def probe_onnxruntime() -> dict[str, Any]:
@@ -133,7 +120,7 @@ def probe_onnxruntime() -> dict[str, Any]:
         result["version"] = ort.__version__
         result["providers"] = list(ort.get_available_providers())
     except Exception as exc:
-        result.update(why=f"ONNX Runtime does not import ({_one_line(exc)})", fix=FIX_ONNXRUNTIME)
+        result.update(why=f"ONNX Runtime does not import ({one_line(exc)})", fix=FIX_ONNXRUNTIME)
         return result
     try:
         import numpy as np
@@ -153,90 +140,14 @@ def probe_onnxruntime() -> dict[str, Any]:
             raise RuntimeError(msg)
     except Exception as exc:
         result.update(
-            why=f"ONNX Runtime cannot run a graph on the CPU ({_one_line(exc)})", fix=FIX_ONNXRUNTIME
+            why=f"ONNX Runtime cannot run a graph on the CPU ({one_line(exc)})", fix=FIX_ONNXRUNTIME
         )
         return result
     result.update(usable=True, why="ran a one-node graph on CPUExecutionProvider", fix="")
     return result
 
 
-# -- NVIDIA driver, NVML, nvidia-smi, pycuda ------------------------------------------------------------
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def probe_nvml() -> dict[str, Any]:
-    """NVML through nvidia-ml-py (module ``pynvml``): driver, CUDA driver API and GPUs, never raising."""
-    result: dict[str, Any] = {"version": dist_version("nvidia-ml-py"), "usable": False, "gpus": []}
-    try:
-        import pynvml
-    except Exception as exc:
-        result["why"] = f"nvidia-ml-py is not installed ({_one_line(exc)})"
-        return result
-    try:
-        pynvml.nvmlInit()
-    except Exception as exc:
-        result["why"] = f"NVML cannot start (no NVIDIA driver?): {_one_line(exc)}"
-        return result
-    try:
-        result["nvidia_driver"] = _text(pynvml.nvmlSystemGetDriverVersion())
-        cuda = int(pynvml.nvmlSystemGetCudaDriverVersion())
-        result["cuda_driver_api"] = f"{cuda // 1000}.{(cuda % 1000) // 10}"
-        for index in range(int(pynvml.nvmlDeviceGetCount())):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
-            result["gpus"].append(
-                {
-                    "index": index,
-                    "name": _text(pynvml.nvmlDeviceGetName(handle)),
-                    "compute_capability": f"{major}.{minor}",
-                    "memory_total_mib": int(memory.total) // (1 << 20),
-                    "memory_used_mib": int(memory.used) // (1 << 20),
-                }
-            )
-        result.update(usable=True, why="")
-    except Exception as exc:
-        result["why"] = f"NVML query failed: {_one_line(exc)}"
-    finally:
-        with contextlib.suppress(Exception):
-            pynvml.nvmlShutdown()
-    return result
-
-
-def probe_nvidia_smi() -> dict[str, Any]:
-    """The driver and GPUs as ``nvidia-smi`` reports them (when NVML's Python binding is absent)."""
-    result: dict[str, Any] = {"usable": False, "gpus": []}
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        result["why"] = "nvidia-smi not found (no NVIDIA driver on this box?)"
-        return result
-    fields = "index,name,driver_version,memory.total,memory.used,compute_cap"
-    code, out = _run([exe, f"--query-gpu={fields}", "--format=csv,noheader,nounits"])
-    if code != 0:  # drivers before r510 do not know compute_cap
-        fields = fields.rsplit(",", 1)[0]
-        code, out = _run([exe, f"--query-gpu={fields}", "--format=csv,noheader,nounits"])
-    if code != 0:
-        result["why"] = f"nvidia-smi failed: {' '.join(out.split())[:200]}"
-        return result
-    for line in out.strip().splitlines():
-        cells = [c.strip() for c in line.split(",")]
-        if len(cells) < 5:
-            continue
-        gpu: dict[str, Any] = {"index": int(cells[0]) if cells[0].isdigit() else cells[0], "name": cells[1]}
-        result["nvidia_driver"] = cells[2]
-        for key, cell in (("memory_total_mib", cells[3]), ("memory_used_mib", cells[4])):
-            gpu[key] = int(float(cell)) if re.fullmatch(r"[\d.]+", cell) else None
-        gpu["compute_capability"] = cells[5] if len(cells) > 5 else None
-        result["gpus"].append(gpu)
-    code, out = _run([exe])
-    match = re.search(r"CUDA Version:\s*([\d.]+)", out) if code == 0 else None
-    if match:
-        result["cuda_driver_api"] = match.group(1)
-    result.update(usable=True, why="")
-    return result
+# -- pycuda and the CUDA toolkit (NVML and nvidia-smi: converter.engine.machine) --------------------
 
 
 def probe_pycuda() -> dict[str, Any]:
@@ -247,7 +158,7 @@ def probe_pycuda() -> dict[str, Any]:
 
         cuda = import_pycuda()
     except Exception as exc:  # TensorRTUnavailable, or anything a broken install raises
-        result["why"] = _strip_hint(str(exc) if hasattr(exc, "args") and exc.args else _one_line(exc))
+        result["why"] = _strip_hint(str(exc) if hasattr(exc, "args") and exc.args else one_line(exc))
         return result
     try:
         result["cuda_toolkit"] = ".".join(str(v) for v in cuda.get_version())
@@ -267,7 +178,7 @@ def probe_pycuda() -> dict[str, Any]:
             )
         result.update(usable=True, why="")
     except Exception as exc:
-        result["why"] = f"pycuda imports but a query failed: {_one_line(exc)}"
+        result["why"] = f"pycuda imports but a query failed: {one_line(exc)}"
     return result
 
 
@@ -279,7 +190,7 @@ def probe_nvcc() -> str | None:
             candidates.append(str(Path(os.environ[var]) / "bin" / "nvcc"))
     for exe in candidates:
         if exe and Path(exe).is_file():
-            code, out = _run([exe, "--version"], timeout=10)
+            code, out = run_command([exe, "--version"], timeout=10)
             match = re.search(r"release\s+([\d.]+)", out) if code == 0 else None
             if match:
                 return match.group(1)
@@ -321,7 +232,7 @@ def probe_tensorrt(nvidia_driver: str | None, gpus_found: bool) -> dict[str, Any
 
         machine, why = machine_or_reason(0)
     except Exception as exc:  # anything the probe lets through is still one line here
-        machine, why = None, f"the TensorRT probe failed: {_one_line(exc)}"
+        machine, why = None, f"the TensorRT probe failed: {one_line(exc)}"
     if machine is None:
         why = _strip_hint(why)
         major = driver_major(nvidia_driver)
@@ -415,7 +326,7 @@ def describe_package(
 
         package = ModelPackage.open(path)
     except Exception as exc:
-        result["why"] = str(exc) or _one_line(exc)
+        result["why"] = str(exc) or one_line(exc)
         return result
     result.update(opened=True, model_id=package.model_id)
     result["graphs"] = {
@@ -437,7 +348,7 @@ def describe_package(
                 max_batch=m.max_batch,
             )
         except Exception as exc:
-            entry["error"] = str(exc) or _one_line(exc)
+            entry["error"] = str(exc) or one_line(exc)
         engines.append(entry)
     result["engines"] = engines
     try:
@@ -446,7 +357,7 @@ def describe_package(
         machine = tensorrt.get("machine_object")
         plan, why = select_engine(package, machine) if machine is not None else select_engine(package)
     except Exception as exc:
-        plan, why = None, f"engine selection failed: {str(exc) or _one_line(exc)}"
+        plan, why = None, f"engine selection failed: {str(exc) or one_line(exc)}"
     result["engine"] = plan.name if plan is not None else None
     result["engine_why"] = _strip_hint(why)
     graph = package.manifest.files.get(precision)
@@ -464,7 +375,7 @@ def describe_package(
             package.check_graph_io(precision)
         except Exception as exc:
             result["graph"] = None
-            result["graph_why"] = str(exc) or _one_line(exc)
+            result["graph_why"] = str(exc) or one_line(exc)
     from edge.backends.choice import openvino_option, probe_openvino
 
     facts = openvino if openvino is not None else probe_openvino()
@@ -498,7 +409,7 @@ def check_config(path: str, package_arg: str | None, report: dict[str, Any]) -> 
 
         cfg = load_config(path)
     except Exception as exc:
-        result["why"] = str(exc) or _one_line(exc)
+        result["why"] = str(exc) or one_line(exc)
         return result
     backend, precision = cfg.model.backend, cfg.model.precision
     package_path = package_arg or str(cfg.resolve(cfg.model.package))
@@ -542,7 +453,7 @@ def collect(package: str | None = None, config: str | None = None) -> dict[str, 
     }
     ort = probe_onnxruntime()
     opencv = probe_opencv()
-    nvml = probe_nvml()
+    nvml = {"version": dist_version("nvidia-ml-py"), **probe_nvml()}
     smi = probe_nvidia_smi() if not nvml["usable"] else {"usable": False, "gpus": [], "why": "NVML answered"}
     pycuda = probe_pycuda()
     nvidia_driver = nvml.get("nvidia_driver") or smi.get("nvidia_driver")
@@ -719,7 +630,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     try:
         report = collect(args.package, args.config)
     except Exception as exc:  # a probe this module did not foresee: still one line, never a traceback
-        print(f"lineside doctor: a probe failed unexpectedly: {_one_line(exc)}", file=sys.stderr)
+        print(f"lineside doctor: a probe failed unexpectedly: {one_line(exc)}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
     return int(report["exit_code"])

@@ -654,16 +654,11 @@ def check_exit(proc: subprocess.CompletedProcess, what: str) -> None:
 
 
 def _device_used_mib() -> int | None:
-    try:
-        import pynvml
+    """MiB used on GPU 0 as NVML reports it; None without NVML."""
+    from converter.engine.machine import probe_nvml
 
-        pynvml.nvmlInit()
-        try:
-            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used) >> 20
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        return None
+    gpus = probe_nvml()["gpus"]
+    return gpus[0]["memory_used_mib"] if gpus else None
 
 
 def worker_check(package_dir: str, plan: str, out: str, loop_seconds: float) -> int:

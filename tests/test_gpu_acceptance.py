@@ -112,6 +112,17 @@ def test_worker_check_against_the_fakes(tmp_path, monkeypatch):
     assert memory == {} and drv.stacks() == ([], [])  # freed, every push popped
 
 
+def test_device_memory_is_gpu_0s_as_nvml_reports_it(monkeypatch):
+    from tests.converter.test_engine_build import _fake_nvml
+
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml([]))
+    assert load_driver()._device_used_mib() == 300
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml([], count=0))
+    assert load_driver()._device_used_mib() is None
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    assert load_driver()._device_used_mib() is None
+
+
 @pytest.mark.slow
 def test_the_script_runs_here_with_a_package_and_skips_the_gpu_steps(tmp_path):
     """The shell entry point, end to end on this CPU box (90-150 s on 2 cores: four short line runs)."""

@@ -1,10 +1,12 @@
 """TensorRT, pycuda and the GPU of this machine: lazy imports with an install hint, and
 the facts an engine depends on (TensorRT, CUDA toolkit, CUDA driver API and NVIDIA driver
-versions, GPU name, compute capability).
+versions, GPU name, compute capability). The NVML and nvidia-smi probes here are also
+``lineside doctor``'s (edge/doctor.py) and the GPU acceptance run's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import shutil
@@ -149,44 +151,119 @@ def _version(number: int) -> str:
     return f"{number // 1000}.{(number % 1000) // 10}"
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line, "OSError: [Errno 2] No such file", or its type alone."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def run_command(argv: list[str], timeout: float = 10.0) -> tuple[int, str]:
+    """(exit code, stdout+stderr) of a short external command; (-1, why) when it cannot run."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return -1, one_line(exc)
+    return proc.returncode, (proc.stdout or "") + (proc.stderr or "")
+
+
+def _text(value: Any) -> str:
+    """NVML's strings; nvidia-ml-py < 11.515 returned bytes."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def probe_nvml() -> dict[str, Any]:
+    """NVML through nvidia-ml-py (module ``pynvml``): driver, CUDA driver API and GPUs, never raising.
+
+    {"usable": bool, "gpus": [{"index", "name", "compute_capability", "memory_total_mib",
+    "memory_used_mib"}], "nvidia_driver", "cuda_driver_api", "why"}; "nvidia_driver" is there
+    as soon as NVML gave it, even when a later query failed (then "usable" is false)."""
+    result: dict[str, Any] = {"usable": False, "gpus": []}
+    try:
+        import pynvml
+    except Exception as exc:
+        result["why"] = f"nvidia-ml-py is not installed ({one_line(exc)})"
+        return result
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:
+        result["why"] = f"NVML cannot start (no NVIDIA driver?): {one_line(exc)}"
+        return result
+    try:
+        result["nvidia_driver"] = _text(pynvml.nvmlSystemGetDriverVersion())
+        result["cuda_driver_api"] = _version(int(pynvml.nvmlSystemGetCudaDriverVersion()))
+        for index in range(int(pynvml.nvmlDeviceGetCount())):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+            result["gpus"].append(
+                {
+                    "index": index,
+                    "name": _text(pynvml.nvmlDeviceGetName(handle)),
+                    "compute_capability": f"{major}.{minor}",
+                    "memory_total_mib": int(memory.total) // (1 << 20),
+                    "memory_used_mib": int(memory.used) // (1 << 20),
+                }
+            )
+        result.update(usable=True, why="")
+    except Exception as exc:
+        result["why"] = f"NVML query failed: {one_line(exc)}"
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+    return result
+
+
+def probe_nvidia_smi() -> dict[str, Any]:
+    """The driver and GPUs as ``nvidia-smi`` reports them (when NVML's Python binding is absent),
+    in probe_nvml's keys (a GPU's numbers are None where nvidia-smi gave none)."""
+    result: dict[str, Any] = {"usable": False, "gpus": []}
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        result["why"] = "nvidia-smi not found (no NVIDIA driver on this box?)"
+        return result
+    fields = "index,name,driver_version,memory.total,memory.used,compute_cap"
+    code, out = run_command([exe, f"--query-gpu={fields}", "--format=csv,noheader,nounits"])
+    if code != 0:  # drivers before r510 do not know compute_cap
+        fields = fields.rsplit(",", 1)[0]
+        code, out = run_command([exe, f"--query-gpu={fields}", "--format=csv,noheader,nounits"])
+    if code != 0:
+        result["why"] = f"nvidia-smi failed: {' '.join(out.split())[:200]}"
+        return result
+    for line in out.strip().splitlines():
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) < 5:
+            continue
+        gpu: dict[str, Any] = {"index": int(cells[0]) if cells[0].isdigit() else cells[0], "name": cells[1]}
+        result["nvidia_driver"] = cells[2]
+        for key, cell in (("memory_total_mib", cells[3]), ("memory_used_mib", cells[4])):
+            gpu[key] = int(float(cell)) if re.fullmatch(r"[\d.]+", cell) else None
+        gpu["compute_capability"] = cells[5] if len(cells) > 5 else None
+        result["gpus"].append(gpu)
+    code, out = run_command([exe])
+    match = re.search(r"CUDA Version:\s*([\d.]+)", out) if code == 0 else None
+    if match:
+        result["cuda_driver_api"] = match.group(1)
+    result.update(usable=True, why="")
+    return result
+
+
 def nvidia_driver_version() -> str:
     """The NVIDIA driver's own version ("575.57.08"), or "" when it cannot be found; never raises.
 
     CUDA reports only the driver API version it supports ("12.9"); the driver number comes
     from NVML (``nvidia-ml-py``'s ``pynvml``, when installed) or else from ``nvidia-smi``.
     """
+    nvml = probe_nvml()
+    if nvml.get("nvidia_driver"):
+        return str(nvml["nvidia_driver"]).strip()
+    log.debug("NVML gave no driver version: %s", nvml.get("why"))
     try:
-        import pynvml
-    except ImportError:
-        pynvml = None
-    if pynvml is not None:
-        try:
-            pynvml.nvmlInit()
-            try:
-                version = pynvml.nvmlSystemGetDriverVersion()
-            finally:
-                pynvml.nvmlShutdown()
-            # nvidia-ml-py < 11.515 returned bytes
-            return (version.decode() if isinstance(version, bytes) else str(version)).strip()
-        except Exception as exc:  # NVMLError (no driver, no libnvidia-ml) must not stop a probe
-            log.debug("NVML gave no driver version: %s", exc)
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return ""
-    try:
-        done = subprocess.run(
-            [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=15,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.debug("nvidia-smi gave no driver version: %s", exc)
-        return ""
-    lines = done.stdout.split()
-    # one line per GPU, all the same driver
-    return lines[0].strip() if done.returncode == 0 and lines else ""
+        smi = probe_nvidia_smi()
+    except Exception as exc:  # output it cannot parse must not stop an engine build
+        smi = {"why": one_line(exc)}
+    if not smi.get("nvidia_driver"):
+        log.debug("nvidia-smi gave no driver version: %s", smi.get("why"))
+    return str(smi.get("nvidia_driver") or "").strip()
 
 
 def probe_machine(device: int = 0) -> MachineInfo:

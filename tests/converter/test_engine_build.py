@@ -434,7 +434,8 @@ def test_nvidia_driver_version_from_nvidia_smi_then_nothing(monkeypatch, tmp_pat
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
     smi = tmp_path / "nvidia-smi"
     smi.write_text(
-        '#!/bin/sh\n[ "$1" = "--query-gpu=driver_version" ] && printf "575.57.08\\n575.57.08\\n"\n'
+        '#!/bin/sh\ncase "$1" in --query-gpu=*) printf "0, NVIDIA L4, 575.57.08, 23034, 0, 8.9\\n'
+        '1, NVIDIA L4, 575.57.08, 23034, 0, 8.9\\n" ;; *) exit 9 ;; esac\n'
     )
     smi.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
@@ -444,6 +445,87 @@ def test_nvidia_driver_version_from_nvidia_smi_then_nothing(monkeypatch, tmp_pat
     monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert nvidia_driver_version() == ""
+
+
+def _fake_nvml(calls: list[str], count: int = 2):
+    """A pynvml with ``count`` L4s (nvidia-ml-py < 11.515 returned bytes) and CUDA 12.9."""
+    import types
+
+    nvml = types.ModuleType("pynvml")
+    nvml.nvmlInit = lambda: calls.append("init")
+    nvml.nvmlShutdown = lambda: calls.append("shutdown")
+    nvml.nvmlSystemGetDriverVersion = lambda: b"575.57.08"
+    nvml.nvmlSystemGetCudaDriverVersion = lambda: 12090
+    nvml.nvmlDeviceGetCount = lambda: count
+    nvml.nvmlDeviceGetHandleByIndex = lambda index: ("handle", index)
+    nvml.nvmlDeviceGetName = lambda handle: b"NVIDIA L4"
+    nvml.nvmlDeviceGetCudaComputeCapability = lambda handle: (8, 9)
+    used = {0: 300 << 20, 1: 0}
+    nvml.nvmlDeviceGetMemoryInfo = lambda handle: types.SimpleNamespace(
+        total=23034 << 20, used=used[handle[1]], free=0
+    )
+    return nvml
+
+
+def test_probe_nvml_reads_the_driver_cuda_and_every_gpu(monkeypatch):
+    from converter.engine.machine import probe_nvml
+
+    calls: list[str] = []
+    nvml = _fake_nvml(calls)
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    gpu = {"name": "NVIDIA L4", "compute_capability": "8.9", "memory_total_mib": 23034}
+    assert probe_nvml() == {
+        "usable": True,
+        "why": "",
+        "nvidia_driver": "575.57.08",
+        "cuda_driver_api": "12.9",
+        "gpus": [{"index": 0, **gpu, "memory_used_mib": 300}, {"index": 1, **gpu, "memory_used_mib": 0}],
+    }
+    assert calls == ["init", "shutdown"]
+
+    def lost():
+        raise RuntimeError("GPU is lost")
+
+    nvml.nvmlDeviceGetCount = lost  # a failed query keeps the driver and still shuts NVML down
+    result = probe_nvml()
+    assert result["usable"] is False and result["nvidia_driver"] == "575.57.08"
+    assert result["why"] == "NVML query failed: RuntimeError: GPU is lost"
+    assert calls[-1] == "shutdown"
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    assert probe_nvml()["why"].startswith("nvidia-ml-py is not installed (ModuleNotFoundError")
+
+
+def test_probe_nvidia_smi_parses_gpus_and_asks_old_drivers_without_compute_cap(monkeypatch, tmp_path):
+    from converter.engine.machine import probe_nvidia_smi
+
+    smi = tmp_path / "nvidia-smi"
+    # a driver before r510: the query with compute_cap fails, the one without answers
+    smi.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        "  *compute_cap*) echo 'Field \"compute_cap\" is not a valid field to query.'; exit 2 ;;\n"
+        '  --query-gpu=*) printf "0, Tesla T4, 470.82.01, 15360, [N/A]\\n" ;;\n'
+        '  *) echo "| NVIDIA-SMI 470.82.01    Driver Version: 470.82.01    CUDA Version: 11.4     |" ;;\n'
+        "esac\n"
+    )
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    gpu = {"index": 0, "name": "Tesla T4", "memory_total_mib": 15360, "memory_used_mib": None}
+    assert probe_nvidia_smi() == {
+        "usable": True,
+        "why": "",
+        "nvidia_driver": "470.82.01",
+        "cuda_driver_api": "11.4",
+        "gpus": [{**gpu, "compute_capability": None}],
+    }
+    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed'; exit 9\n")
+    assert probe_nvidia_smi() == {
+        "usable": False,
+        "gpus": [],
+        "why": "nvidia-smi failed: NVIDIA-SMI has failed",
+    }
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert probe_nvidia_smi()["why"] == "nvidia-smi not found (no NVIDIA driver on this box?)"
 
 
 def test_old_manifest_is_refused_and_drivers_are_compared(tmp_path):
