@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from converter import onnx_graph
 from converter import openvino_runtime as ovr
+from converter.cpu import cpu_model
 from converter.gate import FP16_BOUNDS, INT8_BOUNDS, GateReport, compare
 from converter.package import ModelPackage, sha256_file
 from converter.preprocessing import normalize
@@ -24,19 +27,17 @@ from converter.samples import SampleError, load_gate_and_calibration
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("openvino",)
+BACKENDS = ("openvino", "onnxruntime")
+#: the ONNX Runtime graphs ``lineside gate --backend onnxruntime`` may gate (and time) against FP32
+ONNXRUNTIME_PRECISIONS = ("int8", "fp16")
 
 
-def time_both(session, runner, batch: np.ndarray, rounds: int = 5) -> dict[str, float]:
-    """img/s of ONNX Runtime FP32 and OpenVINO on one batch, interleaved rounds, medians.
+def time_interleaved(runs: dict[str, Callable[[], object]], images: int, rounds: int = 5) -> dict[str, Any]:
+    """img/s of each of ``runs`` (one call runs a batch of ``images``), interleaved rounds, medians.
 
-    ``backend: auto`` runs OpenVINO fp32 only where it beat ONNX Runtime FP32 on this CPU: it
-    did on an AVX2 EPYC (1.1x) and did not on an AMX Xeon (0.6x, docs/performance.md)."""
-    name = session.get_inputs()[0].name
-    runs = {
-        "onnxruntime_fp32": lambda: session.run(None, {name: batch}),
-        "openvino": lambda: runner.infer(batch),
-    }
+    ``backend: auto`` trusts a speed only on the CPU model it was timed on: OpenVINO FP32 beat
+    ONNX Runtime FP32 on an AVX2 EPYC (1.1x) and did not on an AMX Xeon (0.6x,
+    docs/performance.md)."""
     rates: dict[str, list[float]] = {key: [] for key in runs}
     for fn in runs.values():
         fn()  # warm-up: first runs allocate
@@ -44,9 +45,101 @@ def time_both(session, runner, batch: np.ndarray, rounds: int = 5) -> dict[str, 
         for key, fn in runs.items():
             start = time.perf_counter()
             fn()
-            rates[key].append(len(batch) / (time.perf_counter() - start))
+            rates[key].append(images / (time.perf_counter() - start))
     result = {f"{key}_img_per_s": round(float(np.median(v)), 2) for key, v in rates.items()}
-    return {**result, "batch": len(batch), "rounds": rounds}
+    return {**result, "batch": images, "rounds": rounds}
+
+
+def _gate_images(package: ModelPackage, data_dir: str | Path | None, samples: int) -> tuple[Any, Any, str]:
+    """The export's gate images (with an INT8 graph, its calibration images are left out),
+    normalized and laid out as the graph takes them; the set itself (for names); the folder."""
+    m = package.manifest
+    data_dir = data_dir or m.dataset.get("root")
+    if not data_dir:
+        msg = f"{package.root}: the gate needs validation images; pass --data DATASET_DIR"
+        raise SampleError(msg)
+    calibration = (m.gates.get("int8") or {}).get("calibration", {}).get("images", 0)
+    gate_set, _ = load_gate_and_calibration(
+        data_dir,
+        m.input.height,
+        m.input.width,
+        m.input.channels,
+        gate=samples,
+        calibration=calibration,
+        classes=m.dataset.get("classes"),
+    )
+    images = normalize(gate_set.images, m.normalization)
+    if m.input.layout == "NCHW":
+        images = images.transpose(0, 3, 1, 2)
+    return images, gate_set, str(data_dir)
+
+
+def gate_onnxruntime(
+    package_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    samples: int = 32,
+    precision: str = "int8",
+    batch: int = 8,
+) -> tuple[GateReport, str]:
+    """ONNX Runtime on ``precision``'s graph against its FP32 graph on this CPU: the accuracy
+    gate (INT8 or FP16 bounds) and the speed of both, interleaved, recorded under
+    ``gates["onnxruntime:<precision>"]`` with the CPU's model. ``model.precision: auto`` runs that
+    graph where its gate passed and it was the faster one on this CPU model."""
+    package = ModelPackage.open(package_dir)
+    package.verify()
+    m = package.manifest
+    if precision not in ONNXRUNTIME_PRECISIONS:
+        msg = f"ONNX Runtime gates {' or '.join(ONNXRUNTIME_PRECISIONS)} against fp32, not {precision}"
+        raise SampleError(msg)
+    if not package.has_precision(precision):
+        msg = (
+            f"{package.root}: the package has no {precision} graph; "
+            f"add it with `lineside export CHECKPOINT --out {package.root} --precision {precision}`"
+        )
+        raise SampleError(msg)
+    images, gate_set, data = _gate_images(package, data_dir, samples)
+    fp32 = onnx_graph.session(package.onnx_path("fp32"))
+    other = onnx_graph.session(package.onnx_path(precision))
+    key = f"onnxruntime:{precision}"
+    report = compare(
+        onnx_graph.run_batches(fp32, images, batch),
+        onnx_graph.run_batches(other, images, batch),
+        name=f"{key} vs ONNX Runtime FP32",
+        threshold=m.threshold,
+        min_defect_area=m.min_defect_area,
+        bounds=INT8_BOUNDS if precision == "int8" else FP16_BOUNDS,
+        names=gate_set.names,
+    )
+    one = images[:batch]
+    feeds = [{s.get_inputs()[0].name: one} for s in (fp32, other)]
+    speed = time_interleaved(
+        {
+            "onnxruntime_fp32": lambda: fp32.run(None, feeds[0]),
+            f"onnxruntime_{precision}": lambda: other.run(None, feeds[1]),
+        },
+        len(one),
+    )
+    record = report.to_dict()
+    record.update(
+        backend="onnxruntime",
+        precision=precision,
+        graph=m.files[precision],
+        graph_sha256=sha256_file(package.onnx_path(precision)),
+        cpu=cpu_model(),
+        data=data,
+        speed={"cpu": cpu_model(), **speed},
+    )
+    log.info(
+        "on this CPU: ONNX Runtime %s %.1f img/s, FP32 %.1f img/s (batch %d)",
+        precision,
+        speed[f"onnxruntime_{precision}_img_per_s"],
+        speed["onnxruntime_fp32_img_per_s"],
+        speed["batch"],
+    )
+    m.gates[key] = record
+    m.save(package.root)
+    return report, key
 
 
 def gate_openvino(
@@ -82,31 +175,23 @@ def gate_openvino(
             f"run `lineside export --precision {graph}`"
         )
         raise ovr.OpenVINOError(msg)
-    data_dir = data_dir or m.dataset.get("root")
-    if not data_dir:
-        msg = f"{package.root}: the gate needs validation images; pass --data DATASET_DIR"
-        raise SampleError(msg)
-    # the export's split: with an INT8 graph, its calibration images are left out of the gate
-    calibration = (m.gates.get("int8") or {}).get("calibration", {}).get("images", 0)
-    gate_set, _ = load_gate_and_calibration(
-        data_dir,
-        m.input.height,
-        m.input.width,
-        m.input.channels,
-        gate=samples,
-        calibration=calibration,
-        classes=m.dataset.get("classes"),
-    )
-    images = normalize(gate_set.images, m.normalization)
-    if m.input.layout == "NCHW":
-        images = images.transpose(0, 3, 1, 2)
+    images, gate_set, data_dir = _gate_images(package, data_dir, samples)
     session = onnx_graph.session(package.onnx_path("fp32"))
     reference = onnx_graph.run_batches(session, images, batch)
     runner = ovr.OpenVINORunner(package.onnx_path(graph), device, precision)
     runner.load()
     try:
         candidate = [runner.infer(images[i : i + batch]) for i in range(0, len(images), batch)]
-        speed = time_both(session, runner, images[:batch]) if ovr.device_kind(device) == "CPU" else None
+        speed = None
+        if ovr.device_kind(device) == "CPU":
+            one, name = images[:batch], session.get_inputs()[0].name
+            speed = time_interleaved(
+                {
+                    "onnxruntime_fp32": lambda: session.run(None, {name: one}),
+                    "openvino": lambda: runner.infer(one),
+                },
+                len(one),
+            )
     finally:
         runner.free()
     key = ovr.gate_key(device, precision)
@@ -128,7 +213,7 @@ def gate_openvino(
         graph_sha256=sha256_file(package.onnx_path(graph)),
         openvino=facts.version,
         cpu=facts.cpu_name,
-        data=str(data_dir),
+        data=data_dir,
     )
     if speed is not None:
         record["speed"] = {"cpu": facts.cpu_name, **speed}

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from converter.cpu import cpu_flags
 from converter.errors import LinesideError
 
 #: the one line a box without OpenVINO gets
@@ -51,19 +52,6 @@ def load_openvino():  # -> the openvino module
     except ImportError:
         raise OpenVINOError(INSTALL_HINT) from None
     return openvino
-
-
-def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
-    """The CPU's feature flags (Linux); empty where they cannot be read. Only used for VNNI,
-    which OpenVINO's capabilities do not name (it lists INT8 on any AVX2 CPU)."""
-    try:
-        with open(path, encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return frozenset(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 @dataclass(frozen=True)

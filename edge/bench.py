@@ -115,14 +115,9 @@ def latency_stats(ms) -> dict[str, float]:
 
 def machine_info() -> dict:
     """The CPU's model name, its cores and the load: what a reader needs to weigh the figures."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from converter.cpu import cpu_model
+
+    model = cpu_model()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     return {
         "cpu": model,

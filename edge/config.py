@@ -93,8 +93,9 @@ class ModelConfig:
     backend: str = choices("auto", "onnxruntime", "tensorrt", "openvino", default="auto")
     #: openvino device: CPU, or GPU / NPU for an Intel iGPU / NPU
     device: str = text("CPU")
-    #: ONNX graph precision for the onnxruntime backend
-    precision: str = choices("fp32", "fp16", "int8", default="fp32")
+    #: ONNX graph precision for the onnxruntime backend; auto: the INT8 graph where `lineside gate
+    #: PACKAGE --backend onnxruntime` passed it and timed it faster than FP32 on this CPU model, else fp32
+    precision: str = choices("auto", "fp32", "fp16", "int8", default="auto")
     #: onnxruntime intra-op threads per worker; 0 = all cores
     threads: int = number(0, ge=0, le=1024, note="0 = all cores")
 

@@ -312,7 +312,7 @@ def probe_openvino(onnxruntime: dict[str, Any], facts: Any = None) -> dict[str, 
 def describe_package(
     path: str | Path,
     tensorrt: dict[str, Any],
-    precision: str = "fp32",
+    precision: str = "auto",
     openvino: Any = None,
     device: str = "CPU",
     backend: str = "auto",
@@ -360,6 +360,9 @@ def describe_package(
         plan, why = None, f"engine selection failed: {str(exc) or one_line(exc)}"
     result["engine"] = plan.name if plan is not None else None
     result["engine_why"] = _strip_hint(why)
+    from edge.backends.choice import onnxruntime_precision, openvino_option, probe_openvino
+
+    precision, ort_why = onnxruntime_precision(package, precision)
     graph = package.manifest.files.get(precision)
     if graph is None or not (package.root / graph).is_file():
         result["graph"] = None
@@ -376,8 +379,6 @@ def describe_package(
         except Exception as exc:
             result["graph"] = None
             result["graph_why"] = str(exc) or one_line(exc)
-    from edge.backends.choice import openvino_option, probe_openvino
-
     facts = openvino if openvino is not None else probe_openvino()
     ov_precision, ov_why = openvino_option(package, device, facts, auto=backend != "openvino")
     result["openvino"] = {"device": device, "precision": ov_precision, "why": ov_why}
@@ -393,7 +394,7 @@ def describe_package(
         result["why"] = f"no usable TensorRT engine: {result['engine_why']}; {ov_why}"
     elif result["graph"]:
         result["would_run"] = f"onnxruntime {graph} ({precision})"
-        result["why"] = f"no usable TensorRT engine: {result['engine_why']}; {ov_why}"
+        result["why"] = f"no usable TensorRT engine: {result['engine_why']}; {ov_why}; {ort_why}"
     else:
         result["would_run"] = None
         result["why"] = result["graph_why"]

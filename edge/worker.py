@@ -66,13 +66,22 @@ def select_backend(cfg: LineConfig, package: ModelPackage) -> tuple[Backend, str
         from edge.backends.trt import TensorRTBackend
 
         return TensorRTBackend.for_package(package, plan), f"tensorrt: {why}"
-    return _onnxruntime(cfg, package), "onnxruntime (as configured)"
+    why = _ort_precision(cfg, package)[1]
+    return _onnxruntime(cfg, package), f"onnxruntime (as configured; {why})"
+
+
+def _ort_precision(cfg: LineConfig, package: ModelPackage) -> tuple[str, str]:
+    """The graph ONNX Runtime runs here (``model.precision: auto`` resolved), and why."""
+    from edge.backends.choice import onnxruntime_precision
+
+    return onnxruntime_precision(package, cfg.model.precision)
 
 
 def _onnxruntime(cfg: LineConfig, package: ModelPackage) -> Backend:
     from edge.backends.onnxrt import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(package.onnx_path(cfg.model.precision), threads=cfg.model.threads)
+    precision, _ = _ort_precision(cfg, package)
+    return OnnxRuntimeBackend(package.onnx_path(precision), threads=cfg.model.threads)
 
 
 def decision_rules(cfg: LineConfig, package: ModelPackage) -> DecisionConfig:
@@ -634,7 +643,7 @@ def _start_backend(cfg: LineConfig, package: ModelPackage, backend: Backend, nam
     """A worker on ``backend``, activated and tried on one blank image; on failure whatever
     was made is freed (on the backend's thread) before the error goes up."""
     if backend.name == "onnxruntime":
-        package.check_graph_io(cfg.model.precision)
+        package.check_graph_io(_ort_precision(cfg, package)[0])
     worker = Worker(cfg, package, backend, name)
     try:
         try:

@@ -3,7 +3,8 @@
 Ranking (docs/performance.md): TensorRT (an engine that fits this GPU, as
 ``converter.engine.select`` decides), then OpenVINO (installed, the device present, and the
 precision it would run here passed its gate: ``lineside gate``), then ONNX Runtime with
-``model.precision``'s graph. ``backend: openvino`` refuses, in one line, what ``auto`` skips.
+``model.precision``'s graph (``auto``: INT8 where its gate passed and it was the faster here).
+``backend: openvino`` refuses, in one line, what ``auto`` skips.
 
 ``plan_backend`` decides from facts already gathered (and is what ``lineside doctor``
 shows); ``choose_backend`` gathers them and builds the backend.
@@ -83,11 +84,42 @@ def _slower_here(gate: dict[str, Any], facts: Any) -> str:
     return ""
 
 
+def onnxruntime_precision(package: Any, wanted: str, cpu: str | None = None) -> tuple[str, str]:
+    """The graph ONNX Runtime runs for ``model.precision`` (``wanted``), and why.
+
+    ``auto`` runs the INT8 graph where ``lineside gate --backend onnxruntime`` passed it and
+    timed it faster than FP32 on this CPU model (``cpu``, default: this box's), and the graph
+    is still the one it gated; FP32 otherwise. Any other value is run as configured."""
+    if wanted != "auto":
+        return wanted, f"model.precision {wanted}"
+    from converter.cpu import cpu_model
+
+    cpu = cpu or cpu_model()
+    key = "onnxruntime:int8"
+    gate = package.manifest.gates.get(key)
+    if not package.has_precision("int8"):
+        return "fp32", "auto: fp32 (the package has no INT8 graph)"
+    if not gate:
+        fix = f"run `lineside gate {package.root} --backend onnxruntime`"
+        return "fp32", f"auto: fp32 (gate {key} was never run; {fix})"
+    if not gate.get("passed"):
+        return "fp32", f"auto: fp32 (gate {key} failed)"
+    if gate.get("graph_sha256") != package.manifest.files_sha256.get(package.manifest.files["int8"]):
+        return "fp32", f"auto: fp32 (the INT8 graph changed after gate {key}; run it again)"
+    speed = gate.get("speed") or {}
+    int8, fp32 = speed.get("onnxruntime_int8_img_per_s"), speed.get("onnxruntime_fp32_img_per_s")
+    if speed.get("cpu") != cpu or not int8 or not fp32:
+        return "fp32", f"auto: fp32 (gate {key} timed {speed.get('cpu')!r}, not this {cpu!r}; run it here)"
+    if int8 <= fp32:
+        return "fp32", f"auto: fp32 (INT8 ran {int8} img/s against FP32's {fp32} when gated on this CPU)"
+    return "int8", f"auto: int8 (gate {key} passed; {int8} img/s against FP32's {fp32} on this CPU)"
+
+
 def plan_backend(
     wanted: str,
     package: Any,
     *,
-    precision: str = "fp32",
+    precision: str = "auto",
     device: str = "CPU",
     engine: tuple[Path | None, str] = (None, "not looked for"),
     openvino: Any = None,
@@ -115,8 +147,11 @@ def plan_backend(
             msg = f"backend openvino: {ov_why}; or set model.backend to auto or onnxruntime"
             raise BackendError(msg)
         notes.append(ov_why)
+    ort_precision, ort_why = onnxruntime_precision(package, precision)
+    if precision == "auto":
+        notes.append(ort_why)
     reason = "onnxruntime " + (f"({'; '.join(notes)})" if notes else "(as configured)")
-    return Choice("onnxruntime", package.onnx_path(precision), precision, reason)
+    return Choice("onnxruntime", package.onnx_path(ort_precision), ort_precision, reason)
 
 
 def probe_openvino() -> Any:
