@@ -119,6 +119,7 @@ def gate_onnxruntime(
             f"onnxruntime_{precision}": lambda: other.run(None, feeds[1]),
         },
         len(one),
+        rounds=7,
     )
     record = report.to_dict()
     record.update(

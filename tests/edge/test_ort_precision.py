@@ -102,6 +102,10 @@ def test_auto_runs_int8_only_where_it_passed_and_was_faster_here(package):
     # a configured precision is run as configured, whatever the gates say
     assert onnxruntime_precision(faster, "fp32")[0] == "fp32"
     assert onnxruntime_precision(timed(package, int8=15.0, fp32=20.0), "auto")[0] == "fp32"
+    # within the timing's noise: not worth INT8's small loss of accuracy
+    assert onnxruntime_precision(timed(package, int8=20.5, fp32=20.0), "auto")[1].endswith(
+        "not 1.05x faster)"
+    )
     elsewhere = timed(package, int8=30.0, fp32=20.0, cpu="Some Other CPU")
     assert onnxruntime_precision(elsewhere, "auto") == (
         "fp32",
