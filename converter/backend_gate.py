@@ -23,7 +23,7 @@ from converter.cpu import cpu_model
 from converter.gate import FP16_BOUNDS, INT8_BOUNDS, GateReport, compare
 from converter.package import ModelPackage, sha256_file
 from converter.preprocessing import normalize
-from converter.samples import SampleError, load_gate_and_calibration
+from converter.samples import SampleError, package_gate_sets
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +54,12 @@ def _gate_images(package: ModelPackage, data_dir: str | Path | None, samples: in
     """The export's gate images (with an INT8 graph, its calibration images are left out),
     normalized and laid out as the graph takes them; the set itself (for names); the folder."""
     m = package.manifest
-    data_dir = data_dir or m.dataset.get("root")
-    if not data_dir:
-        msg = f"{package.root}: the gate needs validation images; pass --data DATASET_DIR"
-        raise SampleError(msg)
     calibration = (m.gates.get("int8") or {}).get("calibration", {}).get("images", 0)
-    gate_set, _ = load_gate_and_calibration(
-        data_dir,
-        m.input.height,
-        m.input.width,
-        m.input.channels,
-        gate=samples,
-        calibration=calibration,
-        classes=m.dataset.get("classes"),
-    )
+    gate_set, _, data_dir = package_gate_sets(package, data_dir, samples, calibration)
     images = normalize(gate_set.images, m.normalization)
     if m.input.layout == "NCHW":
         images = images.transpose(0, 3, 1, 2)
-    return images, gate_set, str(data_dir)
+    return images, gate_set, data_dir
 
 
 def gate_onnxruntime(

@@ -198,3 +198,25 @@ def load_gate_and_calibration(
         return Samples(images=images, masks=masks, names=[img.name for img, _ in chosen])
 
     return read(gate_pairs), (read(calib_pairs) if calib_pairs else None)
+
+
+def package_gate_sets(
+    package, data_dir: str | Path | None, gate: int, calibration: int = 0
+) -> tuple[Samples, Samples | None, str]:
+    """``load_gate_and_calibration`` for a model package: its input size and classes, from
+    ``data_dir`` or else the data set its manifest names; the folder comes back too."""
+    m = package.manifest
+    data_dir = data_dir or m.dataset.get("root")
+    if not data_dir:
+        msg = f"{package.root}: the gates need validation images; pass --data DATASET_DIR"
+        raise SampleError(msg)
+    gate_set, calib_set = load_gate_and_calibration(
+        data_dir,
+        m.input.height,
+        m.input.width,
+        m.input.channels,
+        gate=gate,
+        calibration=calibration,
+        classes=m.dataset.get("classes"),
+    )
+    return gate_set, calib_set, str(data_dir)

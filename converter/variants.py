@@ -12,7 +12,7 @@ from pathlib import Path
 from converter import onnx_graph
 from converter.package import ModelPackage, sha256_file
 from converter.preprocessing import normalize
-from converter.samples import SampleError, load_gate_and_calibration
+from converter.samples import package_gate_sets
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +55,8 @@ def add_variants(
         msg = f"unknown precision(s) {', '.join(unknown)}; allowed: fp16, int8"
         raise ValueError(msg)
     fp32 = onnx_graph.load(package.onnx_path("fp32"))
-    data_dir = data_dir or m.dataset.get("root")
-    if not data_dir:
-        msg = f"{package.root}: the gates need validation images; pass --data DATASET_DIR"
-        raise SampleError(msg)
-    gate_set, calib_set = load_gate_and_calibration(
-        data_dir,
-        m.input.height,
-        m.input.width,
-        m.input.channels,
-        gate=gate_samples,
-        calibration=calibration_samples if "int8" in precisions else 0,
-        classes=m.dataset.get("classes"),
+    gate_set, calib_set, data_dir = package_gate_sets(
+        package, data_dir, gate_samples, calibration_samples if "int8" in precisions else 0
     )
     log.info("gates run on %d images from %s", len(gate_set), data_dir)
     images = normalize(gate_set.images, m.normalization)

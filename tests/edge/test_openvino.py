@@ -84,11 +84,9 @@ def blob_data(tmp_path_factory) -> Path:
     return write_defect_dataset(tmp_path_factory.mktemp("ov-data"), count=48)
 
 
-@pytest.fixture
-def package(tmp_path, blob_data) -> ModelPackage:
-    """A fresh FP32 package (no OpenVINO gate yet) that a test may change."""
-    folder = tmp_path / "pkg"
-    folder.mkdir()
+def write_blob_package(folder: Path, data: Path) -> ModelPackage:
+    """An FP32 package of the blob graph whose manifest names ``data`` as its data set."""
+    folder.mkdir(parents=True)
     graph = write_blob_graph(folder / "model.onnx")
     ModelManifest(
         model_id="blob",
@@ -97,11 +95,17 @@ def package(tmp_path, blob_data) -> ModelPackage:
         output=OutputSpec(name="probability"),
         threshold=0.5,
         min_defect_area=8,
-        dataset={"kind": "folders", "root": str(blob_data), "classes": []},
+        dataset={"kind": "folders", "root": str(data), "classes": []},
         files={"fp32": "model.onnx"},
         files_sha256={"model.onnx": sha256_file(graph)},
     ).save(folder)
     return ModelPackage.open(folder)
+
+
+@pytest.fixture
+def package(tmp_path, blob_data) -> ModelPackage:
+    """A fresh FP32 package (no OpenVINO gate yet) that a test may change."""
+    return write_blob_package(tmp_path / "pkg", blob_data)
 
 
 def cfg(package: ModelPackage, backend: str, device: str = "CPU") -> SimpleNamespace:

@@ -14,14 +14,14 @@ import pytest
 
 from converter.backend_gate import gate_onnxruntime
 from converter.cpu import cpu_model
-from converter.manifest import InputSpec, ModelManifest, OutputSpec
+from converter.manifest import ModelManifest
 from converter.package import ModelPackage, sha256_file
 from converter.samples import SampleError
 from converter.variants import add_variants
 from edge.backends.choice import choose_backend, onnxruntime_precision, plan_backend
 from edge.config import ModelConfig
 from tests.converter.conftest import write_defect_dataset
-from tests.edge.test_openvino import SIZE, write_blob_graph
+from tests.edge.test_openvino import write_blob_package
 
 KEY = "onnxruntime:int8"
 
@@ -31,22 +31,8 @@ def int8_package(tmp_path_factory) -> Path:
     """A package with its FP32 graph and an INT8 graph for ONNX Runtime (export gate passed)."""
     root = tmp_path_factory.mktemp("ort-precision")
     data = write_defect_dataset(root / "data", count=48)
-    folder = root / "pkg"
-    folder.mkdir()
-    graph = write_blob_graph(folder / "model.onnx")
-    ModelManifest(
-        model_id="blob",
-        architecture="blob",
-        input=InputSpec(name="image", height=SIZE, width=SIZE, channels=1),
-        output=OutputSpec(name="probability"),
-        threshold=0.5,
-        min_defect_area=8,
-        dataset={"kind": "folders", "root": str(data), "classes": []},
-        files={"fp32": "model.onnx"},
-        files_sha256={"model.onnx": sha256_file(graph)},
-    ).save(folder)
     package = add_variants(
-        ModelPackage.open(folder),
+        write_blob_package(root / "pkg", data),
         data_dir=None,
         precisions=("int8",),
         gate_samples=16,
@@ -54,7 +40,7 @@ def int8_package(tmp_path_factory) -> Path:
         int8_target="onnxruntime",
     )
     assert package.manifest.gates["int8"]["passed"]
-    return folder
+    return package.root
 
 
 @pytest.fixture
