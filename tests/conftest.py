@@ -1,12 +1,14 @@
-"""Suite-wide fixtures: markers, and the two model packages the line-side tests run.
+"""Suite-wide fixtures: markers, and the model packages the line-side tests run.
 
 Tests without the ``gpu`` marker are marked ``cpu``. ``gpu`` tests are skipped
 here with the reason (TensorRT, pycuda or the GPU is missing).
 
 ``line_package`` is an untrained ONNX package built with ``onnx.helper`` in about a second
 (tests/packages.py: bright pixels are defects), with the I/O and manifest of the exported
-model: the line's plumbing, reliability and protocol tests run it, on the line-side install
-(no TensorFlow). ``trained_package`` trains TinyUNet on a small synthetic DAGM-like set with
+model: the line's plumbing and protocol tests run it, on the line-side install (no
+TensorFlow). ``slow_line_package`` is the same rule with a dead branch that costs what the
+trained model costs: the fault and reliability tests, which need a line the model can
+saturate, run it. ``trained_package`` trains TinyUNet on a small synthetic DAGM-like set with
 the project's own training code and exports it with the project's own converter: only the
 tests that check decisions against the synthetic truth need it, and they skip without
 TensorFlow. ``requires`` marks the other tests that need the ``train`` extra.
@@ -109,6 +111,18 @@ def line_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.packages import write_bright_package
 
     return write_bright_package(tmp_path_factory.mktemp("line-model") / "package", size=MODEL_SIZE)
+
+
+@pytest.fixture(scope="session")
+def slow_line_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``line_package`` with a dead branch that makes it as slow as the trained TinyUNet
+    (tests/packages.py ``SLOW_HEAVY``), deciding exactly as ``line_package`` does: the model
+    of the fault and reliability tests, which need a backlog, busy batches and a saturated line
+    (on the near-instant rule the line keeps up and a kill has nothing to lose)."""
+    from tests.packages import SLOW_HEAVY, write_bright_package
+
+    out = tmp_path_factory.mktemp("slow-line-model") / "package"
+    return write_bright_package(out, size=MODEL_SIZE, model_id="test-bright-slow", heavy=SLOW_HEAVY)
 
 
 @pytest.fixture(scope="session")

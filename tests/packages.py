@@ -14,6 +14,17 @@ all-black one PASS, and the synthetic cameras (surface brightness 95..150 of 255
 of both. It decides by brightness, not by defects: tests that check decisions against the
 synthetic truth use the trained ``trained_package`` (tests/conftest.py) instead.
 
+``heavy=N`` adds a dead branch that costs what a real model costs: N 3x3 convolutions of
+HEAVY_CHANNELS channels at full resolution on the input, whose one-channel result is multiplied
+by a zero initializer and added to the rule's logit. ONNX Runtime folds only constant subgraphs
+and has no x*0 rewrite (it folds the zero into the last 1x1 conv's weights, a conv it still
+runs), so it computes the branch at every level, ORT_ENABLE_ALL included; and as the branch is
+finite for finite input (the line's ``zero_one`` frames), it adds exactly 0: the outputs, and
+so the decisions, are the rule's bit for bit (tests/edge/test_line_package.py checks both).
+SLOW_HEAVY makes it as slow as the session's TinyUNet at MODEL_SIZE (``slow_line_package``):
+the fault and reliability tests need a model slow enough to build a backlog and keep batches
+busy, which the rule alone (0.2 ms a frame) is not.
+
 scripts/gpu_acceptance.py's ``near_free_package`` builds a similar graph (sigmoid(x - 10)) around
 a copy of an existing package's manifest; this one needs no package to start from.
 """
@@ -30,34 +41,87 @@ BRIGHT = 0.55
 GAIN = 20.0
 #: the opset of the graph (the project's export writes 17)
 OPSET = 17
+#: channels of the dead branch's convolutions (``heavy``)
+HEAVY_CHANNELS = 16
+#: the ``heavy`` whose ONNX Runtime time matches the trained TinyUNet's at 128x128 (median ms at
+#: batch 1 / 8, one thread, interleaved, on 2 busy cores: TinyUNet 8.4-9.1 / 74, heavy=8
+#: 7.5-7.6 / 62-70, the rule alone 0.2 / 1.4; two threads bought neither of them anything there)
+SLOW_HEAVY = 8
 
 
-def bright_graph(size: int, in_name: str = "image", out_name: str = "probability"):
-    """The ONNX model of the rule above for ``size``x``size`` single-channel NHWC images."""
+def bright_graph(size: int, in_name: str = "image", out_name: str = "probability", heavy: int = 0):
+    """The ONNX model of the rule above for ``size``x``size`` single-channel NHWC images, with
+    ``heavy`` convolutions of dead weight (see above) when it is not 0."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     weights = np.full((1, 1, 3, 3), GAIN / 9.0, np.float32)  # GAIN * the 3x3 mean
     bias = np.array([-GAIN * BRIGHT], np.float32)
+    initializers = [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")]
+    rule = "rule_logit" if heavy else "logit"
     nodes = [
         # NHWC -> NCHW for Conv, and back: the graph keeps the exported model's layout
         helper.make_node("Transpose", [in_name], ["nchw"], perm=[0, 3, 1, 2]),
-        helper.make_node("Conv", ["nchw", "w", "b"], ["logit"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["nchw", "w", "b"], [rule], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+    ]
+    if heavy:
+        branch_nodes, branch_weights = dead_branch("nchw", rule, "logit", heavy)
+        nodes += branch_nodes
+        initializers += branch_weights
+    nodes += [
         helper.make_node("Sigmoid", ["logit"], ["prob_nchw"]),
         helper.make_node("Transpose", ["prob_nchw"], [out_name], perm=[0, 2, 3, 1]),
     ]
     shape = ["batch", size, size, 1]
     graph = helper.make_graph(
         nodes,
-        "lineside-bright",
+        "lineside-bright" if not heavy else f"lineside-bright-heavy{heavy}",
         [helper.make_tensor_value_info(in_name, TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, shape)],
-        initializer=[numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")],
+        initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8  # what every ONNX Runtime this project supports reads
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def dead_branch(source: str, logit: str, out: str, heavy: int) -> tuple[list, list]:
+    """The nodes of ``out = logit + 0 * branch(source)``: ``heavy`` 3x3 Conv+Relu layers of
+    HEAVY_CHANNELS channels (He-scaled fixed random weights, so activations stay of order 1) and
+    a 1x1 Conv to one channel; returns the nodes and their initializers."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(17)
+    nodes, initializers, prev, cin = [], [], source, 1
+    for i in range(heavy):
+        w = rng.standard_normal((HEAVY_CHANNELS, cin, 3, 3)) * np.sqrt(2.0 / (9 * cin))
+        initializers += [
+            numpy_helper.from_array(w.astype(np.float32), f"heavy_w{i}"),
+            numpy_helper.from_array(np.zeros(HEAVY_CHANNELS, np.float32), f"heavy_b{i}"),
+        ]
+        nodes += [
+            helper.make_node(
+                "Conv",
+                [prev, f"heavy_w{i}", f"heavy_b{i}"],
+                [f"heavy_c{i}"],
+                kernel_shape=[3, 3],
+                pads=[1, 1, 1, 1],
+            ),
+            helper.make_node("Relu", [f"heavy_c{i}"], [f"heavy_r{i}"]),
+        ]
+        prev, cin = f"heavy_r{i}", HEAVY_CHANNELS
+    initializers += [
+        numpy_helper.from_array(np.full((1, cin, 1, 1), 1.0 / cin, np.float32), "heavy_out_w"),
+        # an initializer, not a Constant node: the zero is a weight, not foldable structure
+        numpy_helper.from_array(np.zeros((), np.float32), "heavy_zero"),
+    ]
+    nodes += [
+        helper.make_node("Conv", [prev, "heavy_out_w"], ["heavy_out"]),
+        helper.make_node("Mul", ["heavy_out", "heavy_zero"], ["heavy_nil"]),
+        helper.make_node("Add", [logit, "heavy_nil"], [out]),
+    ]
+    return nodes, initializers
 
 
 def write_bright_package(
@@ -67,9 +131,11 @@ def write_bright_package(
     model_id: str = "test-bright",
     threshold: float = 0.5,
     min_defect_area: int = 16,
+    heavy: int = 0,
 ) -> Path:
     """Write the package described above to ``out`` (created) and return ``out``; it is opened
-    and its graph checked against its manifest exactly as `lineside run` does before returning."""
+    and its graph checked against its manifest exactly as `lineside run` does before returning.
+    ``heavy``: the dead branch's convolutions (SLOW_HEAVY: as slow as the trained TinyUNet)."""
     import onnx
 
     from converter.manifest import InputSpec, ModelManifest, OutputSpec
@@ -78,10 +144,10 @@ def write_bright_package(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     graph = out / "model.onnx"
-    onnx.save(bright_graph(size), str(graph))
+    onnx.save(bright_graph(size, heavy=heavy), str(graph))
     manifest = ModelManifest(
         model_id=model_id,
-        architecture="bright-3x3",
+        architecture="bright-3x3" if not heavy else f"bright-3x3+dead-conv{heavy}x{HEAVY_CHANNELS}",
         input=InputSpec(name="image", height=size, width=size, channels=1, layout="NHWC"),
         output=OutputSpec(name="probability", activation="sigmoid", channels=1),
         normalization="zero_one",

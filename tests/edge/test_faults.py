@@ -8,7 +8,8 @@ being the ones in the log.
 
 The lossless camera sends 512x512 frames that the 128x128 model sees as 16 tiles, faster
 than the line can decide them, so at any moment the camera, the router and the workers
-each hold frames: a kill always has something to lose.
+each hold frames: a kill always has something to lose. That takes a model as slow as the
+trained one: ``slow_line_package`` (no TensorFlow), since none of this checks what is decided.
 """
 
 from __future__ import annotations
@@ -90,9 +91,9 @@ def pid_alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("victim", list(LOST_WITH))
 def test_a_killed_child_is_restarted_and_the_books_stay_whole(
-    trained_package: Path, tmp_path: Path, victim: str
+    slow_line_package: Path, tmp_path: Path, victim: str
 ) -> None:
-    cfg = saturated_line(tmp_path, trained_package)
+    cfg = saturated_line(tmp_path, slow_line_package)
     daemon, sub = start_line(tmp_path, cfg)
     try:
         assert sub.wait_for(lambda s: len(s.results) >= 20 and s.statuses, 90), daemon.output()
@@ -151,11 +152,11 @@ def test_a_killed_child_is_restarted_and_the_books_stay_whole(
         assert seen == in_log, (len(seen - in_log), len(in_log - seen))
 
 
-def test_a_killed_supervisor_takes_its_line_with_it(trained_package: Path, tmp_path: Path) -> None:
+def test_a_killed_supervisor_takes_its_line_with_it(slow_line_package: Path, tmp_path: Path) -> None:
     """``kill -9`` of `lineside run`: every child stops within a few seconds, the books are
     closed, the run folder is gone, and a second line starts on the same ports."""
     before = set(glob.glob(os.path.join(tempfile.gettempdir(), "lineside-*")))
-    cfg = saturated_line(tmp_path, trained_package)
+    cfg = saturated_line(tmp_path, slow_line_package)
     daemon, sub = start_line(tmp_path, cfg)
     try:
         assert sub.wait_for(lambda s: len(s.results) >= 20 and s.statuses, 90), daemon.output()

@@ -14,7 +14,7 @@ from converter.synthetic import render
 from edge.config import DecisionConfig
 from edge.postprocess import FAIL, PASS, decide
 from tests.conftest import MODEL_CLASS, MODEL_SIZE
-from tests.packages import BRIGHT
+from tests.packages import BRIGHT, SLOW_HEAVY
 
 
 def decisions(package: Path, images: np.ndarray) -> list[str]:
@@ -61,3 +61,32 @@ def test_synthetic_frames_give_both_decisions(line_package: Path) -> None:
     frames = np.stack([render(rng, MODEL_SIZE, MODEL_CLASS, bool(i % 2))[0] for i in range(24)])
     got = decisions(line_package, frames)
     assert 4 <= got.count(FAIL) <= 20, got
+
+
+def test_the_slow_package_decides_as_the_line_package_and_its_dead_weight_is_computed(
+    line_package: Path, slow_line_package: Path, tmp_path: Path
+) -> None:
+    """``slow_line_package``'s dead branch changes no bit of the output, and ONNX Runtime at
+    ORT_ENABLE_ALL (the line's level) still computes it: its convolutions survive optimization."""
+    import onnx
+
+    def session(package: Path, optimized: Path | None = None) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if optimized is not None:
+            options.optimized_model_filepath = str(optimized)
+        path = ModelPackage.open(package).onnx_path()
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    rng = np.random.default_rng(1)
+    frames = [render(rng, MODEL_SIZE, MODEL_CLASS, bool(i % 2))[0] for i in range(8)]
+    frames += [np.full((MODEL_SIZE, MODEL_SIZE), v, np.uint8) for v in (0, int(255 * BRIGHT), 255)]
+    x = normalize(np.stack(frames), "zero_one")[..., None].astype(np.float32)
+    optimized = tmp_path / "slow-optimized.onnx"
+    rule = session(line_package).run(None, {"image": x})[0]
+    slow = session(slow_line_package, optimized).run(None, {"image": x})[0]
+    assert np.array_equal(rule, slow)
+    # the rule's conv, the branch's SLOW_HEAVY 3x3 and its 1x1 (FusedConv or nchwc Conv once fused)
+    ops = [node.op_type for node in onnx.load(str(optimized)).graph.node]
+    assert sum(op.endswith("Conv") for op in ops) == SLOW_HEAVY + 2, ops

@@ -1,5 +1,8 @@
 """What the daemon must survive (../shared/RELIABILITY.md), each shown on the real
-daemon: real processes, real ZeroMQ sockets, real signals, a real SQLite log."""
+daemon: real processes, real ZeroMQ sockets, real signals, a real SQLite log. The model is
+``slow_line_package``: untrained (no TensorFlow) but as slow as the trained one, so that a
+backlog builds, batches stay busy and a kill finds frames in flight; no test here checks what
+it decides."""
 
 from __future__ import annotations
 
@@ -39,11 +42,11 @@ def results_of(sub: Subscriber, cam: str) -> list[dict]:
 
 
 def test_worker_killed_mid_run_is_restarted_and_its_frames_counted(
-    trained_package: Path, tmp_path: Path
+    slow_line_package: Path, tmp_path: Path
 ) -> None:
     cams = [synthetic_camera(f"cam{i}", size=MODEL_SIZE, fps=15, seed=i) for i in (1, 2)]
     cfg = line_config(
-        tmp_path, trained_package, cams, workers={"count": 2, "max_batch": 8, "max_wait_ms": 200}
+        tmp_path, slow_line_package, cams, workers={"count": 2, "max_batch": 8, "max_wait_ms": 200}
     )
     daemon, sub = start_line(tmp_path, cfg)
     try:
@@ -87,7 +90,7 @@ def test_worker_killed_mid_run_is_restarted_and_its_frames_counted(
     assert "worker:0 exited" in daemon.output()
 
 
-def test_camera_faults_give_no_decision_then_reconnect(trained_package: Path, tmp_path: Path) -> None:
+def test_camera_faults_give_no_decision_then_reconnect(slow_line_package: Path, tmp_path: Path) -> None:
     """A stalled read, a black frame, a frozen (repeated) frame and a disconnect: each is an
     explicit NO_DECISION with its reason, never a PASS; the camera recovers by itself."""
     flaky = synthetic_camera(
@@ -103,7 +106,7 @@ def test_camera_faults_give_no_decision_then_reconnect(trained_package: Path, tm
     )
     flaky.update(read_timeout_s=1.0, reconnect_initial_s=0.2, reconnect_max_s=1.0)
     steady = synthetic_camera("steady", size=MODEL_SIZE, fps=10, seed=4)
-    cfg = line_config(tmp_path, trained_package, [flaky, steady])
+    cfg = line_config(tmp_path, slow_line_package, [flaky, steady])
     daemon, sub = start_line(tmp_path, cfg, duration=10)
     assert finish(daemon, sub) == 0, daemon.output()
     summary = daemon.summary()
@@ -140,9 +143,9 @@ def test_camera_faults_give_no_decision_then_reconnect(trained_package: Path, tm
     assert daemon.output().count("flaky: camera fault") == 2
 
 
-def test_stalled_subscriber_does_not_slow_the_line(trained_package: Path, tmp_path: Path) -> None:
+def test_stalled_subscriber_does_not_slow_the_line(slow_line_package: Path, tmp_path: Path) -> None:
     cams = [synthetic_camera("cam1", size=MODEL_SIZE, fps=20, seed=5)]
-    cfg = line_config(tmp_path, trained_package, cams)
+    cfg = line_config(tmp_path, slow_line_package, cams)
     ctx = zmq.Context()
     stalled = ctx.socket(zmq.SUB)
     stalled.setsockopt(zmq.RCVHWM, 1)
@@ -162,10 +165,10 @@ def test_stalled_subscriber_does_not_slow_the_line(trained_package: Path, tmp_pa
     assert summary["e2e_ms"]["p99"] < 1000, summary["e2e_ms"]
 
 
-def test_sigterm_drains_within_bound_and_logs_every_decision(trained_package: Path, tmp_path: Path) -> None:
+def test_sigterm_drains_within_bound_and_logs_every_decision(slow_line_package: Path, tmp_path: Path) -> None:
     run_dirs = set(glob.glob(os.path.join(tempfile.gettempdir(), "lineside-*")))
     cams = [synthetic_camera(f"cam{i}", size=MODEL_SIZE, fps=15, seed=i) for i in (7, 8)]
-    cfg = line_config(tmp_path, trained_package, cams, shutdown_timeout_s=6)
+    cfg = line_config(tmp_path, slow_line_package, cams, shutdown_timeout_s=6)
     daemon, sub = start_line(tmp_path, cfg)
     assert sub.wait_for(lambda s: len(s.results) >= 30, 60), daemon.output()
     # Health: liveness and readiness are separate endpoints, and the line is ready now.
@@ -200,10 +203,10 @@ def test_sigterm_drains_within_bound_and_logs_every_decision(trained_package: Pa
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "lineside-*"))) == run_dirs
 
 
-def test_readiness_goes_false_while_a_camera_is_silent(trained_package: Path, tmp_path: Path) -> None:
+def test_readiness_goes_false_while_a_camera_is_silent(slow_line_package: Path, tmp_path: Path) -> None:
     silent = synthetic_camera("silent", size=MODEL_SIZE, fps=10, seed=9, stall_at=20, stall_s=30.0)
     silent.update(read_timeout_s=6.0, silent_after_s=2.0)
-    cfg = line_config(tmp_path, trained_package, [silent])
+    cfg = line_config(tmp_path, slow_line_package, [silent])
     port = cfg["metrics"]["port"]
     daemon, sub = start_line(tmp_path, cfg)
     try:
@@ -222,11 +225,11 @@ def test_readiness_goes_false_while_a_camera_is_silent(trained_package: Path, tm
     assert finish(daemon, sub) == 0, daemon.output()
 
 
-def test_shutdown_is_bounded_even_when_peers_are_dead(trained_package: Path, tmp_path: Path) -> None:
+def test_shutdown_is_bounded_even_when_peers_are_dead(slow_line_package: Path, tmp_path: Path) -> None:
     """SIGTERM right after the workers and the collector were killed: nobody is left to
     drain to, and the daemon still exits within its bound."""
     cams = [synthetic_camera("cam1", size=MODEL_SIZE, fps=15, seed=41)]
-    cfg = line_config(tmp_path, trained_package, cams, workers={"count": 2}, shutdown_timeout_s=5)
+    cfg = line_config(tmp_path, slow_line_package, cams, workers={"count": 2}, shutdown_timeout_s=5)
     daemon, sub = start_line(tmp_path, cfg)
     assert sub.wait_for(lambda s: len(s.results) >= 10 and s.statuses, 60), daemon.output()
     pids = sub.statuses[-1]["processes"]
@@ -243,7 +246,7 @@ def test_shutdown_is_bounded_even_when_peers_are_dead(trained_package: Path, tmp
     assert "Traceback" not in daemon.output()
 
 
-def test_a_backlogged_camera_never_starves_another(trained_package: Path, tmp_path: Path) -> None:
+def test_a_backlogged_camera_never_starves_another(slow_line_package: Path, tmp_path: Path) -> None:
     """A lossless camera that offers far more than the line can decide beside a latest camera:
     the latest camera keeps its share of the worker in every window, and the lossless one's
     overflow is counted as it happens. (Before: the router stopped reading the shared frames
@@ -253,7 +256,7 @@ def test_a_backlogged_camera_never_starves_another(trained_package: Path, tmp_pa
     trig.update(fit="tile", buffer=16)  # 16 tiles a frame, 3x what one worker decides
     live = synthetic_camera("live", size=MODEL_SIZE, fps=5, seed=62, policy="latest", bank=4)
     cfg = line_config(
-        tmp_path, trained_package, [trig, live], workers={"count": 1, "max_batch": 2, "max_wait_ms": 20}
+        tmp_path, slow_line_package, [trig, live], workers={"count": 1, "max_batch": 2, "max_wait_ms": 20}
     )
     daemon, sub = start_line(tmp_path, cfg)
     try:
@@ -288,7 +291,7 @@ def test_a_backlogged_camera_never_starves_another(trained_package: Path, tmp_pa
 
 
 def test_a_worker_busy_for_longer_than_its_heartbeat_timeout_is_not_declared_dead(
-    trained_package: Path, tmp_path: Path
+    slow_line_package: Path, tmp_path: Path
 ) -> None:
     """Six stills of 2048x2048 are 256 model tiles each: a batch computes for several seconds,
     far past ``heartbeat_timeout_s`` (1.5 s) and the 2 s stall bound. Heartbeats come from
@@ -311,7 +314,7 @@ def test_a_worker_busy_for_longer_than_its_heartbeat_timeout_is_not_declared_dea
     big["options"] = {"path": str(folder)}
     cfg = line_config(
         tmp_path,
-        trained_package,
+        slow_line_package,
         [big],
         workers={"count": 1, "max_batch": 4, "max_wait_ms": 1000, "heartbeat_timeout_s": 1.5},
         shutdown_timeout_s=2,
@@ -330,14 +333,14 @@ def test_a_worker_busy_for_longer_than_its_heartbeat_timeout_is_not_declared_dea
 
 
 def test_a_decision_that_comes_after_its_frame_was_counted_lost_replaces_the_drop(
-    trained_package: Path, tmp_path: Path
+    slow_line_package: Path, tmp_path: Path
 ) -> None:
     """The only worker is frozen (SIGSTOP) past its heartbeat timeout: the router reports its
     frames lost. Thawed, it finishes them: each late decision is published and logged, and
     undoes its drop, so at the end nothing it decided is counted lost."""
     cams = [synthetic_camera("cam1", size=MODEL_SIZE, fps=10, seed=72)]
     cfg = line_config(
-        tmp_path, trained_package, cams, workers={"count": 1, "max_batch": 4, "heartbeat_timeout_s": 1.5}
+        tmp_path, slow_line_package, cams, workers={"count": 1, "max_batch": 4, "heartbeat_timeout_s": 1.5}
     )
     daemon, sub = start_line(tmp_path, cfg)
     try:
