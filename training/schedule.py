@@ -86,13 +86,14 @@ def make_time_budget_callback(
     built the input pipeline, which took 12 s for the tests' 40 epochs on a busy CPU).
 
     After every epoch it estimates the epochs that fit (``epochs_that_fit``) from the mean epoch
-    time. The first epoch of a process is timed from the end of its first step, scaled to all of
-    its steps: before that come the input pipeline's start and the graph tracing (together 24 s
-    for the tests' tiny model on a busy CPU, against 1 s for each later epoch), and planning from
-    them stopped a run that had room for fifteen more epochs. When the estimate changes,
-    ``on_plan(epochs)`` is called, so that the learning-rate schedule can end at the new last
-    epoch. Training stops at the planned epoch; should that come sooner than the last estimate
-    said (the epochs got slower), with a warning. ``stopped`` and ``plan`` tell the outcome.
+    time, or the latest epoch's when that was slower. The first epoch of a process is timed from
+    the end of its first step, scaled to all of its steps: before that come the input pipeline's
+    start and the graph tracing (together 24 s for the tests' tiny model on a busy CPU, against 1
+    s for each later epoch), and planning from them stopped a run that had room for fifteen more
+    epochs. When the estimate changes, ``on_plan(epochs)`` is called, so that the learning-rate
+    schedule can end at the new last epoch. Training stops at the planned epoch; should that come
+    sooner than the last estimate said (the epochs got slower), with a warning. ``stopped`` and
+    ``plan`` tell the outcome.
     """
 
     budget_s = max_minutes * 60
@@ -124,7 +125,11 @@ def make_time_budget_callback(
             self.last_end = now
             done, elapsed = epoch + 1, now - self.started
             previous = self.plan
-            self._replan(done, elapsed, sum(self.durations) / len(self.durations))
+            # The slower of the mean and the latest epoch: a machine that gets busy mid-run
+            # is noticed at once, while the mean alone lagged it by epochs (CI: the plan fell
+            # from 4 to 3 only after epoch 3 had run on the 4-epoch cosine, ending at 15 %).
+            mean = sum(self.durations) / len(self.durations)
+            self._replan(done, elapsed, max(mean, self.durations[-1]))
             if self.plan > done or done >= self.planned:
                 return  # more epochs fit, or the last planned epoch: the run ends anyway
             if previous > done:
