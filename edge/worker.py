@@ -66,22 +66,17 @@ def select_backend(cfg: LineConfig, package: ModelPackage) -> tuple[Backend, str
         from edge.backends.trt import TensorRTBackend
 
         return TensorRTBackend.for_package(package, plan), f"tensorrt: {why}"
-    why = _ort_precision(cfg, package)[1]
-    return _onnxruntime(cfg, package), f"onnxruntime (as configured; {why})"
+    backend, why = _onnxruntime(cfg, package)
+    return backend, f"onnxruntime (as configured; {why})"
 
 
-def _ort_precision(cfg: LineConfig, package: ModelPackage) -> tuple[str, str]:
-    """The graph ONNX Runtime runs here (``model.precision: auto`` resolved), and why."""
+def _onnxruntime(cfg: LineConfig, package: ModelPackage) -> tuple[Backend, str]:
+    """ONNX Runtime on the graph it runs here (``model.precision: auto`` resolved once), and why."""
     from edge.backends.choice import onnxruntime_precision
-
-    return onnxruntime_precision(package, cfg.model.precision)
-
-
-def _onnxruntime(cfg: LineConfig, package: ModelPackage) -> Backend:
     from edge.backends.onnxrt import OnnxRuntimeBackend
 
-    precision, _ = _ort_precision(cfg, package)
-    return OnnxRuntimeBackend(package.onnx_path(precision), threads=cfg.model.threads)
+    precision, why = onnxruntime_precision(package, cfg.model.precision)
+    return OnnxRuntimeBackend(package.onnx_path(precision), threads=cfg.model.threads), why
 
 
 def decision_rules(cfg: LineConfig, package: ModelPackage) -> DecisionConfig:
@@ -632,7 +627,8 @@ def _open_worker(cfg: LineConfig, name: str) -> Worker:
         # too old for this TensorRT's CUDA, GPU memory taken): the line runs on ONNX Runtime
         note = f"tensorrt unusable, running onnxruntime instead: {exc}"
         log.warning("%s: %s", name, note)
-        backend, why = _onnxruntime(cfg, package), "onnxruntime (TensorRT failed to start, see above)"
+        backend = _onnxruntime(cfg, package)[0]
+        why = "onnxruntime (TensorRT failed to start, see above)"
         worker = _start_backend(cfg, package, backend, name)
         worker.backend_note = note[:NOTE_CHARS]
     log.info("%s: backend %s — %s", name, backend.describe(), why)
@@ -642,8 +638,10 @@ def _open_worker(cfg: LineConfig, name: str) -> Worker:
 def _start_backend(cfg: LineConfig, package: ModelPackage, backend: Backend, name: str) -> Worker:
     """A worker on ``backend``, activated and tried on one blank image; on failure whatever
     was made is freed (on the backend's thread) before the error goes up."""
-    if backend.name == "onnxruntime":
-        package.check_graph_io(_ort_precision(cfg, package)[0])
+    if backend.name == "onnxruntime" and backend.onnx_path.is_file():  # activate() names a missing one
+        from converter.onnx_graph import check_io
+
+        check_io(backend.onnx_path, package.manifest)  # the graph it holds, not a precision resolved again
     worker = Worker(cfg, package, backend, name)
     try:
         try:
