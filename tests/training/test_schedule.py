@@ -78,7 +78,8 @@ def test_the_budget_says_nothing_on_the_last_planned_epoch(caplog):
 @needs_tensorflow
 def test_an_epoch_that_got_slower_shortens_the_plan_at_once(monkeypatch, caplog):
     """The estimate follows the latest epoch when it was slower than the mean: a machine that
-    gets busy changes the plan before the next epoch runs on the old cosine."""
+    gets busy changes the plan before the next epoch runs on the old cosine. The plan never
+    grows back, so the learning rate only falls."""
     from types import SimpleNamespace
 
     import training.schedule as schedule
@@ -98,6 +99,9 @@ def test_an_epoch_that_got_slower_shortens_the_plan_at_once(monkeypatch, caplog)
     now[0] = 30.0
     budget.on_epoch_end(1)  # 20 s: the mean (15 s) would say 2 + 70 // 16.5 = 6
     assert plans == [9, 2 + 70 // 22] == [9, 5] and budget.plan == 5
+    now[0] = 35.0
+    budget.on_epoch_end(2)  # 5 s: 3 + 65 // 16.5 = 6 would fit, but a longer plan raises the rate
+    assert plans == [9, 5] and budget.plan == 5
 
 
 @pytest.mark.slow
