@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 #: the estimate counts every epoch this much longer than measured, so that a machine slowing
 #: down a little towards the end still finishes the last planned epoch within the budget
 BUDGET_MARGIN = 0.1
+#: the epochs whose mean time can raise the estimate above the mean of all (epoch_estimate)
+RECENT_EPOCHS = 2
 #: ``stopped_by`` of a run the time budget ended before ``train.epochs``
 TIME_BUDGET = "time budget"
 
@@ -31,6 +33,17 @@ def epochs_that_fit(
     left = budget_s - elapsed_s
     more = math.floor(left / (epoch_s * (1.0 + margin))) if epoch_s > 0 else planned
     return max(done, min(planned, done + max(more, 0)))
+
+
+def epoch_estimate(durations: list[float]) -> float:
+    """The epoch time to plan with: the mean so far, or the mean of the last ``RECENT_EPOCHS``
+    when that is longer. A machine that gets busy after 15 epochs moves the mean of all of
+    them little, and the run's last epochs would overrun the plan; the latest epoch alone
+    would take every periodic cost (a mining pass every 2 epochs: 70 s against 60 s) as the
+    new pace, and the plan, which never grows back, would lose epochs to it for good."""
+    mean = sum(durations) / len(durations)
+    recent = durations[-RECENT_EPOCHS:]
+    return max(mean, sum(recent) / len(recent))
 
 
 def describe_end(epochs_done: int, epochs_planned: int, stopped_by: str | None) -> str:
@@ -86,14 +99,14 @@ def make_time_budget_callback(
     built the input pipeline, which took 12 s for the tests' 40 epochs on a busy CPU).
 
     After every epoch it estimates the epochs that fit (``epochs_that_fit``) from the mean epoch
-    time, or the latest epoch's when that was slower; the plan never grows back. The first epoch
-    of a process is timed from the end of its first step, scaled to all of its steps: before that
-    come the input pipeline's start and the graph tracing (together 24 s for the tests' tiny model
-    on a busy CPU, against 1 s for each later epoch), and planning from them stopped a run that
-    had room for fifteen more epochs. When the estimate changes, ``on_plan(epochs)`` is called, so
-    that the learning-rate schedule can end at the new last epoch. Training stops at the planned
-    epoch; should that come sooner than the last estimate said (the epochs got slower), with a
-    warning. ``stopped`` and ``plan`` tell the outcome.
+    time (``epoch_estimate``: or the last epochs' when they were slower); the plan never grows
+    back. The first epoch of a process is timed from the end of its first step, scaled to all of
+    its steps: before that come the input pipeline's start and the graph tracing (together 24 s
+    for the tests' tiny model on a busy CPU, against 1 s for each later epoch), and planning from
+    them stopped a run that had room for fifteen more epochs. When the estimate changes,
+    ``on_plan(epochs)`` is called, so that the learning-rate schedule can end at the new last
+    epoch. Training stops at the planned epoch; should that come sooner than the last estimate
+    said (the epochs got slower), with a warning. ``stopped`` and ``plan`` tell the outcome.
     """
 
     budget_s = max_minutes * 60
@@ -125,11 +138,7 @@ def make_time_budget_callback(
             self.last_end = now
             done, elapsed = epoch + 1, now - self.started
             previous = self.plan
-            # The slower of the mean and the latest epoch: a machine that gets busy mid-run
-            # is noticed at once, while the mean alone lagged it by epochs (CI: the plan fell
-            # from 4 to 3 only after epoch 3 had run on the 4-epoch cosine, ending at 15 %).
-            mean = sum(self.durations) / len(self.durations)
-            self._replan(done, elapsed, max(mean, self.durations[-1]))
+            self._replan(done, elapsed, epoch_estimate(self.durations))
             if self.plan > done or done >= self.planned:
                 return  # more epochs fit, or the last planned epoch: the run ends anyway
             if previous > done:
