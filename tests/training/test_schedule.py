@@ -118,10 +118,10 @@ def test_an_epoch_that_got_slower_shortens_the_plan_at_once(monkeypatch, caplog)
 def test_a_cut_run_ends_on_small_steps_and_says_where_it_stopped(dagm_root, tmp_path, capsys, caplog):
     """40 epochs of 60 steps do not fit in the budget: it must cut the run, end the cosine at
     the cut and report it in the summary, the log and training.json. The budget is measured
-    against a control in the same process: the same recipe stopped after its first epoch,
-    whose set-up and graph tracing took 16 s on an idle AVX2 EPYC, 83 s in a loaded CI run and
-    137 s beside `stress-ng --cpu 2`, against 1.5-2.5 s for each later epoch (a fixed 90 s
-    left a loaded machine nothing to shape)."""
+    against a control in the same process: the same recipe stopped after its first epoch
+    (set-up and graph tracing included: 35 s on an idle AVX2 EPYC, 69 s beside
+    `stress-ng --cpu 2`; 120 planned epochs took 83 s in a loaded CI run), against 1.5-2.5 s
+    for each later epoch. A fixed 90 s left a loaded machine nothing to shape."""
     import json
 
     import yaml
