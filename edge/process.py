@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import faulthandler
 import logging
 import multiprocessing
 import os
@@ -57,6 +58,10 @@ def die_with_parent(on_orphan: Callable[[], None], grace_s: float = 15.0) -> Non
         while os.getppid() == parent_pid:
             time.sleep(PARENT_POLL_S)
         log.warning("the supervisor (pid %d) is gone; stopping", parent_pid)
+        # A C watchdog too: a process stuck where this thread cannot run (the interpreter's
+        # exit, which freezes daemon threads) still ends, with every thread's stack on stderr.
+        # (CI once saw an orphaned router alive 20 s after its supervisor's kill -9.)
+        faulthandler.dump_traceback_later(grace_s + 1.0, exit=True)
         on_orphan()
         time.sleep(grace_s)
         # The stop did not finish (a native call stuck for good): the process must not linger.
