@@ -104,14 +104,15 @@ class ModelPackage:
 
     def check_graph_io(self, precision: str = "fp32") -> None:
         """Refuse a graph whose input or output disagrees with the manifest (names, shape, layout, dtype)."""
+        self.check_graph_file(self.onnx_path(precision), precision)
+
+    def check_graph_file(self, path: Path, precision: str = "") -> None:
+        """``check_graph_io`` for the graph at ``path`` (the one a backend already holds)."""
         from converter.onnx_graph import check_io
 
-        path = self.onnx_path(precision)
         if not path.is_file():
-            msg = (
-                f"{path}: the manifest names this {precision} graph but it is missing; "
-                "re-run `lineside export`"
-            )
+            what = f"this {precision} graph" if precision else "this graph"
+            msg = f"{path}: the manifest names {what} but it is missing; re-run `lineside export`"
             raise ManifestError(msg)
         check_io(path, self.manifest)
 

@@ -638,10 +638,8 @@ def _open_worker(cfg: LineConfig, name: str) -> Worker:
 def _start_backend(cfg: LineConfig, package: ModelPackage, backend: Backend, name: str) -> Worker:
     """A worker on ``backend``, activated and tried on one blank image; on failure whatever
     was made is freed (on the backend's thread) before the error goes up."""
-    if backend.name == "onnxruntime" and backend.onnx_path.is_file():  # activate() names a missing one
-        from converter.onnx_graph import check_io
-
-        check_io(backend.onnx_path, package.manifest)  # the graph it holds, not a precision resolved again
+    if backend.name == "onnxruntime":
+        package.check_graph_file(backend.onnx_path)  # the graph it holds, not a precision resolved again
     worker = Worker(cfg, package, backend, name)
     try:
         try:
