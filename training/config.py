@@ -37,7 +37,7 @@ __all__ = ["ConfigError", "Recipe", "load_config", "parse_override"]
 
 ARCHITECTURES = ("tinyunet", "unet_lowered", "mobilenetv2_unet")
 DATASET_KINDS = ("dagm", "severstal", "folders", "synthetic")
-LOSSES = ("bce", "dice", "adaptive", "bce_dice", "tversky", "bce_tversky")
+LOSSES = ("bce", "dice", "adaptive", "bce_dice", "tversky", "bce_tversky", "bce_dice_per_image")
 OPTIMIZERS = ("rmsprop", "adam")
 SCHEDULES = ("exponential", "cosine")
 STRATEGIES = ("default", "mirrored", "multi_worker")

@@ -53,6 +53,7 @@ def evaluate_run(
     import keras
 
     from training.datasets import load_splits
+    from training.datasets.realsurface import by_defect, format_by_defect
     from training.evaluate import evaluate_model
     from training.metrics import format_table
     from training.plots import save_curves, save_grid
@@ -63,6 +64,9 @@ def evaluate_run(
     summary, examples = evaluate_model(model, samples, cfg, n_examples=n_examples)
     summary["split"] = split
     summary["model"] = str(model_path)
+    defects = by_defect(summary["images"], cfg["dataset"]["root"])
+    if defects:
+        summary["by_defect"] = defects
     out = Path(output) if output else run
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -72,6 +76,8 @@ def evaluate_run(
     if history.is_file():
         save_curves(json.loads(history.read_text()), out / "curves.png")
     print(format_table(summary))
+    if defects:
+        print(format_by_defect(defects))
     print(
         f"wrote {out / 'eval.json'}, {out / 'eval_grid.png'}" + (", curves.png" if history.is_file() else "")
     )

@@ -1,5 +1,6 @@
 """Segmentation losses: the seeds' BCE, smoothed Sørensen Dice, UNet_Industrial's adaptive loss and
-BCE + Dice, and the Tversky loss, which weighs a missed defect pixel above a false one.
+BCE + Dice, the Tversky loss, which weighs a missed defect pixel above a false one, and a
+per-image Dice, which weighs a small defect as much as a large one.
 
 All take (y_true, y_pred) with y_pred the sigmoid probabilities, and compute in
 float32 so mixed precision does not change them.
@@ -11,7 +12,7 @@ from collections.abc import Callable
 
 from converter.errors import LinesideError
 
-LOSS_NAMES = ("bce", "dice", "adaptive", "bce_dice", "tversky", "bce_tversky")
+LOSS_NAMES = ("bce", "dice", "adaptive", "bce_dice", "tversky", "bce_tversky", "bce_dice_per_image")
 #: UNet_Industrial switches from BCE to Dice once the Dice loss is below this
 ADAPTIVE_SWITCH = 0.3
 #: Tversky weights of false positive and false negative pixels (Salehi et al. 2017's choice):
@@ -82,6 +83,31 @@ def bce_tversky_loss(y_true, y_pred):
     return bce_loss(y_true, y_pred) + tversky_loss(y_true, y_pred)
 
 
+def dice_per_image_loss(y_true, y_pred, smooth: float = 1.0):
+    """1 - the mean smoothed Dice of the images (crops) that hold a defect; 0 when none does.
+
+    The batch Dice weighs a defect by its pixels: on the real-surface set a model trained with
+    it found 25,000 px smudges (Dice 0.8-0.9) and never drew a 3,000 px blob or a scratch's thin
+    ellipse. Here each defect counts once, whatever its size. Clean crops have no Dice to score
+    (any prediction on them gives 0): the BCE that goes with it keeps them clean.
+    """
+    import tensorflow as tf
+
+    y_true, y_pred = _f32(y_true, y_pred)
+    axes = list(range(1, len(y_true.shape)))
+    truth = tf.reduce_sum(y_true, axis=axes)
+    dice = (2.0 * tf.reduce_sum(y_true * y_pred, axis=axes) + smooth) / (
+        truth + tf.reduce_sum(y_pred, axis=axes) + smooth
+    )
+    defective = tf.cast(truth > 0, tf.float32)
+    return tf.reduce_sum((1.0 - dice) * defective) / tf.maximum(tf.reduce_sum(defective), 1.0)
+
+
+def bce_dice_per_image_loss(y_true, y_pred):
+    """BCE + the per-image Dice loss: small and thin defects weigh as much as large ones."""
+    return bce_loss(y_true, y_pred) + dice_per_image_loss(y_true, y_pred)
+
+
 _LOSSES: dict[str, Callable] = {
     "bce": bce_loss,
     "dice": dice_loss,
@@ -89,6 +115,7 @@ _LOSSES: dict[str, Callable] = {
     "bce_dice": bce_dice_loss,
     "tversky": tversky_loss,
     "bce_tversky": bce_tversky_loss,
+    "bce_dice_per_image": bce_dice_per_image_loss,
 }
 
 

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 BUDGET_MARGIN = 0.1
 #: the epochs whose mean time can raise the estimate above the mean of all (epoch_estimate)
 RECENT_EPOCHS = 2
+#: the share of its plan a run may have done and still have the plan grow back (``_replan``)
+GROW_UNTIL = 0.5
 #: ``stopped_by`` of a run the time budget ended before ``train.epochs``
 TIME_BUDGET = "time budget"
 
@@ -40,7 +42,7 @@ def epoch_estimate(durations: list[float]) -> float:
     when that is longer. A machine that gets busy after 15 epochs moves the mean of all of
     them little, and the run's last epochs would overrun the plan; the latest epoch alone
     would take every periodic cost (a mining pass every 2 epochs: 70 s against 60 s) as the
-    new pace, and the plan, which never grows back, would lose epochs to it for good."""
+    new pace, and the plan, which grows back only in its first half, would lose epochs to it."""
     mean = sum(durations) / len(durations)
     recent = durations[-RECENT_EPOCHS:]
     return max(mean, sum(recent) / len(recent))
@@ -99,14 +101,15 @@ def make_time_budget_callback(
     built the input pipeline, which took 12 s for the tests' 40 epochs on a busy CPU).
 
     After every epoch it estimates the epochs that fit (``epochs_that_fit``) from the mean epoch
-    time (``epoch_estimate``: or the last epochs' when they were slower); the plan never grows
-    back. The first epoch of a process is timed from the end of its first step, scaled to all of
-    its steps: before that come the input pipeline's start and the graph tracing (together 24 s
-    for the tests' tiny model on a busy CPU, against 1 s for each later epoch), and planning from
-    them stopped a run that had room for fifteen more epochs. When the estimate changes,
-    ``on_plan(epochs)`` is called, so that the learning-rate schedule can end at the new last
-    epoch. Training stops at the planned epoch; should that come sooner than the last estimate
-    said (the epochs got slower), with a warning. ``stopped`` and ``plan`` tell the outcome.
+    time (``epoch_estimate``: or the last epochs' when they were slower); the plan grows back
+    only in its first half (``GROW_UNTIL``). The first epoch of a process is timed from the end
+    of its first step, scaled to all of its steps: before that come the input pipeline's start
+    and the graph tracing (together 24 s for the tests' tiny model on a busy CPU, against 1 s for
+    each later epoch), and planning from them stopped a run that had room for fifteen more
+    epochs. When the estimate changes, ``on_plan(epochs)`` is called, so that the learning-rate
+    schedule can end at the new last epoch. Training stops at the planned epoch; should that
+    come sooner than the last estimate said (the epochs got slower), with a warning. ``stopped``
+    and ``plan`` tell the outcome.
     """
 
     budget_s = max_minutes * 60
@@ -149,9 +152,14 @@ def make_time_budget_callback(
                 self._stop(logging.INFO, done, elapsed, "where the schedule ends")
 
         def _replan(self, done: int, elapsed: float, per_epoch: float) -> None:
-            # The plan only shrinks: raising it again would raise the learning rate again (a
+            # Late in a run the plan only shrinks: raising it would raise the learning rate again (a
             # 20-minute run whose plan went 19, 20, 19, 18, 19, 20 epochs bumped it 9 % each time).
-            fit = min(self.plan, epochs_that_fit(budget_s, elapsed, per_epoch, done, self.planned))
+            # In the first half it may grow back, where the cosine is near its top and a longer
+            # one lifts the rate a few percent: a busy first epoch (the machine, not the run) had
+            # cut a real-surface run's plan to 14 epochs where 19 fit, for good.
+            fit = epochs_that_fit(budget_s, elapsed, per_epoch, done, self.planned)
+            if done > GROW_UNTIL * self.plan:
+                fit = min(fit, self.plan)
             if fit == self.plan:
                 return
             self.plan = fit

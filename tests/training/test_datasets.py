@@ -29,8 +29,17 @@ def test_dagm_loader_reads_labels_and_selects_classes(dagm_root):
 
 
 def test_dagm_errors_name_the_path(dagm_root, tmp_path):
-    with pytest.raises(DatasetError, match=r"Class9 does not exist; found: Class1, Class2"):
-        load_dagm(dagm_root, [9])
+    # the fix names the classes that are there, Class10 after Class2 (a recipe's six classes
+    # pointed at a set of three is the usual way to get here)
+    ten = tmp_path / "ten"
+    shutil.copytree(dagm_root, ten)
+    shutil.copytree(dagm_root / "Class1", ten / "Class10")
+    with pytest.raises(
+        DatasetError,
+        match=r"Class9 does not exist; found: Class1, Class2, Class10; "
+        r'use those: --set "dataset.classes=\[1,2,10\]"',
+    ):
+        load_dagm(ten, [9])
     with pytest.raises(DatasetError, match=r"DAGM root .*missing"):
         load_dagm(tmp_path / "missing", [1])
     broken = tmp_path / "broken"

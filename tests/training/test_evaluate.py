@@ -113,7 +113,9 @@ def test_eval_json_keeps_a_row_per_image(white_is_defect, tmp_path):
 
     run, recipe = white_is_defect
     evaluate_run(run, recipe, output=tmp_path, n_examples=2)
-    rows = json.loads((tmp_path / "eval.json").read_text())["images"]
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    rows = summary["images"]
+    assert "by_defect" not in summary  # a set that does not record its defects
     assert (tmp_path / "eval_grid.png").read_bytes()[:4] == b"\x89PNG"
     assert len(rows) == 10
     by_name = {(r["class_id"], r["name"]): r for r in rows}
@@ -129,6 +131,52 @@ def test_eval_json_keeps_a_row_per_image(white_is_defect, tmp_path):
     extra = by_name[(2, "0001.PNG")]
     assert extra["largest_region_px"] == 64 and extra["largest_false_region_px"] == 25
     assert extra["predicted_px"] == 89 and extra["dice"] == pytest.approx(128 / 153)
+
+
+def test_a_real_surface_set_gets_its_misses_by_defect_kind_and_visibility(white_is_defect, tmp_path, capsys):
+    """A set that records its defects (realsurface.json, as ``lineside realsurface`` writes it):
+    eval.json and the printout group the defective images by kind and visibility band."""
+    import shutil
+
+    from training.datasets.realsurface import MARKER
+    from training.eval_cli import evaluate_run
+
+    run, recipe = white_is_defect
+    root = tmp_path / "set"
+    shutil.copytree(recipe["dataset"]["root"], root)
+    defects = {
+        "1": {
+            "Test": {
+                "defects": {
+                    "0000.PNG": ("blob", 2.5),
+                    "0001.PNG": ("blob", 0.7),
+                    "0002.PNG": ("scratch", 0.3),
+                }
+            }
+        },
+        "2": {"Test": {"defects": {"0000.PNG": ("scratch", 0.8), "0001.PNG": ("smudge", 1.5)}}},
+    }
+    for split in defects.values():
+        split["Test"]["defects"] = {
+            n: {"kind": k, "visibility": v} for n, (k, v) in split["Test"]["defects"].items()
+        }
+    (root / MARKER).write_text(json.dumps({"classes": defects}))
+    local = {**recipe, "dataset": {**recipe["dataset"], "root": str(root)}}
+    evaluate_run(run, local, output=tmp_path / "out", n_examples=0)
+    groups = json.loads((tmp_path / "out" / "eval.json").read_text())["by_defect"]
+    # Class1 0000 and 0001 are found (64 and 16 px), 0002 is missed; Class2 finds both
+    assert {k: (g["images"], g["found"]) for k, g in groups.items()} == {
+        "scratch": (2, 1),
+        "blob": (2, 2),
+        "smudge": (1, 1),
+        "visibility 0-0.5": (1, 0),
+        "visibility 0.5-1": (2, 2),
+        "visibility 1-2": (1, 1),
+        "visibility >= 2": (1, 1),
+    }
+    assert groups["blob"]["dice"] == pytest.approx((1.0 + 0.4) / 2, abs=1e-4)
+    printed = capsys.readouterr().out
+    assert "by defect kind and by visibility" in printed and "visibility 0-0.5" in printed
 
 
 def test_a_negative_example_count_is_one_clear_error(white_is_defect):

@@ -28,7 +28,9 @@ def test_dice_coefficient_and_losses_by_hand():
     poor = np.array([0.2, 0.1, 0.9, 0.4], np.float32).reshape(1, 2, 2, 1)
     assert float(losses.dice_loss(y_true, poor)) >= 0.3
     assert float(losses.adaptive_loss(y_true, poor)) == pytest.approx(float(losses.bce_loss(y_true, poor)))
-    with pytest.raises(ValueError, match="allowed: bce, dice, adaptive, bce_dice, tversky, bce_tversky"):
+    with pytest.raises(
+        ValueError, match="allowed: bce, dice, adaptive, bce_dice, tversky, bce_tversky, bce_dice_per_image"
+    ):
         losses.get_loss("focal")
 
 
@@ -48,6 +50,30 @@ def test_tversky_loss_by_hand_weighs_a_missed_pixel_above_a_false_one():
     assert ratio_tversky > float(losses.dice_loss(y_true, missed)) / float(losses.dice_loss(y_true, false))
     bce = float(losses.bce_loss(y_true, y_pred))
     assert float(losses.bce_tversky_loss(y_true, y_pred)) == pytest.approx(bce + 1 - 2.5 / 3.0, rel=1e-4)
+
+
+@needs_tensorflow
+def test_per_image_dice_weighs_a_small_defect_as_much_as_a_large_one():
+    from training import losses
+
+    # a batch of three 4x4 crops: a large defect found (8 px), a small one missed (1 px), a clean crop
+    y_true = np.zeros((3, 4, 4, 1), np.float32)
+    y_pred = np.zeros((3, 4, 4, 1), np.float32)
+    y_true[0, :2] = 1
+    y_pred[0, :2] = 1
+    y_true[1, 0, 0] = 1
+    y_pred[2, 3, 3] = 0.5  # a false half-pixel on the clean crop
+    # per crop, smooth 1: large (16 + 1) / (16 + 1) = 1; small (0 + 1) / (1 + 0 + 1) = 0.5; the
+    # clean crop is not scored; mean loss over the two defective crops: (0 + 0.5) / 2
+    assert float(losses.dice_per_image_loss(y_true, y_pred)) == pytest.approx(0.25)
+    # over the batch the missed pixel hardly counts: 1 - (2 * 8 + 1) / (9 + 8.5 + 1)
+    assert float(losses.dice_loss(y_true, y_pred)) == pytest.approx(1 - 17 / 18.5)
+    assert float(losses.dice_per_image_loss(y_true, y_pred)) > 3 * float(losses.dice_loss(y_true, y_pred))
+    # no defect in the batch: nothing to score, the BCE alone keeps the crops clean
+    clean = np.zeros((2, 4, 4, 1), np.float32)
+    assert float(losses.dice_per_image_loss(clean, clean + 0.3)) == 0.0
+    bce = float(losses.bce_loss(y_true, y_pred))
+    assert float(losses.get_loss("bce_dice_per_image")(y_true, y_pred)) == pytest.approx(bce + 0.25, rel=1e-4)
 
 
 def test_dice_iou_by_hand():

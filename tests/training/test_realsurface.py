@@ -192,3 +192,54 @@ def test_a_used_folder_and_a_missing_scikit_image_are_refused(tmp_path: Path, ca
         assert len(err) == 1 and "scikit-image is not installed" in err[0] and "pip install" in err[0]
     finally:
         rs.photograph.cache_clear()
+
+
+@needs_skimage
+def test_the_set_records_each_defect_under_its_image(realset: Path):
+    marker = json.loads((realset / rs.MARKER).read_text())
+    for class_id in ("1", "2"):
+        for split in ("Train", "Test"):
+            recorded = marker["classes"][class_id][split]["defects"]
+            lines = (realset / f"Class{class_id}" / split / "Label" / "Labels.txt").read_text().splitlines()
+            defective = {line.split("\t")[2] for line in lines[1:] if line.split("\t")[1] == "1"}
+            assert set(recorded) == defective  # the names of the defective images, and only them
+            for info in recorded.values():
+                assert info["kind"] in rs.DEFECT_KINDS and 0.5 <= info["contrast"] <= 3.0
+                assert info["visibility"] >= 0 and isinstance(info["dark"], bool)
+
+
+def test_visibility_measures_a_shift_and_a_smear_in_the_surroundings_spread():
+    rng = np.random.default_rng(0)
+    image = rng.normal(120, 10, (256, 256))
+    mask = np.zeros((256, 256), bool)
+    mask[100:140, 100:140] = True
+    shifted = image.copy()
+    shifted[mask] -= 15  # 1.5 standard deviations darker
+    assert rs.visibility(shifted, mask) == pytest.approx(1.5, abs=0.1)
+    smeared = image.copy()
+    smeared[mask] = 120 + (smeared[mask] - 120) / 4  # the same mean, a quarter of the spread
+    assert rs.visibility(smeared, mask) == pytest.approx(np.log(4), abs=0.1)
+    assert rs.visibility(image, mask) < 0.1  # nothing drawn
+
+
+def test_the_breakdown_groups_defective_images_by_kind_and_visibility(tmp_path: Path):
+    defects = {
+        "0001.PNG": {"kind": "scratch", "visibility": 0.3},
+        "0002.PNG": {"kind": "scratch", "visibility": 1.2},
+        "0003.PNG": {"kind": "blob", "visibility": 2.5},
+    }
+    marker = {"classes": {"2": {"Test": {"defects": defects}}}}
+    (tmp_path / rs.MARKER).write_text(json.dumps(marker))
+
+    def row(name: str, found: bool, dice: float | None) -> dict:
+        image = str(tmp_path / "Class2" / "Test" / name)
+        return {"image": image, "defective": dice is not None, "predicted_defective": found, "dice": dice}
+
+    rows = [row("0001.PNG", False, 0.1), row("0002.PNG", True, 0.7), row("0003.PNG", True, 0.9)]
+    rows.append(row("0004.PNG", True, None))  # a clean image (a false alarm) is in no group
+    groups = rs.by_defect(rows, tmp_path)
+    assert list(groups) == ["scratch", "blob", "visibility 0-0.5", "visibility 1-2", "visibility >= 2"]
+    assert groups["scratch"] == {"images": 2, "found": 1, "tpr": 0.5, "dice": pytest.approx(0.4)}
+    assert groups["visibility 0-0.5"]["found"] == 0 and groups["visibility >= 2"]["dice"] == 0.9
+    assert "scratch" in rs.format_by_defect(groups) and "50.0 %" in rs.format_by_defect(groups)
+    assert rs.by_defect(rows, tmp_path / "elsewhere") is None  # a set that records no defects

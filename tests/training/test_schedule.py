@@ -86,8 +86,8 @@ def test_the_estimate_follows_a_machine_that_got_busy_but_not_a_periodic_cost():
 @needs_tensorflow
 def test_an_epoch_that_got_slower_shortens_the_plan_at_once(monkeypatch, caplog):
     """The estimate follows the last epochs when they were slower than the mean: a machine that
-    gets busy changes the plan before the next epoch runs on the old cosine. The plan never
-    grows back, so the learning rate only falls."""
+    gets busy changes the plan before the next epoch runs on the old cosine. The plan grows
+    back only in its first half; after that the learning rate only falls."""
     from types import SimpleNamespace
 
     import training.schedule as schedule
@@ -110,8 +110,38 @@ def test_an_epoch_that_got_slower_shortens_the_plan_at_once(monkeypatch, caplog)
     # epoch 4 took 25 s: the last two (17.5 s) say 4 + 145 // 19.25 = 11; the mean (13.75 s) 13
     assert plans == [18, 4 + int(145 // 19.25)] == [18, 11] and budget.plan == 11
     now[0] = 60.0
-    budget.on_epoch_end(4)  # 5 s: 5 + 140 // 16.5 = 13 would fit, but a longer plan raises the rate
-    assert plans == [18, 11] and budget.plan == 11
+    budget.on_epoch_end(4)  # 5 s: 5 + 140 // 16.5 = 13 fit, and 5 of 11 is the plan's first half
+    assert plans == [18, 11, 13] and budget.plan == 13
+
+
+def test_a_busy_first_epoch_does_not_cut_the_plan_for_good(monkeypatch):
+    """The machine was busy while the first epoch ran (30 s, then 10 s each): the plan it made
+    grows back to what the later epochs say fits while the run is in its first half."""
+    from types import SimpleNamespace
+
+    import training.schedule as schedule
+
+    now = [0.0]
+    monkeypatch.setattr(schedule, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+    plans: list[int] = []
+    budget = schedule.make_time_budget_callback(300 / 60, plans.append, started=0.0)
+    budget.set_params({"epochs": 45})
+    budget.set_model(SimpleNamespace(stop_training=False))
+    budget.on_train_begin()
+    now[0] = 30.0
+    budget.on_epoch_end(0)  # one step, so timed whole: 1 + 270 // 33 = 9
+    assert plans == [9]
+    for epoch in range(1, 13):
+        now[0] += 10.0
+        budget.on_epoch_end(epoch)
+    # the mean of all falls towards 10 s and the plan follows it up while the run is in the
+    # plan's first half: after 2 epochs, 2 + 260 // (1.1 * 20) = 13; after 4, 4 + 240 // 16.5 =
+    # 18; after 11, 11 + 170 // (1.1 * 130 / 11) = 24, and 11 <= 12
+    assert plans[:3] == [9, 13, 16] and plans[3] == 4 + int(240 // 16.5) == 18
+    assert plans[-1] == 11 + int(170 // (1.1 * 130 / 11)) == 24 and plans == sorted(plans)
+    now[0] += 2.0
+    budget.on_epoch_end(13)  # past its half a fast epoch no longer raises it (nor the rate)
+    assert budget.plan == 24 and plans[-1] == 24
 
 
 @pytest.mark.slow

@@ -106,6 +106,12 @@ def _report(labels_txt: Path, problems: list[str], lenient: bool) -> None:
         )
 
 
+def _class_number(name: str) -> tuple[int, str]:
+    """Sort key that puts Class10 after Class9."""
+    digits = name.removeprefix("Class")
+    return (int(digits) if digits.isdigit() else 1 << 30, name)
+
+
 def load_dagm_split(root: str | Path, class_id: int, split: str, lenient: bool = False) -> list[Sample]:
     """All images of one class and split, with their label path when defective.
 
@@ -118,8 +124,10 @@ def load_dagm_split(root: str | Path, class_id: int, split: str, lenient: bool =
     root = require_dir(root, "DAGM root", "point dataset.root at the folder that holds Class1..Class10")
     class_dir = root / f"Class{class_id}"
     if not class_dir.is_dir():
-        found = sorted(p.name for p in root.glob("Class*") if p.is_dir())
-        msg = f"DAGM class folder {class_dir} does not exist; found: {', '.join(found) or 'none'}"
+        found = sorted((p.name for p in root.glob("Class*") if p.is_dir()), key=_class_number)
+        have = [n.removeprefix("Class") for n in found if n.removeprefix("Class").isdigit()]
+        fix = f'; use those: --set "dataset.classes=[{",".join(have)}]"' if have else ""
+        msg = f"DAGM class folder {class_dir} does not exist; found: {', '.join(found) or 'none'}{fix}"
         raise DatasetError(msg)
     split_dir = require_dir(
         class_dir / split, "DAGM split folder", "DAGM has Train/ and Test/ in every ClassN"

@@ -30,6 +30,7 @@ Written in the DAGM2007 layout by the same writer as the synthetic set
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -284,14 +285,52 @@ def render(
             label, _ = weak_label(mask.astype(np.float32), (size, size))
     image, camera = _camera(rng, surface)
     info["camera"] = camera
+    if info["defective"]:
+        info["visibility"] = visibility(image, mask)
     return image, label, info
 
 
-def _render_pair(
-    rng: np.random.Generator, defective: bool, texture: str, size: int, labels: str
-) -> tuple[np.ndarray, np.ndarray]:
-    image, label, _ = render(rng, texture, size, defective, labels)
-    return image, label
+def visibility(image: np.ndarray, mask: np.ndarray) -> float:
+    """How far a defect stands out of its surroundings in the final frame, in their own spread.
+
+    The larger of two changes between the defect's pixels and a ring around them (6-24 px out
+    at 512 px): the shift of the mean, in standard deviations of the ring, and the change of
+    the texture's spread, |ln(std inside / std of the ring)| (a smudge smears the texture flat
+    more than it darkens it; halving the spread counts like a shift of 0.69). The drawn contrast
+    is relative to the clean crop before the camera; this is what an inspector (or a model)
+    sees after gain, blur and noise, so misses are judged against it: below about 0.5 a
+    defect is hard to see at all.
+    """
+    size = image.shape[0]
+    near = max(1, round(6 * size / 512))
+    far = max(near + 2, round(24 * size / 512))
+    inside = mask.astype(np.uint8)
+    ring = cv2.dilate(inside, np.ones((2 * far + 1, 2 * far + 1), np.uint8)) > 0
+    ring &= ~(cv2.dilate(inside, np.ones((2 * near + 1, 2 * near + 1), np.uint8)) > 0)
+    pixels = image.astype(np.float32)
+    spread = max(float(pixels[ring].std()), 0.5)  # a flat ring: half a gray level, not zero
+    shift = abs(float(pixels[mask].mean()) - float(pixels[ring].mean())) / spread
+    texture = abs(math.log(max(float(pixels[mask].std()), 0.5) / spread))
+    return round(max(shift, texture), 2)
+
+
+@dataclasses.dataclass
+class _SplitRenderer:
+    """``write_split``'s renderer for one split; notes each defect under its image's name."""
+
+    texture: str
+    size: int
+    labels: str
+    defects: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    rendered: int = 0
+
+    def __call__(self, rng: np.random.Generator, defective: bool) -> tuple[np.ndarray, np.ndarray]:
+        image, label, info = render(rng, self.texture, self.size, defective, self.labels)
+        self.rendered += 1  # write_split renders its images in name order
+        if defective:
+            keep = ("kind", "contrast", "dark", "style", "visibility")
+            self.defects[f"{self.rendered:04d}.PNG"] = {k: info[k] for k in keep if k in info}
+        return image, label
 
 
 def write_realsurface(
@@ -307,7 +346,8 @@ def write_realsurface(
     """Write the real-surface set under ``root`` in the DAGM2007 layout, Class1.. in ``textures`` order.
 
     Each (class, split) has its own seeded stream, so Test never depends on ``n_train``.
-    ``root/realsurface.json`` records the settings and which texture each class is.
+    ``root/realsurface.json`` records the settings, which texture each class is and, per split,
+    each defect by image name (kind, drawn contrast, dark or light, blob style, visibility).
     """
     textures = list(textures)
     if not textures:
@@ -339,9 +379,72 @@ def write_realsurface(
         for split_idx, (split, n) in enumerate((("Train", n_train), ("Test", n_test))):
             # the trailing 13 keeps these streams apart from the synthetic set's for the same seed
             rng = np.random.default_rng([seed, class_id, split_idx, 13])
-            draw = functools.partial(_render_pair, texture=texture, size=size, labels=labels)
+            draw = _SplitRenderer(texture, size, labels)
             per_split[split] = write_split(root / f"Class{class_id}" / split, rng, n, defect_fraction, draw)
+            per_split[split]["defects"] = draw.defects
         summary["classes"][class_id] = per_split
         logger.info("wrote real-surface Class%d (%s) under %s", class_id, texture, root)
     (root / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
     return {"root": str(root), **summary}
+
+
+# --------------------------------------------------------------------------- what fails
+
+#: visibility bands of the evaluation's breakdown (see ``visibility``)
+VISIBILITY_BANDS: tuple[tuple[float, float], ...] = ((0.0, 0.5), (0.5, 1.0), (1.0, 2.0), (2.0, math.inf))
+
+
+def _band(value: float) -> str:
+    """The name of the band ``value`` falls in (bands cover 0 and up)."""
+    low, high = next((lo, hi) for lo, hi in VISIBILITY_BANDS if value < hi)
+    return f"visibility >= {low:g}" if high == math.inf else f"visibility {low:g}-{high:g}"
+
+
+def by_defect(rows: list[dict[str, Any]], root: str | Path) -> dict[str, dict[str, Any]] | None:
+    """The defective images of an evaluation, grouped by defect kind and by visibility band.
+
+    ``rows`` are ``eval.json``'s per-image rows; ``root`` is the data set they came from. Only a
+    set written by ``lineside realsurface`` records its defects, so any other gives None.
+    Each group: images, found (decided defective), tpr and mean Dice.
+    """
+    marker = Path(root) / MARKER
+    if not marker.is_file():
+        return None
+    classes = json.loads(marker.read_text()).get("classes", {})
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if not row["defective"]:
+            continue
+        image = Path(row["image"])
+        split, class_dir = image.parent.name, image.parent.parent.name
+        recorded = classes.get(class_dir.removeprefix("Class"), {}).get(split, {}).get("defects", {})
+        info = recorded.get(image.name)
+        if info is None:  # a set written before defects were recorded, or an image not of the set
+            continue
+        for group in (info["kind"], _band(info["visibility"])):
+            groups.setdefault(group, []).append(row)
+    if not groups:
+        return None
+    order = [*DEFECT_KINDS, *(_band(low) for low, _ in VISIBILITY_BANDS)]
+    out = {}
+    for name in (g for g in order if g in groups):
+        members = groups[name]
+        found = sum(bool(r["predicted_defective"]) for r in members)
+        out[name] = {
+            "images": len(members),
+            "found": found,
+            "tpr": found / len(members),
+            "dice": float(np.mean([r["dice"] for r in members])),
+        }
+    return out
+
+
+def format_by_defect(groups: dict[str, dict[str, Any]]) -> str:
+    """``by_defect``'s groups as lines for ``lineside eval``."""
+    lines = ["defective images by defect kind and by visibility (realsurface.json):"]
+    for name, g in groups.items():
+        lines.append(
+            f"  {name:<18} {g['images']:>4} images  found {g['found']:>4} ({100 * g['tpr']:5.1f} %)"
+            f"  Dice {g['dice']:.3f}"
+        )
+    return "\n".join(lines)
