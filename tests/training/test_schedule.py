@@ -83,11 +83,9 @@ def test_the_estimate_follows_a_machine_that_got_busy_but_not_a_periodic_cost():
     assert epoch_estimate([10.0]) == 10.0
 
 
-@needs_tensorflow
-def test_an_epoch_that_got_slower_shortens_the_plan_at_once(monkeypatch, caplog):
-    """The estimate follows the last epochs when they were slower than the mean: a machine that
-    gets busy changes the plan before the next epoch runs on the old cosine. The plan grows
-    back only in its first half; after that the learning rate only falls."""
+def _budget_on_a_fake_clock(monkeypatch, budget_s: float, epochs: int):
+    """(clock, plans, callback): a time budget of ``budget_s`` for ``epochs`` planned, begun at 0 on
+    a clock the test sets (``clock[0]``); ``plans`` collects every plan it makes."""
     from types import SimpleNamespace
 
     import training.schedule as schedule
@@ -95,10 +93,19 @@ def test_an_epoch_that_got_slower_shortens_the_plan_at_once(monkeypatch, caplog)
     now = [0.0]
     monkeypatch.setattr(schedule, "time", SimpleNamespace(perf_counter=lambda: now[0]))
     plans: list[int] = []
-    budget = schedule.make_time_budget_callback(200 / 60, plans.append, started=0.0)
-    budget.set_params({"epochs": 50})
+    budget = schedule.make_time_budget_callback(budget_s / 60, plans.append, started=0.0)
+    budget.set_params({"epochs": epochs})
     budget.set_model(SimpleNamespace(stop_training=False))
     budget.on_train_begin()
+    return now, plans, budget
+
+
+@needs_tensorflow
+def test_an_epoch_that_got_slower_shortens_the_plan_at_once(monkeypatch, caplog):
+    """The estimate follows the last epochs when they were slower than the mean: a machine that
+    gets busy changes the plan before the next epoch runs on the old cosine. The plan grows
+    back only in its first half; after that the learning rate only falls."""
+    now, plans, budget = _budget_on_a_fake_clock(monkeypatch, budget_s=200, epochs=50)
     now[0] = 1.0
     budget.on_train_batch_end(0)  # tracing ends with the first of 10 steps
     now[0] = 10.0
@@ -114,20 +121,11 @@ def test_an_epoch_that_got_slower_shortens_the_plan_at_once(monkeypatch, caplog)
     assert plans == [18, 11, 13] and budget.plan == 13
 
 
+@needs_tensorflow
 def test_a_busy_first_epoch_does_not_cut_the_plan_for_good(monkeypatch):
     """The machine was busy while the first epoch ran (30 s, then 10 s each): the plan it made
     grows back to what the later epochs say fits while the run is in its first half."""
-    from types import SimpleNamespace
-
-    import training.schedule as schedule
-
-    now = [0.0]
-    monkeypatch.setattr(schedule, "time", SimpleNamespace(perf_counter=lambda: now[0]))
-    plans: list[int] = []
-    budget = schedule.make_time_budget_callback(300 / 60, plans.append, started=0.0)
-    budget.set_params({"epochs": 45})
-    budget.set_model(SimpleNamespace(stop_training=False))
-    budget.on_train_begin()
+    now, plans, budget = _budget_on_a_fake_clock(monkeypatch, budget_s=300, epochs=45)
     now[0] = 30.0
     budget.on_epoch_end(0)  # one step, so timed whole: 1 + 270 // 33 = 9
     assert plans == [9]
