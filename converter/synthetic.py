@@ -304,6 +304,11 @@ def render(
 RenderOne = Callable[[np.random.Generator, bool], tuple[np.ndarray, np.ndarray]]
 
 
+def image_name(index: int) -> str:
+    """The file name ``write_split`` gives its ``index``-th image (from 1): ``0001.PNG``."""
+    return f"{index:04d}.PNG"
+
+
 def write_split(
     split_dir: Path, rng: np.random.Generator, n: int, defect_fraction: float, render_one: RenderOne
 ) -> dict[str, int]:
@@ -322,10 +327,10 @@ def write_split(
     lines = [str(n)]
     for i, defective in enumerate(flags, start=1):
         img, label = render_one(rng, bool(defective))
-        name = f"{i:04d}.PNG"
+        name = image_name(i)
         cv2.imwrite(str(split_dir / name), img)
         if defective:
-            label_name = f"{i:04d}_label.PNG"
+            label_name = name.replace(".PNG", "_label.PNG")
             cv2.imwrite(str(label_dir / label_name), label)
             lines.append(f"{i}\t1\t{name}\t0\t{label_name}")
         else:

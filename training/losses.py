@@ -30,13 +30,16 @@ def _f32(y_true, y_pred):
     return tf.cast(y_true, tf.float32), tf.cast(y_pred, tf.float32)
 
 
-def dice_coefficient(y_true, y_pred, smooth: float = 1.0):
-    """Soft Sørensen Dice over the whole batch, smoothed: (2|A.B| + s) / (|A| + |B| + s)."""
+def dice_coefficient(y_true, y_pred, smooth: float = 1.0, axis=None):
+    """Soft Sørensen Dice, smoothed: (2|A.B| + s) / (|A| + |B| + s), over the whole batch, or
+    one per image when ``axis`` names the axes to sum (all but the first)."""
     import tensorflow as tf
 
     y_true, y_pred = _f32(y_true, y_pred)
-    intersection = tf.reduce_sum(y_true * y_pred)
-    return (2.0 * intersection + smooth) / (tf.reduce_sum(y_true) + tf.reduce_sum(y_pred) + smooth)
+    intersection = tf.reduce_sum(y_true * y_pred, axis=axis)
+    return (2.0 * intersection + smooth) / (
+        tf.reduce_sum(y_true, axis=axis) + tf.reduce_sum(y_pred, axis=axis) + smooth
+    )
 
 
 def dice_loss(y_true, y_pred):
@@ -87,19 +90,17 @@ def dice_per_image_loss(y_true, y_pred, smooth: float = 1.0):
     """1 - the mean smoothed Dice of the images (crops) that hold a defect; 0 when none does.
 
     The batch Dice weighs a defect by its pixels: on the real-surface set a model trained with
-    it found 25,000 px smudges (Dice 0.8-0.9) and never drew a 3,000 px blob or a scratch's thin
-    ellipse. Here each defect counts once, whatever its size. Clean crops have no Dice to score
-    (any prediction on them gives 0): the BCE that goes with it keeps them clean.
+    it found most large smudges (Dice 0.7-0.9) and drew no pixel at all on 7 of the 15 blobs
+    under 6,000 px and on 12 of 30 scratches. Here each defect counts once, whatever its size.
+    Clean crops have no Dice to score (any prediction on them gives 0): the BCE that goes with
+    it keeps them clean.
     """
     import tensorflow as tf
 
     y_true, y_pred = _f32(y_true, y_pred)
     axes = list(range(1, len(y_true.shape)))
-    truth = tf.reduce_sum(y_true, axis=axes)
-    dice = (2.0 * tf.reduce_sum(y_true * y_pred, axis=axes) + smooth) / (
-        truth + tf.reduce_sum(y_pred, axis=axes) + smooth
-    )
-    defective = tf.cast(truth > 0, tf.float32)
+    dice = dice_coefficient(y_true, y_pred, smooth, axis=axes)
+    defective = tf.cast(tf.reduce_sum(y_true, axis=axes) > 0, tf.float32)
     return tf.reduce_sum((1.0 - dice) * defective) / tf.maximum(tf.reduce_sum(defective), 1.0)
 
 

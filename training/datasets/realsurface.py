@@ -41,7 +41,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from converter.synthetic import weak_label, write_split
+from converter.synthetic import image_name, weak_label, write_split
 from training.datasets.base import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -329,7 +329,7 @@ class _SplitRenderer:
         self.rendered += 1  # write_split renders its images in name order
         if defective:
             keep = ("kind", "contrast", "dark", "style", "visibility")
-            self.defects[f"{self.rendered:04d}.PNG"] = {k: info[k] for k in keep if k in info}
+            self.defects[image_name(self.rendered)] = {k: info[k] for k in keep if k in info}
         return image, label
 
 
