@@ -155,8 +155,8 @@ def make_time_budget_callback(
             # Late in a run the plan only shrinks: raising it would raise the learning rate again (a
             # 20-minute run whose plan went 19, 20, 19, 18, 19, 20 epochs bumped it 9 % each time).
             # In the first half it may grow back, where the cosine is near its top and a longer
-            # one lifts the rate a few percent: a busy first epoch (the machine, not the run) had
-            # cut a real-surface run's plan to 14 epochs where 19 fit, for good.
+            # one lifts the rate a few percent: a first epoch slowed by other work on the machine
+            # (not by the run) would otherwise fix the plan for good.
             fit = epochs_that_fit(budget_s, elapsed, per_epoch, done, self.planned)
             if done > GROW_UNTIL * self.plan:
                 fit = min(fit, self.plan)
