@@ -167,6 +167,10 @@ class ModelConfig:
     #: tinyunet: dilation of the two bottleneck convs (1: NVIDIA's), a wider receptive field;
     #: 1 unless architecture is tinyunet
     bottleneck_dilation: int = number(1, ge=1)
+    #: tinyunet: 2 or 4 starts with a conv of that size and stride (it sees every pixel) and
+    #: runs the U-Net at that fraction of the resolution, the logits repeated back to full size
+    #: at the end: about 2.5x the steps at 2 on a CPU, twice the receptive field; 1: NVIDIA's
+    input_stride: int = number(1, ge=1)
     #: mobilenetv2_unet: a local .weights.h5 / .h5 file of a MobileNetV2 encoder, or null (random)
     encoder_weights: str | None = key(None, rule=text_rule())
     #: mobilenetv2_unet: the encoder's width multiplier
@@ -294,6 +298,10 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
             model.bottleneck_dilation,
             "must be 1 unless model.architecture is tinyunet",
         )
+    if model.input_stride not in (1, 2, 4):
+        raise bad("model.input_stride", model.input_stride, "must be 1, 2 or 4")
+    if model.input_stride > 1 and model.architecture != "tinyunet":
+        raise bad("model.input_stride", model.input_stride, "must be 1 unless model.architecture is tinyunet")
     if recipe.dataset.kind != "synthetic" and not recipe.dataset.root:
         raise bad("dataset.root", "", f"must be the folder of the {recipe.dataset.kind} data set")
 

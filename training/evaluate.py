@@ -23,13 +23,13 @@ logger = logging.getLogger(__name__)
 
 def predictions(model, samples: list[Sample], cfg: dict[str, Any]):
     """(normalized image, mask, probability map, class id) per whole image of ``samples``, each HxW."""
-    from training.models import check_input_size
+    from training.models import check_model_input
     from training.pipeline import eval_dataset
 
     checked = False
     for images, masks, class_ids in eval_dataset(samples, cfg):
         if not checked:
-            check_input_size(cfg["model"]["architecture"], int(images.shape[1]), int(images.shape[2]))
+            check_model_input(cfg["model"], int(images.shape[1]), int(images.shape[2]))
             checked = True
         probs = np.asarray(model(images, training=False))
         for image, mask, prob, class_id in zip(

@@ -89,13 +89,13 @@ def strongest_responses(peaks, samples: list[Sample], cfg: dict[str, Any]) -> tu
     The images are whole and normalized as for evaluation (``pipeline.eval_dataset``);
     ``peaks`` is a ``peak_function``.
     """
-    from training.models import check_input_size
+    from training.models import check_model_input
     from training.pipeline import eval_dataset
 
     points, values = [], []
     for images, _, _ in eval_dataset(samples, cfg):
         if not points:  # the message evaluation would give, before the model fails on the size
-            check_input_size(cfg["model"]["architecture"], int(images.shape[1]), int(images.shape[2]))
+            check_model_input(cfg["model"], int(images.shape[1]), int(images.shape[2]))
         where, peak = peaks(images)
         points.append(np.asarray(where))
         values.append(np.asarray(peak))

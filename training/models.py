@@ -25,21 +25,28 @@ class ModelError(LinesideError, ValueError):
     """A model option (architecture, input size, weights file) is invalid."""
 
 
-def model_stride(architecture: str) -> int:
-    """The number every input side must divide by for ``architecture``."""
+def model_stride(architecture: str, input_stride: int = 1) -> int:
+    """The number every input side must divide by for ``architecture`` (with a stem of
+    ``input_stride``, ``model.input_stride``)."""
     if architecture not in MODEL_STRIDES:
         msg = f"unknown architecture {architecture!r}; allowed: {', '.join(MODEL_STRIDES)}"
         raise ModelError(msg)
-    return MODEL_STRIDES[architecture]
+    return MODEL_STRIDES[architecture] * input_stride
 
 
-def check_input_size(architecture: str, height: int, width: int) -> None:
+def check_input_size(architecture: str, height: int, width: int, input_stride: int = 1) -> None:
     """Raise a ModelError naming the size and the nearest valid one when it does not divide."""
-    stride = model_stride(architecture)
+    stride = model_stride(architecture, input_stride)
     if height % stride or width % stride:
         fix = f"{max(stride, round(height / stride) * stride)}x{max(stride, round(width / stride) * stride)}"
         msg = f"{architecture} needs input sides divisible by {stride}; got {height}x{width}, try {fix}"
         raise ModelError(msg)
+
+
+def check_model_input(model_cfg: dict[str, Any], height: int, width: int) -> None:
+    """``check_input_size`` for a recipe's ``model`` section (a run's recorded one may predate
+    ``input_stride``)."""
+    check_input_size(model_cfg["architecture"], height, width, model_cfg.get("input_stride", 1))
 
 
 def _conv(
@@ -51,6 +58,7 @@ def _conv(
     activation: str | None = "relu",
     batch_norm: bool = False,
     dilation: int = 1,
+    strides: int = 1,
 ):
     """Conv2D 'same' + ReLU, or Conv2D + BatchNorm + ReLU when ``batch_norm`` (converges far faster)."""
     reg = keras.regularizers.L2(weight_decay) if weight_decay else None
@@ -64,6 +72,7 @@ def _conv(
         kernel_initializer="he_normal",
         kernel_regularizer=reg,
         dilation_rate=dilation,
+        strides=strides,
         name=name,
     )
     if not use_bn:
@@ -106,6 +115,7 @@ def build_tinyunet(
     batch_norm: bool = False,
     standardize: bool = False,
     bottleneck_dilation: int = 1,
+    input_stride: int = 1,
 ):
     """TinyUNet of NVIDIA UNet_Industrial.
 
@@ -117,11 +127,22 @@ def build_tinyunet(
     BatchNorm after every 3x3 conv; it folds into the convs at export. ``standardize``
     (see ``_model_input``) and ``bottleneck_dilation`` > 1 (the bottleneck's two convs see
     that much wider, for defects larger than NVIDIA's receptive field) are options of ours.
+    So is ``input_stride`` > 1: a ``stem`` conv of that size and stride (each pixel seen once,
+    so a 1 px scratch still reaches the network) runs the whole U-Net at 1/input_stride of
+    the resolution, and the logits are repeated back to full size. On a CPU the full-size
+    convs with few channels cost most of the time for little arithmetic; weak (elliptical)
+    labels need no full-resolution output. Nearest, not bilinear: Keras' bilinear
+    UpSampling2D fails on inputs of unknown size.
     """
     import keras
 
     b = base_filters
     inputs, x = _model_input(keras, channels, standardize)
+    if input_stride > 1:
+        stem = _conv(
+            keras, b, input_stride, "stem", weight_decay, batch_norm=batch_norm, strides=input_stride
+        )
+        x = stem(x)
     skips = []
     for name, filters in (("input_block", b), ("down_1", b), ("down_2", 2 * b), ("down_3", 4 * b)):
         x = _conv(keras, filters, 3, f"{name}_conv1", weight_decay, batch_norm=batch_norm)(x)
@@ -145,6 +166,8 @@ def build_tinyunet(
     x = _conv(keras, b, 3, "output_conv1", weight_decay, batch_norm=batch_norm)(x)
     x = _conv(keras, b, 3, "output_conv2", weight_decay, batch_norm=batch_norm)(x)
     x = _conv(keras, 1, 1, "output_logits", weight_decay, activation=None)(x)
+    if input_stride > 1:
+        x = keras.layers.UpSampling2D(input_stride, interpolation="nearest", name="output_upsample")(x)
     return keras.Model(inputs, _sigmoid_output(keras, x), name="tinyunet")
 
 
@@ -294,7 +317,12 @@ def build_model(model_cfg: dict[str, Any], channels: int = 1, weight_decay: floa
         model_cfg["batch_norm"],
     )
     if arch == "tinyunet":
-        return build_tinyunet(*common, model_cfg["standardize"], model_cfg["bottleneck_dilation"])
+        return build_tinyunet(
+            *common,
+            model_cfg["standardize"],
+            model_cfg["bottleneck_dilation"],
+            model_cfg.get("input_stride", 1),
+        )
     if arch == "unet_lowered":
         return build_unet_lowered(*common, model_cfg["standardize"])
     return build_mobilenetv2_unet(

@@ -15,6 +15,7 @@ from converter.export import ExportError, check_parity, export_package
 from converter.package import ModelPackage, sha256_file
 from converter.preprocessing import normalize
 from converter.samples import load_samples
+from tests.conftest import import_tensorflow_or_skip
 from tests.converter.conftest import SIZE, build_unet, write_checkpoint
 
 
@@ -75,6 +76,25 @@ def test_bare_keras_file_needs_its_size(tmp_path):
     assert (package.manifest.input.height, package.manifest.input.width) == (32, 48)
     assert package.manifest.model_id == "free" and package.manifest.architecture == "unknown"
     assert "seeded random" in package.manifest.gates["export"]["source"]
+
+
+def test_a_strided_stem_tinyunet_exports_with_parity(tmp_path):
+    """model.input_stride's strided stem conv and the repeated logits (with model.standardize and
+    BatchNorm, as the real-surface runs use them) reach ONNX Runtime with the same map."""
+    import_tensorflow_or_skip()
+    from training.config import load_config
+    from training.models import build_model
+
+    cfg = {"architecture": "tinyunet", "base_filters": 4, "batch_norm": True, "standardize": True}
+    model = build_model(load_config({"dataset": {"root": "x"}, "model": {**cfg, "input_stride": 2}})["model"])
+    path = tmp_path / "stem.keras"
+    model.save(path)
+    package = export_package(
+        path, tmp_path / "pkg", height=64, width=96, channels=1, samples=2, model_id="stem"
+    )
+    x = np.random.default_rng(2).random((2, 64, 96, 1), dtype=np.float32)
+    got = onnx_graph.session(package.onnx_path()).run(None, {"image": x})[0]
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-5)
 
 
 def test_savedmodel(tmp_path):

@@ -63,6 +63,11 @@ def test_defaults_merge_and_overrides():
             "model.bottleneck_dilation is 2; must be 1 unless model.architecture is tinyunet",
         ),
         ({"model": {"standardize": "yes"}}, "model.standardize must be bool, got 'yes'"),
+        ({"model": {"input_stride": 3}}, "model.input_stride is 3; must be 1, 2 or 4"),
+        (
+            {"model": {"architecture": "unet_lowered", "input_stride": 2}},
+            "model.input_stride is 2; must be 1 unless model.architecture is tinyunet",
+        ),
         (
             {"dataset": {"kind": "dagm", "root": ""}},
             "dataset.root is ''; must be the folder of the dagm data set",

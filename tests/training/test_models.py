@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import needs_tensorflow
-from training.models import ModelError, build_model, check_input_size
+from training.models import ModelError, build_model, check_input_size, check_model_input
 
 MODELS = {
     "tinyunet": {"architecture": "tinyunet", "base_filters": 4, "batch_norm": False},
@@ -20,6 +20,7 @@ MODELS = {
         "standardize": True,
         "bottleneck_dilation": 2,
     },
+    "tinyunet_stem2": {"architecture": "tinyunet", "base_filters": 4, "batch_norm": True, "input_stride": 2},
 }
 
 
@@ -72,6 +73,31 @@ def test_bottleneck_dilation_widens_only_the_bottleneck():
     dilations = {layer.name: layer.dilation_rate for layer in model.layers if hasattr(layer, "dilation_rate")}
     assert dilations["bottleneck_conv1"] == dilations["bottleneck_conv2"] == (3, 3)
     assert {d for n, d in dilations.items() if not n.startswith("bottleneck_conv")} == {(1, 1)}
+
+
+@needs_tensorflow
+@pytest.mark.parametrize("stride", [2, 4])
+def test_a_strided_stem_runs_the_unet_at_a_fraction_of_the_resolution(stride):
+    """model.input_stride: one conv of that size and stride sees every pixel once, the U-Net
+    runs at 1/stride, the logits are upsampled to the input's size, and the sides must divide
+    by 16 x stride."""
+    import keras
+
+    model = build_model(
+        _model_cfg(architecture="tinyunet", base_filters=4, batch_norm=True, input_stride=stride)
+    )
+    stem = model.get_layer("stem")
+    assert stem.kernel_size == stem.strides == (stride, stride)
+    x = np.random.default_rng(0).random((1, 128, 64, 1)).astype(np.float32)
+    assert model.predict(x, verbose=0).shape == (1, 128, 64, 1)
+    first_block = keras.Model(model.input, model.get_layer("input_block_conv1").output)
+    assert first_block.predict(x, verbose=0).shape[1:3] == (128 // stride, 64 // stride)
+    plain = build_model(_model_cfg(architecture="tinyunet", base_filters=4, batch_norm=True))
+    assert not {"stem", "output_upsample"} & {layer.name for layer in plain.layers}
+    check_input_size("tinyunet", 512, 480, input_stride=2)
+    with pytest.raises(ModelError, match="divisible by 32; got 496x512, try 512x512"):
+        check_model_input({"architecture": "tinyunet", "input_stride": 2}, 496, 512)
+    check_model_input({"architecture": "tinyunet"}, 496, 512)  # a run recorded before the option
 
 
 @needs_tensorflow
