@@ -32,6 +32,7 @@ from converter.schema import (
     text_rule,
     yes_no,
 )
+from training.models import model_stride
 
 __all__ = ["ConfigError", "Recipe", "load_config", "parse_override"]
 
@@ -131,7 +132,8 @@ class InputConfig:
     #: pixel scaling, carried into the model package: zero_one maps 0..255 to 0..1,
     #: zero_centered to -1..1
     normalization: str = choices(*NORMALIZATIONS, default="zero_one")
-    #: random square crops of this size for training; 0 trains on whole images
+    #: random square crops of this size for training, a multiple of the model's stride (16 x
+    #: model.input_stride for tinyunet, 32 for mobilenetv2_unet); 0 trains on whole images
     crop: int = number(0, ge=0, note="0: whole images")
     #: fraction of training crops centred on a defect (0 = uniform random crops)
     defect_crop_fraction: float = number(0.5, ge=0, le=1)
@@ -302,6 +304,17 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
         raise bad("model.input_stride", model.input_stride, "must be 1, 2 or 4")
     if model.input_stride > 1 and model.architecture != "tinyunet":
         raise bad("model.input_stride", model.input_stride, "must be 1 unless model.architecture is tinyunet")
+    # a crop the model cannot take would otherwise fail only after the data set has loaded
+    crop, stride = recipe.input.crop, model_stride(model.architecture, model.input_stride)
+    if crop % stride:
+        below = crop // stride * stride
+        tries = " or ".join(str(v) for v in (below, below + stride) if v)
+        raise bad(
+            "input.crop",
+            crop,
+            f"must divide by {stride} ({model.architecture} at model.input_stride {model.input_stride});"
+            f" try {tries}",
+        )
     if recipe.dataset.kind != "synthetic" and not recipe.dataset.root:
         raise bad("dataset.root", "", f"must be the folder of the {recipe.dataset.kind} data set")
 

@@ -65,6 +65,14 @@ def test_defaults_merge_and_overrides():
         ({"model": {"standardize": "yes"}}, "model.standardize must be bool, got 'yes'"),
         ({"model": {"input_stride": 3}}, "model.input_stride is 3; must be 1, 2 or 4"),
         (
+            {"model": {"input_stride": 4}, "input": {"crop": 160}},
+            "input.crop is 160; must divide by 64 (tinyunet at model.input_stride 4); try 128 or 192",
+        ),
+        (
+            {"input": {"crop": 8}},
+            "input.crop is 8; must divide by 16 (tinyunet at model.input_stride 1); try 16",
+        ),
+        (
             {"model": {"architecture": "unet_lowered", "input_stride": 2}},
             "model.input_stride is 2; must be 1 unless model.architecture is tinyunet",
         ),
