@@ -107,7 +107,7 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
     from training.callbacks import make_checkpoint_callback, make_progress_callback, restore
     from training.datasets import load_splits
     from training.evaluate import evaluate_model
-    from training.models import build_model, check_model_input
+    from training.models import build_model
     from training.pipeline import train_dataset
 
     seed, tcfg = cfg["seed"], cfg["train"]
@@ -123,8 +123,6 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
         len(held_out),
         len(val_samples),
     )
-    if cfg["input"]["crop"]:
-        check_model_input(cfg["model"], cfg["input"]["crop"], cfg["input"]["crop"])
     channels = INPUT_CHANNELS
     strategy = _strategy(tcfg["strategy"])
     with strategy.scope():
