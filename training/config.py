@@ -132,8 +132,9 @@ class InputConfig:
     #: pixel scaling, carried into the model package: zero_one maps 0..255 to 0..1,
     #: zero_centered to -1..1
     normalization: str = choices(*NORMALIZATIONS, default="zero_one")
-    #: random square crops of this size for training, a multiple of the model's stride (16 x
-    #: model.input_stride for tinyunet, 32 for mobilenetv2_unet); 0 trains on whole images
+    #: random square crops of this size for training, a multiple of the model's stride (16 for
+    #: tinyunet and unet_lowered, times model.input_stride; 32 for mobilenetv2_unet); 0 trains on
+    #: whole images
     crop: int = number(0, ge=0, note="0: whole images")
     #: fraction of training crops centred on a defect (0 = uniform random crops)
     defect_crop_fraction: float = number(0.5, ge=0, le=1)
