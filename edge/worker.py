@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 #: seconds between heartbeats (sent from the worker's heartbeat thread)
 HEARTBEAT_S = 1.0
-#: done acknowledgements wait at most this long for a ready message to carry them
+#: while a worker is busy, done acknowledgements wait at most this long for a ready message
 ACK_S = 0.2
 #: a main loop that has not turned for this long (outside inference) is stuck: no more heartbeats
 STUCK_AFTER_S = 30.0
@@ -218,6 +218,10 @@ class Worker:
         work.send(protocol.encode_header(header))
         self.done = []
         self._last_ready = time.monotonic()
+
+    def idle(self) -> bool:
+        """Nothing batched, prepared or computing: all this worker holds is decided."""
+        return not self.batch and self._waiting is None and self._running is None
 
     def held(self) -> list[list[Any]]:
         """The frames this worker holds (received, not yet decided): for the router's ledger."""
@@ -508,7 +512,10 @@ class Worker:
                     concurrent.futures.wait([self._running[0]])
             if self.credits_out < self.max_batch and not self.stop.is_set():
                 self.ready(work, self.max_batch * 2 - self.credits_out)
-            elif self.done and time.monotonic() - self._last_ready >= ACK_S:
+            elif self.done and (self.idle() or time.monotonic() - self._last_ready >= ACK_S):
+                # An idle worker acknowledges at once: the router counts unacknowledged frames
+                # against their camera's fair share, so a late ack left this worker without
+                # work while the camera had a backlog (and a kill -9 then lost nothing).
                 self.ready(work, 0)
         # Finish what we hold, then tell the router we are leaving.
         if self._running is not None:

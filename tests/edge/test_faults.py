@@ -133,7 +133,7 @@ def test_a_killed_child_is_restarted_and_the_books_stay_whole(
     # What the dead process held is counted under its own name, not swept up at the end.
     assert "still unaccounted at the end" not in out, out
     if victim != "collector":  # the collector may have flushed everything it had
-        assert reasons.get(LOST_WITH[victim], 0) > 0, reasons
+        assert reasons.get(LOST_WITH[victim], 0) > 0, (reasons, out)
     # camera_buffer_full: the deliberately overloaded camera, on a slow or busy machine
     expected = {LOST_WITH[victim], "superseded", "shutdown", "too_old", "camera_buffer_full"}
     unnamed = set(reasons) - expected

@@ -405,6 +405,22 @@ def test_worker_sends_a_partial_batch_when_its_deadline_passes(worker_loop, recv
     assert done == [["a", 1, 0]]  # the router learns the frame is finished
 
 
+def test_an_idle_worker_acknowledges_what_it_decided_at_once(worker_loop, recv, monkeypatch) -> None:
+    """The router counts unacknowledged frames against their camera's fair share: a worker that
+    has decided all it holds says so at once, not when the acknowledgement timer (made a minute
+    here) runs out, or it sits idle while its camera has a backlog."""
+    import edge.worker
+
+    monkeypatch.setattr(edge.worker, "ACK_S", 60.0)
+    worker, router, loop, results_in = worker_loop
+    loop.start()
+    ident, _ = recv(router, what="the worker's ready")
+    router.send_multipart([ident, *frame_parts("a", 0, "lossless", worker.hw[0])])
+    recv(results_in, what="the frame's result")
+    ack = json.loads(recv(router, what="the acknowledgement")[1])
+    assert (ack["t"], ack["credits"], ack["done"]) == ("ready", 0, [["a", 1, 0]])
+
+
 def test_a_frame_larger_than_the_model_is_tiled_and_joined(worker_sockets, recv) -> None:
     """A strip 3.5 model widths wide becomes 4 tiles, the last one overlapping the third; a
     defect seen by that last tile alone, inside the overlap, comes out as one FAIL with the
