@@ -53,6 +53,9 @@ class WorkerState:
     #: (camera, epoch, seq) -> the frame's tag, for frames the worker has not finished
     inflight: dict[FrameKey, str] = field(default_factory=dict)
     skip_until: float = 0.0
+    #: the router's dispatch count when this worker last got a frame: equally loaded workers
+    #: take turns by it (one that just joined, at 0, goes first)
+    turn: int = 0
     #: computing or holding frames, by its last heartbeat: progress, not a stall (a worker
     #: stuck outside inference stops its heartbeats and is declared lost instead)
     busy: bool = False
@@ -278,11 +281,14 @@ class Router:
         share = max(1, -(-slots // max(1, active)))
         idle_rounds = 0
         while self._rr and idle_rounds < len(self._rr):
-            # The least loaded worker: the fewest frames held (a worker that just joined gets
-            # the next frame, not the one that refills its credit fastest).
+            # The least loaded worker: the fewest frames held; among equals, the one whose
+            # turn is oldest. Not the one with the most credits: an idle worker acknowledges
+            # at once, so two idle workers tie on load, and one that refills its credits after
+            # every frame would then take them all (seen in CI: another worker, holding exactly
+            # the credits at which it asks for no more, got no frame in two minutes).
             worker = min(
                 (w for w in self.workers.values() if w.skip_until <= now and w.credits > 0),
-                key=lambda w: (len(w.inflight), -w.credits),
+                key=lambda w: (len(w.inflight), w.turn),
                 default=None,
             )
             if worker is None:
@@ -318,6 +324,7 @@ class Router:
             queue.owed += 1
             queue.served_at = now
             self.dispatched += 1
+            worker.turn = self.dispatched
 
     # -- reports ------------------------------------------------------------------
     def holding(self) -> dict[str, dict[str, list[int]]]:

@@ -323,6 +323,37 @@ def test_a_restarted_router_takes_a_joining_workers_whole_open_count(rig: Router
     assert got == [0, 1] and not rig.worker.poll(100)
 
 
+def test_equally_loaded_workers_take_turns_whatever_their_credits(rig: RouterRig, socket, recv) -> None:
+    """Two idle workers (each acknowledges a frame as soon as it is decided) tie on load. ``w1``
+    refills its credits after every frame; ``w2`` holds exactly the credits at which a worker
+    asks for no more. Both must get frames: ranking equals by credits gave ``w1`` every one."""
+    rig.attach_worker(recv, credits=8)
+    w2 = socket(zmq.DEALER, identity=b"w2")
+    w2.connect("inproc://work")
+    w2.send(protocol.encode_header({"t": "ready", "worker": "w2", "credits": 4}))
+    rig.router.on_worker([Msg(part) for part in recv(rig.work, what="w2's ready")], rig.work)
+    recv(w2, what="the router's welcome to w2")
+    got = []
+    for seq in range(6):
+        rig.router.on_frame(from_camera("trig", frame_parts("trig", seq, "lossless")))
+        rig.router.dispatch(rig.work)
+        assert zmq.select([rig.worker, w2], [], [], 5)[0], f"frame {seq} went to no worker"
+        (name, sock), *more = [(n, s) for n, s in (("w1", rig.worker), ("w2", w2)) if s.poll(50)]
+        assert not more, f"frame {seq} went to two workers"
+        frame = json.loads(sock.recv_multipart()[0])
+        got.append(name)
+        # Decided at once; w1 asks for its credit back with the acknowledgement, w2 does not.
+        done = {
+            "t": "ready",
+            "worker": name,
+            "credits": int(name == "w1"),
+            "done": [["trig", frame["epoch"], seq]],
+        }
+        sock.send(protocol.encode_header(done))
+        rig.router.on_worker([Msg(part) for part in recv(rig.work, what=f"{name}'s ready")], rig.work)
+    assert got.count("w1") == got.count("w2") == 3, got
+
+
 def test_router_reports_the_frames_of_a_silent_worker_as_worker_lost(rig: RouterRig, recv) -> None:
     for seq in range(2):
         rig.router.on_frame(from_camera("trig", frame_parts("trig", seq, "lossless")))
