@@ -178,7 +178,8 @@ class ModelConfig:
     encoder_weights: str | None = key(None, rule=text_rule())
     #: mobilenetv2_unet: the encoder's width multiplier
     alpha: float = number(1.0, gt=0)
-    #: mobilenetv2_unet: encoder layers whose name comes before this one stay frozen (null: none)
+    #: mobilenetv2_unet with encoder_weights: encoder layers whose name comes before this one
+    #: stay frozen (null: none; without encoder_weights every layer trains)
     freeze_until: str | None = key("block_6_expand", rule=text_rule())
 
 

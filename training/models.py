@@ -237,7 +237,8 @@ def build_mobilenetv2_unet(
     16, 8, 4, 2 x base_filters filters (base 32 gives the tutorial's 512-256-128-64).
     Grayscale input is repeated to the 3 channels MobileNetV2 expects. Encoder weights
     come only from ``encoder_weights`` (a local file); otherwise they start random:
-    nothing is downloaded. Encoder layers before ``freeze_until`` are frozen.
+    nothing is downloaded. Encoder layers before ``freeze_until`` are frozen when weights
+    were loaded (random weights, frozen, would stay random).
     ``weight_decay`` puts L2 on every trainable conv kernel, the decoder's and the encoder's
     (as the other architectures do on theirs); frozen layers have nothing to decay.
     """
@@ -273,8 +274,12 @@ def build_mobilenetv2_unet(
                 f"model.freeze_until {freeze_until!r} is not a MobileNetV2 layer, e.g. block_6_expand or null"
             )
             raise ModelError(msg)
-        for layer in encoder.layers[: names.index(freeze_until)]:
-            layer.trainable = False
+        if encoder_weights is None:
+            # Frozen random weights would stay random: with nothing loaded, every layer trains.
+            logger.info("no MobileNetV2 encoder weights: model.freeze_until ignored, every layer trains")
+        else:
+            for layer in encoder.layers[: names.index(freeze_until)]:
+                layer.trainable = False
     reg = keras.regularizers.L2(weight_decay) if weight_decay else None
     if reg is not None:
         # keras.applications takes no regularizer and the encoder is already built: Keras 3

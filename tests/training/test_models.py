@@ -146,24 +146,34 @@ def test_model_trains_and_loss_goes_down(name):
     assert history[-1] < 0.92 * history[0] and history[-1] < history[-2], history
 
 
-@needs_tensorflow
-def test_mobilenet_encoder_weights_from_a_local_file(tmp_path):
+def _mobilenet_weights(path):
+    """A local MobileNetV2 (no top) weights file of the test's alpha, and the encoder it came from."""
     import keras
 
+    encoder_base = keras.applications.MobileNetV2(
+        input_shape=(None, None, 3),
+        include_top=False,
+        weights=None,
+        alpha=MODELS["mobilenetv2_unet"]["alpha"],
+    )
+    encoder_base.save_weights(path)
+    return path, encoder_base
+
+
+@needs_tensorflow
+def test_mobilenet_encoder_weights_from_a_local_file(tmp_path):
     cfg = MODELS["mobilenetv2_unet"]
     model = build_model(_model_cfg(**cfg))
-    encoder_base = keras.applications.MobileNetV2(
-        input_shape=(None, None, 3), include_top=False, weights=None, alpha=0.35
-    )
-    weights = tmp_path / "encoder.weights.h5"
-    encoder_base.save_weights(weights)
+    weights, encoder_base = _mobilenet_weights(tmp_path / "encoder.weights.h5")
     loaded = build_model(_model_cfg(**cfg, encoder_weights=str(weights)))
     encoder = loaded.get_layer("mobilenetv2_encoder")
     assert np.array_equal(
         encoder.get_layer("Conv1").get_weights()[0], encoder_base.get_layer("Conv1").get_weights()[0]
     )
-    # layers before freeze_until are frozen, the rest train
+    # layers before freeze_until are frozen, the rest train; without loaded weights nothing is
+    # frozen (frozen random weights would never learn)
     assert not encoder.get_layer("block_1_expand").trainable and encoder.get_layer("block_6_expand").trainable
+    assert model.get_layer("mobilenetv2_encoder").get_layer("block_1_expand").trainable
     assert model.count_params() == loaded.count_params()
     with pytest.raises(ModelError, match="does not exist"):
         build_model(_model_cfg(**cfg, encoder_weights=str(tmp_path / "missing.h5")))
@@ -180,10 +190,11 @@ def test_input_size_check_names_a_valid_size():
 
 
 @needs_tensorflow
-def test_mobilenet_honours_weight_decay():
+def test_mobilenet_honours_weight_decay(tmp_path):
     """optimizer.weight_decay reaches mobilenetv2_unet as it does the others: L2 on the trainable
     conv kernels of decoder and encoder, none on a frozen layer, none when it is 0."""
-    cfg = _model_cfg(**MODELS["mobilenetv2_unet"])
+    weights, _ = _mobilenet_weights(tmp_path / "encoder.weights.h5")
+    cfg = _model_cfg(**MODELS["mobilenetv2_unet"], encoder_weights=str(weights))
     assert build_model(cfg, weight_decay=0.0).losses == []
     model = build_model(cfg, weight_decay=1e-3)
     encoder = model.get_layer("mobilenetv2_encoder")
