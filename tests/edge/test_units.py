@@ -236,12 +236,16 @@ class RouterRig:
     results: zmq.Socket
     results_in: zmq.Socket
 
-    def attach_worker(self, recv: Callable[..., list[bytes]], credits: int) -> None:
-        """Worker ``w1`` says ready with ``credits``; the router welcomes it."""
-        self.worker.send(protocol.encode_header({"t": "ready", "worker": "w1", "credits": credits}))
-        ident, raw = recv(self.work, what="the worker's ready")
+    def attach_worker(
+        self, recv: Callable[..., list[bytes]], credits: int, sock: zmq.Socket | None = None, name: str = "w1"
+    ) -> None:
+        """Worker ``name`` (on ``sock``, default ``w1``'s) says ready with ``credits``; the router
+        welcomes it."""
+        sock = self.worker if sock is None else sock
+        sock.send(protocol.encode_header({"t": "ready", "worker": name, "credits": credits}))
+        ident, raw = recv(self.work, what=f"{name}'s ready")
         self.router.on_worker([Msg(ident), Msg(raw)], self.work)
-        assert json.loads(recv(self.worker, what="the router's welcome")[0]) == {"t": "welcome"}
+        assert json.loads(recv(sock, what=f"the router's welcome to {name}")[0]) == {"t": "welcome"}
 
     def drops(self) -> list[dict]:
         """The drop reports the router has sent so far."""
@@ -330,9 +334,7 @@ def test_equally_loaded_workers_take_turns_whatever_their_credits(rig: RouterRig
     rig.attach_worker(recv, credits=8)
     w2 = socket(zmq.DEALER, identity=b"w2")
     w2.connect("inproc://work")
-    w2.send(protocol.encode_header({"t": "ready", "worker": "w2", "credits": 4}))
-    rig.router.on_worker([Msg(part) for part in recv(rig.work, what="w2's ready")], rig.work)
-    recv(w2, what="the router's welcome to w2")
+    rig.attach_worker(recv, credits=4, sock=w2, name="w2")
     got = []
     for seq in range(6):
         rig.router.on_frame(from_camera("trig", frame_parts("trig", seq, "lossless")))
