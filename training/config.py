@@ -32,13 +32,13 @@ from converter.schema import (
     text_rule,
     yes_no,
 )
+from training.losses import LOSS_NAMES as LOSSES
 from training.models import model_stride
 
 __all__ = ["ConfigError", "Recipe", "load_config", "parse_override"]
 
 ARCHITECTURES = ("tinyunet", "unet_lowered", "mobilenetv2_unet")
 DATASET_KINDS = ("dagm", "severstal", "folders", "synthetic")
-LOSSES = ("bce", "dice", "adaptive", "bce_dice", "tversky", "bce_tversky", "bce_dice_per_image")
 OPTIMIZERS = ("rmsprop", "adam")
 SCHEDULES = ("exponential", "cosine")
 STRATEGIES = ("default", "mirrored", "multi_worker")

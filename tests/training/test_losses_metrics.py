@@ -28,9 +28,8 @@ def test_dice_coefficient_and_losses_by_hand():
     poor = np.array([0.2, 0.1, 0.9, 0.4], np.float32).reshape(1, 2, 2, 1)
     assert float(losses.dice_loss(y_true, poor)) >= 0.3
     assert float(losses.adaptive_loss(y_true, poor)) == pytest.approx(float(losses.bce_loss(y_true, poor)))
-    with pytest.raises(
-        ValueError, match="allowed: bce, dice, adaptive, bce_dice, tversky, bce_tversky, bce_dice_per_image"
-    ):
+    allowed = "bce, dice, adaptive, bce_dice, tversky, bce_tversky, bce_dice_per_image, bce_dice_peak"
+    with pytest.raises(ValueError, match=f"allowed: {allowed}"):
         losses.get_loss("focal")
 
 
@@ -74,6 +73,61 @@ def test_per_image_dice_weighs_a_small_defect_as_much_as_a_large_one():
     assert float(losses.dice_per_image_loss(clean, clean + 0.3)) == 0.0
     bce = float(losses.bce_loss(y_true, y_pred))
     assert float(losses.get_loss("bce_dice_per_image")(y_true, y_pred)) == pytest.approx(bce + 0.25, rel=1e-4)
+
+
+@needs_tensorflow
+def test_peak_term_asks_for_the_brightest_tenth_of_each_label_and_nothing_else():
+    from training import losses
+
+    # a weak label: a 10x10 square (100 px) around a thin "scratch" (a 1x10 row) on a 20x20 crop,
+    # and a clean crop
+    y_true = np.zeros((2, 20, 20, 1), np.float32)
+    y_true[0, 5:15, 5:15] = 1
+    y_pred = np.full((2, 20, 20, 1), 0.01, np.float32)
+    y_pred[0, 9, 5:15] = 0.8  # only the scratch is marked: the top 10 of 100 label px
+    assert float(losses.peak_loss(y_true, y_pred)) == pytest.approx(-np.log(0.8), rel=1e-5)
+    # the rest of the ellipse does not matter to it, nor do pixels outside the label
+    y_other = y_pred.copy()
+    y_other[0, 5, 5:15] = 0.3
+    y_other[0, 0, :] = 1.0
+    y_other[1] = 1.0
+    assert float(losses.peak_loss(y_true, y_other)) == pytest.approx(-np.log(0.8), rel=1e-5)
+    # the label left unmarked costs -log(0.01) where the batch Dice hardly moves
+    unmarked = np.full_like(y_pred, 0.01)
+    assert float(losses.peak_loss(y_true, unmarked)) == pytest.approx(-np.log(0.01), rel=1e-4)
+    # a bright pixel outside the label does not satisfy it
+    outside = unmarked.copy()
+    outside[0, 0, :] = 1.0
+    assert float(losses.peak_loss(y_true, outside)) == pytest.approx(-np.log(0.01), rel=1e-4)
+    # no label in the batch: nothing to ask for
+    assert float(losses.peak_loss(np.zeros_like(y_true), y_pred)) == 0.0
+    # the cap on pixels: with at most 4, the top 4 of the scratch's 10
+    assert float(losses.peak_loss(y_true, y_pred, max_pixels=4)) == pytest.approx(-np.log(0.8), rel=1e-5)
+    expected = float(losses.bce_dice_loss(y_true, y_pred)) - np.log(0.8)
+    assert float(losses.get_loss("bce_dice_peak")(y_true, y_pred)) == pytest.approx(expected, rel=1e-4)
+
+
+@needs_tensorflow
+def test_peak_term_trains_in_a_keras_graph_of_unknown_image_size():
+    """Keras traces the loss with (None, None, None, 1) shapes; top_k's k must come out right."""
+    import keras
+
+    from training import losses
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.4, 0.6, (8, 32, 32, 1)).astype(np.float32)
+    y = np.zeros_like(x)
+    x[:4, 15, 4:28] = 0.0  # a dark line in half the crops, inside a weak square label
+    y[:4, 8:24, 4:28] = 1.0
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((None, None, 1)), keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss=losses.get_loss("bce_dice_peak"))
+    before = float(losses.peak_loss(y, model.predict(x, verbose=0)))
+    history = model.fit(x, y, batch_size=4, epochs=20, verbose=0).history["loss"]
+    assert np.all(np.isfinite(history)) and history[-1] < history[0]
+    assert float(losses.peak_loss(y, model.predict(x, verbose=0))) < before
 
 
 def test_dice_iou_by_hand():
