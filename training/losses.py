@@ -131,7 +131,8 @@ def peak_loss(y_true, y_pred, fraction: float = PEAK_FRACTION, max_pixels: int =
     recipe drew probability under 0.03 on all 85 training scratches. This term is the
     multiple-instance view of a weak label (the label holds the defect somewhere): it is
     satisfied once some part of each label, where the model is surest, is marked, and it does
-    not push the rest of the ellipse either way.
+    not push the rest of the ellipse either way. Measured (docs/training.md, stop 27): the model
+    then marks every scratch, and dark texture too, so no recipe uses it yet.
     """
     import tensorflow as tf
 
