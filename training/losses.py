@@ -13,16 +13,6 @@ from collections.abc import Callable
 
 from converter.errors import LinesideError
 
-LOSS_NAMES = (
-    "bce",
-    "dice",
-    "adaptive",
-    "bce_dice",
-    "tversky",
-    "bce_tversky",
-    "bce_dice_per_image",
-    "bce_dice_peak",
-)
 #: UNet_Industrial switches from BCE to Dice once the Dice loss is below this
 ADAPTIVE_SWITCH = 0.3
 #: Tversky weights of false positive and false negative pixels (Salehi et al. 2017's choice):
@@ -41,6 +31,15 @@ def _f32(y_true, y_pred):
     import tensorflow as tf
 
     return tf.cast(y_true, tf.float32), tf.cast(y_pred, tf.float32)
+
+
+def _mean_over_labelled_crops(per_crop, labelled):
+    """The mean of ``per_crop`` over the crops where ``labelled`` is true; 0 when none is (a clean
+    crop has no label to score, and the BCE beside the term keeps it clean)."""
+    import tensorflow as tf
+
+    weight = tf.cast(labelled, tf.float32)
+    return tf.reduce_sum(per_crop * weight) / tf.maximum(tf.reduce_sum(weight), 1.0)
 
 
 def dice_coefficient(y_true, y_pred, smooth: float = 1.0, axis=None):
@@ -113,8 +112,7 @@ def dice_per_image_loss(y_true, y_pred, smooth: float = 1.0):
     y_true, y_pred = _f32(y_true, y_pred)
     axes = list(range(1, len(y_true.shape)))
     dice = dice_coefficient(y_true, y_pred, smooth, axis=axes)
-    defective = tf.cast(tf.reduce_sum(y_true, axis=axes) > 0, tf.float32)
-    return tf.reduce_sum((1.0 - dice) * defective) / tf.maximum(tf.reduce_sum(defective), 1.0)
+    return _mean_over_labelled_crops(1.0 - dice, tf.reduce_sum(y_true, axis=axes) > 0)
 
 
 def bce_dice_per_image_loss(y_true, y_pred):
@@ -147,9 +145,7 @@ def peak_loss(y_true, y_pred, fraction: float = PEAK_FRACTION, max_pixels: int =
     k = tf.clip_by_value(tf.math.ceil(labelled * fraction), 1.0, tf.cast(k_max, tf.float32))
     taken = tf.cast(tf.range(k_max)[None, :], tf.float32) < k[:, None]
     peak = tf.reduce_sum(tf.where(taken, top, 0.0), axis=1) / k
-    defective = tf.cast(labelled > 0, tf.float32)
-    nll = -tf.math.log(tf.clip_by_value(peak, 1e-6, 1.0))
-    return tf.reduce_sum(nll * defective) / tf.maximum(tf.reduce_sum(defective), 1.0)
+    return _mean_over_labelled_crops(-tf.math.log(tf.clip_by_value(peak, 1e-6, 1.0)), labelled > 0)
 
 
 def bce_dice_peak_loss(y_true, y_pred):
@@ -167,6 +163,8 @@ _LOSSES: dict[str, Callable] = {
     "bce_dice_per_image": bce_dice_per_image_loss,
     "bce_dice_peak": bce_dice_peak_loss,
 }
+#: the names a recipe's ``loss`` key allows (training/config.py checks against them)
+LOSS_NAMES = tuple(_LOSSES)
 
 
 def get_loss(name: str) -> Callable:
