@@ -247,7 +247,8 @@ def write_training_json(
 
     ``threshold`` and ``min_defect_area`` are the calibrated values when ``calibration``
     (training.calibrate) chose them, else the recipe's. ``warnings`` lists, as sentences,
-    why the result is not fit for the line (empty when nothing is wrong). ``run``
+    why the result is not fit for the line (empty when nothing is wrong); ``notes``, cautions
+    that do not make it unfit (calibration's, e.g. an area with little room). ``run``
     ({epochs_planned, stopped_by, schedule_epochs}, from ``train``) says how the run ended;
     ``ended`` words it for reports.
     """
@@ -307,6 +308,7 @@ def write_training_json(
             *(calibration or {}).get("warnings", []),
             *split_warnings(scored_split(ds), overall, cfg["eval"]["min_tnr"]),
         ],
+        "notes": (calibration or {}).get("notes", []),
     }
     path = out / TRAINING_JSON
     path.write_text(json.dumps(info, indent=2) + "\n")
@@ -348,6 +350,7 @@ def summary_lines(info: dict[str, Any]) -> list[str]:
         lines.append(result_line("held-out", cal["dice"], cal["tpr"], cal["tnr"], *rule))
     m = info["metrics"]
     lines.append(result_line(m["split"], m["dice"], m["tpr"], m["tnr"], *rule))
+    lines += [f"NOTE: {text}" for text in info.get("notes", [])]
     warnings = info.get("warnings", [])
     lines += [f"WARNING: {text}" for text in warnings]
     if warnings:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.training.conftest import tiny_recipe
-from training.calibrate import Evidence, calibrate_maps, choose_rule, gather, hold_out
+from training.calibrate import Evidence, area_room_notes, calibrate_maps, choose_rule, gather, hold_out
 from training.config import load_config
 from training.datasets.base import Sample
 from training.metrics import SegmentationScores, largest_region, largest_regions
@@ -82,6 +82,45 @@ def test_the_tnr_floor_sets_the_area_where_alarms_and_defects_overlap():
     # a floor of 60 % lets one alarm of three through and catches every defect
     rule, warnings = choose_rule(_evidence(clean, defective), 0.6)
     assert (rule.lo, rule.hi, rule.caught, warnings) == (41, 500, 3, [])
+
+
+def test_an_area_with_little_room_is_a_note_in_training_json_and_the_summary(tmp_path):
+    from training.train import summary_lines, write_training_json
+
+    # the 700 px alarm and the 800 px defect are 1.14x apart: any area between them meets the
+    # floor on these images, and a region on a new image a little off either would not
+    rule, warnings = choose_rule(_evidence([0, 40, 700], [800, 1500, 3000]), 0.98)
+    assert (rule.lo, rule.hi, rule.area, rule.caught, rule.tnr, warnings) == (701, 800, 748, 3, 1.0, [])
+    note = (
+        "the minimum area 748 px has little room: held-out regions of 700 px and 800 px lie on "
+        "either side of it, less than 2x apart, so on new images a region a little larger or "
+        "smaller than those seen turns a pass into an alarm or a catch into a miss; more held-out "
+        "images (eval.calibration_fraction), or a model whose false regions are smaller than its "
+        "defects, give the rule room"
+    )
+    assert area_room_notes(rule) == [note]
+    # 2x apart is room enough; no region below the area, or none above it, is no knife-edge
+    assert area_room_notes(choose_rule(_evidence([0, 40, 700], [1400, 3000]), 0.98)[0]) == []
+    assert area_room_notes(choose_rule(_evidence([0, 0], [900]), 0.98)[0]) == []
+    # through calibration into training.json and the summary: a note, and the run is not called unfit
+    maps = _maps([_blob(10, 0.9, top=10, left=10)] * 4, [_blob(9, 0.9)] + [_blob(0, 0.0)] * 59)
+    cfg = _cfg()
+    calibration = calibrate_maps(maps, cfg)
+    assert calibration["area_range"] == [82, 100] and calibration["warnings"] == []
+    assert calibration["notes"][0].startswith(
+        "the minimum area 90 px has little room: held-out regions of 81 px"
+    )
+    cfg["eval"]["threshold"] = calibration["threshold"]
+    cfg["eval"]["min_defect_area"] = calibration["min_defect_area"]
+    scores = SegmentationScores(cfg["eval"]["threshold"], cfg["eval"]["min_defect_area"])
+    for prob, mask, class_id in maps:
+        scores.add(prob, mask, class_id)
+    write_training_json(tmp_path, cfg, scores.summary(), 1.0, 1, [], calibration)
+    info = json.loads((tmp_path / "training.json").read_text())
+    assert info["notes"] == calibration["notes"] and info["warnings"] == []
+    lines = summary_lines(info)
+    assert lines[-1] == f"NOTE: {calibration['notes'][0]}"
+    assert not any("not fit" in line for line in lines)
 
 
 def _maps(defects, clean):
