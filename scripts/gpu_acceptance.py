@@ -57,6 +57,17 @@ class Step:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+#: a pipeline row at this share of the offered frames/s took all it was offered: it measured the
+#: offer, not the line
+OFFER_BOUND = 0.95
+#: step 11 offers the line at most this many frames/s per CPU core (the 2-core machines here decide
+#: 250-350 a core with the near-free graph)
+OFFER_PER_CORE = 400.0
+#: step 11 offers this multiple of what the bare backend takes in one process: workers in processes
+#: of their own beat one process on many cores (1.5x was all taken by 4 workers on 16 cores)
+OFFER_VS_BARE = 3.0
+
+
 class Skip(Exception):
     """The step cannot run on this box; the message says why."""
 
@@ -489,21 +500,28 @@ class Acceptance:
             for t, o in zip(rows["tensorrt"], rows["onnxruntime:fp32"], strict=False)
         )
 
-    def pipeline(self, pkg: Path, backend: str, workers: list[int], fps: float) -> list[dict]:
+    def pipeline(
+        self, pkg: Path, backend: str, workers: list[int], fps: float, cameras: int = 2
+    ) -> list[dict]:
+        """One line per worker count, ``cameras`` synthetic cameras offering ``fps`` each. A row
+        whose decisions/s reach the offer (``offer_bound``) measured the offer, not the line."""
         from edge.bench import measure_pipeline, pipeline_config
 
         rows = []
         for n in workers:
             threads = max(1, (os.cpu_count() or 1) // n)
-            cfg = pipeline_config(str(pkg), 2, n, 8, threads, fps)
+            cfg = pipeline_config(str(pkg), cameras, n, 8, threads, fps)
             cfg["model"]["backend"] = backend
             try:
                 row = measure_pipeline(cfg, self.pipeline_seconds, warmup_s=self.warmup_seconds)
             except RuntimeError as exc:
                 raise Fail(f"{backend}, {n} worker(s): {last_line(str(exc))}") from None
-            row["workers"] = n
+            offered = cameras * fps
+            row.update(workers=n, cameras=cameras, offered_per_s=offered)
+            row["offer_bound"] = row["img_per_s"] >= OFFER_BOUND * offered
             rows.append(row)
-            print(f"   {backend} {n} worker(s): {row['img_per_s']:.1f} img/s", flush=True)
+            bound = " (all that was offered: the line's limit is higher)" if row["offer_bound"] else ""
+            print(f"   {backend} {n} worker(s): {row['img_per_s']:.1f} img/s{bound}", flush=True)
         return rows
 
     # 9
@@ -543,23 +561,38 @@ class Acceptance:
         from edge.bench import bench_backend, near_free_package
 
         free = near_free_package(pkg, self.out / "near-free")
+        cores = os.cpu_count() or 1
+        # A camera makes a 512 px frame in well under a millisecond, but an unthrottled one spins
+        # on a core the workers need: offer 1.5x what the bare backend takes, at most what these
+        # cores can carry, spread over a camera per 4 cores (2 cameras at 500 frames/s each
+        # capped a 16-core box's near-free line at exactly 1000/s, which measured the offer).
+        cameras = max(2, cores // 4)
         result = {}
         for label, package in (("model", pkg), ("near-free graph", free)):
             bare = bench_backend(str(package), "onnxruntime", "fp32", [8], self.bench_seconds, 0)[0]
-            fps = round(min(1.5 * bare["img_per_s"] / 2, 500.0), 1)
+            fps = round(min(OFFER_VS_BARE * bare["img_per_s"], OFFER_PER_CORE * cores) / cameras, 1)
             result[label] = {
                 "bare_img_s": bare["img_per_s"],
-                "rows": self.pipeline(package, "onnxruntime", self.scaling_workers, fps),
+                "cameras": cameras,
+                "fps_per_camera": fps,
+                "rows": self.pipeline(package, "onnxruntime", self.scaling_workers, fps, cameras),
             }
         s.details = result
+
+        def cell(r: dict) -> str:
+            return f"{r['workers']}w {'>=' if r['offer_bound'] else ''}{r['img_per_s']:.0f}"
+
         return (
             "; ".join(
-                f"{label}: "
-                + ", ".join(f"{r['workers']}w {r['img_per_s']:.0f}" for r in v["rows"])
-                + " img/s"
+                f"{label}: " + ", ".join(map(cell, v["rows"])) + f" img/s ({v['cameras']} cameras)"
                 for label, v in result.items()
             )
-            + f" on {os.cpu_count()} cores"
+            + f" on {cores} cores"
+            + (
+                " (>=: the line took all that was offered)"
+                if any(r["offer_bound"] for v in result.values() for r in v["rows"])
+                else ""
+            )
         )
 
     def run_all(self) -> int:

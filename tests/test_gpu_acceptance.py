@@ -145,6 +145,14 @@ def test_the_script_runs_here_with_a_package_and_skips_the_gpu_steps(tmp_path):
     assert [r["workers"] for r in scaling["model"]["rows"]] == [1, 2]
     assert [r["workers"] for r in scaling["near-free graph"]["rows"]] == [1, 2]
     assert all(r["img_per_s"] > 0 for v in scaling.values() for r in v["rows"])
+    # each row says what it was offered, and whether it only measured that offer
+    for v in scaling.values():
+        assert v["cameras"] == max(2, (os.cpu_count() or 1) // 4)
+        for r in v["rows"]:
+            assert r["offered_per_s"] == pytest.approx(v["cameras"] * v["fps_per_camera"])
+            assert r["offer_bound"] == (r["img_per_s"] >= 0.95 * r["offered_per_s"])
+    bound = any(r["offer_bound"] for v in scaling.values() for r in v["rows"])
+    assert ("took all that was offered" in steps[11]["reason"]) == bound
     if not HAS_TRT:
         for n in range(2, 10):
             assert steps[n]["status"] == "skipped" and "TensorRT is not usable here" in steps[n]["reason"]
