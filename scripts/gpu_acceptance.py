@@ -563,9 +563,9 @@ class Acceptance:
         free = near_free_package(pkg, self.out / "near-free")
         cores = os.cpu_count() or 1
         # A camera makes a 512 px frame in well under a millisecond, but an unthrottled one spins
-        # on a core the workers need: offer 1.5x what the bare backend takes, at most what these
-        # cores can carry, spread over a camera per 4 cores (2 cameras at 500 frames/s each
-        # capped a 16-core box's near-free line at exactly 1000/s, which measured the offer).
+        # on a core the workers need: offer OFFER_VS_BARE x what the bare backend takes, at most
+        # what these cores can carry, spread over a camera per 4 cores (2 cameras at 500 frames/s
+        # each capped a 16-core box's near-free line at exactly 1000/s, which measured the offer).
         cameras = max(2, cores // 4)
         result = {}
         for label, package in (("model", pkg), ("near-free graph", free)):
