@@ -90,7 +90,7 @@ def run_export(args: argparse.Namespace) -> int:
     """Handler of ``lineside export``."""
     from converter.quiet import quiet_tensorflow
 
-    quiet_tensorflow(getattr(args, "verbose", False))
+    quiet_tensorflow(getattr(args, "verbose", False), own_stderr=True)
     from converter.export import DEFAULT_ATOL, export_package
 
     package = export_package(

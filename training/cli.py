@@ -67,7 +67,7 @@ def _realsurface(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from converter.quiet import quiet_tensorflow
 
-    quiet_tensorflow(getattr(args, "verbose", False))
+    quiet_tensorflow(getattr(args, "verbose", False), own_stderr=True)
     from training.train import summary_lines, train
 
     out = train(args.config, _overrides(args))
@@ -81,7 +81,7 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from converter.quiet import quiet_tensorflow
 
-    quiet_tensorflow(getattr(args, "verbose", False))
+    quiet_tensorflow(getattr(args, "verbose", False), own_stderr=True)
     from training.eval_cli import run_eval
 
     return run_eval(args)

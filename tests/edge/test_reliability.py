@@ -283,13 +283,14 @@ def test_a_backlogged_camera_never_starves_another(slow_line_package: Path, tmp_
 
     live_w, trig_w = per_window("live"), per_window("trig")
     print(f"decisions per 5 s: latest camera {live_w}, saturating lossless camera {trig_w}")
-    # The cameras take turns on the worker, one frame each: the latest camera gets as many
-    # turns as the lossless one in every window (it offers 5 frames a second; the lossless
-    # camera's 16-tile frames hold the worker meanwhile, so most of them are superseded).
-    assert all(live >= max(2, 0.5 * trig) for live, trig in zip(live_w, trig_w, strict=True)), (
-        live_w,
-        trig_w,
-    )
+    # The cameras take turns on the worker, one frame each: in every window the latest camera
+    # gets as many turns as the lossless one, or every frame it offers (5 a second) where the
+    # worker is fast enough to take them all and still be saturated by the lossless camera's
+    # tiles (a 2-core AVX-512 box decided all 25 of its frames a window beside 52-56 tiles).
+    offered = 5 * 5
+    assert all(
+        live >= max(2, min(0.5 * trig, 0.8 * offered)) for live, trig in zip(live_w, trig_w, strict=True)
+    ), (live_w, trig_w)
     summary = daemon.summary()
     check_ledger(summary)  # nothing stuck in flight after the stop
     assert overflow[-1] > 0, "the overflow was not reported while the line ran"
