@@ -287,7 +287,7 @@ def test_a_backlogged_camera_never_starves_another(slow_line_package: Path, tmp_
     # gets as many turns as the lossless one, or every frame it offers (5 a second) where the
     # worker is fast enough to take them all and still be saturated by the lossless camera's
     # tiles (a 2-core AVX-512 box decided all 25 of its frames a window beside 52-56 tiles).
-    offered = 5 * 5
+    offered = live["fps"] * 5  # frames the latest camera offers in a 5 s window
     assert all(
         live >= max(2, min(0.5 * trig, 0.8 * offered)) for live, trig in zip(live_w, trig_w, strict=True)
     ), (live_w, trig_w)
