@@ -123,6 +123,18 @@ class Subscriber:
             time.sleep(0.1)
         return False
 
+    def pids(self, *roles: str, timeout: float = 30) -> dict[str, int]:
+        """The pids of the line's processes, from the latest status that names every one of ``roles``.
+
+        A status can come before the supervisor's first report reaches the collector (its
+        ``processes`` are empty then), so a test that kills a process waits for its pid here."""
+
+        def named(s: Subscriber) -> bool:
+            return bool(s.statuses) and all(role in s.statuses[-1].get("processes", {}) for role in roles)
+
+        assert self.wait_for(named, timeout), f"no status named {roles}; last: {self.statuses[-1:]}"
+        return dict(self.statuses[-1]["processes"])
+
 
 @dataclass
 class Daemon:

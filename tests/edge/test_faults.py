@@ -106,7 +106,7 @@ def test_a_killed_child_is_restarted_and_the_books_stay_whole(
         assert sub.wait_for(
             lambda _: metric(scrape(port), "lineside_camera_buffered", camera="trig") >= 4, 60
         ), daemon.output()
-        pid = sub.statuses[-1]["processes"][victim]
+        pid = sub.pids(victim)[victim]
         os.kill(pid, signal.SIGKILL)
         killed = time.time()
         # Both cameras are decided again, by a line whose books were mended after the restart.
@@ -164,7 +164,7 @@ def test_a_killed_supervisor_takes_its_line_with_it(slow_line_package: Path, tmp
     daemon, sub = start_line(tmp_path, cfg)
     try:
         assert sub.wait_for(lambda s: len(s.results) >= 20 and s.statuses, 90), daemon.output()
-        children = sub.statuses[-1]["processes"]
+        children = sub.pids("collector", "router", "worker:0", "worker:1", "camera:trig", "camera:live")
         os.kill(daemon.proc.pid, signal.SIGKILL)
         killed = time.monotonic()
         daemon.proc.wait(10)
@@ -180,7 +180,7 @@ def test_a_killed_supervisor_takes_its_line_with_it(slow_line_package: Path, tmp
         daemon.log.close()
     print(f"all {len(children)} children gone {took:.1f} s after the supervisor's kill -9")
     assert not alive, {role: pid for role, pid in children.items() if pid in alive}
-    assert took < 10, took
+    assert took < 10, f"{took:.1f} s: {daemon.output()}"
     left = set(glob.glob(os.path.join(tempfile.gettempdir(), "lineside-*"))) - before
     assert not left, left
     summary = daemon.summary()

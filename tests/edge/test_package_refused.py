@@ -100,7 +100,7 @@ def test_a_worker_that_cannot_load_the_model_stops_the_line(package: Path, tmp_p
     try:
         assert sub.wait_for(lambda s: len(s.results) >= 5 and s.statuses, 90), daemon.output()
         graph = swap_graph(package, SMALL, record=False)
-        pid = sub.statuses[-1]["processes"]["worker:0"]
+        pid = sub.pids("worker:0")["worker:0"]
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
         code = finish(daemon, sub, timeout=60)

@@ -51,8 +51,7 @@ def test_worker_killed_mid_run_is_restarted_and_its_frames_counted(
     daemon, sub = start_line(tmp_path, cfg)
     try:
         assert sub.wait_for(lambda s: len(s.results) >= 20 and s.statuses, 60), daemon.output()
-        pids = sub.statuses[-1]["processes"]
-        victim = pids["worker:0"]
+        victim = sub.pids("worker:0")["worker:0"]
         os.kill(victim, signal.SIGKILL)  # mid-run, most likely mid-batch
         killed_at = time.time()
         # The other worker keeps every camera going, and the victim comes back.
@@ -232,8 +231,9 @@ def test_shutdown_is_bounded_even_when_peers_are_dead(slow_line_package: Path, t
     cfg = line_config(tmp_path, slow_line_package, cams, workers={"count": 2}, shutdown_timeout_s=5)
     daemon, sub = start_line(tmp_path, cfg)
     assert sub.wait_for(lambda s: len(s.results) >= 10 and s.statuses, 60), daemon.output()
-    pids = sub.statuses[-1]["processes"]
-    for role in ("worker:0", "worker:1", "collector"):
+    roles = ("worker:0", "worker:1", "collector")
+    pids = sub.pids(*roles)
+    for role in roles:
         os.kill(pids[role], signal.SIGKILL)
     t0 = time.monotonic()
     daemon.terminate()
@@ -353,7 +353,7 @@ def test_a_decision_that_comes_after_its_frame_was_counted_lost_replaces_the_dro
     daemon, sub = start_line(tmp_path, cfg)
     try:
         assert sub.wait_for(lambda s: len(s.results) >= 10 and s.statuses, 60), daemon.output()
-        worker = sub.statuses[-1]["processes"]["worker:0"]
+        worker = sub.pids("worker:0")["worker:0"]
         os.kill(worker, signal.SIGSTOP)
         time.sleep(3.5)  # past the timeout: its frames are counted worker_lost
         lost_meanwhile = sub.statuses[-1]["totals"]["dropped_by_reason"].get("worker_lost", 0)

@@ -92,7 +92,7 @@ def test_daemon_rss_is_flat_through_faults(line_package: Path, tmp_path: Path) -
     daemon = Daemon(cfg, tmp_path).start()
     try:
         assert sub.wait_for(lambda s: len(s.results) >= 30 and s.statuses, 60), daemon.output()
-        os.kill(sub.statuses[-1]["processes"]["worker:1"], signal.SIGKILL)
+        os.kill(sub.pids("worker:1")["worker:1"], signal.SIGKILL)
         before_kill = {r["worker"] for r in sub.results}
         # Warm-up: the restarted worker imports its libraries and loads its model (slowly on a
         # loaded machine), then caches and the SQLite page cache fill. Measured per process
