@@ -44,24 +44,36 @@ def decide(prob: np.ndarray, rules: DecisionConfig, ignore_mask: np.ndarray | No
     binary = (prob > rules.threshold).astype(np.uint8)
     if ignore_mask is not None:
         binary &= ignore_mask > 0
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    # Label 0 is the background.
-    keep = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= rules.min_defect_area]
-    mask = np.zeros(binary.shape, np.uint8)
-    boxes: list[list[int]] = []
-    area = 0
-    for i in keep:
-        x, y, w, h, a = (int(v) for v in stats[i])
-        boxes.append([x, y, w, h])
-        area += a
-    if keep:
-        mask[np.isin(labels, keep)] = 255
-    n = len(keep)
+    mask, regions = keep_regions(binary, rules.min_defect_area)
+    boxes = [[x, y, w, h] for x, y, w, h, _ in regions]
+    area = sum(a for *_, a in regions)
+    n = len(regions)
     if n and (area > rules.max_defect_area or n > rules.max_defect_count):
         reason = f"{n} defect(s), {area} px"
         return Decision(FAIL, reason, area, n, boxes, mask)
     reason = "no defect" if not n else f"{n} defect(s), {area} px within limits"
     return Decision(PASS, reason, area, n, boxes, mask, empty=not n)
+
+
+#: a kept region: x, y, w, h, area (pixels)
+Region = tuple[int, int, int, int, int]
+
+
+def keep_regions(binary: np.ndarray, min_area: int) -> tuple[np.ndarray, list[Region]]:
+    """The defect mask the line emits: the 8-connected regions of ``binary`` (a 0/1 uint8 map)
+    with at least ``min_area`` pixels, as a 0/255 uint8 mask, and each one's (x, y, w, h, area).
+
+    `lineside eval` scores this mask too (training/metrics.py), so that its figures describe
+    what a line's users receive, not only the raw thresholded map."""
+    mask = np.zeros(binary.shape, np.uint8)
+    if not binary.any():
+        return mask, []
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    # Label 0 is the background.
+    keep = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+    if keep:
+        mask[np.isin(labels, keep)] = 255
+    return mask, [tuple(int(v) for v in stats[i]) for i in keep]
 
 
 def merge_tiles(decisions: list[Decision], offsets: list[tuple[int, int]]) -> Decision:

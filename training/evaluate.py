@@ -51,6 +51,7 @@ def image_row(sample: Sample, scores: dict[str, Any], prob: np.ndarray, mask: np
         "outcome": ("TP" if decided else "FN") if truth else ("FP" if decided else "TN"),
         # Dice of a clean image only says whether anything was predicted: the region sizes say more
         "dice": scores[f"dice@{threshold}"] if truth else None,
+        "dice_line": scores["dice_line"] if truth else None,  # of the regions the line keeps
         "defect_px": int(np.count_nonzero(mask > 0.5)),
         "predicted_px": int(np.count_nonzero(prob > threshold)),
         "largest_region_px": largest,

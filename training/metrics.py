@@ -13,7 +13,9 @@ defect class's share alone, the strictest pixel figure.
 
 An image is called defective when the prediction at the decision threshold has a
 connected region (8-connectivity) of at least ``min_defect_area`` pixels, the same
-rule the line-side daemon applies.
+rule the line-side daemon applies. The mask the line emits holds only those regions
+(``edge.postprocess.keep_regions``); ``dice_line`` and ``iou_line`` score that mask at the
+decision threshold, beside the published counts, which score every pixel above it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from edge.postprocess import keep_regions
 
 THRESHOLDS: tuple[float, ...] = (0.05, 0.125, 0.25, 0.5, 0.75, 0.85, 0.95, 0.99)
 EPS = 1e-5
@@ -70,13 +74,6 @@ def largest_regions(prob: np.ndarray, threshold: float, truth: np.ndarray | None
     return largest, int(false_areas.max()) if false_areas.size else 0
 
 
-def is_defective(prob: np.ndarray, threshold: float, min_area: int) -> bool:
-    """True when a connected region above ``threshold`` has at least ``min_area`` pixels."""
-    if min_area <= 1:
-        return bool((prob > threshold).any())
-    return largest_region(prob, threshold) >= min_area
-
-
 class SegmentationScores:
     """Accumulates per-image scores, then summarizes them per class and over all classes."""
 
@@ -91,11 +88,15 @@ class SegmentationScores:
         prob = np.asarray(prob, np.float32).reshape(np.asarray(prob).shape[:2])
         mask = np.asarray(mask).reshape(np.asarray(mask).shape[:2])
         truth = bool((mask > 0.5).any())
+        line_mask, regions = keep_regions((prob > self.threshold).astype(np.uint8), self.min_defect_area)
         row: dict[str, Any] = {
             "class_id": int(class_id),
             "defective": truth,
-            "predicted_defective": is_defective(prob, self.threshold, self.min_defect_area),
+            "predicted_defective": bool(regions),
         }
+        # the mask the line emits: a clean image whose false pixels are all in regions below
+        # the minimum area scores 1 here, as the line shows it no defect
+        row["dice_line"], row["iou_line"] = _dice_iou(*confusion(line_mask, mask, 0.5))
         for t in self.thresholds:
             tp, fp, fn = confusion(prob, mask, t)
             row[f"dice@{t}"], row[f"iou@{t}"] = _dice_iou(tp, fp, fn)
@@ -126,6 +127,8 @@ class SegmentationScores:
         for kind in ("dice", "iou"):
             out[kind] = {str(t): _mean(defective, f"{kind}@{t}") for t in self.thresholds}
             out[f"{kind}_all_images"] = {str(t): _mean(rows, f"{kind}@{t}") for t in self.thresholds}
+            out[f"{kind}_line"] = _mean(defective, f"{kind}_line")
+            out[f"{kind}_line_all_images"] = _mean(rows, f"{kind}_line")
         pixel = {t: _pixel_scores(rows, f"pixels@{t}") for t in self.thresholds}
         for key in ("pixel_dice", "dsc_2class", "miou_2class"):
             out[key] = {str(t): pixel[t][key] for t in self.thresholds}
@@ -197,5 +200,9 @@ def format_table(summary: dict[str, Any]) -> str:
         f"published ways @{t}: UNet_Industrial (all images) Dice {fmt(o['dice_all_images'].get(t))}; "
         f"Cerebras (split pixels, 2-class mean) DSC {fmt(o['dsc_2class'].get(t))}, "
         f"mIoU {fmt(o['miou_2class'].get(t))}; defect-class pixel Dice {fmt(o['pixel_dice'].get(t))}"
+    )
+    lines.append(
+        f"the line's mask (regions >= {summary['min_defect_area']} px) @{t}: Dice {fmt(o['dice_line'])} "
+        f"on defective images, {fmt(o['dice_line_all_images'])} on all images"
     )
     return "\n".join(lines)

@@ -282,6 +282,8 @@ def write_training_json(
             "iou": overall["iou"][t],
             "iou@0.75": overall["iou"].get("0.75"),
             "dice_all_images": overall["dice_all_images"][t],
+            "dice_line": overall["dice_line"],
+            "dice_line_all_images": overall["dice_line_all_images"],
             "dsc_2class": overall["dsc_2class"][t],
             "miou_2class": overall["miou_2class"][t],
             "pixel_dice": overall["pixel_dice"][t],

@@ -131,6 +131,8 @@ def test_eval_json_keeps_a_row_per_image(white_is_defect, tmp_path):
     extra = by_name[(2, "0001.PNG")]
     assert extra["largest_region_px"] == 64 and extra["largest_false_region_px"] == 25
     assert extra["predicted_px"] == 89 and extra["dice"] == pytest.approx(128 / 153)
+    # both its regions reach the minimum area (4 px), so the line's mask is the thresholded map
+    assert extra["dice_line"] == pytest.approx(128 / 153) and clean["dice_line"] is None
 
 
 def test_a_real_surface_set_gets_its_misses_by_defect_kind_and_visibility(white_is_defect, tmp_path, capsys):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import needs_tensorflow
-from training.metrics import SegmentationScores, dice_iou, format_table, is_defective
+from training.metrics import SegmentationScores, dice_iou, format_table
 
 
 @needs_tensorflow
@@ -144,15 +144,51 @@ def test_dice_iou_by_hand():
 
 
 def test_minimum_area_rule():
+    def decided(prob: np.ndarray, min_area: int) -> bool:
+        return SegmentationScores(0.5, min_area).add(prob, np.zeros_like(prob))["predicted_defective"]
+
     prob = np.zeros((20, 20))
     prob[2:5, 2:5] = 0.9  # 9 px
     prob[10:13, 10:13] = 0.9  # 9 px, separate: neither region reaches 16
-    assert not is_defective(prob, 0.5, 16)
-    assert is_defective(prob, 0.5, 9)
+    assert not decided(prob, 16)
+    assert decided(prob, 9)
     prob[5, 2:5] = 0.9
     prob[6:10, 4] = 0.9  # joins the two squares diagonally into one 16+ px region
     prob[9, 4:10] = 0.9
-    assert is_defective(prob, 0.5, 16)
+    assert decided(prob, 16)
+
+
+def test_the_line_mask_is_scored_without_the_regions_the_line_drops():
+    """``dice_line`` scores the mask the line emits (regions of at least the minimum area), the
+    published Dice every pixel above the threshold: a speck costs the one, not the other."""
+    scores = SegmentationScores(threshold=0.5, min_defect_area=9)
+    label = np.zeros((20, 20))
+    label[2:8, 2:8] = 1  # 36 px
+    found = label.copy()
+    found[15:17, 15:17] = 0.9  # a 4 px speck beside the found defect: the line drops it
+    speck = np.zeros((20, 20))
+    speck[15:17, 15:17] = 0.9
+    small = np.zeros((20, 20))
+    small[0:2, 0:2] = 1  # a 4 px defect, found exactly, but below the minimum area
+    alarm = np.zeros((20, 20))
+    alarm[10:14, 10:14] = 0.9  # a 16 px false region: kept
+    rows = [
+        scores.add(found, label),
+        scores.add(speck, np.zeros((20, 20))),
+        scores.add(small, small),
+        scores.add(alarm, np.zeros((20, 20))),
+    ]
+    assert [r["dice@0.5"] for r in rows] == pytest.approx([72 / 76, 0, 1, 0], abs=1e-4)
+    assert [r["dice_line"] for r in rows] == pytest.approx([1, 1, 0, 0], abs=1e-4)
+    assert [r["iou_line"] for r in rows] == pytest.approx([1, 1, 0, 0], abs=1e-4)
+    o = scores.summary()["overall"]
+    assert o["dice"]["0.5"] == pytest.approx((72 / 76 + 1) / 2, abs=1e-4)
+    assert o["dice_line"] == pytest.approx(0.5, abs=1e-4)
+    assert o["dice_all_images"]["0.5"] == pytest.approx((72 / 76 + 1) / 4, abs=1e-4)
+    assert o["dice_line_all_images"] == pytest.approx(0.5, abs=1e-4)
+    assert "the line's mask (regions >= 9 px) @0.5: Dice 0.5000 on defective images, 0.5000 on all" in (
+        format_table(scores.summary())
+    )
 
 
 def test_image_level_rates_per_class():
