@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
+from converter.regions import keep_regions
 from edge.config import DecisionConfig
 
 PASS, FAIL, NO_DECISION = "PASS", "FAIL", "NO_DECISION"
@@ -53,27 +53,6 @@ def decide(prob: np.ndarray, rules: DecisionConfig, ignore_mask: np.ndarray | No
         return Decision(FAIL, reason, area, n, boxes, mask)
     reason = "no defect" if not n else f"{n} defect(s), {area} px within limits"
     return Decision(PASS, reason, area, n, boxes, mask, empty=not n)
-
-
-#: a kept region: x, y, w, h, area (pixels)
-Region = tuple[int, int, int, int, int]
-
-
-def keep_regions(binary: np.ndarray, min_area: int) -> tuple[np.ndarray, list[Region]]:
-    """The defect mask the line emits: the 8-connected regions of ``binary`` (a 0/1 uint8 map)
-    with at least ``min_area`` pixels, as a 0/255 uint8 mask, and each one's (x, y, w, h, area).
-
-    `lineside eval` scores this mask too (training/metrics.py), so that its figures describe
-    what a line's users receive, not only the raw thresholded map."""
-    mask = np.zeros(binary.shape, np.uint8)
-    if not binary.any():
-        return mask, []
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    # Label 0 is the background.
-    keep = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_area]
-    if keep:
-        mask[np.isin(labels, keep)] = 255
-    return mask, [tuple(int(v) for v in stats[i]) for i in keep]
 
 
 def merge_tiles(decisions: list[Decision], offsets: list[tuple[int, int]]) -> Decision:

@@ -4,6 +4,7 @@ asyncua, loaded only by a sink that is enabled), and `lineside --help` is light.
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,32 @@ def test_help_lists_every_subcommand() -> None:
         "demo",
     ):
         assert command in out.stdout, command
+
+
+#: docs/architecture.md's table: the other top-level packages each one may import
+MAY_IMPORT = {"training": {"converter"}, "converter": set(), "edge": {"converter"}}
+#: the two places in edge that reach into training on purpose, outside the line (docs/architecture.md)
+EDGE_INTO_TRAINING = {"edge/cli.py", "edge/config_docs.py"}
+
+
+def imported_packages(path: Path) -> set[str]:
+    """The top-level packages among edge, converter and training that ``path`` imports, anywhere in it."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names & set(MAY_IMPORT)
+
+
+def test_each_package_imports_only_what_the_architecture_allows() -> None:
+    wrong = []
+    for package, allowed in MAY_IMPORT.items():
+        for path in sorted((ROOT / package).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            extra = imported_packages(path) - allowed - {package}
+            if rel in EDGE_INTO_TRAINING:
+                extra -= {"training"}
+            wrong += [f"{rel} imports {name}" for name in sorted(extra)]
+    assert not wrong, wrong

@@ -14,7 +14,7 @@ defect class's share alone, the strictest pixel figure.
 An image is called defective when the prediction at the decision threshold has a
 connected region (8-connectivity) of at least ``min_defect_area`` pixels, the same
 rule the line-side daemon applies. The mask the line emits holds only those regions
-(``edge.postprocess.keep_regions``); ``dice_line`` and ``iou_line`` score that mask at the
+(``converter.regions.keep_regions``); ``dice_line`` and ``iou_line`` score that mask at the
 decision threshold, beside the published counts, which score every pixel above it.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge.postprocess import keep_regions
+from converter.regions import keep_regions
 
 THRESHOLDS: tuple[float, ...] = (0.05, 0.125, 0.25, 0.5, 0.75, 0.85, 0.95, 0.99)
 EPS = 1e-5

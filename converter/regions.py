@@ -1,0 +1,30 @@
+"""The regions the line keeps: one definition for the line's decision and for evaluation.
+
+It lives in ``converter``, the floor that ``edge`` and ``training`` both stand on
+(docs/architecture.md), so that neither imports the other.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+#: a kept region: x, y, w, h, area (pixels)
+Region = tuple[int, int, int, int, int]
+
+
+def keep_regions(binary: np.ndarray, min_area: int) -> tuple[np.ndarray, list[Region]]:
+    """The defect mask the line emits: the 8-connected regions of ``binary`` (a 0/1 uint8 map)
+    with at least ``min_area`` pixels, as a 0/255 uint8 mask, and each one's (x, y, w, h, area).
+
+    The line decides with it (edge/postprocess.py) and `lineside eval` scores the same mask
+    (training/metrics.py), so that its figures describe what a line's users receive."""
+    mask = np.zeros(binary.shape, np.uint8)
+    if not binary.any():
+        return mask, []
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    # Label 0 is the background.
+    keep = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_area]
+    if keep:
+        mask[np.isin(labels, keep)] = 255
+    return mask, [tuple(int(v) for v in stats[i]) for i in keep]
