@@ -20,8 +20,6 @@ def keep_regions(binary: np.ndarray, min_area: int) -> tuple[np.ndarray, list[Re
     The line decides with it (edge/postprocess.py) and `lineside eval` scores the same mask
     (training/metrics.py), so that its figures describe what a line's users receive."""
     mask = np.zeros(binary.shape, np.uint8)
-    if not binary.any():
-        return mask, []
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     # Label 0 is the background.
     keep = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_area]
