@@ -49,11 +49,6 @@ def dice_iou(prob: np.ndarray, mask: np.ndarray, threshold: float) -> tuple[floa
     return _dice_iou(*confusion(prob, mask, threshold))
 
 
-def largest_region(prob: np.ndarray, threshold: float) -> int:
-    """Pixels in the largest 8-connected region of ``prob > threshold`` (0 when there is none)."""
-    return largest_regions(prob, threshold)[0]
-
-
 def largest_regions(prob: np.ndarray, threshold: float, truth: np.ndarray | None = None) -> tuple[int, int]:
     """(largest region, largest false region) of ``prob > threshold``, in pixels (0 for none).
 

@@ -11,7 +11,7 @@ from tests.training.conftest import tiny_recipe
 from training.calibrate import Evidence, area_room_notes, calibrate_maps, choose_rule, gather, hold_out
 from training.config import load_config
 from training.datasets.base import Sample
-from training.metrics import SegmentationScores, largest_region, largest_regions
+from training.metrics import SegmentationScores, largest_regions
 
 
 def _samples() -> list[Sample]:
@@ -46,9 +46,9 @@ def test_largest_region_counts_8_connected_pixels():
     prob[1:4, 1:4] = 0.9  # 9 px
     prob[4, 4] = 0.9  # touches the block diagonally: same region
     prob[7:9, 7:9] = 0.6  # 4 px
-    assert largest_region(prob, 0.5) == 10
-    assert largest_region(prob, 0.7) == 10
-    assert largest_region(prob, 0.95) == 0
+    assert largest_regions(prob, 0.5)[0] == 10
+    assert largest_regions(prob, 0.7)[0] == 10
+    assert largest_regions(prob, 0.95)[0] == 0
 
 
 def _evidence(false_areas, defect_areas, threshold=0.5, dice=0.9) -> Evidence:
@@ -279,7 +279,7 @@ def test_false_regions_are_those_that_touch_no_labelled_defect():
     truth[4:8, 4:8] = 1.0  # overlaps the 16 px region only
     assert largest_regions(prob, 0.5, truth) == (16, 9)
     assert largest_regions(prob, 0.5, np.zeros_like(truth)) == (16, 16)
-    assert largest_region(prob, 0.5) == 16
+    assert largest_regions(prob, 0.5)[0] == 16
     truth[13, 13] = 1.0  # now both large regions touch a label
     assert largest_regions(prob, 0.5, truth) == (16, 4)
     truth[17, 3] = 1.0  # and all three do
