@@ -1,7 +1,8 @@
 """Segmentation losses: the seeds' BCE, smoothed Sørensen Dice, UNet_Industrial's adaptive loss and
 BCE + Dice, the Tversky loss, which weighs a missed defect pixel above a false one, and a
-per-image Dice, which weighs a small defect as much as a large one, and a peak term for weak
-labels, which asks that the brightest part of every label be marked.
+per-image Dice, which weighs a small defect as much as a large one, a peak term for weak
+labels, which asks that the brightest part of every label be marked, and the focal BCE, which
+weighs the pixels the model still gets wrong above those it already gets right.
 
 All take (y_true, y_pred) with y_pred the sigmoid probabilities, and compute in
 float32 so mixed precision does not change them.
@@ -21,6 +22,8 @@ TVERSKY_ALPHA, TVERSKY_BETA = 0.3, 0.7
 #: the peak term scores the top tenth of each crop's label pixels, at most this many (a thin
 #: scratch fills a few percent of its weak ellipse; the cap bounds the cost of top_k)
 PEAK_FRACTION, PEAK_MAX_PIXELS = 0.1, 4096
+#: the focal BCE's focusing parameter (Lin et al. 2017's choice; 0 is the plain BCE)
+FOCAL_GAMMA = 2.0
 
 
 class LossError(LinesideError, ValueError):
@@ -79,6 +82,23 @@ def adaptive_loss(y_true, y_pred):
 def bce_dice_loss(y_true, y_pred):
     """BCE + Dice loss, the sum commonly used on Severstal."""
     return bce_loss(y_true, y_pred) + dice_loss(y_true, y_pred)
+
+
+def focal_loss(y_true, y_pred):
+    """Mean focal BCE (Keras's ``BinaryFocalCrossentropy``, gamma 2, no class weighting): a
+    pixel's BCE times (1 - p_t)^gamma, so the mass of clean texture the model already scores
+    near 0 stops dominating the mean, and the pixels it confuses (dark texture, faint defects)
+    carry the gradient."""
+    import keras
+    import tensorflow as tf
+
+    y_true, y_pred = _f32(y_true, y_pred)
+    return tf.reduce_mean(keras.losses.binary_focal_crossentropy(y_true, y_pred, gamma=FOCAL_GAMMA))
+
+
+def focal_dice_loss(y_true, y_pred):
+    """Focal BCE + Dice loss: bce_dice with the BCE's easy pixels weighed down."""
+    return focal_loss(y_true, y_pred) + dice_loss(y_true, y_pred)
 
 
 def tversky_loss(y_true, y_pred, smooth: float = 1.0):
@@ -158,6 +178,8 @@ _LOSSES: dict[str, Callable] = {
     "dice": dice_loss,
     "adaptive": adaptive_loss,
     "bce_dice": bce_dice_loss,
+    "focal": focal_loss,
+    "focal_dice": focal_dice_loss,
     "tversky": tversky_loss,
     "bce_tversky": bce_tversky_loss,
     "bce_dice_per_image": bce_dice_per_image_loss,

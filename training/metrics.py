@@ -88,6 +88,9 @@ class SegmentationScores:
             "class_id": int(class_id),
             "defective": truth,
             "predicted_defective": bool(regions),
+            # the two image scores the AUROC ranks by (see image_auroc)
+            "largest_region_px": largest_regions(prob, self.threshold)[0],
+            "peak": float(prob.max()),
         }
         # the mask the line emits: a clean image whose false pixels are all in regions below
         # the minimum area scores 1 here, as the line shows it no defect
@@ -118,6 +121,10 @@ class SegmentationScores:
             "tpr": tp / len(defective) if defective else None,
             "tnr": tn / len(clean) if clean else None,
             "accuracy": (tp + tn) / len(rows) if rows else None,
+            "image_auroc": {
+                "largest_region": image_auroc(rows, "largest_region_px"),
+                "peak": image_auroc(rows, "peak"),
+            },
         }
         for kind in ("dice", "iou"):
             out[kind] = {str(t): _mean(defective, f"{kind}@{t}") for t in self.thresholds}
@@ -140,6 +147,24 @@ class SegmentationScores:
             "overall": self._summary(self._rows),
             "per_class": {str(c): self._summary(rows) for c, rows in sorted(by_class.items())},
         }
+
+
+def image_auroc(rows: list[dict[str, Any]], key: str) -> float | None:
+    """The image-level ROC AUC of score ``key``: the chance that a defective image scores above a
+    clean one (ties count half), None without both kinds.
+
+    It judges the model apart from any rule: the largest region at the decision threshold is the
+    score whose cut is the minimum area, so its AUROC bounds what any minimum area can reach at
+    that threshold (1: some area separates every image; 0.5: the regions say nothing). The peak
+    probability is the threshold-free view. Both are anomalib's image AUROC, on our scores.
+    """
+    pos = np.array([r[key] for r in rows if r["defective"]], np.float64)
+    neg = np.array([r[key] for r in rows if not r["defective"]], np.float64)
+    if not pos.size or not neg.size:
+        return None
+    # Mann-Whitney U from the pairwise comparison: at most a few thousand images per split
+    above = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(above / (pos.size * neg.size))
 
 
 def _pixel_scores(rows: list[dict[str, Any]], key: str) -> dict[str, float | None]:
@@ -171,7 +196,7 @@ def format_table(summary: dict[str, Any]) -> str:
     t = str(summary["threshold"])
     header = (
         f"{'class':>7} {'images':>6} {'defect':>6} {'Dice@' + t:>9} {'IoU@' + t:>9} "
-        f"{'IoU@0.75':>9} {'TPR':>7} {'TNR':>7}"
+        f"{'IoU@0.75':>9} {'TPR':>7} {'TNR':>7} {'AUROC':>6}"
     )
     lines = [header, "-" * len(header)]
 
@@ -180,15 +205,20 @@ def format_table(summary: dict[str, Any]) -> str:
             return "-"
         return f"{100 * v:.1f}%" if pct else f"{v:.4f}"
 
+    def fmt3(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
     rows = [*summary["per_class"].items(), ("all", summary["overall"])]
     for name, s in rows:
         lines.append(
             f"{name:>7} {s['images']:>6} {s['defective']:>6} "
             f"{fmt(s['dice'].get(t)):>9} {fmt(s['iou'].get(t)):>9} "
-            f"{fmt(s['iou'].get('0.75')):>9} {fmt(s['tpr'], True):>7} {fmt(s['tnr'], True):>7}"
+            f"{fmt(s['iou'].get('0.75')):>9} {fmt(s['tpr'], True):>7} {fmt(s['tnr'], True):>7} "
+            f"{fmt3(s['image_auroc']['largest_region']):>6}"
         )
     lines.append(
-        f"(Dice/IoU: mean over defective images; decision: region >= {summary['min_defect_area']} px)"
+        f"(Dice/IoU: mean over defective images; decision: region >= {summary['min_defect_area']} px; "
+        f"AUROC: defective against clean images by their largest region @{t}, any minimum area)"
     )
     o = summary["overall"]
     lines.append(
@@ -199,5 +229,9 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append(
         f"the line's mask (regions >= {summary['min_defect_area']} px) @{t}: Dice {fmt(o['dice_line'])} "
         f"on defective images, {fmt(o['dice_line_all_images'])} on all images"
+    )
+    lines.append(
+        f"image AUROC (no rule): largest region @{t} {fmt3(o['image_auroc']['largest_region'])}, "
+        f"peak probability {fmt3(o['image_auroc']['peak'])}"
     )
     return "\n".join(lines)

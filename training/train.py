@@ -290,8 +290,9 @@ def write_training_json(
             "tpr": overall["tpr"],
             "tnr": overall["tnr"],
             "accuracy": overall["accuracy"],
+            "image_auroc": overall["image_auroc"],
             "per_class": {
-                c: {"dice": s["dice"][t], "tpr": s["tpr"], "tnr": s["tnr"]}
+                c: {"dice": s["dice"][t], "tpr": s["tpr"], "tnr": s["tnr"], "image_auroc": s["image_auroc"]}
                 for c, s in summary["per_class"].items()
             },
         },

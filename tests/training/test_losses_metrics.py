@@ -28,9 +28,32 @@ def test_dice_coefficient_and_losses_by_hand():
     poor = np.array([0.2, 0.1, 0.9, 0.4], np.float32).reshape(1, 2, 2, 1)
     assert float(losses.dice_loss(y_true, poor)) >= 0.3
     assert float(losses.adaptive_loss(y_true, poor)) == pytest.approx(float(losses.bce_loss(y_true, poor)))
-    allowed = "bce, dice, adaptive, bce_dice, tversky, bce_tversky, bce_dice_per_image, bce_dice_peak"
+    allowed = (
+        "bce, dice, adaptive, bce_dice, focal, focal_dice, tversky, bce_tversky, bce_dice_per_image, "
+        "bce_dice_peak"
+    )
     with pytest.raises(ValueError, match=f"allowed: {allowed}"):
-        losses.get_loss("focal")
+        losses.get_loss("lovasz")
+
+
+@needs_tensorflow
+def test_focal_loss_by_hand_weighs_down_the_pixels_already_right():
+    from training import losses
+
+    y_true = np.array([1, 1, 0, 0], np.float32).reshape(1, 2, 2, 1)
+    y_pred = np.array([0.9, 0.4, 0.1, 0.7], np.float32).reshape(1, 2, 2, 1)
+    p_t = np.where(y_true == 1, y_pred, 1 - y_pred)
+    by_hand = np.mean(-((1 - p_t) ** 2) * np.log(p_t))
+    assert float(losses.focal_loss(y_true, y_pred)) == pytest.approx(by_hand, rel=1e-4)
+    # against the BCE, a pixel scored right (p_t 0.9) loses 99 % of its weight, a wrong one
+    # (p_t 0.3) half: the confused pixels carry the loss
+    right = np.array([0.9, 0.9, 0.1, 0.1], np.float32).reshape(1, 2, 2, 1)
+    wrong = np.array([0.3, 0.3, 0.7, 0.7], np.float32).reshape(1, 2, 2, 1)
+    for pred, weight in ((right, 0.01), (wrong, 0.49)):
+        ratio = float(losses.focal_loss(y_true, pred)) / float(losses.bce_loss(y_true, pred))
+        assert ratio == pytest.approx(weight, rel=1e-3)
+    dice = float(losses.dice_loss(y_true, y_pred))
+    assert float(losses.get_loss("focal_dice")(y_true, y_pred)) == pytest.approx(by_hand + dice, rel=1e-4)
 
 
 @needs_tensorflow
@@ -220,3 +243,35 @@ def test_image_level_rates_per_class():
     assert overall["pixel_dice"]["0.5"] == pytest.approx(18 / 36)
     table = format_table(summary)
     assert "     1 " in table and "   all " in table and "50.0%" in table
+
+
+def test_image_auroc_ranks_defective_against_clean_images_apart_from_the_rule():
+    # the minimum area (100 px) catches nothing, yet the regions separate the images well:
+    # the AUROC says what a better area could do, the TPR only what this one does
+    scores = SegmentationScores(threshold=0.5, min_defect_area=100)
+
+    def blob(side: int, peak: float = 0.9) -> np.ndarray:
+        prob = np.zeros((16, 16), np.float32)
+        prob[:side, :side] = peak
+        return prob
+
+    label = np.zeros((16, 16))
+    label[:4, :4] = 1
+    for side in (6, 5, 3):  # defective images: largest regions of 36, 25 and 9 px
+        scores.add(blob(side), label, class_id=1)
+    for side, peak in ((4, 0.95), (2, 0.9), (0, 0.9)):  # clean: 16, 4 and no px
+        scores.add(blob(side, peak), np.zeros((16, 16)), class_id=1)
+    summary = scores.summary()
+    assert summary["overall"]["tpr"] == 0.0
+    # 9 defective/clean pairs: the 9 px defect ranks below the 16 px clean region, the rest above
+    assert summary["overall"]["image_auroc"]["largest_region"] == pytest.approx(8 / 9)
+    # by peak: 0.9 against 0.95 (below), 0.9 (tie, half) and 0 (above), for each defect
+    assert summary["overall"]["image_auroc"]["peak"] == pytest.approx(3 * 1.5 / 9)
+    assert summary["per_class"]["1"]["image_auroc"]["largest_region"] == pytest.approx(8 / 9)
+    table = format_table(summary)
+    assert " 0.889" in table
+    assert "image AUROC (no rule): largest region @0.5 0.889, peak probability 0.500" in table
+    # without both kinds of image there is nothing to rank
+    only = SegmentationScores(threshold=0.5)
+    only.add(blob(4), label)
+    assert only.summary()["overall"]["image_auroc"] == {"largest_region": None, "peak": None}

@@ -25,8 +25,9 @@ def test_checkpoint_contract(trained_run):
     assert info["dataset"]["kind"] == "dagm" and info["dataset"]["classes"] == [1, 2]
     assert info["seed"] == 3 and info["model_file"] == "model.keras" and info["epochs_done"] == 2
     assert info["steps_done"] == 6
-    for key in ("dice", "iou", "tpr", "tnr", "per_class"):
+    for key in ("dice", "iou", "tpr", "tnr", "per_class", "image_auroc"):
         assert key in info["metrics"]
+    assert set(info["metrics"]["image_auroc"]) == {"largest_region", "peak"}
     assert info["metrics"]["images"] == 8 and set(info["metrics"]["per_class"]) == {"1", "2"}
     model = keras.models.load_model(trained_run / info["model_file"], compile=False)
     out = model.predict(np.zeros((1, 64, 64, 1), np.float32), verbose=0)
