@@ -57,10 +57,10 @@ def test_synth_writes_the_dagm_layout(tmp_path, capsys):
 @needs_tensorflow
 def test_bad_recipe_is_one_line_and_exit_code_2(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("dataset: {root: x}\nloss: focal\n")
+    recipe.write_text("dataset: {root: x}\nloss: lovasz\n")
     assert main(["train", str(recipe)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "loss is 'focal'; allowed: bce, dice, adaptive, bce_dice" in err
+    assert err.count("\n") == 0 and "loss is 'lovasz'; allowed: bce, dice, adaptive, bce_dice" in err
     assert main(["train", str(recipe), "--set", "loss=bce", "--set", "dataset.kind=dagm"]) == 2
     assert "DAGM root x does not exist" in capsys.readouterr().err
 

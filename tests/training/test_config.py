@@ -35,7 +35,7 @@ def test_defaults_merge_and_overrides():
             {"model": {"architecture": "resnet"}},
             "model.architecture is 'resnet'; allowed: tinyunet, unet_lowered",
         ),
-        ({"loss": "focal"}, "loss is 'focal'; allowed: bce, dice, adaptive, bce_dice"),
+        ({"loss": "lovasz"}, "loss is 'lovasz'; allowed: bce, dice, adaptive, bce_dice"),
         ({"input": {"normalization": "imagenet"}}, "allowed: zero_one, zero_centered"),
         ({"train": {"epochs": "ten"}}, "train.epochs must be int, got 'ten'"),
         ({"train": {"epochs": 0}}, "train.epochs is 0; must be >= 1"),
@@ -56,7 +56,7 @@ def test_defaults_merge_and_overrides():
         ),
         ({"input": {"augment": {"noise": -1}}}, "input.augment.noise is -1.0; must be between 0 and 64"),
         ({"input": {"augment": {"blur": 11}}}, "input.augment.blur is 11.0; must be between 0 and 10"),
-        ({"loss": "tversky_focal"}, "allowed: bce, dice, adaptive, bce_dice, tversky, bce_tversky"),
+        ({"loss": "tversky_focal"}, "allowed: bce, dice, adaptive, bce_dice, focal, focal_dice, tversky, bce_tversky"),
         ({"model": {"bottleneck_dilation": 0}}, "model.bottleneck_dilation is 0; must be >= 1"),
         (
             {"model": {"architecture": "unet_lowered", "bottleneck_dilation": 2}},
