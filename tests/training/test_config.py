@@ -56,7 +56,7 @@ def test_defaults_merge_and_overrides():
         ),
         ({"input": {"augment": {"noise": -1}}}, "input.augment.noise is -1.0; must be between 0 and 64"),
         ({"input": {"augment": {"blur": 11}}}, "input.augment.blur is 11.0; must be between 0 and 10"),
-        ({"loss": "tversky_focal"}, "allowed: bce, dice, adaptive, bce_dice, focal, focal_dice, tversky, bce_tversky"),
+        ({"loss": "tversky_focal"}, "allowed: bce, dice, adaptive, bce_dice, focal, focal_dice, tversky"),
         ({"model": {"bottleneck_dilation": 0}}, "model.bottleneck_dilation is 0; must be >= 1"),
         (
             {"model": {"architecture": "unet_lowered", "bottleneck_dilation": 2}},
