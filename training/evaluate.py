@@ -16,7 +16,7 @@ import numpy as np
 
 from converter.preprocessing import NORMALIZATIONS
 from training.datasets.base import Sample
-from training.metrics import SegmentationScores, largest_regions
+from training.metrics import SegmentationScores
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ def predictions(model, samples: list[Sample], cfg: dict[str, Any]):
 
 def image_row(sample: Sample, scores: dict[str, Any], prob: np.ndarray, mask: np.ndarray, threshold: float):
     """One image's line in ``eval.json``: truth, decision, Dice and region sizes at ``threshold``."""
-    largest, largest_false = largest_regions(prob, threshold, mask)
     truth, decided = scores["defective"], scores["predicted_defective"]
     return {
         "image": sample.image,
@@ -54,8 +53,8 @@ def image_row(sample: Sample, scores: dict[str, Any], prob: np.ndarray, mask: np
         "dice_line": scores["dice_line"] if truth else None,  # of the regions the line keeps
         "defect_px": int(np.count_nonzero(mask > 0.5)),
         "predicted_px": int(np.count_nonzero(prob > threshold)),
-        "largest_region_px": largest,
-        "largest_false_region_px": largest_false,
+        "largest_region_px": scores["largest_region_px"],
+        "largest_false_region_px": scores["largest_false_region_px"],
     }
 
 

@@ -84,13 +84,15 @@ class SegmentationScores:
         mask = np.asarray(mask).reshape(np.asarray(mask).shape[:2])
         truth = bool((mask > 0.5).any())
         line_mask, regions = keep_regions((prob > self.threshold).astype(np.uint8), self.min_defect_area)
+        largest, largest_false = largest_regions(prob, self.threshold, mask)
         row: dict[str, Any] = {
             "class_id": int(class_id),
             "defective": truth,
             "predicted_defective": bool(regions),
             # the two image scores the AUROC ranks by (see image_auroc)
-            "largest_region_px": largest_regions(prob, self.threshold)[0],
+            "largest_region_px": largest,
             "peak": float(prob.max()),
+            "largest_false_region_px": largest_false,
         }
         # the mask the line emits: a clean image whose false pixels are all in regions below
         # the minimum area scores 1 here, as the line shows it no defect
