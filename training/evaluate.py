@@ -38,9 +38,11 @@ def predictions(model, samples: list[Sample], cfg: dict[str, Any]):
             yield image[..., 0], mask[..., 0], prob[..., 0], int(class_id)
 
 
-def image_row(sample: Sample, scores: dict[str, Any], prob: np.ndarray, mask: np.ndarray, threshold: float):
-    """One image's line in ``eval.json``: truth, decision, Dice and region sizes at ``threshold``."""
+def image_row(sample: Sample, scores: dict[str, Any], threshold: float):
+    """One image's line in ``eval.json``: truth, decision, Dice and region sizes at ``threshold``,
+    all taken from its row in ``SegmentationScores`` (which counted them already)."""
     truth, decided = scores["defective"], scores["predicted_defective"]
+    tp, fp, fn, _ = scores[f"pixels@{threshold}"]
     return {
         "image": sample.image,
         "name": Path(sample.image).name,
@@ -51,8 +53,8 @@ def image_row(sample: Sample, scores: dict[str, Any], prob: np.ndarray, mask: np
         # Dice of a clean image only says whether anything was predicted: the region sizes say more
         "dice": scores[f"dice@{threshold}"] if truth else None,
         "dice_line": scores["dice_line"] if truth else None,  # of the regions the line keeps
-        "defect_px": int(np.count_nonzero(mask > 0.5)),
-        "predicted_px": int(np.count_nonzero(prob > threshold)),
+        "defect_px": tp + fn,
+        "predicted_px": tp + fp,
         "largest_region_px": scores["largest_region_px"],
         "largest_false_region_px": scores["largest_false_region_px"],
     }
@@ -117,7 +119,7 @@ def evaluate_model(
     worst = WorstImages(n_examples)
     rows = []
     for sample, (image, mask, prob, class_id) in zip(samples, predictions(model, samples, cfg), strict=True):
-        row = image_row(sample, scores.add(prob, mask, class_id), prob, mask, ev["threshold"])
+        row = image_row(sample, scores.add(prob, mask, class_id), ev["threshold"])
         rows.append(row)
 
         def example(image=image, mask=mask, prob=prob, class_id=class_id):
