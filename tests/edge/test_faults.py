@@ -129,6 +129,8 @@ def test_a_killed_child_is_restarted_and_the_books_stay_whole(
     check_ledger(summary)
     reasons = summary["totals"]["dropped_by_reason"]
     print(f"kill -9 {victim}: exit {code}; drops {reasons}; decided {summary['totals']['decided']}")
+    # What each process said of the kill, shown with a failure (an assertion's message is cut).
+    print("\n".join(line for line in out.splitlines() if re.search(r"gone|left|counted|exited|joined", line)))
     assert "Traceback" not in out
     assert summary["restarts"].get(victim, 0) >= 1, summary["restarts"]
     # What the dead process held is counted under its own name, not swept up at the end.
