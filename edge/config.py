@@ -158,8 +158,9 @@ class WorkersConfig:
     max_batch: int = number(4, ge=1, le=256)
     #: ... or when its first frame has waited this long
     max_wait_ms: float = number(20.0, ge=0)
-    #: a worker silent for this long is declared dead and its frames counted lost; at least
-    #: 1.5 s, since workers heartbeat once a second (a shorter one loses live workers)
+    #: a worker silent for this long is declared dead and its frames counted lost (a local worker
+    #: that died: as soon as its restarted successor joins); at least 1.5 s, since workers
+    #: heartbeat once a second (a shorter one loses live workers)
     heartbeat_timeout_s: float = number(10.0, ge=1.5)
 
 

@@ -278,8 +278,13 @@ class Welcome(_Message, tag="welcome"):
     pass
 
 
+#: the worker a restarted local worker replaces (its supervisor saw that one die), or ""
+Replaces = Annotated[str, msgspec.Meta(max_length=128)]
+
+
 class Ready(_Message, tag="ready"):
     worker: Name
+    replaces: Replaces = ""
     credits: Annotated[int, msgspec.Meta(ge=0, le=MAX_ITEMS)] = 0
     credits_open: Annotated[int, msgspec.Meta(ge=0, le=MAX_ITEMS)] = 0
     done: _items(FrameRef) = []
@@ -287,6 +292,7 @@ class Ready(_Message, tag="ready"):
 
 class Heartbeat(_Message, tag="heartbeat"):
     worker: Name
+    replaces: Replaces = ""
     holding: _items(TaggedRef) = []
     credits_open: Annotated[int, msgspec.Meta(ge=0, le=MAX_ITEMS)] = 0
     busy: bool = False

@@ -45,7 +45,7 @@ from edge.keys import check_line_keys, line_keys
 from edge.router import ROUTER_STATS_INTERVAL_S
 from edge.sinks.feed import check_plant_sinks, enabled_sinks
 from edge.sources.backoff import Backoff
-from edge.worker import EXIT_MODEL_LOAD, HEARTBEAT_S
+from edge.worker import EXIT_MODEL_LOAD, HEARTBEAT_S, worker_name
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,8 @@ class Supervisor:
         workers = []
         for i in range(self.cfg.workers.count):
             ready = self.ctx.Event()
-            worker = Child(f"worker:{i}", "edge.worker:worker_main", (cfg_dict, i, lvl, None, ready))
+            args = (cfg_dict, i, lvl, None, ready, None, worker_name(i), "")
+            worker = Child(f"worker:{i}", "edge.worker:worker_main", args)
             self.children.append(worker)
             self.spawn(worker)
             workers.append((worker, ready))
@@ -311,6 +312,11 @@ class Supervisor:
                 )
             elif proc is None and not child.finished and now >= child.restart_at:
                 child.restarts += 1
+                if child.role.startswith("worker:"):
+                    # A new name, and the dead one's: the router then counts what the dead worker
+                    # held lost as soon as this one joins, not after the heartbeat timeout.
+                    *start, dead, _ = child.args  # start: (cfg, index, log level, ...)
+                    child.args = (*start, worker_name(start[1]), dead)
                 self.spawn(child)
                 self.not_ready.pop(child.role, None)
         header = {

@@ -147,6 +147,9 @@ class Worker:
         self.package = package
         self.backend = backend
         self.name = name
+        #: the worker this one was started in place of (it died): the router counts what that
+        #: one held lost when this one joins, instead of after the heartbeat timeout
+        self.replaces = ""
         #: why this worker runs another backend than the config asked for ("" when it does not):
         #: logged, sent with every heartbeat, shown in /readyz and the status message
         self.backend_note = ""
@@ -214,6 +217,7 @@ class Worker:
             # lost) takes the whole open count from here
             "credits_open": self.credits_out,
             "done": self.done,
+            **({"replaces": self.replaces} if self.replaces else {}),
         }
         work.send(protocol.encode_header(header))
         self.done = []
@@ -244,6 +248,7 @@ class Worker:
             "busy": self.inferring,
             "rejected": dict(self.rejected.counts),
             "backend_note": self.backend_note,
+            **({"replaces": self.replaces} if self.replaces else {}),
         }
 
     def report_drop(self, results: zmq.Socket, header: dict[str, Any], reason: str) -> None:
@@ -674,6 +679,12 @@ def _start_backend(cfg: LineConfig, package: ModelPackage, backend: Backend, nam
     return worker
 
 
+def worker_name(index: int) -> str:
+    """A worker process's name: its host, its index and a token of its own (a restarted
+    worker is another process, with another name)."""
+    return f"{os.uname().nodename}-w{index}-{uuid.uuid4().hex[:6]}"
+
+
 def worker_main(
     cfg_dict: dict,
     index: int,
@@ -681,19 +692,23 @@ def worker_main(
     endpoints: dict | None = None,
     ready: Any = None,
     connect_timeout_s: float | None = None,
+    name: str | None = None,
+    replaces: str = "",
 ) -> None:
     """Entry point of a worker process (spawned locally, or started by `lineside worker`,
-    which passes ``endpoints`` and ``connect_timeout_s`` and stops on Ctrl-C)."""
+    which passes ``endpoints`` and ``connect_timeout_s`` and stops on Ctrl-C). A supervisor
+    names its workers, and a restarted one the worker it ``replaces``."""
     from edge.config import from_dict
     from edge.process import die_with_parent, leave_run_dir, setup_process
 
     cfg = from_dict(cfg_dict)
-    name = f"{os.uname().nodename}-w{index}-{uuid.uuid4().hex[:6]}"
+    name = name or worker_name(index)
     by_hand = endpoints is not None
     setup_process(f"worker:{index}", log_level)
     endpoints = endpoints or {"work": cfg.endpoint("work"), "results": cfg.endpoint("results")}
     keys = client_keys(cfg, [endpoints["work"], endpoints["results"]])
     worker = open_worker(cfg, name)
+    worker.replaces = replaces
     stop = worker.stop.set
     if not by_hand:
         die_with_parent(stop)

@@ -368,6 +368,31 @@ def test_router_reports_the_frames_of_a_silent_worker_as_worker_lost(rig: Router
     assert [(d["reason"], d["cam"], d["seqs"]) for d in rig.drops()] == [("worker_lost", "trig", [0, 1])]
 
 
+def test_a_restarted_worker_has_what_its_dead_predecessor_held_counted_lost_at_once(
+    rig: RouterRig, socket, recv
+) -> None:
+    """The supervisor restarts a killed worker in a second or two, well inside the heartbeat
+    timeout (10 s by default), under a new name and with the dead one's: what that one held is
+    lost when the new one joins, and its camera's share is free again at once."""
+    for seq in range(3):
+        rig.router.on_frame(from_camera("trig", frame_parts("trig", seq, "lossless")))
+    rig.attach_worker(recv, credits=2)
+    rig.router.dispatch(rig.work)
+    assert [h["seq"] for h in drain(rig.worker)] == [0, 1]
+    w2 = socket(zmq.DEALER, identity=b"w2")
+    w2.connect("inproc://work")
+    hello = {"t": "heartbeat", "worker": "w2", "replaces": "w0-never-here", "credits_open": 1}
+    w2.send(protocol.encode_header(hello))
+    rig.router.on_worker([Msg(part) for part in recv(rig.work, what="w2's heartbeat")], rig.work)
+    assert rig.drops() == [] and set(rig.router.workers) == {"w1", "w2"}  # replaces no one here
+    w3 = socket(zmq.DEALER, identity=b"w3")
+    w3.connect("inproc://work")
+    w3.send(protocol.encode_header({"t": "ready", "worker": "w3", "replaces": "w1", "credits": 1}))
+    rig.router.on_worker([Msg(part) for part in recv(rig.work, what="w3's ready")], rig.work)
+    assert [(d["reason"], d["seqs"]) for d in rig.drops()] == [("worker_lost", [0, 1])]
+    assert set(rig.router.workers) == {"w2", "w3"}
+
+
 # -- worker batching -------------------------------------------------------------------------
 @pytest.fixture
 def worker_sockets(line_package: Path, socket: Callable[..., zmq.Socket]):
