@@ -183,6 +183,7 @@ def build_app(
             parse_time(q.get("until", ""), "until"),
             int_param(request, "page", 1, 1, 10**9),
             int_param(request, "per_page", 50, 1, 500),
+            int_param(request, "as_of", 0, 0, 2**63 - 1),
         )
         return JSONResponse(page)
 

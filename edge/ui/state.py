@@ -333,9 +333,14 @@ class LineState:
         until: float | None = None,
         page: int = 1,
         per_page: int = 50,
+        as_of: int = 0,
     ) -> dict[str, Any]:
         """One page of the decision log, newest first, filtered by camera, outcome and
-        capture-time range (Unix seconds)."""
+        capture-time range (Unix seconds).
+
+        The line keeps logging while someone pages, so a plain offset would shift: page 2
+        would repeat page 1's last rows. Each answer names ``as_of``, the newest row it
+        counted; a later page that passes it back sees the log as page 1 saw it."""
         where, params = [], []
         if camera:
             where.append("camera_id = ?")
@@ -349,14 +354,18 @@ class LineState:
         if until is not None:
             where.append("capture_ts <= ?")
             params.append(until)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        out: dict[str, Any] = {"page": page, "per_page": per_page, "total": 0, "rows": []}
+        out: dict[str, Any] = {"page": page, "per_page": per_page, "as_of": as_of, "total": 0, "rows": []}
         if self.log_path is None:
             return {**out, "note": "this line keeps no decision log (sinks.decision_log is empty)"}
         db = self._db()
         if db is None:
             return {**out, "note": f"no decision log at {self.log_path} yet"}
         try:
+            if not as_of:
+                as_of = out["as_of"] = db.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0]
+            where.append("id <= ?")
+            params.append(as_of)
+            clause = f"WHERE {' AND '.join(where)}"
             out["total"] = db.execute(f"SELECT COUNT(*) FROM decisions {clause}", params).fetchone()[0]
             rows = db.execute(
                 f"SELECT camera_id, epoch, seq, capture_ts, decided_ts, decision, reason, defect_area, "

@@ -162,3 +162,26 @@ def test_a_log_from_an_older_schema_is_refused_untouched(tmp_path: pathlib.Path)
     with sqlite3.connect(path) as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(decisions)")]
     assert columns == ["id", "camera_id", "seq"]
+
+
+def test_history_pages_stay_put_while_the_line_keeps_logging(tmp_path: pathlib.Path) -> None:
+    """The UI's history reads this log while the line writes it: page 2, asked with page 1's
+    ``as_of``, holds the rows right after page 1's even when newer decisions came between."""
+    from edge.config import parse_config
+    from edge.ui.state import LineState
+
+    path = tmp_path / "decisions.sqlite"
+    log = DecisionLog(path)
+    log.write_many(result(seq) for seq in range(1, 21))
+    state = LineState(parse_config({"cameras": [{"id": "cam0"}], "sinks": {"decision_log": str(path)}}))
+    first = state.history(per_page=5)
+    assert [r["seq"] for r in first["rows"]] == [20, 19, 18, 17, 16] and first["total"] == 20
+    log.write_many(result(seq) for seq in range(21, 24))  # the line goes on
+    second = state.history(per_page=5, page=2, as_of=first["as_of"])
+    assert [r["seq"] for r in second["rows"]] == [15, 14, 13, 12, 11]
+    assert second["total"] == 20 and second["as_of"] == first["as_of"]
+    # without it the offset counts from the newest row: page 2 repeats page 1's last three
+    assert [r["seq"] for r in state.history(per_page=5, page=2)["rows"]] == [18, 17, 16, 15, 14]
+    fresh = state.history(per_page=5)
+    assert fresh["total"] == 23 and fresh["as_of"] > first["as_of"]
+    log.close()

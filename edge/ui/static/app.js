@@ -81,6 +81,9 @@ function connect() {
 
 // -- history -------------------------------------------------------------------------------
 let historyPage = 1;
+// the newest log row page 1 counted: later pages send it back, so that the decisions the line
+// logs meanwhile do not push rows from one page onto the next (a new search starts afresh)
+let historyAsOf = 0;
 
 function toUnix(value) {
   return value ? String(new Date(value).getTime() / 1000) : "";
@@ -94,6 +97,7 @@ async function loadHistory() {
     until: toUnix($("h-until").value),
     page: historyPage,
     per_page: 25,
+    as_of: historyPage > 1 ? historyAsOf : 0,
   });
   const r = await fetch("/api/history?" + q);
   const data = await r.json();
@@ -102,6 +106,7 @@ async function loadHistory() {
     $("h-note").textContent = data.error;
     return;
   }
+  if (historyPage === 1) historyAsOf = data.as_of;
   const pages = Math.max(1, Math.ceil(data.total / data.per_page));
   $("h-page").textContent = `page ${data.page} of ${pages} (${data.total} decisions)`;
   $("h-page").dataset.total = data.total;
