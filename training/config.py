@@ -138,6 +138,13 @@ class InputConfig:
     crop: int = number(0, ge=0, note="0: whole images")
     #: fraction of training crops centred on a defect (0 = uniform random crops)
     defect_crop_fraction: float = number(0.5, ge=0, le=1)
+    #: copy-paste augmentation (training/paste.py): this fraction of the crops that hold no
+    #: defect get one of their class's labelled training defects pasted in, turned and flipped
+    #: at random (0 = off)
+    defect_paste_fraction: float = number(0.0, ge=0, le=1, note="0: no pasting")
+    #: this fraction of those pastes are decoys: a piece of the crop's own texture in a label's
+    #: shape, pasted the same way with no label, so that the paste's rim is no cue
+    paste_decoy_fraction: float = number(0.0, ge=0, le=1)
     #: hard-negative mining (training/mining.py): this fraction of the crops of clean training
     #: images is centred on the model's strongest false response (0 = off; needs input.crop)
     hard_negative_fraction: float = number(0.0, ge=0, le=1, note="0: no hard-negative mining")

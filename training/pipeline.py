@@ -245,12 +245,15 @@ def train_dataset(
     start_epoch: int = 0,
     epochs: int | None = None,
     hints=None,
+    bank=None,
 ):
     """Batches of (normalized image, float mask) for epochs start_epoch .. start_epoch+epochs-1.
 
     ``hints`` is the int32 ``tf.Variable`` [len(samples), 2] of ``training.mining``, or None.
     Each element reads its sample's row when it is produced, so hints mined during training
     reach the batches after the few that ``prefetch`` and the parallel map already made.
+    ``bank`` is the ``training.paste.DefectBank`` of these samples when ``input.defect_paste_fraction``
+    is above 0 (built here when not given).
     """
     import tensorflow as tf
 
@@ -262,6 +265,22 @@ def train_dataset(
     base = decoded_dataset(samples, inp, cfg["dataset"]["image_size"], inp["cache"]).enumerate()
     crop, aug = inp["crop"], inp["augment"]
     n = len(samples)
+    paste_fraction = inp["defect_paste_fraction"]
+    if paste_fraction > 0 and bank is None:
+        from training.paste import DefectBank
+
+        bank = DefectBank.from_samples(
+            samples, inp, cfg["dataset"]["image_size"], inp["paste_decoy_fraction"]
+        )
+
+    def paste(image, mask, class_id, seed):
+        def numpy_paste(img, msk, cls, sd):
+            return bank.paste(img, msk, int(cls), int(sd))
+
+        pasted, pasted_mask = tf.numpy_function(
+            numpy_paste, [image, mask, class_id, seed], [tf.float32, tf.uint8], stateful=False
+        )
+        return tf.ensure_shape(pasted, image.shape), tf.ensure_shape(pasted_mask, mask.shape)
 
     def one_epoch(epoch: int):
         # a Python-int seed per epoch: shuffle refuses tensor seeds once a global seed is set
@@ -270,7 +289,7 @@ def train_dataset(
         ds = ds.take(steps * batch).enumerate()
 
         def prepare(i, item):
-            index, (image, mask, _) = item
+            index, (image, mask, class_id) = item
             elem_seed = tf.stack([tf.constant(seed * 7919 + epoch, tf.int64), i])
             s = tf.random.experimental.stateless_split(elem_seed, 2)
             if crop:
@@ -278,7 +297,17 @@ def train_dataset(
                 image, mask = _crop(
                     image, mask, crop, inp["defect_crop_fraction"], s[0], hint, inp["hard_negative_fraction"]
                 )
-            image, mask = _augment(tf.cast(image, tf.float32), mask, aug, s[1], square=bool(crop))
+            image = tf.cast(image, tf.float32)
+            if paste_fraction > 0 and len(bank):
+                # a stream of its own (folded in), so every other draw stays what it was
+                p = tf.random.stateless_uniform([2], tf.random.experimental.stateless_fold_in(elem_seed, 1))
+                paste_seed = tf.cast(p[1] * 2**31, tf.int64)
+                image, mask = tf.cond(
+                    tf.logical_and(p[0] < paste_fraction, tf.reduce_max(mask) == 0),
+                    lambda: paste(image, mask, class_id, paste_seed),
+                    lambda: (image, mask),
+                )
+            image, mask = _augment(image, mask, aug, s[1], square=bool(crop))
             return normalize(image, inp["normalization"]), tf.cast(mask, tf.float32)
 
         ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
