@@ -138,6 +138,7 @@ def test_training_crops_without_a_defect_get_one_pasted(tmp_path, fraction):
 
 
 @needs_tensorflow
+@pytest.mark.slow
 def test_a_training_run_pastes_its_own_defects_and_says_so(dagm_root, tmp_path, caplog):
     import logging
 
