@@ -14,12 +14,15 @@ in over a soft rim (``FEATHER_PX``) outside the label, and the mask is the label
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from training.datasets.base import Sample
+
+logger = logging.getLogger(__name__)
 
 #: the rim outside a label over which the pasted texture fades into the crop's
 FEATHER_PX = 4
@@ -57,16 +60,26 @@ class DefectBank:
         cls, samples: list[Sample], input_cfg: dict[str, Any], image_size, decoy_fraction: float = 0.0
     ) -> DefectBank:
         """Decode the defective samples (as the training pipeline does) and cut one patch per
-        connected region of each mask."""
+        connected region of each mask; say how many."""
         from training.pipeline import decoded_dataset
 
         defective = [s for s in samples if s.defective]
         bank = cls(decoy_fraction=decoy_fraction)
-        if not defective:
-            return bank
-        for image, mask, class_id in decoded_dataset(defective, input_cfg, image_size, cache=False):
-            for patch in cut_patches(image.numpy()[..., 0], mask.numpy()[..., 0]):
-                bank.by_class.setdefault(int(class_id), []).append(patch)
+        if defective:
+            for image, mask, class_id in decoded_dataset(defective, input_cfg, image_size, cache=False):
+                for patch in cut_patches(image.numpy()[..., 0], mask.numpy()[..., 0]):
+                    bank.by_class.setdefault(int(class_id), []).append(patch)
+        if not len(bank):
+            logger.warning("copy-paste: the training images hold no labelled defect, so nothing is pasted")
+        else:
+            logger.info(
+                "copy-paste: %d labelled defects of %d class(es) pasted into %.0f%% of the crops without one "
+                "(%.0f%% of them decoys)",
+                len(bank),
+                len(bank.by_class),
+                100 * input_cfg["defect_paste_fraction"],
+                100 * decoy_fraction,
+            )
         return bank
 
     def paste(

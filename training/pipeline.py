@@ -245,15 +245,14 @@ def train_dataset(
     start_epoch: int = 0,
     epochs: int | None = None,
     hints=None,
-    bank=None,
 ):
     """Batches of (normalized image, float mask) for epochs start_epoch .. start_epoch+epochs-1.
 
     ``hints`` is the int32 ``tf.Variable`` [len(samples), 2] of ``training.mining``, or None.
     Each element reads its sample's row when it is produced, so hints mined during training
     reach the batches after the few that ``prefetch`` and the parallel map already made.
-    ``bank`` is the ``training.paste.DefectBank`` of these samples when ``input.defect_paste_fraction``
-    is above 0 (built here when not given).
+    With ``input.defect_paste_fraction`` above 0, the labelled defects of these samples are
+    pasted into crops without one (``training.paste``).
     """
     import tensorflow as tf
 
@@ -265,8 +264,8 @@ def train_dataset(
     base = decoded_dataset(samples, inp, cfg["dataset"]["image_size"], inp["cache"]).enumerate()
     crop, aug = inp["crop"], inp["augment"]
     n = len(samples)
-    paste_fraction = inp["defect_paste_fraction"]
-    if paste_fraction > 0 and bank is None:
+    paste_fraction, bank = inp["defect_paste_fraction"], None
+    if paste_fraction > 0:
         from training.paste import DefectBank
 
         bank = DefectBank.from_samples(
@@ -298,7 +297,7 @@ def train_dataset(
                     image, mask, crop, inp["defect_crop_fraction"], s[0], hint, inp["hard_negative_fraction"]
                 )
             image = tf.cast(image, tf.float32)
-            if paste_fraction > 0 and len(bank):
+            if bank is not None and len(bank):
                 # a stream of its own (folded in), so every other draw stays what it was
                 p = tf.random.stateless_uniform([2], tf.random.experimental.stateless_fold_in(elem_seed, 1))
                 paste_seed = tf.cast(p[1] * 2**31, tf.int64)

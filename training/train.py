@@ -132,24 +132,6 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
     start_epoch = state["epoch"] if state else 0
     (out / "recipe.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
-    bank = None
-    if cfg["input"]["defect_paste_fraction"]:
-        from training.paste import DefectBank
-
-        bank = DefectBank.from_samples(
-            train_samples, cfg["input"], cfg["dataset"]["image_size"], cfg["input"]["paste_decoy_fraction"]
-        )
-        logger.info(
-            "copy-paste: %d labelled defects of %d class(es) pasted into %.0f%% of the crops without one "
-            "(%.0f%% of them decoys)",
-            len(bank),
-            len(bank.by_class),
-            100 * cfg["input"]["defect_paste_fraction"],
-            100 * cfg["input"]["paste_decoy_fraction"],
-        )
-        if not len(bank):
-            logger.warning("copy-paste: the training images hold no labelled defect, so nothing is pasted")
-
     started = time.perf_counter()  # train_seconds and the time budget count from here
     # before the checkpoint, which writes the learning rate the schedule logs into history.json
     callbacks, budget = _schedule_callbacks(cfg, started)
@@ -171,7 +153,7 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
         callbacks.append(make_miner(train_samples, cfg, hints, out / CHECKPOINT_DIR, start_epoch))
     if start_epoch < tcfg["epochs"]:
         # Keras distributes a plain tf.data dataset over the strategy it was compiled under
-        ds = train_dataset(train_samples, cfg, seed, start_epoch=start_epoch, hints=hints, bank=bank)
+        ds = train_dataset(train_samples, cfg, seed, start_epoch=start_epoch, hints=hints)
         model.fit(
             ds,
             epochs=tcfg["epochs"],

@@ -149,7 +149,7 @@ def test_a_training_run_pastes_its_own_defects_and_says_so(dagm_root, tmp_path, 
     recipe = tiny_recipe(dagm_root, tmp_path / "paste", epochs=1)
     recipe["input"].update(defect_paste_fraction=0.5, paste_decoy_fraction=0.5)
     train_samples, _ = load_dagm(dagm_root, [1, 2])
-    with caplog.at_level(logging.INFO, logger="training.train"):
+    with caplog.at_level(logging.INFO, logger="training.paste"):
         out = train(recipe)
     said = [r.getMessage() for r in caplog.records if "copy-paste" in r.getMessage()]
     assert len(said) == 1
