@@ -193,6 +193,7 @@ def build_app(
             request.query_params.get("camera", ""),
             int_param(request, "page", 1, 1, 10**9),
             int_param(request, "per_page", 12, 1, 200),
+            int_param(request, "as_of", 0, 0, 2**63 - 1),
         )
         return JSONResponse(page)
 

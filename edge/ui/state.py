@@ -395,9 +395,12 @@ class LineState:
         entry = f"{item['camera_id']}/{day}/{stem}"
         return entry if (self.ng_root / f"{entry}.json").exists() else None
 
-    def ng_page(self, camera: str = "", page: int = 1, per_page: int = 12) -> dict[str, Any]:
-        """NG entries, newest first (complete ones only: their JSON is written last)."""
-        out: dict[str, Any] = {"page": page, "per_page": per_page, "total": 0, "entries": []}
+    def ng_page(self, camera: str = "", page: int = 1, per_page: int = 12, as_of: int = 0) -> dict[str, Any]:
+        """NG entries, newest first (complete ones only: their JSON is written last).
+
+        As with the history, ``as_of`` (the newest entry's write time, in ns, that page 1
+        counted) keeps later pages where they were while the line stores new entries."""
+        out: dict[str, Any] = {"page": page, "per_page": per_page, "as_of": as_of, "total": 0, "entries": []}
         if self.ng_root is None:
             return {**out, "note": "this line keeps no NG store (sinks.ng_store is empty)"}
         if not self.ng_root.is_dir():
@@ -408,6 +411,10 @@ class LineState:
             with contextlib.suppress(OSError):
                 found.append((path.stat().st_mtime_ns, path))
         found.sort(reverse=True)
+        if not as_of:
+            out["as_of"] = found[0][0] if found else 0
+        else:
+            found = [entry for entry in found if entry[0] <= as_of]
         out["total"] = len(found)
         for _, path in found[(page - 1) * per_page : page * per_page]:
             try:

@@ -135,3 +135,33 @@ def test_real_full_disk_raises_disk_full_error(tiny_fs):
     assert not list((root / "ng").rglob("*.tmp"))
     assert store.bytes_used == disk_bytes(root / "ng")
     assert len(list((root / "ng").rglob("*.json"))) == store.saved
+
+
+def test_the_ui_gallery_pages_stay_put_while_the_line_stores_more(tmp_path):
+    """The UI lists this store newest first while the line writes it: page 2, asked with page
+    1's ``as_of``, holds the entries right after page 1's even when newer ones came between."""
+    from edge.config import parse_config
+    from edge.ui.state import LineState
+
+    store = NgStore(tmp_path / "ng", max_bytes=10_000_000)
+    image, mask = part(3)
+
+    def save(seq: int) -> None:
+        path = store.save("cam0", seq, image, mask, {"capture_ts": TS + seq})
+        # distinct write times whatever the file system's clock resolution
+        os.utime(path.with_suffix(".json"), ns=(int((TS + seq) * 1e9),) * 2)
+
+    for seq in range(1, 8):
+        save(seq)
+    state = LineState(
+        parse_config({"cameras": [{"id": "cam0"}], "sinks": {"ng_store": str(tmp_path / "ng")}})
+    )
+    seqs = lambda page: [e["meta"]["seq"] for e in page["entries"]]  # noqa: E731
+    first = state.ng_page(per_page=3)
+    assert seqs(first) == [7, 6, 5] and first["total"] == 7
+    save(8)
+    save(9)  # the line goes on
+    second = state.ng_page(per_page=3, page=2, as_of=first["as_of"])
+    assert seqs(second) == [4, 3, 2] and second["total"] == 7
+    assert seqs(state.ng_page(per_page=3, page=2)) == [6, 5, 4]  # without it, page 1 again in part
+    assert state.ng_page(per_page=3)["total"] == 9

@@ -135,10 +135,12 @@ $("h-next").onclick = () => { historyPage += 1; loadHistory(); };
 
 // -- NG gallery ------------------------------------------------------------------------------
 let ngPage = 1;
+let ngAsOf = 0; // page 1's newest entry: as for the history, later pages stay where they were
 
 async function loadGallery() {
-  const r = await fetch(`/api/ng?page=${ngPage}&per_page=12`);
+  const r = await fetch(`/api/ng?page=${ngPage}&per_page=12&as_of=${ngPage > 1 ? ngAsOf : 0}`);
   const data = await r.json();
+  if (ngPage === 1) ngAsOf = data.as_of;
   $("ng-note").textContent = data.note || `${data.total} NG image(s) kept`;
   $("ng-page").textContent = ` ${data.page} `;
   $("gallery").innerHTML = data.entries
@@ -154,7 +156,7 @@ async function loadGallery() {
     .join("");
 }
 
-$("ng-refresh").onclick = loadGallery;
+$("ng-refresh").onclick = () => { ngPage = 1; loadGallery(); }; // the newest entries
 $("ng-prev").onclick = () => { ngPage = Math.max(1, ngPage - 1); loadGallery(); };
 $("ng-next").onclick = () => { ngPage += 1; loadGallery(); };
 
