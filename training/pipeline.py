@@ -273,11 +273,8 @@ def train_dataset(
         )
 
     def paste(image, mask, class_id, seed):
-        def numpy_paste(img, msk, cls, sd):
-            return bank.paste(img, msk, int(cls), int(sd))
-
         pasted, pasted_mask = tf.numpy_function(
-            numpy_paste, [image, mask, class_id, seed], [tf.float32, tf.uint8], stateful=False
+            bank.paste, [image, mask, class_id, seed], [tf.float32, tf.uint8], stateful=False
         )
         return tf.ensure_shape(pasted, image.shape), tf.ensure_shape(pasted_mask, mask.shape)
 
