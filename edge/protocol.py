@@ -278,13 +278,16 @@ class Welcome(_Message, tag="welcome"):
     pass
 
 
-#: the worker a restarted local worker replaces (its supervisor saw that one die), or ""
-Replaces = Annotated[str, msgspec.Meta(max_length=128)]
+#: the workers a restarted local worker replaces, newest first: the one its supervisor saw die
+#: and the earlier ones of its slot (a restarted worker can die before it joins, so the router
+#: may never have heard of the newest); at most REPLACES_MAX
+REPLACES_MAX = 8
+Replaces = Annotated[list[Name], msgspec.Meta(max_length=REPLACES_MAX)]
 
 
 class Ready(_Message, tag="ready"):
     worker: Name
-    replaces: Replaces = ""
+    replaces: Replaces = []
     credits: Annotated[int, msgspec.Meta(ge=0, le=MAX_ITEMS)] = 0
     credits_open: Annotated[int, msgspec.Meta(ge=0, le=MAX_ITEMS)] = 0
     done: _items(FrameRef) = []
@@ -292,7 +295,7 @@ class Ready(_Message, tag="ready"):
 
 class Heartbeat(_Message, tag="heartbeat"):
     worker: Name
-    replaces: Replaces = ""
+    replaces: Replaces = []
     holding: _items(TaggedRef) = []
     credits_open: Annotated[int, msgspec.Meta(ge=0, le=MAX_ITEMS)] = 0
     busy: bool = False

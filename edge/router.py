@@ -209,11 +209,13 @@ class Router:
         name, kind = header["worker"], header["t"]
         state = self.workers.get(name)
         if state is None:
-            if header["replaces"] in self.workers:
+            for dead in header["replaces"]:
                 # The supervisor restarted a worker that died (kill -9, a crash): what the dead
                 # one held is lost now, not after its heartbeat timeout (10 s by default), in
-                # which its frames also held back their camera's fair share.
-                self.lose_worker(header["replaces"], "worker_lost")
+                # which its frames also held back their camera's fair share. Each earlier worker
+                # of the slot too: one restarted in between may have died before it joined.
+                if dead in self.workers:
+                    self.lose_worker(dead, "worker_lost")
             # A new worker, one that was declared lost and is back, or (after a restart of
             # this router) one that was here before: its heartbeat says what it holds.
             state = self.workers[name] = WorkerState(name=name)

@@ -271,7 +271,7 @@ class Supervisor:
         workers = []
         for i in range(self.cfg.workers.count):
             ready = self.ctx.Event()
-            args = (cfg_dict, i, lvl, None, ready, None, worker_name(i), "")
+            args = (cfg_dict, i, lvl, None, ready, None, worker_name(i), ())
             worker = Child(f"worker:{i}", "edge.worker:worker_main", args)
             self.children.append(worker)
             self.spawn(worker)
@@ -313,10 +313,11 @@ class Supervisor:
             elif proc is None and not child.finished and now >= child.restart_at:
                 child.restarts += 1
                 if child.role.startswith("worker:"):
-                    # A new name, and the dead one's: the router then counts what the dead worker
-                    # held lost as soon as this one joins, not after the heartbeat timeout.
-                    *start, dead, _ = child.args  # start: (cfg, index, log level, ...)
-                    child.args = (*start, worker_name(start[1]), dead)
+                    # A new name, and the dead ones' (newest first): the router then counts what
+                    # the dead worker held lost as soon as this one joins, not after the heartbeat
+                    # timeout, also when the worker restarted before it died before joining.
+                    *start, dead, earlier = child.args  # start: (cfg, index, log level, ...)
+                    child.args = (*start, worker_name(start[1]), (dead, *earlier)[: protocol.REPLACES_MAX])
                 self.spawn(child)
                 self.not_ready.pop(child.role, None)
         header = {

@@ -147,9 +147,9 @@ class Worker:
         self.package = package
         self.backend = backend
         self.name = name
-        #: the worker this one was started in place of (it died): the router counts what that
-        #: one held lost when this one joins, instead of after the heartbeat timeout
-        self.replaces = ""
+        #: the workers this one was started in place of (they died), newest first: the router
+        #: counts what they held lost when this one joins, instead of after the heartbeat timeout
+        self.replaces: list[str] = []
         #: why this worker runs another backend than the config asked for ("" when it does not):
         #: logged, sent with every heartbeat, shown in /readyz and the status message
         self.backend_note = ""
@@ -693,11 +693,11 @@ def worker_main(
     ready: Any = None,
     connect_timeout_s: float | None = None,
     name: str | None = None,
-    replaces: str = "",
+    replaces: tuple[str, ...] = (),
 ) -> None:
     """Entry point of a worker process (spawned locally, or started by `lineside worker`,
     which passes ``endpoints`` and ``connect_timeout_s`` and stops on Ctrl-C). A supervisor
-    names its workers, and a restarted one the worker it ``replaces``."""
+    names its workers, and a restarted one the workers it ``replaces`` (newest first)."""
     from edge.config import from_dict
     from edge.process import die_with_parent, leave_run_dir, setup_process
 
@@ -708,7 +708,7 @@ def worker_main(
     endpoints = endpoints or {"work": cfg.endpoint("work"), "results": cfg.endpoint("results")}
     keys = client_keys(cfg, [endpoints["work"], endpoints["results"]])
     worker = open_worker(cfg, name)
-    worker.replaces = replaces
+    worker.replaces = list(replaces)
     stop = worker.stop.set
     if not by_hand:
         die_with_parent(stop)

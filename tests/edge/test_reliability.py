@@ -89,6 +89,52 @@ def test_worker_killed_mid_run_is_restarted_and_its_frames_counted(
     assert "worker:0 exited" in daemon.output()
 
 
+def test_frames_of_a_killed_worker_are_lost_at_once_when_its_restart_dies_before_joining(
+    slow_line_package: Path, tmp_path: Path
+) -> None:
+    """The only worker is killed mid-run, and the worker restarted in its place is killed
+    before it joins (while it loads its model). The third one names both dead workers, so the
+    first one's frames are counted lost when it joins, not after the heartbeat timeout (set
+    to 300 s here, far past this test). Before, it named only the second, which the router
+    never knew: the first one's frames held their camera back for the whole timeout."""
+    import psutil
+
+    cams = [synthetic_camera("cam1", size=MODEL_SIZE, fps=15, seed=5)]
+    cfg = line_config(
+        tmp_path, slow_line_package, cams, workers={"count": 1, "max_batch": 4, "heartbeat_timeout_s": 300}
+    )
+    daemon, sub = start_line(tmp_path, cfg)
+    try:
+        assert sub.wait_for(lambda s: len(s.results) >= 10 and s.statuses, 60), daemon.output()
+        supervisor = psutil.Process(daemon.proc.pid)
+        victim = sub.pids("worker:0")["worker:0"]
+        known = {p.pid for p in supervisor.children()}
+        os.kill(victim, signal.SIGKILL)  # mid-run: it holds frames
+        # Its restart, killed within a few ms of its start: long before it can load a model.
+        deadline, second = time.monotonic() + 30, None
+        while second is None and time.monotonic() < deadline:
+            born = [p.pid for p in supervisor.children() if p.pid not in known]
+            second = born[0] if born else None
+            time.sleep(0.005)
+        assert second is not None, daemon.output()
+        os.kill(second, signal.SIGKILL)
+        # The third start joins and takes the first one's frames off the books at once.
+        assert sub.wait_for(
+            lambda s: s.statuses[-1]["totals"]["dropped_by_reason"].get("worker_lost", 0) > 0, 60
+        ), daemon.output()
+        assert sub.wait_for(lambda s: s.statuses[-1]["restarts"].get("worker:0", 0) >= 2, 10)
+    finally:
+        daemon.terminate()
+    code = finish(daemon, sub)
+    summary = daemon.summary()
+    check_ledger(summary)
+    output = daemon.output()
+    # Three workers started and two joined: the restart in between died unseen by the router.
+    assert output.count("worker:0 exited") == 2 and len(re.findall(r"worker \S+ joined", output)) == 2, output
+    assert summary["lost"]["worker_lost"] == summary["totals"]["dropped_by_reason"]["worker_lost"] > 0
+    assert code == 4, output
+
+
 def test_camera_faults_give_no_decision_then_reconnect(slow_line_package: Path, tmp_path: Path) -> None:
     """A stalled read, a black frame, a frozen (repeated) frame and a disconnect: each is an
     explicit NO_DECISION with its reason, never a PASS; the camera recovers by itself."""

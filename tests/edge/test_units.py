@@ -381,13 +381,16 @@ def test_a_restarted_worker_has_what_its_dead_predecessor_held_counted_lost_at_o
     assert [h["seq"] for h in drain(rig.worker)] == [0, 1]
     w2 = socket(zmq.DEALER, identity=b"w2")
     w2.connect("inproc://work")
-    hello = {"t": "heartbeat", "worker": "w2", "replaces": "w0-never-here", "credits_open": 1}
+    hello = {"t": "heartbeat", "worker": "w2", "replaces": ["w0-never-here"], "credits_open": 1}
     w2.send(protocol.encode_header(hello))
     rig.router.on_worker([Msg(part) for part in recv(rig.work, what="w2's heartbeat")], rig.work)
     assert rig.drops() == [] and set(rig.router.workers) == {"w1", "w2"}  # replaces no one here
     w3 = socket(zmq.DEALER, identity=b"w3")
     w3.connect("inproc://work")
-    w3.send(protocol.encode_header({"t": "ready", "worker": "w3", "replaces": "w1", "credits": 1}))
+    # w1's first successor died before it joined (killed while loading its model): the router
+    # never heard of it, so w3 names it and w1, newest first, and w1's frames are lost now.
+    hello = {"t": "ready", "worker": "w3", "replaces": ["w1b-died-unseen", "w1"], "credits": 1}
+    w3.send(protocol.encode_header(hello))
     rig.router.on_worker([Msg(part) for part in recv(rig.work, what="w3's ready")], rig.work)
     assert [(d["reason"], d["seqs"]) for d in rig.drops()] == [("worker_lost", [0, 1])]
     assert set(rig.router.workers) == {"w2", "w3"}
