@@ -23,6 +23,7 @@ import zmq
 
 from tests.conftest import MODEL_SIZE
 from tests.edge.daemon import (
+    Daemon,
     Subscriber,
     check_ledger,
     finish,
@@ -39,6 +40,16 @@ pytestmark = pytest.mark.slow
 
 def results_of(sub: Subscriber, cam: str) -> list[dict]:
     return [r for r in sub.results if r["cam"] == cam]
+
+
+def one_worker_line(
+    tmp_path: Path, package: Path, *, fps: float, seed: int, heartbeat_timeout_s: float
+) -> tuple[dict, Daemon, Subscriber]:
+    """A line of one synthetic camera ("cam1") and one worker (batches of up to 4), started."""
+    cams = [synthetic_camera("cam1", size=MODEL_SIZE, fps=fps, seed=seed)]
+    workers = {"count": 1, "max_batch": 4, "heartbeat_timeout_s": heartbeat_timeout_s}
+    cfg = line_config(tmp_path, package, cams, workers=workers)
+    return (cfg, *start_line(tmp_path, cfg))
 
 
 def test_worker_killed_mid_run_is_restarted_and_its_frames_counted(
@@ -99,11 +110,7 @@ def test_frames_of_a_killed_worker_are_lost_at_once_when_its_restart_dies_before
     never knew: the first one's frames held their camera back for the whole timeout."""
     import psutil
 
-    cams = [synthetic_camera("cam1", size=MODEL_SIZE, fps=15, seed=5)]
-    cfg = line_config(
-        tmp_path, slow_line_package, cams, workers={"count": 1, "max_batch": 4, "heartbeat_timeout_s": 300}
-    )
-    daemon, sub = start_line(tmp_path, cfg)
+    _, daemon, sub = one_worker_line(tmp_path, slow_line_package, fps=15, seed=5, heartbeat_timeout_s=300)
     try:
         assert sub.wait_for(lambda s: len(s.results) >= 10 and s.statuses, 60), daemon.output()
         supervisor = psutil.Process(daemon.proc.pid)
@@ -392,11 +399,7 @@ def test_a_decision_that_comes_after_its_frame_was_counted_lost_replaces_the_dro
     """The only worker is frozen (SIGSTOP) past its heartbeat timeout: the router reports its
     frames lost. Thawed, it finishes them: each late decision is published and logged, and
     undoes its drop, so at the end nothing it decided is counted lost."""
-    cams = [synthetic_camera("cam1", size=MODEL_SIZE, fps=10, seed=72)]
-    cfg = line_config(
-        tmp_path, slow_line_package, cams, workers={"count": 1, "max_batch": 4, "heartbeat_timeout_s": 1.5}
-    )
-    daemon, sub = start_line(tmp_path, cfg)
+    cfg, daemon, sub = one_worker_line(tmp_path, slow_line_package, fps=10, seed=72, heartbeat_timeout_s=1.5)
     try:
         assert sub.wait_for(lambda s: len(s.results) >= 10 and s.statuses, 60), daemon.output()
         worker = sub.pids("worker:0")["worker:0"]
