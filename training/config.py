@@ -142,12 +142,9 @@ class InputConfig:
     #: defect get one of their class's labelled training defects pasted in, turned and flipped
     #: at random (0 = off)
     defect_paste_fraction: float = number(0.0, ge=0, le=1, note="0: no pasting")
-    #: this fraction of those pastes are decoys: a piece of clean texture (paste_decoy_source) in a label's
+    #: this fraction of those pastes are decoys: a piece of the crop's own texture in a label's
     #: shape, pasted the same way with no label, so that the paste's rim is no cue
     paste_decoy_fraction: float = number(0.0, ge=0, le=1)
-    #: where a decoy's texture comes from: the crop itself, or another clean training image of
-    #: the crop's class (foreign texture inside a rim, as in a defect's paste, with no label)
-    paste_decoy_source: str = choices("crop", "clean_images", default="crop")
     #: hard-negative mining (training/mining.py): this fraction of the crops of clean training
     #: images is centred on the model's strongest false response (0 = off; needs input.crop)
     hard_negative_fraction: float = number(0.0, ge=0, le=1, note="0: no hard-negative mining")

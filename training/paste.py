@@ -28,8 +28,6 @@ logger = logging.getLogger(__name__)
 FEATHER_PX = 4
 #: labelled regions smaller than this many pixels are not pasted (a stray pixel in a mask)
 MIN_AREA_PX = 4
-#: clean training images kept per class as the texture of decoys (``paste_decoy_source``)
-DECOY_IMAGES_PER_CLASS = 24
 
 
 @dataclass
@@ -46,17 +44,13 @@ class Patch:
 class DefectBank:
     """The patches of a training set's labelled defects, by class.
 
-    ``decoy_fraction`` of the pastes are decoys: a label-shaped piece of clean texture, turned
-    and pasted the same way, with no label. A paste's rim then comes with and without a defect
-    inside, so the model cannot take the rim for the defect. The texture is the crop's own, or
-    (``clean_by_class`` filled) that of another clean training image of the class, as a
-    defect's patch brings texture from another image.
+    ``decoy_fraction`` of the pastes are decoys: a label-shaped piece of the crop's own
+    texture, turned and pasted elsewhere in it the same way, with no label. A paste's rim then
+    comes with and without a defect inside, so the model cannot take the rim for the defect.
     """
 
     by_class: dict[int, list[Patch]] = field(default_factory=dict)
     decoy_fraction: float = 0.0
-    #: clean training images (HxW uint8) by class: the decoys' texture, when not the crop's
-    clean_by_class: dict[int, list[np.ndarray]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return sum(len(p) for p in self.by_class.values())
@@ -75,28 +69,16 @@ class DefectBank:
             for image, mask, class_id in decoded_dataset(defective, input_cfg, image_size, cache=False):
                 for patch in cut_patches(image.numpy()[..., 0], mask.numpy()[..., 0]):
                     bank.by_class.setdefault(int(class_id), []).append(patch)
-        if decoy_fraction > 0 and input_cfg.get("paste_decoy_source") == "clean_images":
-            # a fixed choice of each class's clean images (the first ones, in the loader's order)
-            clean: dict[int, list[Sample]] = {}
-            for s in samples:
-                if not s.defective and len(clean.setdefault(s.class_id, [])) < DECOY_IMAGES_PER_CLASS:
-                    clean[s.class_id].append(s)
-            chosen = [s for group in clean.values() for s in group]
-            if chosen:
-                for image, _, class_id in decoded_dataset(chosen, input_cfg, image_size, cache=False):
-                    bank.clean_by_class.setdefault(int(class_id), []).append(image.numpy()[..., 0])
-        kept = sum(map(len, bank.clean_by_class.values()))
         if not len(bank):
             logger.warning("copy-paste: the training images hold no labelled defect, so nothing is pasted")
         else:
             logger.info(
                 "copy-paste: %d labelled defects of %d class(es) pasted into %.0f%% of the crops without one "
-                "(%.0f%% of them decoys%s)",
+                "(%.0f%% of them decoys)",
                 len(bank),
                 len(bank.by_class),
                 100 * input_cfg["defect_paste_fraction"],
                 100 * decoy_fraction,
-                f", cut from {kept} clean images" if kept else "",
             )
         return bank
 
@@ -126,15 +108,12 @@ class DefectBank:
         top, left = int(rng.integers(h - ph + 1)), int(rng.integers(w - pw + 1))
         decoy = rng.random() < self.decoy_fraction
         if decoy:
-            # clean texture (the crop's own, or another clean image's of the class), turned
-            # and flipped as a defect patch is
-            others = self.clean_by_class.get(int(class_id))
-            texture = others[rng.integers(len(others))] if others else image[..., 0]
-            th, tw = texture.shape
-            texture = np.rot90(texture, int(rng.integers(4)) if th == tw else 2 * int(rng.integers(2)))
+            # the crop's own texture from elsewhere, turned and flipped as a defect patch is
+            texture = image[..., 0]
+            texture = np.rot90(texture, int(rng.integers(4)) if h == w else 2 * int(rng.integers(2)))
             texture = texture[:, ::-1] if rng.integers(2) else texture
-            t, l_ = int(rng.integers(th - ph + 1)), int(rng.integers(tw - pw + 1))
-            src = texture[t : t + ph, l_ : l_ + pw].astype(np.float32)
+            t, l_ = int(rng.integers(h - ph + 1)), int(rng.integers(w - pw + 1))
+            src = texture[t : t + ph, l_ : l_ + pw]
         out, out_mask = image.copy(), mask.copy()
         dest = out[top : top + ph, left : left + pw, 0]
         # the crop's brightness, not the source image's: a patch lighter or darker than the

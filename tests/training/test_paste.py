@@ -81,25 +81,6 @@ def test_a_decoy_moves_the_crops_own_texture_in_a_labels_shape_and_labels_nothin
     assert 10 <= labelled <= 30
 
 
-def test_decoys_can_bring_the_texture_of_another_clean_image_of_the_class():
-    """``paste_decoy_source: clean_images``: a flat crop gets a label-shaped piece of another
-    image's texture, at the crop's brightness, and still no label."""
-    bank = bank_of_one(value=250.0, background=200.0)
-    bank.decoy_fraction = 1.0
-    other = np.random.default_rng(1).integers(100, 201, (80, 80)).astype(np.uint8)  # mean 150
-    bank.clean_by_class = {3: [other]}
-    flat = np.full((64, 64, 1), 50.0, np.float32)
-    empty = np.zeros((64, 64, 1), np.uint8)
-    for seed in range(6):
-        image, mask = bank.paste(flat, empty, 3, seed)
-        assert mask.max() == 0
-        inside = image[np.abs(image - flat) > 1e-3]
-        assert inside.size >= 10 * 18 and inside.std() > 5  # the other image's grain
-        assert abs(inside.mean() - 50.0) < 10  # moved to the crop's brightness, not 150
-    bank.clean_by_class = {}  # none kept: the crop's own texture, so a flat crop stays flat
-    assert np.allclose(bank.paste(flat, empty, 3, 1)[0], 50.0)
-
-
 def test_a_patch_larger_than_the_crop_is_cut_around_its_label():
     image = np.full((200, 200), 100, np.float32)
     mask = np.zeros((200, 200), np.uint8)
@@ -108,21 +89,6 @@ def test_a_patch_larger_than_the_crop_is_cut_around_its_label():
     out, out_mask = bank.paste(np.zeros((64, 64, 1), np.float32), np.zeros((64, 64, 1), np.uint8), 1, 5)
     assert out.shape == (64, 64, 1) and out_mask.shape == (64, 64, 1)
     assert 64 * 4 - 8 <= out_mask.sum() <= 64 * 4  # the scratch runs across the whole crop
-
-
-def write_bar_set(root) -> None:
-    """A folders set of eight 48 px images at 60: two with a bright bar (200) and its exact
-    mask, six clean."""
-    (root / "images").mkdir()
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        image = np.full((48, 48), 60, np.uint8)
-        if i < 2:
-            x, y = rng.integers(0, 40, 2)
-            image[y : y + 12, x : x + 5] = 200
-        cv2.imwrite(str(root / "images" / f"{i}.png"), image)
-        cv2.imwrite(str(root / "masks" / f"{i}.png"), (image > 100).astype(np.uint8) * 255)
 
 
 @needs_tensorflow
@@ -134,7 +100,16 @@ def test_training_crops_without_a_defect_get_one_pasted(tmp_path, fraction):
     from training.datasets import load_folders
     from training.pipeline import train_dataset
 
-    write_bar_set(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        image = np.full((48, 48), 60, np.uint8)
+        if i < 2:
+            x, y = rng.integers(0, 40, 2)
+            image[y : y + 12, x : x + 5] = 200
+        cv2.imwrite(str(tmp_path / "images" / f"{i}.png"), image)
+        cv2.imwrite(str(tmp_path / "masks" / f"{i}.png"), (image > 100).astype(np.uint8) * 255)
     samples, _ = load_folders(tmp_path, train_fraction=1.0)
     cfg = load_config(
         {
@@ -160,22 +135,6 @@ def test_training_crops_without_a_defect_get_one_pasted(tmp_path, fraction):
         # only the defective images' crops: each image comes once per pass over the set
         passes = -(-32 // len(samples))
         assert with_defect <= passes * sum(s.defective for s in samples) < 32
-
-
-@needs_tensorflow
-def test_the_bank_keeps_clean_images_of_each_class_for_decoys_only_when_asked(tmp_path, monkeypatch):
-    import training.paste
-    from training.datasets import load_folders
-
-    write_bar_set(tmp_path)
-    samples, _ = load_folders(tmp_path, train_fraction=1.0)
-    inp = load_config({"dataset": {"kind": "folders", "root": str(tmp_path)}})["input"]
-    monkeypatch.setattr(training.paste, "DECOY_IMAGES_PER_CLASS", 4)
-    assert DefectBank.from_samples(samples, inp, None, decoy_fraction=0.5).clean_by_class == {}
-    inp["paste_decoy_source"] = "clean_images"
-    bank = DefectBank.from_samples(samples, inp, None, decoy_fraction=0.5)
-    kept = [image for images in bank.clean_by_class.values() for image in images]
-    assert len(kept) == 4 and all(image.shape == (48, 48) and image.max() == 60 for image in kept)
 
 
 @needs_tensorflow
