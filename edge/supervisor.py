@@ -315,7 +315,7 @@ class Supervisor:
                 if child.role.startswith("worker:"):
                     # A new name, and the dead ones' (newest first): the router then counts what
                     # the dead worker held lost as soon as this one joins, not after the heartbeat
-                    # timeout, also when the worker restarted before it died before joining.
+                    # timeout, also when a restart in between died before it joined.
                     *start, dead, earlier = child.args  # start: (cfg, index, log level, ...)
                     child.args = (*start, worker_name(start[1]), (dead, *earlier)[: protocol.REPLACES_MAX])
                 self.spawn(child)
