@@ -103,7 +103,7 @@ def test_worker_killed_mid_run_is_restarted_and_its_frames_counted(
 def test_frames_of_a_killed_worker_are_lost_at_once_when_its_restart_dies_before_joining(
     slow_line_package: Path, tmp_path: Path
 ) -> None:
-    """The only worker is killed mid-run, and the worker restarted in its place is killed
+    """The only worker is killed holding frames, and the worker restarted in its place is killed
     before it joins (while it loads its model). The third one names both dead workers, so the
     first one's frames are counted lost when it joins, not after the heartbeat timeout (set
     to 300 s here, far past this test). Before, it named only the second, which the router
@@ -116,7 +116,11 @@ def test_frames_of_a_killed_worker_are_lost_at_once_when_its_restart_dies_before
         supervisor = psutil.Process(daemon.proc.pid)
         victim = sub.pids("worker:0")["worker:0"]
         known = {p.pid for p in supervisor.children()}
-        os.kill(victim, signal.SIGKILL)  # mid-run: it holds frames
+        # Frozen first, so that the router hands it frames it cannot decide (the model takes
+        # about half of each frame's interval: a bare kill finds the worker idle half the time).
+        os.kill(victim, signal.SIGSTOP)
+        time.sleep(1.0)
+        os.kill(victim, signal.SIGKILL)
         # Its restart, killed within a few ms of its start: long before it can load a model.
         deadline, second = time.monotonic() + 30, None
         while second is None and time.monotonic() < deadline:
