@@ -35,7 +35,7 @@ from converter.schema import (
 from training.losses import LOSS_NAMES as LOSSES
 from training.models import model_stride
 
-__all__ = ["ConfigError", "Recipe", "load_config", "parse_override"]
+__all__ = ["ConfigError", "Recipe", "load_config", "parse_override", "without_unknown_keys"]
 
 ARCHITECTURES = ("tinyunet", "unet_lowered", "mobilenetv2_unet")
 DATASET_KINDS = ("dagm", "severstal", "folders", "synthetic")
@@ -347,6 +347,30 @@ def load_config(
     recipe = build(Recipe, user, source)
     _check_recipe(recipe, source)
     return dataclasses.asdict(recipe)
+
+
+def without_unknown_keys(recorded: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A recipe that a run recorded (its recipe.json), less the keys this lineside does not have,
+    and the dotted names of those keys.
+
+    A run trained by another lineside version may record a key that was removed since.
+    Scoring the run needs its data set and its decision, not that key, so the caller names
+    the key in a warning and goes on, rather than refusing a model that it can score.
+    """
+    dropped: list[str] = []
+
+    def keep(data: dict[str, Any], schema: dict[str, Any], prefix: str) -> dict[str, Any]:
+        kept = {}
+        for name, value in data.items():
+            if name not in schema:
+                dropped.append(prefix + str(name))
+            elif isinstance(schema[name], dict) and isinstance(value, dict):
+                kept[name] = keep(value, schema[name], f"{prefix}{name}.")
+            else:
+                kept[name] = value
+        return kept
+
+    return keep(recorded, override_schema(Recipe), ""), dropped
 
 
 def parse_override(text: str) -> tuple[str, Any]:

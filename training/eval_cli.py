@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from converter.errors import LinesideError
+
+logger = logging.getLogger(__name__)
 
 
 class EvalError(LinesideError, ValueError):
@@ -43,11 +46,7 @@ def evaluate_run(
     from training.config import load_config
 
     if config is None:
-        recipe = run / "recipe.json"
-        if not recipe.is_file():
-            msg = f"{recipe} does not exist; pass --config with the recipe the model was trained with"
-            raise EvalError(msg)
-        config = json.loads(recipe.read_text())
+        config = _recorded_recipe(run)
     cfg = load_config(config, overrides)
     _use_trained_decision(cfg, run, overrides or {})
     import keras
@@ -82,6 +81,27 @@ def evaluate_run(
         f"wrote {out / 'eval.json'}, {out / 'eval_grid.png'}" + (", curves.png" if history.is_file() else "")
     )
     return summary
+
+
+def _recorded_recipe(run: Path) -> dict[str, Any]:
+    """The recipe the run recorded, less the keys this lineside does not have (a run trained by
+    another version), each named in a warning."""
+    from converter.schema import read_json_object
+    from training.config import without_unknown_keys
+
+    recipe = run / "recipe.json"
+    fix = "pass --config with the recipe the model was trained with"
+    if not recipe.is_file():
+        raise EvalError(f"{recipe} does not exist; {fix}")
+    kept, dropped = without_unknown_keys(read_json_object(recipe, fix=fix, error=EvalError))
+    for dotted in dropped:
+        logger.warning(
+            "%s sets %s, which this lineside does not have (the run was trained by another version); "
+            "scoring without it",
+            recipe,
+            dotted,
+        )
+    return kept
 
 
 def _use_trained_decision(cfg: dict[str, Any], run: Path, overrides: dict[str, Any]) -> None:

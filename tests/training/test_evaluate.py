@@ -189,3 +189,41 @@ def test_a_negative_example_count_is_one_clear_error(white_is_defect):
         EvalError, match=r"--examples is -1; it must be 0 \(no grid\) or more images per class"
     ):
         evaluate_run(run, recipe, n_examples=-1)
+
+
+def test_a_run_from_another_version_is_scored_with_its_unknown_keys_named(white_is_defect, tmp_path, caplog):
+    """recipe.json of a run trained by another lineside may hold a key this one lacks: eval warns
+    naming it and scores the run; a recipe the user passes stays strict, and a corrupt
+    recipe.json is one clear error."""
+    import logging
+    import shutil
+
+    from training.config import ConfigError
+    from training.eval_cli import EvalError, evaluate_run
+
+    model_run, recipe = white_is_defect
+    run = tmp_path / "old-run"
+    run.mkdir()
+    shutil.copy(model_run / "model.keras", run / "model.keras")
+    recorded = {
+        **recipe,
+        "input": {"crop": 0, "paste_decoy_source": "clean_images"},
+        "retired_section": {"x": 1},
+    }
+    (run / "recipe.json").write_text(json.dumps(recorded))
+    with caplog.at_level(logging.WARNING, logger="training.eval_cli"):
+        summary = evaluate_run(run, output=tmp_path / "out", n_examples=0)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2
+    assert "sets input.paste_decoy_source, which this lineside does not have" in warned[0]
+    assert "sets retired_section," in warned[1]
+    assert str(run / "recipe.json") in warned[0]
+    # scored with the recorded decision (min area 4 px): 4 of 5 defective images found, 2 of 5
+    # clean ones passed
+    assert summary["overall"]["tpr"] == pytest.approx(4 / 5)
+    assert summary["overall"]["tnr"] == pytest.approx(2 / 5)
+    with pytest.raises(ConfigError, match=r"unknown key 'input.paste_decoy_source'"):
+        evaluate_run(run, recorded, output=tmp_path / "strict", n_examples=0)
+    (run / "recipe.json").write_text('{"dataset": ')
+    with pytest.raises(EvalError, match=r"recipe.json: not valid JSON .*; pass --config with the recipe"):
+        evaluate_run(run, n_examples=0)
