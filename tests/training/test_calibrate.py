@@ -119,8 +119,52 @@ def test_an_area_with_little_room_is_a_note_in_training_json_and_the_summary(tmp
     info = json.loads((tmp_path / "training.json").read_text())
     assert info["notes"] == calibration["notes"] and info["warnings"] == []
     lines = summary_lines(info)
-    assert lines[-1] == f"NOTE: {calibration['notes'][0]}"
+    # the second note: 60 clean images cannot show a 98 % floor (test_too_few_clean_images_...)
+    assert len(calibration["notes"]) == 2 and calibration["notes"][1].startswith("the held-out TNR 100.0 %")
+    assert lines[-2:] == [f"NOTE: {text}" for text in calibration["notes"]]
     assert not any("not fit" in line for line in lines)
+
+
+def test_too_few_clean_images_to_show_the_tnr_floor_is_a_note_with_the_interval(tmp_path):
+    from training.calibrate import tnr_evidence_notes, wilson_interval
+    from training.train import summary_lines, write_training_json
+
+    # the Wilson bounds solve (p_hat - b)^2 = z^2 b (1 - b) / n: checked here, not restated
+    for passed, n in ((60, 61), (61, 61), (45, 50), (0, 7)):
+        p_hat = passed / n
+        for bound in wilson_interval(passed, n):
+            if 0 < bound < 1:
+                assert (p_hat - bound) ** 2 == pytest.approx(1.96**2 * bound * (1 - bound) / n)
+    lo, hi = wilson_interval(61, 61)
+    assert hi == 1.0 and 0.94 < lo < 0.941
+    # no alarm on 188 clean images is not yet enough for a 98 % floor; on 189 it is
+    assert tnr_evidence_notes(188, 188, 0.98) and tnr_evidence_notes(189, 189, 0.98) == []
+    assert tnr_evidence_notes(100, 100, 0.9) == [] and tnr_evidence_notes(0, 0, 0.98) == []
+    assert tnr_evidence_notes(61, 61, 0.98) == [
+        "the held-out TNR 100.0 % rests on 61 clean images: on new parts the line's TNR may lie "
+        "anywhere from 94.1 % to 100.0 % (95 % interval), so these images do not show the floor "
+        "of 98.0 %; about 189 held-out clean images without a false alarm would show it "
+        "(eval.calibration_fraction, or more clean training images)"
+    ]
+    # through calibration: 4 caught defects, 30 clean images of which one alarm of 400 px passes
+    # at any area that catches them (a 900 px defect): TNR 29 of 30 clean, its interval recorded
+    maps = _maps([_blob(10, 0.9, top=10, left=10)] * 4, [_blob(20, 0.9)] + [_blob(0, 0.0)] * 29)
+    calibration = calibrate_maps(maps, _cfg(min_tnr=0.95))
+    assert calibration["tnr"] == pytest.approx(29 / 30) and calibration["warnings"] == []
+    assert calibration["tnr_interval"] == pytest.approx(list(wilson_interval(29, 30)))
+    assert calibration["notes"] == tnr_evidence_notes(29, 30, 0.95)
+    assert calibration["notes"][0].startswith("the held-out TNR 96.7 % rests on 30 clean images")
+    cfg = _cfg(min_tnr=0.95)
+    scores = SegmentationScores(0.5, calibration["min_defect_area"])
+    for prob, mask, class_id in maps:
+        scores.add(prob, mask, class_id)
+    write_training_json(tmp_path, cfg, scores.summary(), 1.0, 1, [], calibration)
+    info = json.loads((tmp_path / "training.json").read_text())
+    assert info["calibration"]["tnr_interval"] == calibration["tnr_interval"]
+    assert f"NOTE: {calibration['notes'][0]}" in summary_lines(info)
+    # on many clean images with no alarm the floor is shown: no note
+    many = calibrate_maps(_maps([_blob(10, 0.9, top=10, left=10)] * 4, [_blob(0, 0.0)] * 200), _cfg())
+    assert many["notes"] == [] and many["tnr_interval"][0] > 0.98
 
 
 def _maps(defects, clean):
@@ -221,6 +265,7 @@ def test_low_held_out_tpr_is_a_warning_in_training_json_and_the_summary(tmp_path
     assert summary_lines(info) == [
         "held-out: Dice 0.700 · TPR 70.0 % · TNR 100.0 % (threshold 0.5, min area 10 px)",
         "test: Dice 0.700 · TPR 70.0 % · TNR 100.0 % (threshold 0.5, min area 10 px)",
+        f"NOTE: {info['notes'][0]}",  # 10 clean images cannot show the floor
         f"WARNING: {info['warnings'][0]}",
         f"WARNING: {info['warnings'][1]}",
         "WARNING: not fit for the line as trained; the warnings are in training.json",
