@@ -253,6 +253,10 @@ class EvalConfig:
     #: calibration chooses the rule that catches the most held-out defects among those whose
     #: held-out TNR is at least this (training.calibrate); below it the summary warns
     min_tnr: float = number(0.98, ge=0, le=1, note="e.g. 0.98")
+    #: the TNR floor must also hold on up to this many clean training images (chosen at random):
+    #: the model trained on them, so they can only tighten the rule, and they are several times
+    #: the held-out clean images (docs/training.md, Calibration)
+    tnr_training_images: int = number(1000, ge=0, note="0: off")
     #: images per prediction batch
     batch_size: int = number(4, ge=1)
     #: score at most this many images (0: all)

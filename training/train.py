@@ -103,7 +103,7 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
 
     import keras
 
-    from training.calibrate import calibrate, hold_out
+    from training.calibrate import calibrate, hold_out, trained_clean_sample
     from training.callbacks import make_checkpoint_callback, make_progress_callback, restore
     from training.datasets import load_splits
     from training.evaluate import evaluate_model
@@ -168,7 +168,8 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
     model.save(out / MODEL_FILE)
     calibration = None
     if held_out:
-        calibration = calibrate(model, held_out, cfg)
+        trained_clean = trained_clean_sample(train_samples, cfg["eval"]["tnr_training_images"], seed)
+        calibration = calibrate(model, held_out, cfg, trained_clean)
         cfg["eval"]["threshold"] = calibration["threshold"]
         cfg["eval"]["min_defect_area"] = calibration["min_defect_area"]
     summary, _ = evaluate_model(model, val_samples, cfg)

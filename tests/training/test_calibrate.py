@@ -218,6 +218,50 @@ def test_best_tpr_at_the_tnr_floor_wins_over_best_dice():
     assert result["dice"] == pytest.approx(72 / 136)
 
 
+def test_the_floor_holds_on_the_clean_training_images_too_which_only_tighten_the_rule():
+    from training.calibrate import trained_clean_sample
+
+    # held out: defects of 900 px and one of 361 px, clean images of up to 100 px; alone, the
+    # gap gives sqrt(100 * 361) = 190 px. Clean training images raise 400 px alarms
+    defects = [_blob(30, 0.9, top=0, left=0)] * 3 + [_blob(19, 0.9, top=0, left=0)]
+    clean = [_blob(10, 0.9)] + [_blob(0, 0.0)] * 9
+    maps = _maps(defects, clean)
+
+    def trained(alarms):
+        return [np.pad(np.full((20, 20), 0.9 * a, np.float32), ((30, 14), (30, 14))) for a in alarms]
+
+    alone = calibrate_maps(maps, _cfg())
+    assert (alone["min_defect_area"], alone["trained_clean_images"], alone["tnr_trained_clean"]) == (
+        190,
+        0,
+        None,
+    )
+    # one alarm in 60 (98.3 %) meets the floor: the rule that catches all four stands
+    one = calibrate_maps(maps, _cfg(), trained([1] + [0] * 59))
+    assert one["min_defect_area"] == 190 and one["tpr"] == 1.0
+    assert one["trained_clean_images"] == 60 and one["tnr_trained_clean"] == pytest.approx(59 / 60)
+    # two (96.7 %) do not: the area must clear them, sqrt(400 * 900) = 600 px, and the 361 px
+    # defect is missed, which the held-out images alone would not have shown
+    two = calibrate_maps(maps, _cfg(), trained([1, 1] + [0] * 58))
+    assert two["area_range"] == [401, 900] and two["min_defect_area"] == 600
+    assert two["tpr"] == 0.75 and two["tnr_trained_clean"] == 1.0 and two["meets_tnr_floor"]
+    assert two["warnings"][0].startswith("held-out TPR 75.0 % is below 90.0 %")
+    # alarms on training images as large as the defects: no rule that catches one meets the floor
+    hopeless = calibrate_maps(maps, _cfg(), [np.full((64, 64), 0.9, np.float32)] * 3 + trained([0] * 57))
+    assert not hopeless["meets_tnr_floor"] and hopeless["warnings"][0].startswith(
+        "no rule meets the TNR floor"
+    )
+    # the sample: clean images only, at most the limit, seeded, in their order; 0 is off
+    samples = _samples()
+    chosen = trained_clean_sample(samples, 10, seed=3)
+    assert len(chosen) == 10 and not any(s.defective for s in chosen)
+    assert [samples.index(s) for s in chosen] == sorted(samples.index(s) for s in chosen)
+    assert trained_clean_sample(samples, 10, seed=3) == chosen != trained_clean_sample(samples, 10, seed=4)
+    assert (
+        len(trained_clean_sample(samples, 1000, seed=3)) == 30 and trained_clean_sample(samples, 0, 3) == []
+    )
+
+
 def test_no_rule_meets_the_floor_is_a_warning():
     # half the clean images hold a confident 400 px alarm at every threshold the defects show
     maps = _maps([_blob(10, 0.9, top=10, left=10)] * 4, [_blob(20, 1.0)] * 5 + [_blob(0, 0.0)] * 5)
@@ -306,9 +350,19 @@ def test_training_calibrates_and_eval_uses_it(dagm_root, tmp_path):
     assert info["threshold"] == cal["threshold"] and info["min_defect_area"] == cal["min_defect_area"]
     assert isinstance(info["warnings"], list) and set(cal["warnings"]) <= set(info["warnings"])
     assert cal["largest_false_region"] >= cal["largest_clean_region"]
-    if cal["smallest_defect_region"] > 0 and cal["largest_false_region"] < cal["smallest_defect_region"]:
+    clean_gap = (
+        cal["smallest_defect_region"] > 0 and cal["largest_false_region"] < cal["smallest_defect_region"]
+    )
+    if clean_gap and cal["meets_tnr_floor"] and cal["tpr"] == 1.0:
         assert cal["largest_false_region"] < cal["min_defect_area"] <= cal["smallest_defect_region"]
-        assert cal["tpr"] == cal["tnr"] == 1.0 and cal["warnings"] == []
+        assert cal["tnr"] == 1.0 and cal["warnings"] == []
+    # the floor applies to the 6 clean training images the model trained on, too (this tiny model
+    # may not meet it on them: then calibration says so)
+    assert cal["trained_clean_images"] == 6
+    if cal["meets_tnr_floor"]:
+        assert cal["tnr_trained_clean"] >= 0.98
+    else:
+        assert cal["warnings"][0].startswith("no rule meets the TNR floor")
     summary = evaluate_run(run)
     assert summary["threshold"] == cal["threshold"] and summary["min_defect_area"] == cal["min_defect_area"]
     override = evaluate_run(run, overrides={"eval.min_defect_area": 7}, output=tmp_path / "o")
