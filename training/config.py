@@ -145,6 +145,10 @@ class InputConfig:
     #: this fraction of those pastes are decoys: a piece of the crop's own texture in a label's
     #: shape, pasted the same way with no label, so that the paste's rim is no cue
     paste_decoy_fraction: float = number(0.0, ge=0, le=1)
+    #: pseudo-defects (training/pseudo.py): this fraction of the crops that hold no defect get a
+    #: generic anomaly drawn in and labelled: a noise-shaped region or a thin strip of the crop's
+    #: own texture, turned, rescaled and changed in brightness, contrast, gamma or sharpness
+    pseudo_defect_fraction: float = number(0.0, ge=0, le=1, note="0: none")
     #: hard-negative mining (training/mining.py): this fraction of the crops of clean training
     #: images is centred on the model's strongest false response (0 = off; needs input.crop)
     hard_negative_fraction: float = number(0.0, ge=0, le=1, note="0: no hard-negative mining")
@@ -171,6 +175,9 @@ class ModelConfig:
     dropout: float = number(0.0, ge=0, lt=1)
     #: tinyunet / unet_lowered: BatchNorm after each conv (not in the originals; much faster to converge)
     batch_norm: bool = yes_no(False)
+    #: tinyunet / unet_lowered: with batch_norm, normalize each feature map over its own image
+    #: (instance norm) instead of over the batch, so features read relative to the surface at hand
+    instance_norm: bool = yes_no(False)
     #: standardize each input image in the model (zero mean, unit variance): the exported
     #: graph carries it, so the line needs nothing new; evens out gain and contrast
     standardize: bool = yes_no(False)
@@ -312,6 +319,12 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
             "model.bottleneck_dilation",
             model.bottleneck_dilation,
             "must be 1 unless model.architecture is tinyunet",
+        )
+    if model.instance_norm and (not model.batch_norm or model.architecture == "mobilenetv2_unet"):
+        raise bad(
+            "model.instance_norm",
+            model.instance_norm,
+            "needs model.batch_norm: true (it takes BatchNorm's place) and tinyunet or unet_lowered",
         )
     if model.input_stride not in (1, 2, 4):
         raise bad("model.input_stride", model.input_stride, "must be 1, 2 or 4")

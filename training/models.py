@@ -56,11 +56,13 @@ def _conv(
     name: str,
     weight_decay: float,
     activation: str | None = "relu",
-    batch_norm: bool = False,
+    batch_norm: bool | str = False,
     dilation: int = 1,
     strides: int = 1,
 ):
-    """Conv2D 'same' + ReLU, or Conv2D + BatchNorm + ReLU when ``batch_norm`` (converges far faster)."""
+    """Conv2D 'same' + ReLU, or Conv2D + BatchNorm + ReLU when ``batch_norm`` (converges far
+    faster); ``batch_norm="instance"`` normalizes each feature map over its own image instead
+    (``model.instance_norm``)."""
     reg = keras.regularizers.L2(weight_decay) if weight_decay else None
     use_bn = batch_norm and activation is not None
     conv = keras.layers.Conv2D(
@@ -77,8 +79,13 @@ def _conv(
     )
     if not use_bn:
         return conv
-    # momentum 0.9: short CPU runs otherwise evaluate with half-initialized moving statistics
-    bn = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")
+    if batch_norm == "instance":
+        # one group per channel: each map's mean and spread over the image itself, so a feature
+        # reads as its departure from this surface's usual, the same in training and on the line
+        bn = keras.layers.GroupNormalization(groups=-1, epsilon=1e-3, name=f"{name}_in")
+    else:
+        # momentum 0.9: short CPU runs otherwise evaluate with half-initialized moving statistics
+        bn = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")
     act = keras.layers.Activation(activation, name=f"{name}_{activation}")
     return lambda x: act(bn(conv(x)))
 
@@ -112,7 +119,7 @@ def build_tinyunet(
     base_filters: int = 32,
     weight_decay: float = 0.0,
     dropout: float = 0.0,
-    batch_norm: bool = False,
+    batch_norm: bool | str = False,
     standardize: bool = False,
     bottleneck_dilation: int = 1,
     input_stride: int = 1,
@@ -124,7 +131,8 @@ def build_tinyunet(
     -> 3 up blocks (concat skip, conv f, conv f/2, upsample + 2x2 conv f/2) -> output
     block (concat, 2 conv at base, 1x1 conv) -> sigmoid. ReLU, 'same' padding.
     base_filters=32 is NVIDIA's tinyUNet. ``batch_norm`` (not in NVIDIA's model) puts
-    BatchNorm after every 3x3 conv; it folds into the convs at export. ``standardize``
+    BatchNorm after every 3x3 conv; it folds into the convs at export (``"instance"``: an
+    instance norm, ``model.instance_norm``, which stays a layer of its own). ``standardize``
     (see ``_model_input``) and ``bottleneck_dilation`` > 1 (the bottleneck's two convs see
     that much wider, for defects larger than NVIDIA's receptive field) are options of ours.
     So is ``input_stride`` > 1: a ``stem`` conv of that size and stride (each pixel seen once,
@@ -319,7 +327,7 @@ def build_model(model_cfg: dict[str, Any], channels: int = 1, weight_decay: floa
         model_cfg["base_filters"],
         weight_decay,
         model_cfg["dropout"],
-        model_cfg["batch_norm"],
+        "instance" if model_cfg.get("instance_norm") else model_cfg["batch_norm"],
     )
     if arch == "tinyunet":
         return build_tinyunet(

@@ -278,6 +278,20 @@ def train_dataset(
         )
         return tf.ensure_shape(pasted, image.shape), tf.ensure_shape(pasted_mask, mask.shape)
 
+    pseudo_fraction = inp["pseudo_defect_fraction"]
+    # the data set's own label convention: DAGM's weak ellipse, or the defect's pixels
+    ellipse = cfg["dataset"]["kind"] in ("dagm", "synthetic")
+
+    def pseudo(image, mask, seed):
+        from training.pseudo import draw
+
+        def draw_one(i, m, s):
+            return draw(i, m, int(s), ellipse)
+
+        out = [tf.float32, tf.uint8]
+        drawn, drawn_mask = tf.numpy_function(draw_one, [image, mask, seed], out, stateful=False)
+        return tf.ensure_shape(drawn, image.shape), tf.ensure_shape(drawn_mask, mask.shape)
+
     def one_epoch(epoch: int):
         # a Python-int seed per epoch: shuffle refuses tensor seeds once a global seed is set
         order_seed = (seed * 1_000_003 + epoch) % (2**31 - 1)
@@ -301,6 +315,13 @@ def train_dataset(
                 image, mask = tf.cond(
                     tf.logical_and(p[0] < paste_fraction, tf.reduce_max(mask) == 0),
                     lambda: paste(image, mask, class_id, paste_seed),
+                    lambda: (image, mask),
+                )
+            if pseudo_fraction > 0:
+                q = tf.random.stateless_uniform([2], tf.random.experimental.stateless_fold_in(elem_seed, 2))
+                image, mask = tf.cond(
+                    tf.logical_and(q[0] < pseudo_fraction, tf.reduce_max(mask) == 0),
+                    lambda: pseudo(image, mask, tf.cast(q[1] * 2**31, tf.int64)),
                     lambda: (image, mask),
                 )
             image, mask = _augment(image, mask, aug, s[1], square=bool(crop))

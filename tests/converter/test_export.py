@@ -97,6 +97,27 @@ def test_a_strided_stem_tinyunet_exports_with_parity(tmp_path):
     np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-5)
 
 
+def test_an_instance_norm_tinyunet_exports_with_parity(tmp_path):
+    """model.instance_norm's GroupNormalization layers (one group per channel) reach ONNX Runtime
+    with the same map, on a size other than the one the statistics were first seen at."""
+    import_tensorflow_or_skip()
+    from training.config import load_config
+    from training.models import build_model
+
+    cfg = {"architecture": "tinyunet", "base_filters": 4, "batch_norm": True, "instance_norm": True}
+    model = build_model(
+        load_config({"dataset": {"root": "x"}, "model": {**cfg, "standardize": True}})["model"]
+    )
+    path = tmp_path / "in.keras"
+    model.save(path)
+    package = export_package(
+        path, tmp_path / "pkg", height=64, width=96, channels=1, samples=2, model_id="in"
+    )
+    x = np.random.default_rng(4).random((2, 64, 96, 1), dtype=np.float32)
+    got = onnx_graph.session(package.onnx_path()).run(None, {"image": x})[0]
+    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-5)
+
+
 def test_savedmodel(tmp_path):
     model = build_unet(size=32)  # skips where TensorFlow is not installed
     import tensorflow as tf

@@ -63,6 +63,10 @@ def test_defaults_merge_and_overrides():
             "model.bottleneck_dilation is 2; must be 1 unless model.architecture is tinyunet",
         ),
         ({"model": {"standardize": "yes"}}, "model.standardize must be bool, got 'yes'"),
+        (
+            {"model": {"instance_norm": True}},
+            "model.instance_norm is True; needs model.batch_norm: true (it takes BatchNorm's place)",
+        ),
         ({"model": {"input_stride": 3}}, "model.input_stride is 3; must be 1, 2 or 4"),
         (
             {"model": {"input_stride": 4}, "input": {"crop": 160}},

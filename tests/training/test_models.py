@@ -21,6 +21,20 @@ MODELS = {
         "bottleneck_dilation": 2,
     },
     "tinyunet_stem2": {"architecture": "tinyunet", "base_filters": 4, "batch_norm": True, "input_stride": 2},
+    "tinyunet_instance_norm": {
+        "architecture": "tinyunet",
+        "base_filters": 4,
+        "batch_norm": True,
+        "instance_norm": True,
+        "standardize": True,
+        "input_stride": 2,
+    },
+    "unet_lowered_instance_norm": {
+        "architecture": "unet_lowered",
+        "base_filters": 4,
+        "batch_norm": True,
+        "instance_norm": True,
+    },
 }
 
 
@@ -106,6 +120,26 @@ def test_unet_lowered_filters():
     filters = [layer.filters for layer in model.layers if layer.name.endswith("_conv1")]
     assert filters[:5] == [16, 32, 64, 128, 256]
     assert sum(layer.__class__.__name__ == "Dropout" for layer in model.layers) == 2
+
+
+@needs_tensorflow
+@pytest.mark.parametrize("instance_norm", [False, True])
+def test_an_instance_norm_sees_each_image_alone_where_batchnorm_sees_the_batch(instance_norm):
+    """model.instance_norm: in training, an image's map does not depend on what else is in the
+    batch (each feature map is normalized over its own image); with BatchNorm it does."""
+    cfg = {"architecture": "tinyunet", "base_filters": 4, "batch_norm": True, "instance_norm": instance_norm}
+    model = build_model(_model_cfg(**cfg))
+    norms = {layer.__class__.__name__ for layer in model.layers} & {
+        "GroupNormalization",
+        "BatchNormalization",
+    }
+    assert norms == {"GroupNormalization" if instance_norm else "BatchNormalization"}
+    rng = np.random.default_rng(3)
+    x = rng.random((3, 32, 32, 1)).astype(np.float32)
+    x[1:] = x[1:] * 0.2 + 0.7  # two brighter, flatter images beside the first
+    alone = model(x[:1], training=True).numpy()
+    beside = model(x, training=True).numpy()[:1]
+    assert np.allclose(alone, beside, atol=1e-5) == instance_norm
 
 
 @needs_tensorflow
