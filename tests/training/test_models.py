@@ -139,7 +139,11 @@ def test_an_instance_norm_sees_each_image_alone_where_batchnorm_sees_the_batch(i
     x[1:] = x[1:] * 0.2 + 0.7  # two brighter, flatter images beside the first
     alone = model(x[:1], training=True).numpy()
     beside = model(x, training=True).numpy()[:1]
-    assert np.allclose(alone, beside, atol=1e-5) == instance_norm
+    difference = np.abs(alone - beside).max()
+    if instance_norm:
+        assert difference < 1e-4  # float round-off only
+    else:
+        assert difference > 1e-3, difference
 
 
 @needs_tensorflow
