@@ -126,8 +126,13 @@ class Evidence:
     trained_clean: dict[float, list[int]] = field(default_factory=dict)
 
 
-def gather(maps: Iterable[tuple[np.ndarray, np.ndarray, int]], threshold: float) -> Evidence:
-    """Evidence from (probability map, mask, class id) per held-out image, keeping no map in memory."""
+def gather(
+    maps: Iterable[tuple[np.ndarray, np.ndarray, int]],
+    threshold: float,
+    trained_clean: Iterable[np.ndarray] = (),
+) -> Evidence:
+    """Evidence from (probability map, mask, class id) per held-out image, and from the
+    probability map of each clean image the model trained on, keeping no map in memory."""
     # the evaluation's own per-image scores, so held-out Dice is counted exactly as test Dice
     scores = SegmentationScores(threshold)
     candidates = sorted({*THRESHOLDS, threshold})
@@ -139,12 +144,17 @@ def gather(maps: Iterable[tuple[np.ndarray, np.ndarray, int]], threshold: float)
             largest, largest_false = largest_regions(prob, t, mask)
             regions[t].append(largest)
             false_regions[t].append(largest_false)
+    trained: dict[float, list[int]] = {t: [] for t in candidates}
+    for prob in trained_clean:
+        for t in candidates:
+            trained[t].append(largest_regions(prob, t)[0])
     dice = scores.summary()["overall"]["dice"]
     return Evidence(
         truth=[row["defective"] for row in scores.rows],
         regions=regions,
         false_regions=false_regions,
         dice={t: dice[str(t)] for t in candidates},
+        trained_clean=trained,
     )
 
 
@@ -283,14 +293,10 @@ def calibrate_maps(
     probability maps of clean images the model trained on (the floor holds on them too); with
     the evidence."""
     ev = cfg["eval"]
-    evidence = gather(maps, ev["threshold"])
-    evidence.trained_clean = {t: [] for t in evidence.regions}
-    for prob in trained_clean:
-        for t, regions in evidence.trained_clean.items():
-            regions.append(largest_regions(prob, t)[0])
-    n_trained = len(next(iter(evidence.trained_clean.values()), []))
+    evidence = gather(maps, ev["threshold"], trained_clean)
     rule, warnings = choose_rule(evidence, ev["min_tnr"])
     t, area = rule.threshold, rule.area
+    n_trained = len(evidence.trained_clean[t])
     areas = evidence.regions[t]
     clean = [a for a, d in zip(areas, evidence.truth, strict=True) if not d]
     defective = [a for a, d in zip(areas, evidence.truth, strict=True) if d]
