@@ -272,25 +272,31 @@ def train_dataset(
             samples, inp, cfg["dataset"]["image_size"], inp["paste_decoy_fraction"]
         )
 
-    def paste(image, mask, class_id, seed):
-        pasted, pasted_mask = tf.numpy_function(
-            bank.paste, [image, mask, class_id, seed], [tf.float32, tf.uint8], stateful=False
-        )
-        return tf.ensure_shape(pasted, image.shape), tf.ensure_shape(pasted_mask, mask.shape)
-
     pseudo_fraction = inp["pseudo_defect_fraction"]
     # the data set's own label convention: DAGM's weak ellipse, or the defect's pixels
     ellipse = cfg["dataset"]["kind"] in ("dagm", "synthetic")
 
-    def pseudo(image, mask, seed):
+    def draw_pseudo(image, mask, seed):
         from training.pseudo import draw
 
-        def draw_one(i, m, s):
-            return draw(i, m, int(s), ellipse)
+        return draw(image, mask, int(seed), ellipse)
 
-        out = [tf.float32, tf.uint8]
-        drawn, drawn_mask = tf.numpy_function(draw_one, [image, mask, seed], out, stateful=False)
-        return tf.ensure_shape(drawn, image.shape), tf.ensure_shape(drawn_mask, mask.shape)
+    def into_clean_crop(fn, fraction, stream, elem_seed, image, mask, *args):
+        """``fn(image, mask, *args, seed)``, a numpy function, on ``fraction`` of the crops that
+        hold no defect; its draws come from a stream of their own (folded in), so every other
+        draw stays what it was."""
+        p = tf.random.stateless_uniform([2], tf.random.experimental.stateless_fold_in(elem_seed, stream))
+
+        def apply():
+            fn_seed = tf.cast(p[1] * 2**31, tf.int64)
+            out, out_mask = tf.numpy_function(
+                fn, [image, mask, *args, fn_seed], [tf.float32, tf.uint8], stateful=False
+            )
+            return tf.ensure_shape(out, image.shape), tf.ensure_shape(out_mask, mask.shape)
+
+        return tf.cond(
+            tf.logical_and(p[0] < fraction, tf.reduce_max(mask) == 0), apply, lambda: (image, mask)
+        )
 
     def one_epoch(epoch: int):
         # a Python-int seed per epoch: shuffle refuses tensor seeds once a global seed is set
@@ -309,21 +315,9 @@ def train_dataset(
                 )
             image = tf.cast(image, tf.float32)
             if bank is not None and len(bank):
-                # a stream of its own (folded in), so every other draw stays what it was
-                p = tf.random.stateless_uniform([2], tf.random.experimental.stateless_fold_in(elem_seed, 1))
-                paste_seed = tf.cast(p[1] * 2**31, tf.int64)
-                image, mask = tf.cond(
-                    tf.logical_and(p[0] < paste_fraction, tf.reduce_max(mask) == 0),
-                    lambda: paste(image, mask, class_id, paste_seed),
-                    lambda: (image, mask),
-                )
+                image, mask = into_clean_crop(bank.paste, paste_fraction, 1, elem_seed, image, mask, class_id)
             if pseudo_fraction > 0:
-                q = tf.random.stateless_uniform([2], tf.random.experimental.stateless_fold_in(elem_seed, 2))
-                image, mask = tf.cond(
-                    tf.logical_and(q[0] < pseudo_fraction, tf.reduce_max(mask) == 0),
-                    lambda: pseudo(image, mask, tf.cast(q[1] * 2**31, tf.int64)),
-                    lambda: (image, mask),
-                )
+                image, mask = into_clean_crop(draw_pseudo, pseudo_fraction, 2, elem_seed, image, mask)
             image, mask = _augment(image, mask, aug, s[1], square=bool(crop))
             return normalize(image, inp["normalization"]), tf.cast(mask, tf.float32)
 
