@@ -41,6 +41,10 @@ says when the held-out clean images are too few to show the floor: ``tnr_interva
 
 The chosen values go into ``training.json``, so ``lineside export`` carries them
 into the model package and the line applies them.
+
+``hindsight_rule`` makes the same choice on a scored split (the test images) for the report
+only: the most any rule catches there at the floor, which tells a miss that calibration cost
+from one the model makes.
 """
 
 from __future__ import annotations
@@ -126,6 +130,43 @@ class Evidence:
     trained_clean: dict[float, list[int]] = field(default_factory=dict)
 
 
+class RegionTally:
+    """Per image and candidate threshold, its largest region and largest false region (and
+    per clean image the model trained on, its largest region): what a rule is chosen from.
+    Calibration fills it from the held-out images, ``lineside eval`` from the scored split."""
+
+    def __init__(self, threshold: float):
+        self.candidates = sorted({*THRESHOLDS, threshold})
+        self.truth: list[bool] = []
+        self.regions: dict[float, list[int]] = {t: [] for t in self.candidates}
+        self.false_regions: dict[float, list[int]] = {t: [] for t in self.candidates}
+        self.trained: dict[float, list[int]] = {t: [] for t in self.candidates}
+
+    def add(self, prob: np.ndarray, mask: np.ndarray) -> None:
+        """One image that has a mask (a clean image's is all zero)."""
+        self.truth.append(bool((mask > 0.5).any()))
+        for t in self.candidates:
+            largest, largest_false = largest_regions(prob, t, mask)
+            self.regions[t].append(largest)
+            self.false_regions[t].append(largest_false)
+
+    def add_trained_clean(self, prob: np.ndarray) -> None:
+        """One clean image the model trained on: the floor holds on it, no defect is counted."""
+        for t in self.candidates:
+            self.trained[t].append(largest_regions(prob, t)[0])
+
+    def evidence(self, dice: dict[str, float | None]) -> Evidence:
+        """The tally with the mean Dice over the defective images per threshold (keys as
+        ``SegmentationScores.summary`` gives them, ``str(threshold)``)."""
+        return Evidence(
+            truth=list(self.truth),
+            regions=self.regions,
+            false_regions=self.false_regions,
+            dice={t: dice.get(str(t)) for t in self.candidates},
+            trained_clean=self.trained,
+        )
+
+
 def gather(
     maps: Iterable[tuple[np.ndarray, np.ndarray, int]],
     threshold: float,
@@ -135,27 +176,13 @@ def gather(
     probability map of each clean image the model trained on, keeping no map in memory."""
     # the evaluation's own per-image scores, so held-out Dice is counted exactly as test Dice
     scores = SegmentationScores(threshold)
-    candidates = sorted({*THRESHOLDS, threshold})
-    regions: dict[float, list[int]] = {t: [] for t in candidates}
-    false_regions: dict[float, list[int]] = {t: [] for t in candidates}
+    tally = RegionTally(threshold)
     for prob, mask, class_id in maps:
         scores.add(prob, mask, class_id)
-        for t in candidates:
-            largest, largest_false = largest_regions(prob, t, mask)
-            regions[t].append(largest)
-            false_regions[t].append(largest_false)
-    trained: dict[float, list[int]] = {t: [] for t in candidates}
+        tally.add(prob, mask)
     for prob in trained_clean:
-        for t in candidates:
-            trained[t].append(largest_regions(prob, t)[0])
-    dice = scores.summary()["overall"]["dice"]
-    return Evidence(
-        truth=[row["defective"] for row in scores.rows],
-        regions=regions,
-        false_regions=false_regions,
-        dice={t: dice[str(t)] for t in candidates},
-        trained_clean=trained,
-    )
+        tally.add_trained_clean(prob)
+    return tally.evidence(scores.summary()["overall"]["dice"])
 
 
 def rules_at(threshold: float, evidence: Evidence) -> list[Rule]:
@@ -228,6 +255,27 @@ def choose_rule(evidence: Evidence, min_tnr: float) -> tuple[Rule, list[str]]:
             f"{n_defective - best.caught} of {n_defective} held-out defective images"
         )
     return best, warnings
+
+
+def hindsight_rule(evidence: Evidence, min_tnr: float) -> dict[str, Any] | None:
+    """The rule that ``choose_rule`` picks on a scored split itself, with its TPR and TNR there:
+    what the best rule could reach on these images, in hindsight (a leak as a rule for the line,
+    an upper bound as a measure). The run's own TPR falls short of it by what calibration on the
+    held-out images cost; it falls short of 100 % by what the model cannot separate at the TNR
+    floor. None without both defective and clean images."""
+    n_defective = sum(evidence.truth)
+    if not n_defective or n_defective == len(evidence.truth):
+        return None
+    rule, _ = choose_rule(evidence, min_tnr)
+    return {
+        "threshold": rule.threshold,
+        "min_defect_area": rule.area,
+        "tpr": rule.caught / n_defective,
+        "tnr": rule.tnr_clean,
+        "dice": evidence.dice[rule.threshold],
+        "min_tnr": min_tnr,
+        "meets_tnr_floor": rule.tnr >= min_tnr,
+    }
 
 
 def area_room_notes(rule: Rule) -> list[str]:
@@ -373,4 +421,20 @@ def result_line(
     return (
         f"{label}: Dice {num(dice, False)} · TPR {num(tpr, True)} · TNR {num(tnr, True)} "
         f"(threshold {threshold:g}, min area {min_area} px)"
+    )
+
+
+def hindsight_line(best: dict[str, Any] | None, split: str) -> str | None:
+    """A split's hindsight rule (``hindsight_rule``) as the line under the run's own result, e.g.
+    ``test in hindsight: Dice 0.456 · TPR 33.3 % · TNR 98.1 % (threshold 0.99, min area 8272 px)
+    ...``; None without one."""
+    if not best:
+        return None
+    floor = _pct(best["min_tnr"])
+    reach = "the most any rule catches" if best["meets_tnr_floor"] else f"no rule meets the floor of {floor}"
+    label = f"{split} in hindsight"
+    return (
+        result_line(label, best["dice"], best["tpr"], best["tnr"], best["threshold"], best["min_defect_area"])
+        + f": calibration's rule chosen on these {split} images themselves, {reach} at the TNR floor of "
+        f"{floor}; a bound, not a rule for the line (what it misses is the model's to find)"
     )

@@ -43,6 +43,7 @@ def evaluate_run(
     if not model_path.is_file():
         msg = f"{model_path} does not exist; pass the output dir of `lineside train`"
         raise EvalError(msg)
+    from training.calibrate import hindsight_line
     from training.config import load_config
 
     if config is None:
@@ -75,6 +76,9 @@ def evaluate_run(
     if history.is_file():
         save_curves(json.loads(history.read_text()), out / "curves.png")
     print(format_table(summary))
+    hindsight = hindsight_line(summary.get("hindsight"), split)
+    if hindsight:
+        print(hindsight)
     if defects:
         print(format_by_defect(defects))
     print(

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from converter.preprocessing import NORMALIZATIONS
+from training.calibrate import RegionTally, hindsight_rule
 from training.datasets.base import Sample
 from training.metrics import SegmentationScores
 
@@ -115,12 +116,14 @@ def evaluate_model(
     if ev["max_images"]:
         samples = samples[: ev["max_images"]]
     scores = SegmentationScores(ev["threshold"], ev["min_defect_area"])
+    tally = RegionTally(ev["threshold"])
     scale, offset = NORMALIZATIONS[cfg["input"]["normalization"]]
     worst = WorstImages(n_examples)
     rows = []
     for sample, (image, mask, prob, class_id) in zip(samples, predictions(model, samples, cfg), strict=True):
         row = image_row(sample, scores.add(prob, mask, class_id), ev["threshold"])
         rows.append(row)
+        tally.add(prob, mask)
 
         def example(image=image, mask=mask, prob=prob, class_id=class_id):
             pixels = np.clip((image - offset) / scale, 0, 255).round().astype(np.uint8)
@@ -128,6 +131,7 @@ def evaluate_model(
 
         worst.offer(row, example)
     summary = scores.summary()
+    summary["hindsight"] = hindsight_rule(tally.evidence(summary["overall"]["dice"]), ev["min_tnr"])
     summary["images"] = rows
     overall = summary["overall"]
     logger.info(

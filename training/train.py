@@ -292,6 +292,7 @@ def write_training_json(
             "tnr": overall["tnr"],
             "accuracy": overall["accuracy"],
             "image_auroc": overall["image_auroc"],
+            "hindsight": summary.get("hindsight"),
             "per_class": {
                 c: {"dice": s["dice"][t], "tpr": s["tpr"], "tnr": s["tnr"], "image_auroc": s["image_auroc"]}
                 for c, s in summary["per_class"].items()
@@ -345,7 +346,7 @@ def split_warnings(split: str, overall: dict[str, Any], min_tnr: float) -> list[
 
 def summary_lines(info: dict[str, Any]) -> list[str]:
     """The result lines of the training summary, from ``training.json``: scores with their rule, warnings."""
-    from training.calibrate import result_line
+    from training.calibrate import hindsight_line, result_line
 
     lines = []
     rule = (info["threshold"], info["min_defect_area"])
@@ -354,6 +355,9 @@ def summary_lines(info: dict[str, Any]) -> list[str]:
         lines.append(result_line("held-out", cal["dice"], cal["tpr"], cal["tnr"], *rule))
     m = info["metrics"]
     lines.append(result_line(m["split"], m["dice"], m["tpr"], m["tnr"], *rule))
+    hindsight = hindsight_line(m.get("hindsight"), m["split"])
+    if hindsight:
+        lines.append(hindsight)
     lines += [f"NOTE: {text}" for text in info.get("notes", [])]
     warnings = info.get("warnings", [])
     lines += [f"WARNING: {text}" for text in warnings]

@@ -181,6 +181,45 @@ def test_a_real_surface_set_gets_its_misses_by_defect_kind_and_visibility(white_
     assert "by defect kind and by visibility" in printed and "visibility 0-0.5" in printed
 
 
+def test_eval_names_the_best_rule_in_hindsight_at_the_tnr_floor(white_is_defect, tmp_path, capsys):
+    """Beside the run's own rule, eval gives the rule calibration would choose on the scored images
+    themselves: what the model could reach at the TNR floor, so a reader sees whether the misses
+    are calibration's or the model's."""
+    from training.calibrate import Evidence, hindsight_rule
+    from training.eval_cli import evaluate_run
+
+    run, recipe = white_is_defect
+    # defects' largest regions 64, 16, 0, 36, 64 px; clean images' 0, 9, 36, 25, 0 px and one
+    # 25 px false region on a defective image. At the 98 % floor no alarm may pass: an area of
+    # 37-64 px catches the two 64 px defects (middle on a log scale: sqrt(36 * 64) = 48)
+    summary = evaluate_run(run, recipe, output=tmp_path, n_examples=0)
+    best = json.loads((tmp_path / "eval.json").read_text())["hindsight"]
+    assert best == summary["hindsight"]
+    assert {k: v for k, v in best.items() if k != "dice"} == {
+        "threshold": 0.5,
+        "min_defect_area": 48,
+        "tpr": 0.4,
+        "tnr": 1.0,
+        "min_tnr": 0.98,
+        "meets_tnr_floor": True,
+    }
+    assert best["dice"] == pytest.approx((1 + 0.4 + 0 + 0.72 + 128 / 153) / 5, abs=1e-4)
+    # the run's own rule (min area 4) catches 4 of 5 but fails 3 of 5 clean images
+    assert (summary["overall"]["tpr"], summary["overall"]["tnr"]) == (0.8, 0.4)
+    printed = capsys.readouterr().out
+    assert (
+        "validation in hindsight: Dice 0.591 · TPR 40.0 % · TNR 100.0 % (threshold 0.5, min area 48 px)"
+        in printed
+    )
+    # a floor of 60 % lets the 9 px alarm and two clean images of three fail: 10-16 px catches 4
+    summary = evaluate_run(run, recipe, {"eval.min_tnr": 0.6}, output=tmp_path, n_examples=0)
+    assert summary["hindsight"]["tpr"] == 0.8 and summary["hindsight"]["min_defect_area"] == 12
+    assert summary["hindsight"]["tnr"] == 0.6
+    # a split with only one kind of image has no such rule
+    only_defects = Evidence([True, True], {0.5: [64, 9]}, {0.5: [0, 0]}, {0.5: 0.9})
+    assert hindsight_rule(only_defects, 0.98) is None
+
+
 def test_a_negative_example_count_is_one_clear_error(white_is_defect):
     from training.eval_cli import EvalError, evaluate_run
 
