@@ -57,6 +57,7 @@ def evaluate_run(
     from training.evaluate import evaluate_model
     from training.metrics import format_table
     from training.plots import save_curves, save_grid
+    from training.train import scored_split
 
     train_samples, val_samples = load_splits(cfg)
     samples = val_samples if split == "validation" else train_samples
@@ -76,7 +77,10 @@ def evaluate_run(
     if history.is_file():
         save_curves(json.loads(history.read_text()), out / "curves.png")
     print(format_table(summary))
-    hindsight = hindsight_line(summary.get("hindsight"), split)
+    # named as the training summary names it: DAGM's Test split is "test"
+    hindsight = hindsight_line(
+        summary.get("hindsight"), scored_split(cfg["dataset"]) if split == "validation" else split
+    )
     if hindsight:
         print(hindsight)
     if defects:

@@ -208,8 +208,7 @@ def test_eval_names_the_best_rule_in_hindsight_at_the_tnr_floor(white_is_defect,
     assert (summary["overall"]["tpr"], summary["overall"]["tnr"]) == (0.8, 0.4)
     printed = capsys.readouterr().out
     assert (
-        "validation in hindsight: Dice 0.591 · TPR 40.0 % · TNR 100.0 % (threshold 0.5, min area 48 px)"
-        in printed
+        "test in hindsight: Dice 0.591 · TPR 40.0 % · TNR 100.0 % (threshold 0.5, min area 48 px)" in printed
     )
     # a floor of 60 % lets the 9 px alarm and two clean images of three fail: 10-16 px catches 4
     summary = evaluate_run(run, recipe, {"eval.min_tnr": 0.6}, output=tmp_path, n_examples=0)
