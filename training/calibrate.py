@@ -260,9 +260,10 @@ def choose_rule(evidence: Evidence, min_tnr: float) -> tuple[Rule, list[str]]:
 def hindsight_rule(evidence: Evidence, min_tnr: float) -> dict[str, Any] | None:
     """The rule that ``choose_rule`` picks on a scored split itself, with its TPR and TNR there:
     what the best rule could reach on these images, in hindsight (a leak as a rule for the line,
-    an upper bound as a measure). The run's own TPR falls short of it by what calibration on the
-    held-out images cost; it falls short of 100 % by what the model cannot separate at the TNR
-    floor. None without both defective and clean images."""
+    a bound as a measure). A run's own rule that holds the floor on these images catches no more:
+    what it catches less is what calibrating on the held-out images cost, and what this rule
+    misses the model does not separate from clean texture at the floor (a rule under the floor
+    may catch more, at the cost of the floor). None without both defective and clean images."""
     n_defective = sum(evidence.truth)
     if not n_defective or n_defective == len(evidence.truth):
         return None

@@ -333,6 +333,24 @@ def test_summary_shows_percentages_with_the_rule():
     assert summary_lines(info) == [
         "validation: Dice 0.399 · TPR - · TNR 98.3 % (threshold 0.05, min area 2828 px)"
     ]
+    # the rule in hindsight (training.json's metrics.hindsight) follows the split's own line
+    info["metrics"].update(split="test", tpr=19 / 60)
+    info["metrics"]["hindsight"] = {
+        "threshold": 0.5,
+        "min_defect_area": 1913,
+        "tpr": 22 / 60,
+        "tnr": 59 / 60,
+        "dice": 0.401,
+        "min_tnr": 0.98,
+        "meets_tnr_floor": True,
+    }
+    lines = summary_lines(info)
+    assert len(lines) == 2
+    assert lines[1].startswith(
+        "test in hindsight: Dice 0.401 · TPR 36.7 % · TNR 98.3 % (threshold 0.5, min area 1913 px): "
+        "calibration's rule chosen on these test images themselves, the most any rule catches at the "
+        "TNR floor of 98.0 %"
+    )
 
 
 @pytest.mark.slow
