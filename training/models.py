@@ -123,6 +123,7 @@ def build_tinyunet(
     standardize: bool = False,
     bottleneck_dilation: int = 1,
     input_stride: int = 1,
+    stem_filters: int = 0,
 ):
     """TinyUNet of NVIDIA UNet_Industrial.
 
@@ -140,7 +141,8 @@ def build_tinyunet(
     the resolution, and the logits are repeated back to full size. On a CPU the full-size
     convs with few channels cost most of the time for little arithmetic; weak (elliptical)
     labels need no full-resolution output. Nearest, not bilinear: Keras' bilinear
-    UpSampling2D fails on inputs of unknown size.
+    UpSampling2D fails on inputs of unknown size. ``stem_filters`` (0: ``base_filters``) widens
+    that stem alone.
     """
     import keras
 
@@ -148,7 +150,13 @@ def build_tinyunet(
     inputs, x = _model_input(keras, channels, standardize)
     if input_stride > 1:
         stem = _conv(
-            keras, b, input_stride, "stem", weight_decay, batch_norm=batch_norm, strides=input_stride
+            keras,
+            stem_filters or b,
+            input_stride,
+            "stem",
+            weight_decay,
+            batch_norm=batch_norm,
+            strides=input_stride,
         )
         x = stem(x)
     skips = []
@@ -335,6 +343,7 @@ def build_model(model_cfg: dict[str, Any], channels: int = 1, weight_decay: floa
             model_cfg["standardize"],
             model_cfg["bottleneck_dilation"],
             model_cfg.get("input_stride", 1),
+            model_cfg.get("stem_filters", 0),
         )
     if arch == "unet_lowered":
         return build_unet_lowered(*common, model_cfg["standardize"])

@@ -80,8 +80,8 @@ def test_bare_keras_file_needs_its_size(tmp_path):
 
 @pytest.mark.parametrize(
     "option",
-    [{"input_stride": 2}, {"instance_norm": True}],
-    ids=["strided_stem", "instance_norm"],
+    [{"input_stride": 2}, {"input_stride": 2, "stem_filters": 12}, {"instance_norm": True}],
+    ids=["strided_stem", "wide_stem", "instance_norm"],
 )
 def test_tinyunet_options_export_with_parity(tmp_path, option):
     """model.input_stride's strided stem conv and repeated logits, and model.instance_norm's
