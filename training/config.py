@@ -191,9 +191,6 @@ class ModelConfig:
     #: tinyunet with input_stride > 1: the stem conv's filters (0: base_filters); a 4x4 patch
     #: has 16 pixels, so 16 ReLU maps can keep only part of a thin line that crosses it
     stem_filters: int = number(0, ge=0)
-    #: tinyunet with input_stride > 1: the stem conv's kernel side (0: input_stride, each pixel
-    #: seen once); larger kernels overlap, so each stem output sees a longer piece of a line
-    stem_kernel: int = number(0, ge=0)
     #: mobilenetv2_unet: a local .weights.h5 / .h5 file of a MobileNetV2 encoder, or null (random)
     encoder_weights: str | None = key(None, rule=text_rule())
     #: mobilenetv2_unet: the encoder's width multiplier
@@ -334,10 +331,9 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
         )
     if model.input_stride not in (1, 2, 4):
         raise bad("model.input_stride", model.input_stride, "must be 1, 2 or 4")
-    for name in ("stem_filters", "stem_kernel"):
-        if getattr(model, name) and model.input_stride == 1:
-            rule = "needs model.input_stride 2 or 4 (there is no stem at 1)"
-            raise bad(f"model.{name}", getattr(model, name), rule)
+    if model.stem_filters and model.input_stride == 1:
+        rule = "needs model.input_stride 2 or 4 (there is no stem at 1)"
+        raise bad("model.stem_filters", model.stem_filters, rule)
     if model.input_stride > 1 and model.architecture != "tinyunet":
         raise bad("model.input_stride", model.input_stride, "must be 1 unless model.architecture is tinyunet")
     # a crop the model cannot take would otherwise fail only after the data set has loaded

@@ -124,7 +124,6 @@ def build_tinyunet(
     bottleneck_dilation: int = 1,
     input_stride: int = 1,
     stem_filters: int = 0,
-    stem_kernel: int = 0,
 ):
     """TinyUNet of NVIDIA UNet_Industrial.
 
@@ -143,7 +142,7 @@ def build_tinyunet(
     convs with few channels cost most of the time for little arithmetic; weak (elliptical)
     labels need no full-resolution output. Nearest, not bilinear: Keras' bilinear
     UpSampling2D fails on inputs of unknown size. ``stem_filters`` (0: ``base_filters``) widens
-    that stem alone; ``stem_kernel`` (0: ``input_stride``) makes its windows overlap.
+    that stem alone.
     """
     import keras
 
@@ -153,7 +152,7 @@ def build_tinyunet(
         stem = _conv(
             keras,
             stem_filters or b,
-            stem_kernel or input_stride,
+            input_stride,
             "stem",
             weight_decay,
             batch_norm=batch_norm,
@@ -345,7 +344,6 @@ def build_model(model_cfg: dict[str, Any], channels: int = 1, weight_decay: floa
             model_cfg["bottleneck_dilation"],
             model_cfg.get("input_stride", 1),
             model_cfg.get("stem_filters", 0),
-            model_cfg.get("stem_kernel", 0),
         )
     if arch == "unet_lowered":
         return build_unet_lowered(*common, model_cfg["standardize"])

@@ -80,7 +80,7 @@ def test_bare_keras_file_needs_its_size(tmp_path):
 
 @pytest.mark.parametrize(
     "option",
-    [{"input_stride": 2}, {"input_stride": 2, "stem_filters": 12, "stem_kernel": 5}, {"instance_norm": True}],
+    [{"input_stride": 2}, {"input_stride": 2, "stem_filters": 12}, {"instance_norm": True}],
     ids=["strided_stem", "wide_stem", "instance_norm"],
 )
 def test_tinyunet_options_export_with_parity(tmp_path, option):

@@ -115,14 +115,13 @@ def test_a_strided_stem_runs_the_unet_at_a_fraction_of_the_resolution(stride):
 
 
 @needs_tensorflow
-def test_stem_filters_and_kernel_change_the_stem_alone():
-    """model.stem_filters and model.stem_kernel: the strided stem's filters and window change,
-    its stride and every other layer stay."""
+def test_stem_filters_widen_the_stem_alone():
+    """model.stem_filters: the strided stem's filters change, its window, its stride and every
+    other layer stay."""
     cfg = _model_cfg(architecture="tinyunet", base_filters=4, batch_norm=True, input_stride=4)
-    plain, wide = build_model(cfg), build_model({**cfg, "stem_filters": 12, "stem_kernel": 8})
+    plain, wide = build_model(cfg), build_model({**cfg, "stem_filters": 12})
     assert plain.get_layer("stem").filters == 4 and wide.get_layer("stem").filters == 12
-    assert plain.get_layer("stem").kernel_size == (4, 4) and wide.get_layer("stem").kernel_size == (8, 8)
-    assert wide.get_layer("stem").strides == (4, 4)
+    assert wide.get_layer("stem").kernel_size == wide.get_layer("stem").strides == (4, 4)
     widths = {m: {layer.name: getattr(layer, "filters", None) for layer in m.layers} for m in (plain, wide)}
     assert {n for n in widths[plain] if widths[plain][n] != widths[wide][n]} == {"stem"}
     x = np.random.default_rng(0).random((1, 64, 64, 1)).astype(np.float32)
