@@ -25,31 +25,46 @@ from tests.conftest import MODEL_CLASS
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports: each socket stays bound until all are drawn, since
+    the kernel may hand a port that was just let go to the next bind (a config once got the same
+    port for two endpoints on a loaded machine)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def line_config(tmp: Path, package: Path, cameras: list[dict], **over: Any) -> dict:
     """A line config with tcp endpoints on free loopback ports and sinks under ``tmp``."""
+    frames, work, results, publish, metrics = free_ports(5)
     cfg = {
         "name": "test",
         "model": {"package": str(package), "backend": "onnxruntime", "threads": 1},
         "cameras": cameras,
         "workers": {"count": 1, "max_batch": 4, "max_wait_ms": 20, "heartbeat_timeout_s": 3},
         "endpoints": {
-            "frames": f"tcp://127.0.0.1:{free_port()}",
-            "work": f"tcp://127.0.0.1:{free_port()}",
-            "results": f"tcp://127.0.0.1:{free_port()}",
-            "publish": f"tcp://127.0.0.1:{free_port()}",
+            "frames": f"tcp://127.0.0.1:{frames}",
+            "work": f"tcp://127.0.0.1:{work}",
+            "results": f"tcp://127.0.0.1:{results}",
+            "publish": f"tcp://127.0.0.1:{publish}",
         },
         "sinks": {
             "decision_log": str(tmp / "decisions.sqlite"),
             "ng_store": str(tmp / "ng"),
             "ng_store_max_mb": 16,
         },
-        "metrics": {"port": free_port()},
+        "metrics": {"port": metrics},
         "status_interval_s": 1,
         "shutdown_timeout_s": 8,
     }
