@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import needs_tensorflow
 from training.optimizers import cosine_lr
-from training.schedule import TIME_BUDGET, describe_end, epochs_that_fit
+from training.schedule import GROW_UNTIL, TIME_BUDGET, describe_end, epochs_that_fit
 
 
 def test_a_busy_machine_gets_a_cosine_that_ends_within_the_budget():
@@ -190,7 +190,12 @@ def test_a_cut_run_ends_on_small_steps_and_says_where_it_stopped(dagm_root, tmp_
     assert f"{info['ended']}  train time" in capsys.readouterr().out
     assert f"trained tinyunet: epoch {done} of {planned} (time budget)" in caplog.text
     rates = [h["learning_rate"] for h in json.loads((tmp_path / "cut" / "history.json").read_text())]
-    assert len(rates) == done and rates == sorted(rates, reverse=True)
+    assert len(rates) == done
+    # the rate falls, but for the plan growing back in the first half of the run (GROW_UNTIL),
+    # where a longer cosine lifts it a few percent (a loaded CI run: 0.00161 -> 0.00168 at epoch 11)
+    for i in range(1, done):
+        if rates[i] > rates[i - 1]:
+            assert i <= GROW_UNTIL * planned + 1 and rates[i] <= 1.1 * rates[i - 1], (i, rates)
     if slower is None:
         # the planned schedule would still be above 60% of its rate here; the shaped one is at its end
         assert rates[-1] < 0.05 * 0.003
