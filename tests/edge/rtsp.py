@@ -3,7 +3,6 @@ run by the system Python, where Debian's ``gi`` bindings live."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -40,12 +39,6 @@ def missing_reason() -> str | None:
     if out.stdout.strip():
         return f"GStreamer elements missing: {out.stdout.strip()} (install gstreamer1.0-plugins-ugly/-good)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MODEL_SIZE, need_peer
-from tests.edge.daemon import finish, line_config, metric, scrape, start_line, synthetic_camera
-from tests.edge.rtsp import free_port
+from tests.edge.daemon import finish, free_port, line_config, metric, scrape, start_line, synthetic_camera
 
 pytestmark = pytest.mark.slow
 

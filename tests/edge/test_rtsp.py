@@ -13,8 +13,8 @@ import pytest
 
 from edge.sources.opencv_source import OpenCvSource
 from tests.conftest import need_peer
-from tests.edge.daemon import check_ledger, finish, line_config, metric, readyz, scrape, start_line
-from tests.edge.rtsp import RtspServer, free_port, missing_reason, stamp_of
+from tests.edge.daemon import check_ledger, finish, free_port, line_config, metric, readyz, scrape, start_line
+from tests.edge.rtsp import RtspServer, missing_reason, stamp_of
 
 pytestmark = pytest.mark.slow
 

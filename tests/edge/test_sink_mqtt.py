@@ -28,6 +28,7 @@ from tests.conftest import MODEL_SIZE, need_peer
 from tests.edge.daemon import (
     ROOT,
     finish,
+    free_port,
     line_config,
     metric,
     one_error_line,
@@ -35,7 +36,6 @@ from tests.edge.daemon import (
     start_line,
     synthetic_camera,
 )
-from tests.edge.rtsp import free_port
 
 pytestmark = pytest.mark.slow
 

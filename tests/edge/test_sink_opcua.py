@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import MODEL_SIZE, need_peer
-from tests.edge.daemon import finish, line_config, start_line, synthetic_camera
-from tests.edge.rtsp import free_port
+from tests.edge.daemon import finish, free_port, line_config, start_line, synthetic_camera
 
 pytestmark = pytest.mark.slow
 
