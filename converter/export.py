@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from converter import onnx_graph
+from converter import instance_norm, onnx_graph
 from converter.checkpoint import (
     Checkpoint,
     InputShape,
@@ -117,6 +117,9 @@ def export_onnx(reference: Reference, checkpoint: Checkpoint, shape: InputShape,
         raise ExportError(msg) from exc
     model = onnx.load(str(raw))
     raw.unlink()
+    # the instance norm as one op (a fused kernel; 2.6x BatchNorm's time a frame as arithmetic)
+    if instance_norm.fuse_instance_norms(model):
+        model = instance_norm.cancel_transposes(model)
     onnx_graph.rename_tensor(model, model.graph.input[0].name, INPUT_NAME)
     onnx_graph.rename_tensor(model, model.graph.output[0].name, OUTPUT_NAME)
     # one name for the batch axis of input and output (tf2onnx makes up two), as TensorRT/Polygraphy show it
