@@ -247,6 +247,27 @@ def _spread(values: list[float]) -> dict[str, float]:
     }
 
 
+def _on_package(spec: str, package: ModelPackage) -> tuple[str, ModelPackage]:
+    """``BACKEND@FOLDER`` runs the backend on another package (one model against another, on
+    the same images): that package, if its input is the first one's; plain specs, ``package``."""
+    from converter.errors import LinesideError
+
+    name, at, folder = spec.partition("@")
+    if not at:
+        return spec, package
+    try:
+        other = ModelPackage.open(folder)
+    except LinesideError as exc:
+        raise Unavailable(str(exc).splitlines()[0]) from None
+    if other.manifest.input != package.manifest.input:
+        a, b = package.manifest.input, other.manifest.input
+        raise Unavailable(
+            f"{folder} takes {b.height}x{b.width}x{b.channels} {b.layout}, the first package "
+            f"{a.height}x{a.width}x{a.channels} {a.layout}; compare packages of one input"
+        )
+    return name, other
+
+
 def bench_backends(
     package_dir: str,
     specs: list[str],
@@ -260,7 +281,9 @@ def bench_backends(
     """Every backend in ``specs`` on the same images, in interleaved rounds, per batch size.
 
     Each round runs every backend for ``seconds / rounds`` (at least one call), so a change of
-    load hits all of them alike; the order alternates between rounds. A row's img/s is the
+    load hits all of them alike; the order alternates between rounds. A spec ``BACKEND@FOLDER``
+    runs on the package in FOLDER instead (one model against another, e.g. the instance norm
+    against BatchNorm). A row's img/s is the
     median over rounds, with its spread; its latencies are over every call.
     """
     package = ModelPackage.open(package_dir)
@@ -268,9 +291,12 @@ def bench_backends(
     runners, unavailable = [], []
     for spec in specs:
         try:
-            runners.append(open_runner(spec, package, threads, keras_path))
+            runner = open_runner(*_on_package(spec, package), threads, keras_path)
         except Unavailable as exc:
             unavailable.append({"backend": spec, "reason": str(exc)})
+            continue
+        runner.spec = spec
+        runners.append(runner)
     machine = machine_info()
     rows: list[dict] = []
     try:
@@ -340,26 +366,28 @@ def bench_backends(
 def format_backends(report: dict) -> str:
     """The backends table as the terminal shows it."""
     m = report["machine"]
+    # a BACKEND@FOLDER row is as wide as its folder
+    w = max([18] + [len(row["backend"]) for row in report["rows"] + report["unavailable"]])
     lines = [
         f"model {report['model_id']}  input {report['input']}  on {m['cpu']} ({m['cores']} cores, "
         f"load {m['load_1m']}), {report['rounds']} interleaved rounds",
-        f"{'backend':<18} {'batch':>5} {'img/s':>8} {'IQR':>15} {'vs 1st':>6} "
+        f"{'backend':<{w}} {'batch':>5} {'img/s':>8} {'IQR':>15} {'vs 1st':>6} "
         + " ".join(f"{k:>7}" for k in LATENCY_KEYS)
         + "  (ms per call)",
     ]
     for r in report["rows"]:
         s = r["img_per_s_spread"]
         lines.append(
-            f"{r['backend']:<18} {r['batch']:>5} {r['img_per_s']:>8.1f} {s['q1']:>7.1f}-{s['q3']:<7.1f} "
+            f"{r['backend']:<{w}} {r['batch']:>5} {r['img_per_s']:>8.1f} {s['q1']:>7.1f}-{s['q3']:<7.1f} "
             f"{r['ratio']:>5.2f}x " + " ".join(f"{r['latency_ms'][k]:>7.1f}" for k in LATENCY_KEYS)
         )
         if "compute_ms" in r:
             lines.append(
-                f"{'':<18} H2D {r['h2d_ms']:.2f} ms, compute {r['compute_ms']:.2f} ms, "
+                f"{'':<{w}} H2D {r['h2d_ms']:.2f} ms, compute {r['compute_ms']:.2f} ms, "
                 f"D2H {r['d2h_ms']:.2f} ms"
             )
     for u in report["unavailable"]:
-        lines.append(f"{u['backend']:<18} unavailable: {u['reason']}")
+        lines.append(f"{u['backend']:<{w}} unavailable: {u['reason']}")
     return "\n".join(lines)
 
 

@@ -84,7 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="comma-separated, first row is the ratios' base (default: all of "
         "onnxruntime:fp32,onnxruntime:fp16,onnxruntime:int8,openvino,opencv,keras,tensorrt; "
-        "those that cannot run here are listed with the reason)",
+        "those that cannot run here are listed with the reason); BACKEND@FOLDER runs it on the "
+        "package in FOLDER: one model against another on the same images",
     )
     p.add_argument(
         "--backend",

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edge import bench
+from tests.conftest import MODEL_SIZE
 from tests.converter import fake_trt
 from tests.converter.test_engine_fake_trt import _plan
 from tests.converter.test_engine_plain import L4
@@ -82,6 +83,28 @@ def test_backends_side_by_side_and_the_unavailable_with_their_reason(trained_pac
     # what the terminal shows: one line per row, one per unavailable backend with its reason
     table = bench.format_backends(report)
     assert "keras" in table and "unavailable: no Keras model at hand" in table
+
+
+def test_one_model_against_another_on_the_same_images(line_package, slow_line_package, tmp_path):
+    """``BACKEND@FOLDER`` runs a second package in the same interleaved rounds (the instance norm
+    against BatchNorm); a package that takes another input is listed as unavailable, with why."""
+    from converter.package import ModelPackage
+    from tests.packages import write_bright_package
+
+    other = write_bright_package(tmp_path / "wide", size=MODEL_SIZE * 2, model_id="test-bright-wide")
+    slow = f"onnxruntime:fp32@{slow_line_package}"
+    specs = ["onnxruntime:fp32", slow, f"onnxruntime:fp32@{other}", f"onnxruntime:fp32@{tmp_path / 'none'}"]
+    report = bench.bench_backends(str(line_package), specs, [2], rounds=2, seconds=0.2, threads=1, quiet=True)
+    assert [r["backend"] for r in report["rows"]] == specs[:2]
+    assert report["rows"][1]["runs"] >= 2 and report["rows"][1]["ratio"] > 0
+    reasons = {u["backend"]: u["reason"] for u in report["unavailable"]}
+    assert f"the first package {MODEL_SIZE}x{MODEL_SIZE}x1 NHWC" in reasons[specs[2]]
+    assert str(tmp_path / "none") in reasons[specs[3]]
+    # the second row's runner ran the second package, not the first one again
+    name, package = bench._on_package(slow, ModelPackage.open(line_package))
+    assert (name, package.model_id) == ("onnxruntime:fp32", "test-bright-slow")
+    assert bench.validate(report, bench.load_schema()) == []
+    assert slow in bench.format_backends(report)
 
 
 def test_the_line_end_to_end_with_a_near_free_graph(trained_package, tmp_path):
