@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 
 from edge import imageops, protocol, sockets
-from edge.config import CameraConfig, LineConfig
+from edge.config import CameraConfig, LineConfig, stage_marks
 from edge.sources.backoff import Backoff
 from edge.sources.base import CameraError, Captured, FrameSource, make_source
 
@@ -503,9 +503,17 @@ class CameraLoop:
         while self.pending and not self.stop.is_set():
             self.wait(0.05)
 
-    def _drain(self, timeout_s: float = 0.5) -> None:
+    def stop_budget_s(self) -> float:
+        """How long this camera's own stop may wait (pending frames, final stats, the sockets'
+        linger): half of the time the supervisor gives the cameras' stage (``stage_marks``), so
+        that the process's exit fits in the other half on a loaded box too. (CI once killed a
+        camera at the 1.5 s mark whose waits alone could take 2 s.)"""
+        return stage_marks(self.cfg.shutdown_timeout_s)[0] / 2
+
+    def _drain(self) -> None:
         """At shutdown: give pending frames a short chance, then count the rest as dropped."""
-        end = time.monotonic() + timeout_s
+        budget = self.stop_budget_s()
+        end = time.monotonic() + 0.6 * budget
         while self.pending and time.monotonic() < end:
             self.receive_credits()
             self.flush()
@@ -513,7 +521,7 @@ class CameraLoop:
         for header, _ in self.pending:
             self.drops["shutdown"].append(header["seq"])
         self.pending.clear()
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + 0.2 * budget
         while not self.send_stats(final=True) and time.monotonic() < deadline:
             time.sleep(0.02)
 
@@ -548,5 +556,6 @@ def camera_main(cfg_dict: dict, camera_index: int, input_hw: tuple[int, int], lo
         sockets.connect(stats, cfg.endpoint("results"), keys)
         loop.run(frames, stats)
     finally:
-        sockets.close_all(ctx, frames, stats)
+        # what is still queued has the rest of the stop budget to leave (frames went out on credit)
+        sockets.close_all(ctx, frames, stats, linger_ms=int(200 * loop.stop_budget_s()))
         leave_run_dir(cfg.run_dir)

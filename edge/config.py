@@ -363,6 +363,21 @@ class SecurityConfig:
     public_metrics: bool = yes_no(False)
 
 
+#: the least time each shutdown stage gets, whatever shutdown_timeout_s says: a process
+#: needs about that long to finish its loop, flush and exit
+STAGE_FLOOR_S = (1.5, 1.0, 1.0, 1.0)
+
+
+def stage_marks(timeout_s: float) -> tuple[float, ...]:
+    """Seconds after SIGTERM by which cameras, router, workers and collector must have stopped:
+    25 %, 75 %, 85 % and 100 % of ``timeout_s``, each at least its floor after the one before."""
+    marks, last = [], 0.0
+    for share, floor in zip((0.25, 0.75, 0.85, 1.0), STAGE_FLOOR_S, strict=True):
+        last = max(timeout_s * share, last + floor)
+        marks.append(last)
+    return tuple(marks)
+
+
 @dataclass
 class LineConfig:
     """A production line: its cameras, its model, its workers and sinks."""

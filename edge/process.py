@@ -34,6 +34,10 @@ def setup_process(role: str, log_level: int) -> None:
 
     cv2.setNumThreads(1)
     os.environ.setdefault("LINESIDE_ROLE", role)
+    # the supervisor asks for every thread's stack before it kills a process that did not
+    # stop in time, so the log says where it was stuck
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def die_with_parent(on_orphan: Callable[[], None], grace_s: float = 15.0) -> None:

@@ -159,11 +159,11 @@ def secure_client(sock: zmq.Socket, keys: CurveKeys) -> None:
     sock.curve_secretkey = secret
 
 
-def close_all(ctx: zmq.Context, *socks: zmq.Socket | None) -> None:
+def close_all(ctx: zmq.Context, *socks: zmq.Socket | None, linger_ms: int = LINGER_MS) -> None:
     """Close sockets with a bounded linger and terminate the context (never hangs)."""
     for sock in socks:
         if sock is not None and not sock.closed:
-            sock.close(linger=LINGER_MS)
+            sock.close(linger=linger_ms)
     auth = _authenticators.pop(id(ctx), None)
     if auth is not None:
         auth.stop()  # its ZAP socket lives in this context: term() would wait for it

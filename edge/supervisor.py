@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
 import queue
 import secrets
 import shutil
@@ -40,7 +41,14 @@ from converter.errors import LinesideError
 from converter.package import PRECISIONS, ModelPackage
 from edge import protocol, sockets
 from edge.collector import PROGRESS_SLOTS
-from edge.config import LineConfig, make_run_dir, open_endpoints, open_metrics, to_dict
+from edge.config import (
+    LineConfig,
+    make_run_dir,
+    open_endpoints,
+    open_metrics,
+    stage_marks,
+    to_dict,
+)
 from edge.keys import check_line_keys, line_keys
 from edge.router import ROUTER_STATS_INTERVAL_S
 from edge.sinks.feed import check_plant_sinks, enabled_sinks
@@ -63,19 +71,19 @@ DRAIN_STALL_FLOOR_S = 2 * (HEARTBEAT_S + ROUTER_STATS_INTERVAL_S)
 #: asyncua needs a second or two more to exit on a loaded box
 SINK_STOP_S = 5.0
 
-#: the least time each shutdown stage gets, whatever shutdown_timeout_s says: a process
-#: needs about that long to finish its loop, flush and exit
-STAGE_FLOOR_S = (1.5, 1.0, 1.0, 1.0)
+#: how long a late process gets to print its stacks before it is killed
+STACK_DUMP_WAIT_S = 0.3
 
 
-def stage_marks(timeout_s: float) -> tuple[float, ...]:
-    """Seconds after SIGTERM by which cameras, router, workers and collector must have stopped:
-    25 %, 75 %, 85 % and 100 % of ``timeout_s``, each at least its floor after the one before."""
-    marks, last = [], 0.0
-    for share, floor in zip((0.25, 0.75, 0.85, 1.0), STAGE_FLOOR_S, strict=True):
-        last = max(timeout_s * share, last + floor)
-        marks.append(last)
-    return tuple(marks)
+def dump_stacks(process: Any, wait_s: float = STACK_DUMP_WAIT_S) -> None:
+    """Have ``process`` print every thread's stack to the line's stderr (the handler that
+    ``edge.process.setup_process`` registers for SIGUSR1), so that a stop that ran out of time
+    leaves the place where it was stuck in the log."""
+    if not hasattr(signal, "SIGUSR1") or process.pid is None:
+        return
+    with contextlib.suppress(OSError):
+        os.kill(process.pid, signal.SIGUSR1)
+        process.join(wait_s)  # a process that ends meanwhile has answered too
 
 
 class StartupError(LinesideError):
@@ -341,7 +349,8 @@ class Supervisor:
         for child in group:
             child.process.join(max(0.0, deadline - time.monotonic()))
             if child.process.is_alive():
-                log.error("%s did not stop within %.1f s; killing it", child.role, timeout_s)
+                log.error("%s did not stop within %.1f s; its stack, then kill", child.role, timeout_s)
+                dump_stacks(child.process)
                 child.process.kill()
                 child.process.join(1.0)
                 clean = False

@@ -13,8 +13,7 @@ from edge import collector as collector_module
 from edge import protocol
 from edge.accounting import DUPLICATE, LATE, NEW, Ledger
 from edge.collector import Collector
-from edge.config import DEFAULT_MAX_AGE_MS, ConfigError, parse_config
-from edge.supervisor import STAGE_FLOOR_S, stage_marks
+from edge.config import DEFAULT_MAX_AGE_MS, STAGE_FLOOR_S, ConfigError, parse_config, stage_marks
 
 
 def test_a_late_decision_replaces_a_lost_drop_but_never_a_chosen_one() -> None:
