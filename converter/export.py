@@ -118,8 +118,10 @@ def export_onnx(reference: Reference, checkpoint: Checkpoint, shape: InputShape,
     model = onnx.load(str(raw))
     raw.unlink()
     # the instance norm as one op (a fused kernel; 2.6x BatchNorm's time a frame as arithmetic)
-    if instance_norm.fuse_instance_norms(model):
+    fused = instance_norm.fuse_instance_norms(model)
+    if fused:
         model = instance_norm.cancel_transposes(model)
+        log.info("%d instance norm(s) as InstanceNormalization ops", fused)
     onnx_graph.rename_tensor(model, model.graph.input[0].name, INPUT_NAME)
     onnx_graph.rename_tensor(model, model.graph.output[0].name, OUTPUT_NAME)
     # one name for the batch axis of input and output (tf2onnx makes up two), as TensorRT/Polygraphy show it

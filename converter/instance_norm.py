@@ -8,9 +8,9 @@ side. ``InstanceNormalization`` is one fused kernel in ONNX Runtime and a normal
 in TensorRT's ONNX parser, and it leaves nothing for the transposes to stop at.
 
 :func:`fuse_instance_norms` finds the pattern by its structure, not by layer names, and
-replaces it; a pattern that differs in any step (another tf2onnx, a norm without scale or
-centre) is left as it was, still correct, and the export's parity gate checks the result
-either way.
+replaces it (a scale of ones or an offset of zeros, which tf2onnx folds away, included); a
+pattern that differs in any step (a group of several channels, another tf2onnx) is left as it
+was, still correct, and the export's parity gate checks the result either way.
 """
 
 from __future__ import annotations
@@ -82,6 +82,13 @@ def _mean_over_group(g: _Graph, tensor: str):
     return (nodes, tensor) if axes == GROUP_AXES else None
 
 
+def _constant_operand(g: _Graph, node, tensor: str, channels: int) -> np.ndarray | None:
+    """The constant that two-input ``node`` combines with ``tensor``, flattened, if it holds
+    one value per channel; else None."""
+    value = g.constants.get(g.other_input(node, tensor) or "") if node is not None else None
+    return value.reshape(-1) if value is not None and value.size == channels else None
+
+
 def _match(g: _Graph, reshape):
     """The instance norm that starts at ``reshape`` (its five-axis view), as
     (matched nodes, its output Reshape, gamma, beta, epsilon), or None."""
@@ -108,28 +115,34 @@ def _match(g: _Graph, reshape):
     eps = g.constants.get(g.other_input(add_eps, var_out) or "") if add_eps is not None else None
     sqrt = g.only(add_eps.output[0], "Sqrt") if eps is not None and eps.size == 1 else None
     recip = g.only(sqrt.output[0], "Reciprocal") if sqrt is not None else None
-    scale = g.only(recip.output[0], "Mul") if recip is not None else None
-    gamma = g.constants.get(g.other_input(scale, recip.output[0]) or "") if scale is not None else None
-    if gamma is None or gamma.ndim != 5 or gamma.shape[-1] != 1:
+    channels = int(shape[3])
+    if recip is None or channels < 1:
         return None
+    # the scale and the offset, where there are any: tf2onnx folds away a scale of ones and an
+    # offset of zeros (an untrained layer, or one made without them)
+    s, scale, gamma = recip.output[0], None, np.ones(channels, np.float32)
+    factor = _constant_operand(g, g.only(s, "Mul"), s, channels)
+    if factor is not None:
+        scale = g.only(s, "Mul")
+        s, gamma = scale.output[0], factor
     # y = view * s + (beta - mean * s), s = gamma / sqrt(var + eps)
-    s = scale.output[0]
     shift, scaled = g.reading(s, "Mul", neg.output[0], s), g.reading(s, "Mul", view, s)
     if len(g.consumers[s]) != 2 or shift is None or scaled is None or len(g.consumers[view]) != 3:
         return None
-    add_beta = g.only(shift.output[0], "Add")
-    beta = g.constants.get(g.other_input(add_beta, shift.output[0]) or "") if add_beta is not None else None
-    if beta is None or beta.shape != gamma.shape:
-        return None
-    total = g.only(add_beta.output[0], "Add")
-    if total is None or total is not g.reading(scaled.output[0], "Add", scaled.output[0], add_beta.output[0]):
+    c, add_beta, beta = shift.output[0], None, np.zeros(channels, np.float32)
+    offset = _constant_operand(g, g.only(c, "Add"), c, channels)
+    if offset is not None:
+        add_beta = g.only(c, "Add")
+        c, beta = add_beta.output[0], offset
+    total = g.only(c, "Add")
+    if total is None or total is not g.reading(scaled.output[0], "Add", scaled.output[0], c):
         return None
     back = g.only(total.output[0], "Reshape")
     if back is None:
         return None
     matched = [reshape, *mean_nodes, sub, neg, square, *var_nodes, add_eps, sqrt, recip, scale]
-    matched += [shift, scaled, add_beta, total, back]
-    return matched, back, gamma.reshape(-1), beta.reshape(-1), float(eps.reshape(()))
+    matched = [n for n in [*matched, shift, scaled, add_beta, total, back] if n is not None]
+    return matched, back, gamma, beta, float(eps.reshape(()))
 
 
 def _drop_unused(graph) -> None:

@@ -83,7 +83,7 @@ def test_bare_keras_file_needs_its_size(tmp_path):
     [{"input_stride": 2}, {"input_stride": 2, "stem_filters": 12}, {"instance_norm": True}],
     ids=["strided_stem", "wide_stem", "instance_norm"],
 )
-def test_tinyunet_options_export_with_parity(tmp_path, option):
+def test_tinyunet_options_export_with_parity(tmp_path, option, caplog):
     """model.input_stride's strided stem conv and repeated logits, and model.instance_norm's
     GroupNormalization layers (which do not fold into the convs as BatchNorm does), each with
     model.standardize and BatchNorm as the real-surface runs use them, reach ONNX Runtime with
@@ -92,6 +92,7 @@ def test_tinyunet_options_export_with_parity(tmp_path, option):
     from training.config import load_config
     from training.models import build_model
 
+    caplog.set_level(logging.INFO, logger="converter.export")
     cfg = {"architecture": "tinyunet", "base_filters": 4, "batch_norm": True, "standardize": True}
     model = build_model(load_config({"dataset": {"root": "x"}, "model": {**cfg, **option}})["model"])
     path = tmp_path / "option.keras"
@@ -114,6 +115,7 @@ def test_tinyunet_options_export_with_parity(tmp_path, option):
     norms = sum(type(layer).__name__ == "GroupNormalization" for layer in model.layers)
     assert sum(n.op_type == "InstanceNormalization" for n in graph.node) == norms
     assert norms > 0 or "instance_norm" not in option
+    assert (f"{norms} instance norm(s) as InstanceNormalization ops" in caplog.text) == (norms > 0)
 
 
 def test_savedmodel(tmp_path):
