@@ -82,11 +82,15 @@ def _mean_over_group(g: _Graph, tensor: str):
     return (nodes, tensor) if axes == GROUP_AXES else None
 
 
-def _constant_operand(g: _Graph, node, tensor: str, channels: int) -> np.ndarray | None:
-    """The constant that two-input ``node`` combines with ``tensor``, flattened, if it holds
-    one value per channel; else None."""
+def _optional_step(g: _Graph, tensor: str, op_type: str, default: np.ndarray):
+    """(node, its output, its constant) where ``tensor`` goes on through an ``op_type`` with one
+    constant per channel (the scale's Mul, the offset's Add); (None, tensor, ``default``)
+    where there is no such step."""
+    node = g.only(tensor, op_type)
     value = g.constants.get(g.other_input(node, tensor) or "") if node is not None else None
-    return value.reshape(-1) if value is not None and value.size == channels else None
+    if value is None or value.size != default.size:
+        return None, tensor, default
+    return node, node.output[0], value.reshape(-1)
 
 
 def _match(g: _Graph, reshape):
@@ -120,20 +124,12 @@ def _match(g: _Graph, reshape):
         return None
     # the scale and the offset, where there are any: tf2onnx folds away a scale of ones and an
     # offset of zeros (an untrained layer, or one made without them)
-    s, scale, gamma = recip.output[0], None, np.ones(channels, np.float32)
-    factor = _constant_operand(g, g.only(s, "Mul"), s, channels)
-    if factor is not None:
-        scale = g.only(s, "Mul")
-        s, gamma = scale.output[0], factor
+    scale, s, gamma = _optional_step(g, recip.output[0], "Mul", np.ones(channels, np.float32))
     # y = view * s + (beta - mean * s), s = gamma / sqrt(var + eps)
     shift, scaled = g.reading(s, "Mul", neg.output[0], s), g.reading(s, "Mul", view, s)
     if len(g.consumers[s]) != 2 or shift is None or scaled is None or len(g.consumers[view]) != 3:
         return None
-    c, add_beta, beta = shift.output[0], None, np.zeros(channels, np.float32)
-    offset = _constant_operand(g, g.only(c, "Add"), c, channels)
-    if offset is not None:
-        add_beta = g.only(c, "Add")
-        c, beta = add_beta.output[0], offset
+    add_beta, c, beta = _optional_step(g, shift.output[0], "Add", np.zeros(channels, np.float32))
     total = g.only(c, "Add")
     if total is None or total is not g.reading(scaled.output[0], "Add", scaled.output[0], c):
         return None
