@@ -128,8 +128,8 @@ def export_onnx(reference: Reference, checkpoint: Checkpoint, shape: InputShape,
     for value in (model.graph.input[0], model.graph.output[0]):
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
     model.doc_string = f"lineside export of {checkpoint.model_path.name}"
-    # a per-image mean (model.standardize, the instance norm) summed one axis at a time: exact
-    # enough for the parity gate on real images (see split_wide_means)
+    # a per-image mean (model.standardize, an instance norm left as arithmetic) summed one axis
+    # at a time: exact enough for the parity gate on real images (see split_wide_means)
     onnx_graph.split_wide_means(model)
     onnx.checker.check_model(model)
     onnx_graph.check_package_graph(model, path, shape.height, shape.width, shape.channels)

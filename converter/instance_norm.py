@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from converter.onnx_graph import attributes
+
 #: tf2onnx's five-axis view of an NHWC map for GroupNormalization: (N, H, W, groups, 1);
 #: the statistics run over H, W and the group's one channel
 GROUP_AXES = {1, 2, 4}
@@ -59,12 +61,6 @@ class _Graph:
         return rest[0] if len(rest) == 1 and len(node.input) == 2 else None
 
 
-def _attrs(node) -> dict:
-    import onnx
-
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
 def _mean_over_group(g: _Graph, tensor: str):
     """Follow the ReduceMean (or the chain of single-axis ReduceMeans) that averages
     ``tensor`` over :data:`GROUP_AXES` with keepdims; returns (nodes, output) or None."""
@@ -73,7 +69,7 @@ def _mean_over_group(g: _Graph, tensor: str):
         node = g.only(tensor, "ReduceMean") if nodes else next(iter(g.of_type(tensor, "ReduceMean")), None)
         if node is None or len(node.input) != 1:
             return None
-        attrs = _attrs(node)
+        attrs = attributes(node)
         axes |= set(attrs.get("axes", []))
         if attrs.get("keepdims", 1) != 1:
             return None

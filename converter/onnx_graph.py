@@ -182,6 +182,13 @@ def run_batches(sess, images: np.ndarray, batch: int = 8) -> np.ndarray:
     return np.concatenate(outs, axis=0)
 
 
+def attributes(node) -> dict:
+    """A node's attributes by name, as Python values."""
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
 def split_wide_means(model) -> int:
     """Rewrite each ReduceMean over several axes as a chain of ReduceMeans over one axis each;
     returns how many were rewritten.
@@ -200,7 +207,7 @@ def split_wide_means(model) -> int:
     graph = model.graph
     nodes, rewritten = [], 0
     for node in graph.node:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = attributes(node)
         axes = list(attrs.get("axes", []))
         if node.op_type != "ReduceMean" or len(axes) < 2 or min(axes) < 0 or len(node.input) != 1:
             nodes.append(node)
