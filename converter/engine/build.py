@@ -84,6 +84,10 @@ def network_from_onnx(logger, onnx_path: Path, strongly_typed: bool):
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
+    # TensorRT's own normalization layer for the export's InstanceNormalization ops (models with
+    # model.instance_norm), not the InstanceNormalization_TRT plugin: the default since TensorRT
+    # 10, set here so that a parser built otherwise cannot ask for a plugin library the line lacks
+    parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
         msg = f"{onnx_path}: TensorRT's ONNX parser failed: {' | '.join(errors[:3]) or 'no detail'}"

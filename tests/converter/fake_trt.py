@@ -385,14 +385,22 @@ def add_builder(
         def node_operator(self) -> str:
             return "Conv"
 
+    class OnnxParserFlag:
+        NATIVE_INSTANCENORM = 0
+
     class OnnxParser:
         num_errors = 0 if parse_ok else 1
 
         def __init__(self, network: Network, logger) -> None:
-            pass
+            seen["parser_flags"] = []
+
+        def set_flag(self, flag: int) -> None:
+            seen["parser_flags"].append(flag)
 
         def parse_from_file(self, path: str) -> bool:
+            # the flags that the parse ran with: one set after it would change nothing
             seen["parsed"] = path
+            seen["parsed_with_flags"] = list(seen["parser_flags"])
             return parse_ok
 
         def get_error(self, index: int) -> ParserError:
@@ -493,6 +501,7 @@ def add_builder(
         ProfilingVerbosity=ProfilingVerbosity,
         LayerInformationFormat=LayerInformationFormat,
         BuilderFlag=BuilderFlag,
+        OnnxParserFlag=OnnxParserFlag,
         OnnxParser=OnnxParser,
         Builder=Builder,
         Runtime=Runtime,

@@ -160,6 +160,15 @@ def test_a_device_that_does_not_exist_is_one_line(fakes, package_copy):
         _build(package_copy, device=3)
 
 
+def test_instance_norms_are_parsed_into_tensorrt_s_own_layer(fakes, package_copy):
+    # the export writes model.instance_norm's norms as InstanceNormalization ops; without the
+    # flag an older parser setting would look for the InstanceNormalization_TRT plugin instead
+    trt, _, _ = fakes
+    seen = fake_trt.add_builder(trt)
+    _build(package_copy)
+    assert seen["parsed_with_flags"] == [trt.OnnxParserFlag.NATIVE_INSTANCENORM]
+
+
 # --- finding 9: the batch profile in the plan name ---------------------------------------
 
 
