@@ -102,3 +102,33 @@ def test_real_mismatch_is_refused(built, tmp_path):
     manifest_path(plan).write_text(json.dumps(data))
     with pytest.raises(BackendError, match=r"TensorRT: engine built with 9\.0\.0"):
         TensorRTBackend(plan).activate()
+
+
+def test_instance_norm_model_builds_and_matches_onnxruntime(tmp_path, dataset):
+    """model.instance_norm's norms reach TensorRT as InstanceNormalization ops (the export fuses
+    them, converter/instance_norm.py): the parser takes them as its own layer, and the FP16
+    engine gives ONNX Runtime's FP32 map."""
+    from converter.engine.build import build_engine_for_package
+    from converter.export import export_package
+    from edge.backends.trt import TensorRTBackend
+    from training.config import load_config
+    from training.models import build_model
+
+    cfg = {
+        "architecture": "tinyunet",
+        "base_filters": 4,
+        "batch_norm": True,
+        "instance_norm": True,
+        "standardize": True,
+    }
+    model = build_model(load_config({"dataset": {"root": "x"}, "model": cfg})["model"])
+    model.save(tmp_path / "in.keras")
+    package = export_package(tmp_path / "in.keras", tmp_path / "pkg", height=SIZE, width=SIZE, channels=1)
+    package = add_variants(package, data_dir=dataset, precisions=("fp16",), gate_samples=8)
+    graph = onnx_graph.load(package.onnx_path("fp16"))
+    assert any(n.op_type == "InstanceNormalization" for n in graph.graph.node)
+    result = build_engine_for_package(package.root, precision="fp16", batch=BatchProfile(1, 2, 2))
+    images = normalize(load_samples(dataset, SIZE, SIZE, 1, limit=3).images, "zero_one")
+    reference = onnx_graph.run_batches(onnx_graph.session(package.onnx_path("fp32")), images)[..., 0]
+    with TensorRTBackend.for_package(package, result.plan_path) as backend:
+        np.testing.assert_allclose(backend.infer(images), reference, atol=2e-2)
