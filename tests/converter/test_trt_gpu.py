@@ -13,6 +13,7 @@ from converter.engine.profiles import BatchProfile
 from converter.preprocessing import normalize
 from converter.samples import load_samples
 from converter.variants import add_variants
+from tests.conftest import import_tensorflow_or_skip
 from tests.converter.conftest import SIZE
 
 pytestmark = pytest.mark.gpu
@@ -108,6 +109,7 @@ def test_instance_norm_model_builds_and_matches_onnxruntime(tmp_path, dataset):
     """model.instance_norm's norms reach TensorRT as InstanceNormalization ops (the export fuses
     them, converter/instance_norm.py): the parser takes them as its own layer, and the FP16
     engine gives ONNX Runtime's FP32 map."""
+    import_tensorflow_or_skip()
     from converter.engine.build import build_engine_for_package
     from converter.export import export_package
     from edge.backends.trt import TensorRTBackend
