@@ -57,6 +57,16 @@ def build_unet(size: int | None = SIZE):
     return keras.Model(inp, out, name="tinyunet")
 
 
+def recipe_model(**model):
+    """The Keras model that ``lineside train`` builds for a recipe's ``model:`` section (the
+    options checked and defaulted as a recipe's are); skips where TensorFlow is absent."""
+    import_tensorflow_or_skip()
+    from training.config import load_config
+    from training.models import build_model
+
+    return build_model(load_config({"dataset": {"root": "x"}, "model": model})["model"])
+
+
 def write_checkpoint(model, folder: Path, size: int = SIZE, data_root: str = "", **extra) -> Path:
     """A checkpoint folder in the layout `lineside train` writes."""
     folder.mkdir(parents=True, exist_ok=True)

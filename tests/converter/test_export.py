@@ -15,8 +15,7 @@ from converter.export import ExportError, check_parity, export_package
 from converter.package import ModelPackage, sha256_file
 from converter.preprocessing import normalize
 from converter.samples import load_samples
-from tests.conftest import import_tensorflow_or_skip
-from tests.converter.conftest import SIZE, build_unet, write_checkpoint
+from tests.converter.conftest import SIZE, build_unet, recipe_model, write_checkpoint
 
 
 def test_package_from_trained_checkpoint(fp32_package, trained_checkpoint, dataset):
@@ -88,13 +87,9 @@ def test_tinyunet_options_export_with_parity(tmp_path, option, caplog):
     GroupNormalization layers (which do not fold into the convs as BatchNorm does), each with
     model.standardize and BatchNorm as the real-surface runs use them, reach ONNX Runtime with
     the same map."""
-    import_tensorflow_or_skip()
-    from training.config import load_config
-    from training.models import build_model
-
     caplog.set_level(logging.INFO, logger="converter.export")
     cfg = {"architecture": "tinyunet", "base_filters": 4, "batch_norm": True, "standardize": True}
-    model = build_model(load_config({"dataset": {"root": "x"}, "model": {**cfg, **option}})["model"])
+    model = recipe_model(**cfg, **option)
     path = tmp_path / "option.keras"
     model.save(path)
     package = export_package(

@@ -10,6 +10,7 @@ import pytest
 from converter import onnx_graph
 from converter.instance_norm import cancel_transposes, fuse_instance_norms
 from tests.conftest import import_tensorflow_or_skip
+from tests.converter.conftest import recipe_model
 
 SIZE = 64
 
@@ -58,16 +59,17 @@ def _ops(model, op_type: str) -> int:
 
 
 def test_every_instance_norm_of_a_tinyunet_becomes_one_op_with_the_same_map(tmp_path):
-    import_tensorflow_or_skip()
+    keras_model = recipe_model(
+        architecture="tinyunet",
+        base_filters=4,
+        batch_norm=True,
+        standardize=True,
+        instance_norm=True,
+        input_stride=2,
+    )
     import keras
     import onnx
 
-    from training.config import load_config
-    from training.models import build_model
-
-    cfg = {"architecture": "tinyunet", "base_filters": 4, "batch_norm": True, "standardize": True}
-    cfg.update(instance_norm=True, input_stride=2)
-    keras_model = build_model(load_config({"dataset": {"root": "x"}, "model": cfg})["model"])
     _trained_looking(keras_model)
     norms = sum(isinstance(layer, keras.layers.GroupNormalization) for layer in keras_model.layers)
     model = _to_onnx(keras_model, tmp_path)

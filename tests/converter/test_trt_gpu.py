@@ -13,8 +13,7 @@ from converter.engine.profiles import BatchProfile
 from converter.preprocessing import normalize
 from converter.samples import load_samples
 from converter.variants import add_variants
-from tests.conftest import import_tensorflow_or_skip
-from tests.converter.conftest import SIZE
+from tests.converter.conftest import SIZE, recipe_model
 
 pytestmark = pytest.mark.gpu
 
@@ -109,21 +108,13 @@ def test_instance_norm_model_builds_and_matches_onnxruntime(tmp_path, dataset):
     """model.instance_norm's norms reach TensorRT as InstanceNormalization ops (the export fuses
     them, converter/instance_norm.py): the parser takes them as its own layer, and the FP16
     engine gives ONNX Runtime's FP32 map."""
-    import_tensorflow_or_skip()
     from converter.engine.build import build_engine_for_package
     from converter.export import export_package
     from edge.backends.trt import TensorRTBackend
-    from training.config import load_config
-    from training.models import build_model
 
-    cfg = {
-        "architecture": "tinyunet",
-        "base_filters": 4,
-        "batch_norm": True,
-        "instance_norm": True,
-        "standardize": True,
-    }
-    model = build_model(load_config({"dataset": {"root": "x"}, "model": cfg})["model"])
+    model = recipe_model(
+        architecture="tinyunet", base_filters=4, batch_norm=True, instance_norm=True, standardize=True
+    )
     model.save(tmp_path / "in.keras")
     package = export_package(tmp_path / "in.keras", tmp_path / "pkg", height=SIZE, width=SIZE, channels=1)
     package = add_variants(package, data_dir=dataset, precisions=("fp16",), gate_samples=8)
