@@ -392,15 +392,15 @@ def add_builder(
         num_errors = 0 if parse_ok else 1
 
         def __init__(self, network: Network, logger) -> None:
-            seen["parser_flags"] = []
+            self.flags: list[int] = []
 
         def set_flag(self, flag: int) -> None:
-            seen["parser_flags"].append(flag)
+            self.flags.append(flag)
 
         def parse_from_file(self, path: str) -> bool:
             # the flags that the parse ran with: one set after it would change nothing
             seen["parsed"] = path
-            seen["parsed_with_flags"] = list(seen["parser_flags"])
+            seen["parsed_with_flags"] = list(self.flags)
             return parse_ok
 
         def get_error(self, index: int) -> ParserError:
