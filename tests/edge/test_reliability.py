@@ -358,7 +358,7 @@ def test_a_backlogged_camera_never_starves_another(slow_line_package: Path, tmp_
 def test_a_worker_busy_for_longer_than_its_heartbeat_timeout_is_not_declared_dead(
     slow_line_package: Path, tmp_path: Path
 ) -> None:
-    """Six stills of 2048x2048 are 256 model tiles each: a batch computes for several seconds,
+    """Six stills of 2560x2560 are 400 model tiles each: a batch computes for several seconds,
     far past ``heartbeat_timeout_s`` (1.5 s) and the 2 s stall bound. Heartbeats come from
     the worker's own thread during inference, so the worker is never declared lost, a
     computing worker counts as progress, and every frame is decided once. (Before: declared
@@ -373,7 +373,7 @@ def test_a_worker_busy_for_longer_than_its_heartbeat_timeout_is_not_declared_dea
     folder.mkdir()
     rng = np.random.default_rng(71)
     for i in range(6):
-        image, _, _ = synthetic.render(rng, 16 * MODEL_SIZE, MODEL_CLASS, defective=bool(i % 2))
+        image, _, _ = synthetic.render(rng, 20 * MODEL_SIZE, MODEL_CLASS, defective=bool(i % 2))
         cv2.imwrite(str(folder / f"{i}.png"), image)
     big = {"id": "big", "source": "folder", "fps": 0, "policy": "lossless", "fit": "tile"}
     big["options"] = {"path": str(folder)}
