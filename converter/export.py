@@ -251,6 +251,8 @@ def build_manifest(
         min_defect_area=int(
             min_defect_area if min_defect_area is not None else training.get("min_defect_area", 16)
         ),
+        # chosen with the trained threshold: a threshold given here draws the mask at itself
+        mask_threshold=training.get("mask_threshold") if threshold is None else None,
         dataset=dataset,
         metrics=dict(training.get("metrics", {})),
         source_checkpoint_sha256=checkpoint.sha256(),

@@ -8,6 +8,9 @@ Schema 2 adds ``files_sha256``: the sha256 of every graph the manifest names, so
 changed or swapped after export is refused before it is loaded (``ModelPackage.verify``).
 Schema 1 manifests (exported before) are still read; their graphs cannot be checked, and
 the line says so once at start.
+
+Schema 3 adds ``mask_threshold``: the score the line draws its defect mask at, when calibration
+chose one apart from the decision's ``threshold``. Schema 1 and 2 manifests draw at ``threshold``.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from converter.errors import LinesideError
 from converter.preprocessing import NORMALIZATIONS
 from converter.schema import Rule, build, choices, number, read_json_object, text
 
-SCHEMA_VERSION = 2
-#: schema 1 is schema 2 without ``files_sha256``
-READABLE_SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3
+#: schema 1 is schema 2 without ``files_sha256``, schema 2 is schema 3 without ``mask_threshold``
+READABLE_SCHEMAS = (1, 2, 3)
 MANIFEST_NAME = "manifest.json"
 
 LAYOUTS = ("NHWC", "NCHW")
@@ -79,6 +82,9 @@ class ModelManifest:
     threshold: float = number(0.5, gt=0, lt=1, required=True)
     #: connected regions smaller than this many pixels are ignored
     min_defect_area: int = number(16, ge=0, required=True)
+    #: the line draws the defect mask at this score: the regions above it that touch a region the
+    #: decision kept (converter/regions.mask_regions); null: at ``threshold``
+    mask_threshold: float | None = number(None, gt=0, lt=1)
     dataset: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     source_checkpoint_sha256: str = ""

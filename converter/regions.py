@@ -26,3 +26,21 @@ def keep_regions(binary: np.ndarray, min_area: int) -> tuple[np.ndarray, list[Re
     if keep:
         mask[np.isin(labels, keep)] = 255
     return mask, [tuple(int(v) for v in stats[i]) for i in keep]
+
+
+def mask_regions(prob: np.ndarray, kept: np.ndarray, threshold: float) -> np.ndarray:
+    """The mask a line publishes when it draws at ``threshold`` (``mask_threshold``) rather than
+    at the decision's threshold: the 8-connected regions of ``prob > threshold`` that touch a
+    region the decision kept (``kept``, the 0/255 mask of ``keep_regions``), as a 0/255 uint8 mask.
+
+    Below the decision's threshold this is hysteresis: a kept region grows to the extent of the
+    weaker evidence around it, and a weak region that touches no kept one stays out. Above it,
+    each kept region shrinks to its stronger core. The decision (which regions, their area) is
+    the same either way; only the drawing changes."""
+    binary = (prob > threshold).astype(np.uint8)
+    count, labels = cv2.connectedComponents(binary, connectivity=8)
+    touched = np.unique(labels[(kept > 0) & (binary > 0)])
+    # a lookup table from label to mask value: one pass over the map
+    lut = np.zeros(count, np.uint8)
+    lut[touched[touched > 0]] = 255
+    return lut[labels]

@@ -176,6 +176,12 @@ class DecisionConfig:
     )
     #: defect regions smaller than this (pixels) are ignored
     min_defect_area: int | None = number(None, ge=0)
+    #: the defect mask is drawn at this score: the regions above it that touch a region the
+    #: decision kept (the decision stays at threshold); empty: the manifest's, else threshold
+    mask_threshold: float | None = field(
+        default=None,
+        metadata={"rule": Rule(lambda v: 0 < v < 1, "must be between 0 and 1", "between 0 and 1")},
+    )
     #: FAIL when the total defect area (pixels) exceeds this
     max_defect_area: int = number(0, ge=0)
     #: FAIL when more than this many defects are found

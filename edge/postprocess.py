@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from converter.regions import keep_regions
+from converter.regions import keep_regions, mask_regions
 from edge.config import DecisionConfig
 
 PASS, FAIL, NO_DECISION = "PASS", "FAIL", "NO_DECISION"
@@ -20,7 +20,7 @@ class Decision:
     defect_count: int = 0
     #: [x, y, w, h] per defect, in model-input pixels
     boxes: list[list[int]] = field(default_factory=list)
-    #: uint8 0/255 mask of the defects kept (None for NO_DECISION)
+    #: uint8 0/255 mask of the defects kept, drawn at the mask threshold (None for NO_DECISION)
     mask: np.ndarray | None = None
     #: the mask is all background (no pixel above the threshold): the worker sends a flag,
     #: not the bytes
@@ -45,6 +45,12 @@ def decide(prob: np.ndarray, rules: DecisionConfig, ignore_mask: np.ndarray | No
     if ignore_mask is not None:
         binary &= ignore_mask > 0
     mask, regions = keep_regions(binary, rules.min_defect_area)
+    if regions and rules.mask_threshold is not None and rules.mask_threshold != rules.threshold:
+        # the decision is made; only the drawing of its regions follows the mask threshold
+        # (calibrated for the mask's Dice, training/calibrate.py)
+        mask = mask_regions(prob, mask, rules.mask_threshold)
+        if ignore_mask is not None:
+            mask[ignore_mask == 0] = 0
     boxes = [[x, y, w, h] for x, y, w, h, _ in regions]
     area = sum(a for *_, a in regions)
     n = len(regions)

@@ -82,10 +82,19 @@ def _onnxruntime(cfg: LineConfig, package: ModelPackage) -> tuple[Backend, str]:
 def decision_rules(cfg: LineConfig, package: ModelPackage) -> DecisionConfig:
     """The line's decision rules with the manifest's values where the config leaves them empty."""
     m, d = package.manifest, cfg.decision
+    threshold = d.threshold if d.threshold is not None else m.threshold
+    if d.mask_threshold is not None:
+        mask_threshold = d.mask_threshold
+    elif d.threshold is not None and d.threshold != m.threshold:
+        # the manifest's mask threshold was chosen with the manifest's threshold
+        mask_threshold = threshold
+    else:
+        mask_threshold = m.mask_threshold if m.mask_threshold is not None else threshold
     return dataclasses.replace(
         d,
-        threshold=d.threshold if d.threshold is not None else m.threshold,
+        threshold=threshold,
         min_defect_area=d.min_defect_area if d.min_defect_area is not None else m.min_defect_area,
+        mask_threshold=mask_threshold,
     )
 
 

@@ -39,6 +39,16 @@ says when the held-out clean images are too few to show the floor: ``tnr_interva
 95 % (Wilson) interval of the line's TNR that they support, and a floor of 98 % takes about
 190 clean images without a false alarm before that interval clears it.
 
+The rule decides; the mask the line draws can come from another threshold. With
+``eval.mask_threshold`` null, the held-out defective images are predicted a second time and,
+under the chosen rule, each candidate threshold draws the regions above it that touch a region
+the rule kept (``converter.regions.mask_regions``: hysteresis below the rule's threshold, the
+kept regions' cores above it); the candidate with the best mean Dice of that mask is the
+``mask_threshold`` when it beats the rule's own threshold by ``MIN_MASK_DICE_GAIN`` (a smaller
+gain is noise of the few held-out images), else the rule's threshold stays. A rule chosen for catching defects at a
+TNR floor often sits at a high threshold whose regions are the defects' cores (on the
+real-surface set 0.95); the mask need not pay for that.
+
 The chosen values go into ``training.json``, so ``lineside export`` carries them
 into the model package and the line applies them.
 
@@ -52,14 +62,15 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from converter.regions import keep_regions, mask_regions
 from training.datasets.base import Sample
-from training.metrics import THRESHOLDS, SegmentationScores, largest_regions
+from training.metrics import THRESHOLDS, SegmentationScores, dice_iou, largest_regions
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +78,10 @@ logger = logging.getLogger(__name__)
 MIN_TPR = 0.90
 #: z of the 95 % interval that the held-out TNR is given (``tnr_evidence_notes``)
 CONFIDENCE_Z = 1.96
+#: the mask threshold leaves the rule's threshold only for at least this gain in held-out mean Dice
+#: of the line's mask: on real-surface seed 2 a gain of 0.002 held out was a loss of 0.003 on the
+#: test split, on seed 1 a gain of 0.034 held out was 0.083 on it (docs/training.md, stop 42)
+MIN_MASK_DICE_GAIN = 0.01
 #: a chosen area between held-out regions less than this factor apart earns a note: a region on
 #: a new image a little off those seen flips the decision (a real-surface run chose 6,854 px
 #: between held-out regions of 6,688 and 7,024 px; docs/training.md, Calibration)
@@ -279,6 +294,32 @@ def hindsight_rule(evidence: Evidence, min_tnr: float) -> dict[str, Any] | None:
     }
 
 
+def choose_mask_threshold(
+    maps: Iterable[tuple[np.ndarray, np.ndarray]], threshold: float, min_area: int
+) -> tuple[float, dict[str, float]]:
+    """The threshold the line draws its mask at (see the module doc), from (probability map, mask)
+    of the held-out defective images, and the mean Dice of that mask per candidate (keys
+    ``str(threshold)``). The rule's ``threshold`` stays unless another candidate's Dice is at
+    least ``MIN_MASK_DICE_GAIN`` higher (the best one; on a tie, the one nearest the rule's)."""
+    candidates = sorted({*THRESHOLDS, threshold})
+    sums = dict.fromkeys(candidates, 0.0)
+    images = 0
+    for prob, mask in maps:
+        images += 1
+        kept, regions = keep_regions((prob > threshold).astype(np.uint8), min_area)
+        for t in candidates:
+            # a missed image draws nothing at any threshold: the same Dice for every candidate
+            drawn = mask_regions(prob, kept, t) if regions and t != threshold else kept
+            sums[t] += dice_iou(drawn, mask, 0.5)[0]
+    if not images:
+        return threshold, {}
+    means = {t: sums[t] / images for t in candidates}
+    best = max(candidates, key=lambda t: (means[t], t == threshold, -abs(t - threshold)))
+    if means[best] - means[threshold] < MIN_MASK_DICE_GAIN:
+        best = threshold
+    return best, {str(t): means[t] for t in candidates}
+
+
 def area_room_notes(rule: Rule) -> list[str]:
     """A sentence when the held-out regions on either side of the rule's area are less than
     ``MIN_AREA_ROOM`` apart: a rule on a knife-edge, which new images move. A caution, not a
@@ -337,14 +378,22 @@ def calibrate_maps(
     maps: Iterable[tuple[np.ndarray, np.ndarray, int]],
     cfg: dict[str, Any],
     trained_clean: Iterable[np.ndarray] = (),
+    defective_again: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> dict[str, Any]:
     """Pick ``threshold`` and ``min_defect_area`` from held-out (prob, mask, class id), and the
     probability maps of clean images the model trained on (the floor holds on them too); with
-    the evidence."""
+    the evidence. ``defective_again`` gives the held-out defective images' (prob, mask) once more,
+    to pick ``mask_threshold`` under the chosen rule (without it, or with ``eval.mask_threshold``
+    set, that one is not chosen)."""
     ev = cfg["eval"]
     evidence = gather(maps, ev["threshold"], trained_clean)
     rule, warnings = choose_rule(evidence, ev["min_tnr"])
     t, area = rule.threshold, rule.area
+    mask_t, dice_line = ev.get("mask_threshold"), {}
+    if mask_t is None:
+        mask_t = t
+        if defective_again is not None and rule.caught:
+            mask_t, dice_line = choose_mask_threshold(defective_again(), t, area)
     n_trained = len(evidence.trained_clean[t])
     areas = evidence.regions[t]
     clean = [a for a, d in zip(areas, evidence.truth, strict=True) if not d]
@@ -356,7 +405,10 @@ def calibrate_maps(
         "threshold": t,
         "min_defect_area": area,
         "area_range": [rule.lo, rule.hi],
+        "mask_threshold": mask_t,
         "dice": evidence.dice[t],
+        # mean Dice of the line's mask over the held-out defective images, per mask threshold
+        "dice_line_by_mask_threshold": dice_line,
         "tpr": rule.caught / len(defective) if defective else None,
         "tnr": rule.tnr_clean,
         "tnr_all_images": rule.tnr_all,
@@ -380,6 +432,14 @@ def calibrate_maps(
         "-" if rule.tnr_trained is None else _pct(rule.tnr_trained),
         result_line("held-out", result["dice"], result["tpr"], result["tnr"], t, area),
     )
+    if dice_line:
+        logger.info(
+            "calibration: the line draws its mask at %g (held-out Dice of the line's mask %.3f, "
+            "at the rule's threshold %.3f)",
+            mask_t,
+            dice_line[str(mask_t)],
+            dice_line[str(t)],
+        )
     for text in warnings:
         logger.warning("calibration: %s", text)
     for text in result["notes"]:
@@ -396,7 +456,13 @@ def calibrate(
 
     maps = ((prob, mask, class_id) for _, mask, prob, class_id in predictions(model, samples, cfg))
     trained = (prob for _, _, prob, _ in predictions(model, trained_clean, cfg)) if trained_clean else ()
-    return calibrate_maps(maps, cfg, trained)
+    defective = [s for s in samples if s.defective]
+
+    def defective_again():
+        # predicted a second time rather than kept: a large held-out share would not fit in memory
+        return ((prob, mask) for _, mask, prob, _ in predictions(model, defective, cfg))
+
+    return calibrate_maps(maps, cfg, trained, defective_again)
 
 
 def trained_clean_sample(samples: list[Sample], limit: int, seed: int) -> list[Sample]:

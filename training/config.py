@@ -257,6 +257,11 @@ class EvalConfig:
     threshold: float = number(0.5, ge=0, le=1)
     #: defect regions smaller than this (pixels) are ignored
     min_defect_area: int = number(16, ge=0)
+    #: the line draws its defect mask at this score: the regions above it that touch a region the
+    #: decision kept (converter/regions.mask_regions); the decision itself stays at threshold.
+    #: null: calibration chooses the candidate with the best held-out Dice of that mask (without
+    #: calibration, threshold)
+    mask_threshold: float | None = number(None, gt=0, lt=1, note="null: calibrated, else threshold")
     #: hold this fraction of the training images out to choose threshold and min_defect_area
     #: after training (training.calibrate); 0 keeps the two values above
     calibration_fraction: float = number(0.0, ge=0, le=0.5, note="0: none")

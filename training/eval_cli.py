@@ -113,7 +113,8 @@ def _recorded_recipe(run: Path) -> dict[str, Any]:
 
 
 def _use_trained_decision(cfg: dict[str, Any], run: Path, overrides: dict[str, Any]) -> None:
-    """Score with the threshold and minimum area the run decided with (calibrated ones included).
+    """Score with the threshold, minimum area and mask threshold the run decided and drew with
+    (calibrated ones included).
 
     ``training.json`` holds what ``lineside export`` ships to the line; a ``--set`` of
     either key still wins.
@@ -122,7 +123,7 @@ def _use_trained_decision(cfg: dict[str, Any], run: Path, overrides: dict[str, A
     if not info_path.is_file():
         return
     info = json.loads(info_path.read_text())
-    for key in ("threshold", "min_defect_area"):
+    for key in ("threshold", "min_defect_area", "mask_threshold"):
         if f"eval.{key}" not in overrides and key in info:
             cfg["eval"][key] = info[key]
 

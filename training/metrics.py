@@ -14,8 +14,10 @@ defect class's share alone, the strictest pixel figure.
 An image is called defective when the prediction at the decision threshold has a
 connected region (8-connectivity) of at least ``min_defect_area`` pixels, the same
 rule the line-side daemon applies. The mask the line emits holds only those regions
-(``converter.regions.keep_regions``); ``dice_line`` and ``iou_line`` score that mask at the
-decision threshold, beside the published counts, which score every pixel above it.
+(``converter.regions.keep_regions``), drawn at ``mask_threshold`` when one is given
+(``converter.regions.mask_regions``: the regions above it that touch a kept region);
+``dice_line`` and ``iou_line`` score that mask, beside the published counts, which score every
+pixel above the decision threshold.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from converter.regions import keep_regions
+from converter.regions import keep_regions, mask_regions
 
 THRESHOLDS: tuple[float, ...] = (0.05, 0.125, 0.25, 0.5, 0.75, 0.85, 0.95, 0.99)
 EPS = 1e-5
@@ -72,9 +74,17 @@ def largest_regions(prob: np.ndarray, threshold: float, truth: np.ndarray | None
 class SegmentationScores:
     """Accumulates per-image scores, then summarizes them per class and over all classes."""
 
-    def __init__(self, threshold: float = 0.5, min_defect_area: int = 16, thresholds=THRESHOLDS):
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        min_defect_area: int = 16,
+        thresholds=THRESHOLDS,
+        mask_threshold: float | None = None,
+    ):
         self.threshold = threshold
         self.min_defect_area = min_defect_area
+        #: the line draws its mask at this score (None: at ``threshold``)
+        self.mask_threshold = threshold if mask_threshold is None else mask_threshold
         self.thresholds = tuple(sorted({*thresholds, threshold}))
         self._rows: list[dict[str, Any]] = []
 
@@ -84,6 +94,8 @@ class SegmentationScores:
         mask = np.asarray(mask).reshape(np.asarray(mask).shape[:2])
         truth = bool((mask > 0.5).any())
         line_mask, regions = keep_regions((prob > self.threshold).astype(np.uint8), self.min_defect_area)
+        if regions and self.mask_threshold != self.threshold:
+            line_mask = mask_regions(prob, line_mask, self.mask_threshold)
         largest, largest_false = largest_regions(prob, self.threshold, mask)
         row: dict[str, Any] = {
             "class_id": int(class_id),
@@ -146,6 +158,7 @@ class SegmentationScores:
         return {
             "threshold": self.threshold,
             "min_defect_area": self.min_defect_area,
+            "mask_threshold": self.mask_threshold,
             "overall": self._summary(self._rows),
             "per_class": {str(c): self._summary(rows) for c, rows in sorted(by_class.items())},
         }
@@ -228,9 +241,12 @@ def format_table(summary: dict[str, Any]) -> str:
         f"Cerebras (split pixels, 2-class mean) DSC {fmt(o['dsc_2class'].get(t))}, "
         f"mIoU {fmt(o['miou_2class'].get(t))}; defect-class pixel Dice {fmt(o['pixel_dice'].get(t))}"
     )
+    # summaries written before the mask threshold existed draw at the decision threshold
+    drawn = summary.get("mask_threshold", summary["threshold"])
+    drawn_at = "" if drawn == summary["threshold"] else f", drawn @{drawn:g}"
     lines.append(
-        f"the line's mask (regions >= {summary['min_defect_area']} px) @{t}: Dice {fmt(o['dice_line'])} "
-        f"on defective images, {fmt(o['dice_line_all_images'])} on all images"
+        f"the line's mask (regions >= {summary['min_defect_area']} px) @{t}{drawn_at}: "
+        f"Dice {fmt(o['dice_line'])} on defective images, {fmt(o['dice_line_all_images'])} on all images"
     )
     lines.append(
         f"image AUROC (no rule): largest region @{t} {fmt3(o['image_auroc']['largest_region'])}, "

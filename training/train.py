@@ -172,6 +172,7 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
         calibration = calibrate(model, held_out, cfg, trained_clean)
         cfg["eval"]["threshold"] = calibration["threshold"]
         cfg["eval"]["min_defect_area"] = calibration["min_defect_area"]
+        cfg["eval"]["mask_threshold"] = calibration["mask_threshold"]
     summary, _ = evaluate_model(model, val_samples, cfg)
     (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
     run = _run_end(tcfg, budget)
@@ -246,7 +247,7 @@ def write_training_json(
 ) -> Path:
     """Write the checkpoint manifest that ``lineside export`` reads.
 
-    ``threshold`` and ``min_defect_area`` are the calibrated values when ``calibration``
+    ``threshold``, ``min_defect_area`` and ``mask_threshold`` are the calibrated values when ``calibration``
     (training.calibrate) chose them, else the recipe's. ``warnings`` lists, as sentences,
     why the result is not fit for the line (empty when nothing is wrong); ``notes``, cautions
     that do not make it unfit (calibration's, e.g. an area with little room). ``run``
@@ -275,6 +276,8 @@ def write_training_json(
         "normalization": cfg["input"]["normalization"],
         "threshold": cfg["eval"]["threshold"],
         "min_defect_area": cfg["eval"]["min_defect_area"],
+        # the line draws its mask at this score (null: at threshold)
+        "mask_threshold": cfg["eval"]["mask_threshold"],
         "dataset": dataset,
         "metrics": {
             "split": scored_split(ds),
@@ -355,6 +358,12 @@ def summary_lines(info: dict[str, Any]) -> list[str]:
         lines.append(result_line("held-out", cal["dice"], cal["tpr"], cal["tnr"], *rule))
     m = info["metrics"]
     lines.append(result_line(m["split"], m["dice"], m["tpr"], m["tnr"], *rule))
+    mask_t = info.get("mask_threshold")
+    if mask_t is not None and mask_t != info["threshold"]:
+        lines.append(
+            f"the line draws its mask at {mask_t:g} (calibrated for its Dice; the decision stays at "
+            f"{info['threshold']:g}): {m['split']} Dice of the line's mask {m['dice_line']:.3f}"
+        )
     hindsight = hindsight_line(m.get("hindsight"), m["split"])
     if hindsight:
         lines.append(hindsight)

@@ -31,7 +31,7 @@ def test_package_from_trained_checkpoint(fp32_package, trained_checkpoint, datas
     assert m.source_checkpoint_sha256 and m.tool_versions["onnxruntime"]
     assert m.gates["export"]["max_abs_diff"] <= 1e-4
     # the manifest records the graph's sha256, so a graph changed after export is refused
-    assert m.schema_version == 2 and m.files_sha256 == {"model.onnx": sha256_file(package.onnx_path())}
+    assert m.schema_version == 3 and m.files_sha256 == {"model.onnx": sha256_file(package.onnx_path())}
     assert package.verify() == []
     package.check_graph_io()  # the graph's I/O is what the manifest says
     model = onnx_graph.load(package.onnx_path())
@@ -119,9 +119,15 @@ def test_savedmodel(tmp_path):
 
     saved = tmp_path / "saved"
     model.export(str(saved), format="tf_saved_model", verbose=False)
-    (tmp_path / "training.json").write_text(json.dumps({"architecture": "tinyunet", "threshold": 0.3}))
+    training = {"architecture": "tinyunet", "threshold": 0.3, "mask_threshold": 0.125}
+    (tmp_path / "training.json").write_text(json.dumps(training))
     package = export_package(saved, tmp_path / "pkg", samples=3)
     assert package.manifest.threshold == 0.3 and package.manifest.input.height == 32
+    assert package.manifest.mask_threshold == 0.125
+    # a threshold given to export draws the mask at itself: the trained mask threshold was chosen
+    # for the trained threshold
+    other = export_package(saved, tmp_path / "pkg2", samples=3, threshold=0.6)
+    assert (other.manifest.threshold, other.manifest.mask_threshold) == (0.6, None)
     x = np.random.default_rng(1).random((2, 32, 32, 1), dtype=np.float32)
     got = onnx_graph.session(package.onnx_path()).run(None, {"image": x})[0]
     np.testing.assert_allclose(got, model.predict(tf.constant(x), verbose=0), atol=1e-5)

@@ -61,6 +61,7 @@ def test_round_trip(tmp_path):
         (lambda d: d["files_sha256"].pop("model.fp16.onnx"), "no valid sha256 for 'model.fp16.onnx'"),
         (lambda d: d.update(schema_version="2"), "schema_version must be int"),
         (lambda d: d["input"].pop("width"), "missing key 'input.width'"),
+        (lambda d: d.update(mask_threshold=1.0), "mask_threshold is 1.0; must be > 0 and < 1"),
     ],
 )
 def test_validation_errors_name_the_key(tmp_path, edit, message):
@@ -72,6 +73,17 @@ def test_validation_errors_name_the_key(tmp_path, edit, message):
     assert message in str(info.value)
     assert str(tmp_path / "manifest.json") in str(info.value)
     assert "\n" not in str(info.value) and "lineside export" in str(info.value)
+
+
+def test_a_schema_2_manifest_draws_its_mask_at_its_threshold_and_schema_3_keeps_its_own(tmp_path):
+    data = _manifest().to_dict()
+    assert data["schema_version"] == SCHEMA_VERSION == 3 and data["mask_threshold"] is None
+    del data["mask_threshold"]
+    data["schema_version"] = 2  # written before the mask threshold: still read, drawn at threshold
+    _write(tmp_path, data)
+    assert ModelPackage.open(tmp_path).manifest.mask_threshold is None
+    _manifest(mask_threshold=0.125).save(tmp_path)
+    assert ModelPackage.open(tmp_path).manifest.mask_threshold == 0.125
 
 
 def test_not_json_and_missing(tmp_path):

@@ -96,6 +96,71 @@ def test_decide_leaves_out_defects_under_the_ignore_mask() -> None:
     assert (d.decision, d.boxes) == (FAIL, [[37, 37, 6, 6]])
 
 
+def _halo_map() -> np.ndarray:
+    """A 6x6 core at 0.9 inside a 12x12 halo at 0.6 at (10, 10), and a separate 8x8 patch at 0.6
+    at (40, 40) that touches no core."""
+    p = np.zeros((64, 64), np.float32)
+    p[4:16, 4:16] = 0.6
+    p[7:13, 7:13] = 0.9
+    p[36:44, 36:44] = 0.6
+    return p
+
+
+def test_the_mask_is_drawn_at_the_mask_threshold_and_the_decision_is_not_changed() -> None:
+    at_rule = decide(_halo_map(), DecisionConfig(threshold=0.75, min_defect_area=16))
+    assert (at_rule.decision, at_rule.defect_area, int((at_rule.mask > 0).sum())) == (FAIL, 36, 36)
+    # below the rule's threshold: the core grows to its halo; the patch that touches no kept
+    # region is no defect at 0.75 and stays out of the mask at 0.5 too
+    grown = decide(_halo_map(), DecisionConfig(threshold=0.75, min_defect_area=16, mask_threshold=0.5))
+    assert (grown.decision, grown.defect_area, grown.defect_count, grown.boxes) == (
+        FAIL,
+        36,
+        1,
+        at_rule.boxes,
+    )
+    assert (
+        int((grown.mask > 0).sum()) == 144 and grown.mask[8, 8] == 255 and not grown.mask[36:44, 36:44].any()
+    )
+    # above it: each kept region shrinks to its core
+    rules = DecisionConfig(threshold=0.5, min_defect_area=16, mask_threshold=0.75)
+    core = decide(_halo_map(), rules)
+    assert (core.decision, core.defect_count, core.defect_area) == (FAIL, 2, 144 + 64)
+    assert int((core.mask > 0).sum()) == 36
+    # the ignore mask holds for the grown mask as for the decision
+    ignore = np.full((64, 64), 255, np.uint8)
+    ignore[:, :6] = 0
+    grown = decide(
+        _halo_map(), DecisionConfig(threshold=0.75, min_defect_area=16, mask_threshold=0.5), ignore
+    )
+    assert int((grown.mask > 0).sum()) == 144 - 2 * 12 and not grown.mask[:, :6].any()
+    # nothing kept: nothing drawn, whatever the mask threshold
+    small = decide(_halo_map(), DecisionConfig(threshold=0.75, min_defect_area=40, mask_threshold=0.5))
+    assert small.decision == PASS and small.empty and not small.mask.any()
+
+
+def test_the_line_takes_the_manifests_mask_threshold_unless_its_config_says_otherwise() -> None:
+    from types import SimpleNamespace
+
+    from converter.manifest import ModelManifest
+    from edge.worker import decision_rules
+
+    def rules(manifest_mask: float | None, **decision: Any) -> DecisionConfig:
+        manifest = ModelManifest(
+            "m", "tiny_unet", threshold=0.95, min_defect_area=600, mask_threshold=manifest_mask
+        )
+        package = SimpleNamespace(manifest=manifest)
+        return decision_rules(SimpleNamespace(decision=DecisionConfig(**decision)), package)
+
+    r = rules(0.5)
+    assert (r.threshold, r.min_defect_area, r.mask_threshold) == (0.95, 600, 0.5)
+    assert rules(None).mask_threshold == 0.95  # a package before schema 3 draws at its threshold
+    assert rules(0.5, mask_threshold=0.85).mask_threshold == 0.85
+    # the manifest's mask threshold belongs to the manifest's threshold: another one draws at itself
+    assert (rules(0.5, threshold=0.75).threshold, rules(0.5, threshold=0.75).mask_threshold) == (0.75, 0.75)
+    assert rules(0.5, threshold=0.95).mask_threshold == 0.5
+    assert rules(0.5, min_defect_area=100).mask_threshold == 0.5
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_nan_output_is_no_decision_never_pass(bad: float) -> None:
     p = np.zeros((64, 64), np.float32)

@@ -402,3 +402,65 @@ def test_false_regions_are_those_that_touch_no_labelled_defect():
     truth[17, 3] = 1.0  # and all three do
     assert largest_regions(prob, 0.5, truth) == (16, 0)
     assert largest_regions(prob, 0.95, truth) == (0, 0)
+
+
+def test_the_mask_threshold_is_chosen_for_the_line_masks_dice_under_the_chosen_rule(tmp_path):
+    from training.calibrate import choose_mask_threshold
+    from training.train import summary_lines, write_training_json
+
+    # the faint defects of test_best_tpr_at_the_tnr_floor_wins_over_best_dice: the rule must sit
+    # at 0.75 for the floor, where the line's mask is the 36 px core of a 100 px label (Dice
+    # 72/136); drawn at 0.5 it is the label (Dice 1). A weak 64 px patch away from the defect
+    # touches no kept region and stays out of the mask down to 0.05
+    def faint_with_a_patch(prob):
+        _faint_defect(prob)
+        prob[40:48, 40:48] = 0.3
+
+    clean = [_blob(20, 0.6)] * 7 + [_blob(4, 0.8)] + [_blob(0, 0.0)] * 22
+    maps = _maps([faint_with_a_patch] * 6, clean)
+    again = lambda: [(prob, mask) for prob, mask, _ in maps if mask.any()]  # noqa: E731
+    result = calibrate_maps(maps, _cfg(), defective_again=again)
+    assert (result["threshold"], result["min_defect_area"]) == (0.75, 24)  # the decision is unchanged
+    assert result["mask_threshold"] == 0.5
+    by = result["dice_line_by_mask_threshold"]
+    assert by["0.75"] == pytest.approx(72 / 136) and by["0.5"] == pytest.approx(1.0)
+    assert by["0.25"] == by["0.05"] == pytest.approx(1.0)  # ties: the one nearest the rule's
+    assert by["0.95"] == pytest.approx(0.0, abs=1e-6)  # above the core nothing is drawn
+    # without a second pass, or with eval.mask_threshold set, calibration does not choose it
+    assert calibrate_maps(maps, _cfg())["mask_threshold"] == 0.75
+    fixed = _cfg()
+    fixed["eval"]["mask_threshold"] = 0.85
+    assert calibrate_maps(maps, fixed, defective_again=again)["mask_threshold"] == 0.85
+    # a mask that no threshold improves stays at the rule's threshold
+    sharp = [(np.where(m > 0, 0.9, 0.0).astype(np.float32), m) for _, m in again()]
+    assert choose_mask_threshold(sharp, 0.75, 24)[0] == 0.75
+    assert choose_mask_threshold([], 0.75, 24) == (0.75, {})
+    # nor one that improves it by less than MIN_MASK_DICE_GAIN: 99 of 100 px at 0.9, the last at
+    # 0.6 gives Dice 198/199 at 0.75 and 1 at 0.5, a gain of 0.005
+    almost = [(np.where(m > 0, 0.9, 0.0).astype(np.float32), m) for _, m in again()]
+    for prob, _ in almost:
+        prob[19, 19] = 0.6
+    chosen, by = choose_mask_threshold(almost, 0.75, 24)
+    assert by["0.5"] - by["0.75"] == pytest.approx(1 - 198 / 199) and chosen == 0.75
+
+    # into the scores, training.json and the summary
+    cfg = _cfg()
+    for key in ("threshold", "min_defect_area", "mask_threshold"):
+        cfg["eval"][key] = result[key]
+    scores = SegmentationScores(0.75, 24, mask_threshold=0.5)
+    at_rule = SegmentationScores(0.75, 24)
+    for prob, mask, class_id in maps:
+        scores.add(prob, mask, class_id)
+        at_rule.add(prob, mask, class_id)
+    summary = scores.summary()
+    assert summary["mask_threshold"] == 0.5 and summary["overall"]["dice_line"] == pytest.approx(1.0)
+    assert at_rule.summary()["overall"]["dice_line"] == pytest.approx(72 / 136)
+    # the published Dice is the decision threshold's either way
+    assert summary["overall"]["dice"]["0.75"] == at_rule.summary()["overall"]["dice"]["0.75"]
+    write_training_json(tmp_path, cfg, summary, 1.0, 1, [], result)
+    info = json.loads((tmp_path / "training.json").read_text())
+    assert (info["threshold"], info["mask_threshold"]) == (0.75, 0.5)
+    assert (
+        "the line draws its mask at 0.5 (calibrated for its Dice; the decision stays at 0.75): "
+        "test Dice of the line's mask 1.000"
+    ) in summary_lines(info)

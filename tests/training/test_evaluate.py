@@ -219,6 +219,25 @@ def test_eval_names_the_best_rule_in_hindsight_at_the_tnr_floor(white_is_defect,
     assert hindsight_rule(only_defects, 0.98) is None
 
 
+def test_eval_draws_the_line_mask_at_the_runs_mask_threshold(white_is_defect, tmp_path, capsys):
+    import shutil
+
+    from training.eval_cli import evaluate_run
+
+    run, recipe = white_is_defect
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "training.json").write_text(
+        json.dumps({"threshold": 0.5, "min_defect_area": 4, "mask_threshold": 0.125})
+    )
+    summary = evaluate_run(copy, recipe, output=tmp_path, n_examples=0)
+    assert (summary["threshold"], summary["mask_threshold"]) == (0.5, 0.125)
+    assert "the line's mask (regions >= 4 px) @0.5, drawn @0.125: Dice" in capsys.readouterr().out
+    # --set still wins
+    summary = evaluate_run(copy, recipe, {"eval.mask_threshold": 0.75}, output=tmp_path, n_examples=0)
+    assert summary["mask_threshold"] == 0.75
+
+
 def test_a_negative_example_count_is_one_clear_error(white_is_defect):
     from training.eval_cli import EvalError, evaluate_run
 
