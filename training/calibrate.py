@@ -45,9 +45,9 @@ under the chosen rule, each candidate threshold draws the regions above it that 
 the rule kept (``converter.regions.mask_regions``: hysteresis below the rule's threshold, the
 kept regions' cores above it); the candidate with the best mean Dice of that mask is the
 ``mask_threshold`` when it beats the rule's own threshold by ``MIN_MASK_DICE_GAIN`` (a smaller
-gain is noise of the few held-out images), else the rule's threshold stays. A rule chosen for catching defects at a
-TNR floor often sits at a high threshold whose regions are the defects' cores (on the
-real-surface set 0.95); the mask need not pay for that.
+gain is noise of the few held-out images), else the rule's threshold stays. A rule chosen for
+catching defects at a TNR floor often sits at a high threshold whose regions are the defects'
+cores (on the real-surface set 0.95); the mask need not pay for that.
 
 The chosen values go into ``training.json``, so ``lineside export`` carries them
 into the model package and the line applies them.
