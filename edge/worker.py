@@ -653,6 +653,14 @@ def _open_worker(cfg: LineConfig, name: str) -> Worker:
         worker = _start_backend(cfg, package, backend, name)
         worker.backend_note = note[:NOTE_CHARS]
     log.info("%s: backend %s — %s", name, backend.describe(), why)
+    r = worker.rules
+    log.info(
+        "%s: decides at threshold %g with regions of at least %d px; draws the mask at %g",
+        name,
+        r.threshold,
+        r.min_defect_area,
+        r.mask_threshold,
+    )
     return worker
 
 

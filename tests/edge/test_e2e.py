@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from converter.package import ModelPackage
 from tests.conftest import MODEL_SIZE
 from tests.edge.daemon import check_ledger, finish, line_config, start_line, synthetic_camera
 
@@ -39,6 +40,14 @@ def test_defective_frames_fail_and_clean_frames_pass(trained_package: Path, tmp_
     out = daemon.output()
     assert code == 0, out
     assert "PASS=" in out and "e2e p50=" in out, "the status line is missing"
+    # each worker says which rule it decides with: the package's, as no decision key is set
+    m = ModelPackage.open(trained_package).manifest
+    drawn = m.threshold if m.mask_threshold is None else m.mask_threshold
+    rule = (
+        f"decides at threshold {m.threshold:g} with regions of at least {m.min_defect_area} px; "
+        f"draws the mask at {drawn:g}"
+    )
+    assert out.count(rule) >= 2, out  # one line per worker
 
     counts = score(sub.results)
     print(
