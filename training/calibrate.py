@@ -432,13 +432,20 @@ def calibrate_maps(
         "-" if rule.tnr_trained is None else _pct(rule.tnr_trained),
         result_line("held-out", result["dice"], result["tpr"], result["tnr"], t, area),
     )
-    if dice_line:
+    if dice_line and mask_t != t:
         logger.info(
             "calibration: the line draws its mask at %g (held-out Dice of the line's mask %.3f, "
             "at the rule's threshold %.3f)",
             mask_t,
             dice_line[str(mask_t)],
             dice_line[str(t)],
+        )
+    elif dice_line:
+        logger.info(
+            "calibration: the line draws its mask at the rule's threshold (held-out Dice of the "
+            "line's mask %.3f; no other threshold gains %g)",
+            dice_line[str(t)],
+            MIN_MASK_DICE_GAIN,
         )
     for text in warnings:
         logger.warning("calibration: %s", text)
