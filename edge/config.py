@@ -164,24 +164,22 @@ class WorkersConfig:
     heartbeat_timeout_s: float = number(10.0, ge=1.5)
 
 
+#: a score the defect map is cut at (threshold, mask_threshold)
+_SCORE = Rule(lambda v: 0 < v < 1, "must be between 0 and 1", "between 0 and 1")
+
+
 @dataclass
 class DecisionConfig:
     """How a defect map becomes PASS / FAIL (edge/postprocess.decide). Empty values take the
     manifest's defaults (edge/worker.decision_rules)."""
 
     #: a pixel is a defect above this score
-    threshold: float | None = field(
-        default=None,
-        metadata={"rule": Rule(lambda v: 0 < v < 1, "must be between 0 and 1", "between 0 and 1")},
-    )
+    threshold: float | None = field(default=None, metadata={"rule": _SCORE})
     #: defect regions smaller than this (pixels) are ignored
     min_defect_area: int | None = number(None, ge=0)
     #: the defect mask is drawn at this score: the regions above it that touch a region the
     #: decision kept (the decision stays at threshold); empty: the manifest's, else threshold
-    mask_threshold: float | None = field(
-        default=None,
-        metadata={"rule": Rule(lambda v: 0 < v < 1, "must be between 0 and 1", "between 0 and 1")},
-    )
+    mask_threshold: float | None = field(default=None, metadata={"rule": _SCORE})
     #: FAIL when the total defect area (pixels) exceeds this
     max_defect_area: int = number(0, ge=0)
     #: FAIL when more than this many defects are found
