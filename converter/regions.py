@@ -28,7 +28,7 @@ def keep_regions(binary: np.ndarray, min_area: int) -> tuple[np.ndarray, list[Re
     return mask, [tuple(int(v) for v in stats[i]) for i in keep]
 
 
-def mask_regions(prob: np.ndarray, kept: np.ndarray, threshold: float) -> np.ndarray:
+def mask_regions(prob: np.ndarray, kept: np.ndarray, threshold: float, decided_at: float) -> np.ndarray:
     """The mask a line publishes when it draws at ``threshold`` (``mask_threshold``) rather than
     at the decision's threshold: the 8-connected regions of ``prob > threshold`` that touch a
     region the decision kept (``kept``, the 0/255 mask of ``keep_regions``), as a 0/255 uint8 mask.
@@ -36,7 +36,10 @@ def mask_regions(prob: np.ndarray, kept: np.ndarray, threshold: float) -> np.nda
     Below the decision's threshold this is hysteresis: a kept region grows to the extent of the
     weaker evidence around it, and a weak region that touches no kept one stays out. Above it,
     each kept region shrinks to its stronger core. The decision (which regions, their area) is
-    the same either way; only the drawing changes."""
+    the same either way; only the drawing changes. At the decision's own threshold (``decided_at``),
+    or with nothing kept, the mask is ``kept`` itself."""
+    if threshold == decided_at or not kept.any():
+        return kept
     binary = (prob > threshold).astype(np.uint8)
     count, labels = cv2.connectedComponents(binary, connectivity=8)
     touched = np.unique(labels[(kept > 0) & (binary > 0)])

@@ -45,10 +45,10 @@ def decide(prob: np.ndarray, rules: DecisionConfig, ignore_mask: np.ndarray | No
     if ignore_mask is not None:
         binary &= ignore_mask > 0
     mask, regions = keep_regions(binary, rules.min_defect_area)
-    if regions and rules.mask_threshold is not None and rules.mask_threshold != rules.threshold:
+    if regions and rules.mask_threshold is not None:
         # the decision is made; only the drawing of its regions follows the mask threshold
         # (calibrated for the mask's Dice, training/calibrate.py)
-        mask = mask_regions(prob, mask, rules.mask_threshold)
+        mask = mask_regions(prob, mask, rules.mask_threshold, rules.threshold)
         if ignore_mask is not None:
             mask[ignore_mask == 0] = 0
     boxes = [[x, y, w, h] for x, y, w, h, _ in regions]

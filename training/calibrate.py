@@ -306,11 +306,10 @@ def choose_mask_threshold(
     images = 0
     for prob, mask in maps:
         images += 1
-        kept, regions = keep_regions((prob > threshold).astype(np.uint8), min_area)
+        kept, _ = keep_regions((prob > threshold).astype(np.uint8), min_area)
         for t in candidates:
             # a missed image draws nothing at any threshold: the same Dice for every candidate
-            drawn = mask_regions(prob, kept, t) if regions and t != threshold else kept
-            sums[t] += dice_iou(drawn, mask, 0.5)[0]
+            sums[t] += dice_iou(mask_regions(prob, kept, t, threshold), mask, 0.5)[0]
     if not images:
         return threshold, {}
     means = {t: sums[t] / images for t in candidates}

@@ -94,8 +94,7 @@ class SegmentationScores:
         mask = np.asarray(mask).reshape(np.asarray(mask).shape[:2])
         truth = bool((mask > 0.5).any())
         line_mask, regions = keep_regions((prob > self.threshold).astype(np.uint8), self.min_defect_area)
-        if regions and self.mask_threshold != self.threshold:
-            line_mask = mask_regions(prob, line_mask, self.mask_threshold)
+        line_mask = mask_regions(prob, line_mask, self.mask_threshold, self.threshold)
         largest, largest_false = largest_regions(prob, self.threshold, mask)
         row: dict[str, Any] = {
             "class_id": int(class_id),
