@@ -191,6 +191,10 @@ class ModelConfig:
     #: tinyunet with input_stride > 1: the stem conv's filters (0: base_filters); a 4x4 patch
     #: has 16 pixels, so 16 ReLU maps can keep only part of a thin line that crosses it
     stem_filters: int = number(0, ge=0)
+    #: tinyunet with input_stride > 1: a full-resolution 3x3 conv of this many filters beside
+    #: the stem, max-pooled to its resolution and joined to it (0: none), so that a thin line
+    #: at any offset in a window lights a detector there
+    fine_filters: int = number(0, ge=0)
     #: mobilenetv2_unet: a local .weights.h5 / .h5 file of a MobileNetV2 encoder, or null (random)
     encoder_weights: str | None = key(None, rule=text_rule())
     #: mobilenetv2_unet: the encoder's width multiplier
@@ -339,6 +343,9 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
     if model.stem_filters and model.input_stride == 1:
         rule = "needs model.input_stride 2 or 4 (there is no stem at 1)"
         raise bad("model.stem_filters", model.stem_filters, rule)
+    if model.fine_filters and model.input_stride == 1:
+        rule = "needs model.input_stride 2 or 4 (at 1 the network is at full resolution already)"
+        raise bad("model.fine_filters", model.fine_filters, rule)
     if model.input_stride > 1 and model.architecture != "tinyunet":
         raise bad("model.input_stride", model.input_stride, "must be 1 unless model.architecture is tinyunet")
     # a crop the model cannot take would otherwise fail only after the data set has loaded

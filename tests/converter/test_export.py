@@ -79,8 +79,13 @@ def test_bare_keras_file_needs_its_size(tmp_path):
 
 @pytest.mark.parametrize(
     "option",
-    [{"input_stride": 2}, {"input_stride": 2, "stem_filters": 12}, {"instance_norm": True}],
-    ids=["strided_stem", "wide_stem", "instance_norm"],
+    [
+        {"input_stride": 2},
+        {"input_stride": 2, "stem_filters": 12},
+        {"input_stride": 2, "fine_filters": 4},
+        {"instance_norm": True},
+    ],
+    ids=["strided_stem", "wide_stem", "fine_filters", "instance_norm"],
 )
 def test_tinyunet_options_export_with_parity(tmp_path, option, caplog):
     """model.input_stride's strided stem conv and repeated logits, and model.instance_norm's

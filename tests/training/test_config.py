@@ -73,6 +73,10 @@ def test_defaults_merge_and_overrides():
             "model.stem_filters is 48; needs model.input_stride 2 or 4 (there is no stem at 1)",
         ),
         (
+            {"model": {"fine_filters": 8}},
+            "model.fine_filters is 8; needs model.input_stride 2 or 4 (at 1 the network is at full",
+        ),
+        (
             {"model": {"input_stride": 4}, "input": {"crop": 160}},
             "input.crop is 160; must divide by 64 (tinyunet at model.input_stride 4); try 128 or 192",
         ),

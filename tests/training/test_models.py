@@ -129,6 +129,33 @@ def test_stem_filters_widen_the_stem_alone():
 
 
 @needs_tensorflow
+def test_fine_filters_join_a_max_pooled_full_resolution_conv_to_the_stem():
+    """model.fine_filters: a 3x3 conv at full resolution (no norm), max-pooled to the stem's
+    resolution and joined to it; a one-pixel line lights the pooled map the same whichever
+    row of the window it lies in, where the strided stem's response depends on the row."""
+    import keras
+
+    cfg = _model_cfg(architecture="tinyunet", base_filters=4, batch_norm=True, input_stride=4)
+    model = build_model({**cfg, "fine_filters": 6})
+    fine, pool = model.get_layer("fine"), model.get_layer("fine_pool")
+    assert fine.filters == 6 and fine.kernel_size == (3, 3) and fine.strides == (1, 1)
+    assert pool.pool_size == (4, 4)
+    assert "fine_bn" not in {layer.name for layer in model.layers}
+    assert model.get_layer("input_block_conv1").input.shape[-1] == 4 + 6
+    assert "fine" not in {layer.name for layer in build_model(cfg).layers}
+    # the same dark line in rows 17, 18 and 19 of a 64 px frame: one window of the 4x4 grid
+    lines = np.full((3, 64, 64, 1), 0.6, np.float32)
+    for i, row in enumerate((17, 18, 19)):
+        lines[i, row, 8:56] = 0.1
+    pooled = keras.Model(model.input, pool.output).predict(lines, verbose=0)
+    np.testing.assert_allclose(pooled[0, 3:6, 3:12], pooled[1, 3:6, 3:12], rtol=1e-5, atol=1e-6)
+    stem = keras.Model(model.input, model.get_layer("stem").output).predict(lines, verbose=0)
+    assert np.abs(stem[0, 4, 3:12] - stem[2, 4, 3:12]).max() > 1e-3
+    x = np.random.default_rng(0).random((1, 64, 128, 1)).astype(np.float32)
+    assert model.predict(x, verbose=0).shape == (1, 64, 128, 1)
+
+
+@needs_tensorflow
 def test_unet_lowered_filters():
     model = build_model(_model_cfg(architecture="unet_lowered", base_filters=16, dropout=0.5))
     filters = [layer.filters for layer in model.layers if layer.name.endswith("_conv1")]
