@@ -340,12 +340,12 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
         )
     if model.input_stride not in (1, 2, 4):
         raise bad("model.input_stride", model.input_stride, "must be 1, 2 or 4")
-    if model.stem_filters and model.input_stride == 1:
-        rule = "needs model.input_stride 2 or 4 (there is no stem at 1)"
-        raise bad("model.stem_filters", model.stem_filters, rule)
-    if model.fine_filters and model.input_stride == 1:
-        rule = "needs model.input_stride 2 or 4 (at 1 the network is at full resolution already)"
-        raise bad("model.fine_filters", model.fine_filters, rule)
+    for name, why in (
+        ("stem_filters", "there is no stem at 1"),
+        ("fine_filters", "at 1 the network is at full resolution already"),
+    ):
+        if getattr(model, name) and model.input_stride == 1:
+            raise bad(f"model.{name}", getattr(model, name), f"needs model.input_stride 2 or 4 ({why})")
     if model.input_stride > 1 and model.architecture != "tinyunet":
         raise bad("model.input_stride", model.input_stride, "must be 1 unless model.architecture is tinyunet")
     # a crop the model cannot take would otherwise fail only after the data set has loaded
