@@ -619,7 +619,20 @@ class Collector:
         }
 
     # -- main loop ----------------------------------------------------------------------
-    def run(self, results: zmq.Socket, pub: zmq.Socket) -> None:
+    def drain_deadline(self, now: float, kill_at: float) -> float:
+        """When the drain that starts at ``now`` ends, at the latest: 60 % of shutdown_timeout_s
+        later, and no later than a third of the way to ``kill_at``, when the supervisor kills this
+        process (0: not known), so that the rest is left to count what is still open, log it and
+        publish the final status: on a loaded 2-core box that took more than half of a second.
+        Both bounds matter when the router's last word never comes."""
+        end = now + self.cfg.shutdown_timeout_s * 0.6
+        if kill_at:
+            end = min(end, now + max(0.0, kill_at - now) / 3)
+        return end
+
+    def run(self, results: zmq.Socket, pub: zmq.Socket, kill_at: Any = None) -> None:
+        """Read results until stopped, then drain (see ``drain_deadline``); ``kill_at`` is the
+        supervisor's shared value of when it kills this process, set before its SIGTERM."""
         last_status = time.monotonic()
         quiet_since = None
         stop_deadline = None
@@ -650,7 +663,7 @@ class Collector:
             if self.stop.is_set():
                 # Drain: keep reading until the books are closed or the pipe has been quiet for
                 # a moment after the router's last word, within the bound.
-                stop_deadline = stop_deadline or now + self.cfg.shutdown_timeout_s * 0.6
+                stop_deadline = stop_deadline or self.drain_deadline(now, kill_at.value if kill_at else 0.0)
                 quiet_since = None if got else (quiet_since or now)
                 settled = self.ledger.totals()["in_flight"] == 0
                 router_done = self.router.get("final") or not self.router
@@ -688,6 +701,7 @@ def collector_main(
     summary_path: str | None = None,
     ready: Any = None,
     shared: Any = None,
+    kill_at: Any = None,
 ) -> None:
     """Entry point of the spawned collector process."""
     from edge.config import from_dict
@@ -720,7 +734,7 @@ def collector_main(
             )
         if ready is not None:
             ready.set()
-        collector.run(results, pub)
+        collector.run(results, pub, kill_at)
     finally:
         collector.close()
         if server is not None:

@@ -42,6 +42,7 @@ from converter.package import PRECISIONS, ModelPackage
 from edge import protocol, sockets
 from edge.collector import PROGRESS_SLOTS
 from edge.config import (
+    STAGE_FLOOR_S,
     LineConfig,
     make_run_dir,
     open_endpoints,
@@ -141,6 +142,9 @@ class Supervisor:
         self.failure: str | None = None
         #: the collector's view of the ledger (see Collector.publish_progress)
         self.progress = self.ctx.Array("d", len(PROGRESS_SLOTS), lock=False)
+        #: when the collector will be killed (``time.monotonic()``, one clock for every process
+        #: of the host), set before its SIGTERM: its drain must end in time to close the books
+        self.collector_kill_at = self.ctx.Value("d", 0.0, lock=False)
 
     def ledger(self, slot: str) -> float:
         return self.progress[PROGRESS_SLOTS.index(slot)]
@@ -258,7 +262,7 @@ class Supervisor:
         collector = Child(
             "collector",
             "edge.collector:collector_main",
-            (cfg_dict, lvl, started, self.summary_path, ready, self.progress),
+            (cfg_dict, lvl, started, self.summary_path, ready, self.progress, self.collector_kill_at),
         )
         self.children.append(collector)
         self.spawn(collector)
@@ -363,8 +367,13 @@ class Supervisor:
         # One overall bound, split in stages: each stage ends by its mark or is killed.
         start = time.monotonic()
         clean = True
-        for prefix, mark in zip(("camera:", "router", "worker:", "collector"), marks, strict=True):
-            clean &= self.stop_group(prefix, start + mark)
+        roles = ("camera:", "router", "worker:", "collector")
+        for prefix, mark, floor in zip(roles, marks, STAGE_FLOOR_S, strict=True):
+            # a stage that starts late, since the one before had to be killed, still gets its floor
+            deadline = max(start + mark, time.monotonic() + floor)
+            if prefix == "collector":
+                self.collector_kill_at.value = deadline
+            clean &= self.stop_group(prefix, deadline)
         # last, so that the collector's final status reaches the plant's systems
         clean &= self.stop_group("sink:", time.monotonic() + SINK_STOP_S)
         return EXIT_OK if clean else EXIT_FORCED

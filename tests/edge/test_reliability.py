@@ -303,6 +303,35 @@ def test_shutdown_is_bounded_even_when_peers_are_dead(slow_line_package: Path, t
     assert "Traceback" not in daemon.output()
 
 
+def test_a_router_frozen_at_shutdown_still_leaves_the_collector_time_to_close_the_books(
+    slow_line_package: Path, tmp_path: Path
+) -> None:
+    """The router is frozen (SIGSTOP) when SIGTERM comes, so it is killed at its mark and its
+    last word never comes: the collector cannot learn that the frames it held are gone, and
+    drains until its own bound. That bound must end before the supervisor kills the collector,
+    so that it still counts those frames as shutdown drops, logs and publishes its final status
+    (before: 60 % of shutdown_timeout_s from the collector's own SIGTERM, past the kill)."""
+    cams = [synthetic_camera("cam1", size=MODEL_SIZE, fps=15, seed=43)]
+    cfg = line_config(tmp_path, slow_line_package, cams, shutdown_timeout_s=6)
+    daemon, sub = start_line(tmp_path, cfg)
+    assert sub.wait_for(lambda s: len(s.results) >= 10, 60), daemon.output()
+    os.kill(sub.pids("router")["router"], signal.SIGSTOP)
+    time.sleep(1.0)  # frames the camera sends meanwhile wait in the frozen router's socket
+    t0 = time.monotonic()
+    daemon.terminate()
+    code = finish(daemon, sub, timeout=30)
+    took = time.monotonic() - t0
+    out = daemon.output()
+    assert code == 3 and "router did not stop" in out, out  # 3: something was killed at its mark
+    assert "collector did not stop" not in out, out
+    assert took < cfg["shutdown_timeout_s"] + 3, took
+    summary = daemon.summary()  # the collector writes it on its way out
+    check_ledger(summary)
+    assert summary["totals"]["dropped_by_reason"].get("shutdown", 0) > 0, summary["totals"]
+    final = [s for s in sub.statuses if s.get("final")]
+    assert len(final) == 1 and final[0]["totals"]["in_flight"] == 0, sub.statuses[-1:]
+
+
 def test_a_backlogged_camera_never_starves_another(slow_line_package: Path, tmp_path: Path) -> None:
     """A lossless camera that offers far more than the line can decide beside a latest camera:
     the latest camera keeps its share of the worker in every window, and the lossless one's
