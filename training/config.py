@@ -195,6 +195,9 @@ class ModelConfig:
     #: the stem, max-pooled to its resolution and joined to it (0: none), so that a thin line
     #: at any offset in a window lights a detector there
     fine_filters: int = number(0, ge=0)
+    #: with fine_filters: that conv's stride, 1 (full resolution) or 2 (every pixel still seen
+    #: by its overlapping 3x3 windows, a quarter of the maps to write, then max-pooled as at 1)
+    fine_stride: int = number(1, ge=1)
     #: mobilenetv2_unet: a local .weights.h5 / .h5 file of a MobileNetV2 encoder, or null (random)
     encoder_weights: str | None = key(None, rule=text_rule())
     #: mobilenetv2_unet: the encoder's width multiplier
@@ -346,6 +349,14 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
     ):
         if getattr(model, name) and model.input_stride == 1:
             raise bad(f"model.{name}", getattr(model, name), f"needs model.input_stride 2 or 4 ({why})")
+    if model.fine_stride not in (1, 2):
+        raise bad("model.fine_stride", model.fine_stride, "must be 1 or 2")
+    if model.fine_stride == 2 and not (model.fine_filters and model.input_stride == 4):
+        raise bad(
+            "model.fine_stride",
+            model.fine_stride,
+            "needs model.fine_filters > 0 and model.input_stride 4 (at 2 nothing is left to max-pool)",
+        )
     if model.input_stride > 1 and model.architecture != "tinyunet":
         raise bad("model.input_stride", model.input_stride, "must be 1 unless model.architecture is tinyunet")
     # a crop the model cannot take would otherwise fail only after the data set has loaded

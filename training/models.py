@@ -125,6 +125,7 @@ def build_tinyunet(
     input_stride: int = 1,
     stem_filters: int = 0,
     fine_filters: int = 0,
+    fine_stride: int = 1,
 ):
     """TinyUNet of NVIDIA UNet_Industrial.
 
@@ -147,6 +148,8 @@ def build_tinyunet(
     ReLU maps are max-pooled to the stem's resolution and joined to its output: a thin line
     anywhere in a stride x stride window, at any offset, still lights its detector there,
     which one linear window of the stem sees only at the offsets its filters learned.
+    ``fine_stride`` 2 runs that conv at stride 2 (its 3x3 windows still overlap, so every
+    pixel is seen) and max-pools what is left: a quarter of its full-resolution maps to write.
     """
     import keras
 
@@ -166,8 +169,8 @@ def build_tinyunet(
             # max, not a stride: the line detector's strongest response in each window survives.
             # No norm: its input is the image (standardized when asked), and a norm at full
             # resolution doubled a CPU step's time where the conv alone adds 3-7 %
-            fine = _conv(keras, fine_filters, 3, "fine", weight_decay)(x)
-            fine = keras.layers.MaxPooling2D(input_stride, name="fine_pool")(fine)
+            fine = _conv(keras, fine_filters, 3, "fine", weight_decay, strides=fine_stride)(x)
+            fine = keras.layers.MaxPooling2D(input_stride // fine_stride, name="fine_pool")(fine)
             x = keras.layers.Concatenate(name="stem_concat")([stem(x), fine])
         else:
             x = stem(x)
@@ -357,6 +360,7 @@ def build_model(model_cfg: dict[str, Any], channels: int = 1, weight_decay: floa
             model_cfg.get("input_stride", 1),
             model_cfg.get("stem_filters", 0),
             model_cfg.get("fine_filters", 0),
+            model_cfg.get("fine_stride", 1),
         )
     if arch == "unet_lowered":
         return build_unet_lowered(*common, model_cfg["standardize"])

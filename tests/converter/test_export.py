@@ -83,9 +83,10 @@ def test_bare_keras_file_needs_its_size(tmp_path):
         {"input_stride": 2},
         {"input_stride": 2, "stem_filters": 12},
         {"input_stride": 2, "fine_filters": 4},
+        {"input_stride": 4, "fine_filters": 4, "fine_stride": 2},
         {"instance_norm": True},
     ],
-    ids=["strided_stem", "wide_stem", "fine_filters", "instance_norm"],
+    ids=["strided_stem", "wide_stem", "fine_filters", "fine_stride", "instance_norm"],
 )
 def test_tinyunet_options_export_with_parity(tmp_path, option, caplog):
     """model.input_stride's strided stem conv and repeated logits, and model.instance_norm's
@@ -98,9 +99,9 @@ def test_tinyunet_options_export_with_parity(tmp_path, option, caplog):
     path = tmp_path / "option.keras"
     model.save(path)
     package = export_package(
-        path, tmp_path / "pkg", height=64, width=96, channels=1, samples=2, model_id="option"
+        path, tmp_path / "pkg", height=64, width=128, channels=1, samples=2, model_id="option"
     )
-    x = np.random.default_rng(2).random((2, 64, 96, 1), dtype=np.float32)
+    x = np.random.default_rng(2).random((2, 64, 128, 1), dtype=np.float32)
     got = onnx_graph.session(package.onnx_path()).run(None, {"image": x})[0]
     # float32 round-off: the instance norm's statistics are summed in another order (2e-5 seen)
     np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=1e-4)

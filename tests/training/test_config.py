@@ -76,6 +76,15 @@ def test_defaults_merge_and_overrides():
             {"model": {"fine_filters": 8}},
             "model.fine_filters is 8; needs model.input_stride 2 or 4 (at 1 the network is at full",
         ),
+        ({"model": {"fine_stride": 3}}, "model.fine_stride is 3; must be 1 or 2"),
+        (
+            {"model": {"input_stride": 4, "fine_stride": 2}, "input": {"crop": 128}},
+            "model.fine_stride is 2; needs model.fine_filters > 0 and model.input_stride 4",
+        ),
+        (
+            {"model": {"input_stride": 2, "fine_filters": 8, "fine_stride": 2}},
+            "model.fine_stride is 2; needs model.fine_filters > 0 and model.input_stride 4",
+        ),
         (
             {"model": {"input_stride": 4}, "input": {"crop": 160}},
             "input.crop is 160; must divide by 64 (tinyunet at model.input_stride 4); try 128 or 192",

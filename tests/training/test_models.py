@@ -156,6 +156,30 @@ def test_fine_filters_join_a_max_pooled_full_resolution_conv_to_the_stem():
 
 
 @needs_tensorflow
+def test_a_fine_stride_of_2_runs_the_line_detector_at_half_resolution_and_still_sees_every_pixel():
+    """model.fine_stride 2: the fine conv at stride 2, max-pooled by 2 to the stem's quarter
+    resolution; a one-pixel line in any row of a window still reaches the pooled maps (its
+    overlapping 3x3 windows leave no row unseen), and the pooled maps change with it."""
+    import keras
+
+    cfg = _model_cfg(architecture="tinyunet", base_filters=4, batch_norm=True, input_stride=4)
+    model = build_model({**cfg, "fine_filters": 6, "fine_stride": 2})
+    fine, pool = model.get_layer("fine"), model.get_layer("fine_pool")
+    assert fine.strides == (2, 2) and fine.kernel_size == (3, 3) and pool.pool_size == (2, 2)
+    assert model.get_layer("input_block_conv1").input.shape[-1] == 4 + 6
+    flat = np.full((1, 64, 64, 1), 0.6, np.float32)
+    lines = np.repeat(flat, 4, axis=0)
+    for i, row in enumerate((16, 17, 18, 19)):
+        lines[i, row, 8:56] = 0.1
+    pooled = keras.Model(model.input, pool.output)
+    base = pooled.predict(flat, verbose=0)[0]
+    for i in range(4):
+        assert np.abs(pooled.predict(lines[i : i + 1], verbose=0)[0, 4, 3:12] - base[4, 3:12]).max() > 1e-3
+    x = np.random.default_rng(0).random((1, 64, 128, 1)).astype(np.float32)
+    assert model.predict(x, verbose=0).shape == (1, 64, 128, 1)
+
+
+@needs_tensorflow
 def test_unet_lowered_filters():
     model = build_model(_model_cfg(architecture="unet_lowered", base_filters=16, dropout=0.5))
     filters = [layer.filters for layer in model.layers if layer.name.endswith("_conv1")]
