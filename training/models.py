@@ -166,7 +166,8 @@ def build_tinyunet(
             strides=input_stride,
         )
         if fine_filters:
-            # max, not a stride: the line detector's strongest response in each window survives.
+            # a max-pool to the stem's resolution, not a larger stride: the line detector's
+            # strongest response in each window survives (fine_stride 2 only halves the pool).
             # No norm: its input is the image (standardized when asked), and a norm at full
             # resolution doubled a CPU step's time where the conv alone adds 3-7 %
             fine = _conv(keras, fine_filters, 3, "fine", weight_decay, strides=fine_stride)(x)
