@@ -24,7 +24,15 @@ import pytest
 
 from tests.conftest import MODEL_CLASS, MODEL_SIZE
 from tests.edge.daemon import ROOT, Daemon, free_port, one_error_line
-from tests.edge.uihelp import Ui, start_line_and_ui, stop_line, wait_json, wait_until
+from tests.edge.uihelp import (
+    Ui,
+    decided,
+    start_line_and_ui,
+    stop_line,
+    wait_for_first_decisions,
+    wait_json,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -46,12 +54,9 @@ def ui(line: tuple[Daemon, Ui]) -> Ui:
     return line[1]
 
 
-def decided(state: dict) -> int:
-    return sum(state["since_start"][d] for d in ("PASS", "FAIL", "NO_DECISION"))
-
-
-def test_state_follows_the_running_line(ui: Ui) -> None:
-    first = wait_json(ui, "/api/state", lambda s: decided(s) > 0, 40, "decisions")
+def test_state_follows_the_running_line(line: tuple[Daemon, Ui]) -> None:
+    daemon, ui = line
+    first = wait_for_first_decisions(daemon, ui)
     assert first["line"] == "uitest"
     assert set(first["cameras"]) == {"cam1", "cam2"}
     later = wait_json(ui, "/api/state", lambda s: decided(s) > decided(first) + 5, 20, "more decisions")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import need_peer
-from tests.edge.uihelp import start_line_and_ui, stop_line
+from tests.edge.uihelp import logs_of, start_line_and_ui, stop_line, wait_for_first_decisions
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +64,8 @@ def test_the_page_updates_live_and_the_history_filters(trained_package: Path, tm
     daemon, ui = start_line_and_ui(tmp_path, trained_package, curve=True)
     errors: list[str] = []
     try:
+        # the page is checked against a line that decides: its start is waited for apart
+        wait_for_first_decisions(daemon, ui)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
             try:
@@ -130,6 +132,9 @@ def test_the_page_updates_live_and_the_history_filters(trained_package: Path, tm
                 assert shot.stat().st_size > 10_000
                 if os.environ.get(SCREENSHOT_ENV):
                     shutil.copy(shot, os.environ[SCREENSHOT_ENV])
+            except (AssertionError, PlaywrightTimeout) as err:
+                # what the line and the UI said is what tells a slow start from a page that stalled
+                raise AssertionError(f"{err}\n{logs_of(daemon, ui)}") from err
             finally:
                 browser.close()
     finally:

@@ -138,13 +138,48 @@ def start_line_and_ui(
         make_line_keys(tmp / "keys")
         over["security"] = {"keys": str(tmp / "keys")}
     cfg = line_config(tmp, package, cams, **over)
+    # the UI's port is drawn apart from the line's: a port the line was handed and has not bound
+    # yet (it is still importing) may come back from the kernel, and then one of the two fails
+    line_ports = {int(url.rsplit(":", 1)[1]) for url in cfg["endpoints"].values()} | {cfg["metrics"]["port"]}
+    ui_port = next(port for port in iter(free_port, None) if port not in line_ports)
     daemon = Daemon(cfg, tmp).start()
     try:
-        ui = Ui(tmp / "line.yaml", tmp, extra=ui_extra).start()
+        ui = Ui(tmp / "line.yaml", tmp, port=ui_port, extra=ui_extra).start()
     except BaseException:
         daemon.kill()
         raise
     return daemon, ui
+
+
+def decided(state: dict) -> int:
+    """The decisions the line has made since it started, as the UI's state counts them."""
+    return sum(state["since_start"][d] for d in ("PASS", "FAIL", "NO_DECISION"))
+
+
+def logs_of(daemon: Daemon, ui: Ui, lines: int = 40) -> str:
+    """The last ``lines`` of the line's and the UI's logs, for a failure's message."""
+    exit_code = daemon.proc.poll() if daemon.proc else None
+    parts = [f"line ({'running' if exit_code is None else f'exited with {exit_code}'}):"]
+    parts += daemon.output().splitlines()[-lines:]
+    parts += ["ui:", *ui.output().splitlines()[-lines:]]
+    return "\n".join(parts)
+
+
+def wait_for_first_decisions(daemon: Daemon, ui: Ui, timeout: float = 90) -> dict:
+    """The UI's state once the line has decided a frame. The line's own start (its processes, the
+    model's load) is slow on a loaded machine and is not what a UI test checks; if it never
+    decides, the failure carries both logs."""
+
+    def first_decisions() -> dict | None:
+        if daemon.proc is not None and daemon.proc.poll() is not None:
+            raise AssertionError("the line stopped before it decided a frame")
+        state = ui.get("/api/state")
+        return state if decided(state) > 0 else None
+
+    try:
+        return wait_until(first_decisions, timeout, "the line's first decisions")
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{logs_of(daemon, ui)}") from None
 
 
 def stop_line(daemon: Daemon) -> None:
