@@ -198,6 +198,10 @@ class ModelConfig:
     #: with fine_filters: that conv's stride, 1 (full resolution) or 2 (every pixel still seen
     #: by its overlapping 3x3 windows, a quarter of the maps to write, then max-pooled as at 1)
     fine_stride: int = number(1, ge=1)
+    #: tinyunet: a window side in px, 4 times an odd number (60: 15 cells of 4x4 px); the first
+    #: layer also sees each pixel less the surface's mean in that window around it (its
+    #: departure from the surface at hand, in the exported graph too); 0: none
+    surface_window: int = number(0, ge=0, note="0: none")
     #: mobilenetv2_unet: a local .weights.h5 / .h5 file of a MobileNetV2 encoder, or null (random)
     encoder_weights: str | None = key(None, rule=text_rule())
     #: mobilenetv2_unet: the encoder's width multiplier
@@ -356,6 +360,19 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
             "model.fine_stride",
             model.fine_stride,
             "needs model.fine_filters > 0 and model.input_stride 4 (at 2 nothing is left to max-pool)",
+        )
+    window = model.surface_window
+    if window and (window % 4 or window // 4 % 2 == 0):
+        odd = window // 4 - (1 - window // 4 % 2)  # the odd number of cells at or under window/4
+        tries = " or ".join(str(4 * c) for c in (odd, odd + 2) if c > 0)
+        raise bad(
+            "model.surface_window",
+            model.surface_window,
+            f"must be 0 or 4 times an odd number (its mean is over 4x4 cells, centred); try {tries}",
+        )
+    if model.surface_window and model.architecture != "tinyunet":
+        raise bad(
+            "model.surface_window", model.surface_window, "must be 0 unless model.architecture is tinyunet"
         )
     if model.input_stride > 1 and model.architecture != "tinyunet":
         raise bad("model.input_stride", model.input_stride, "must be 1 unless model.architecture is tinyunet")

@@ -84,9 +84,10 @@ def test_bare_keras_file_needs_its_size(tmp_path):
         {"input_stride": 2, "stem_filters": 12},
         {"input_stride": 2, "fine_filters": 4},
         {"input_stride": 4, "fine_filters": 4, "fine_stride": 2},
+        {"input_stride": 4, "surface_window": 28},
         {"instance_norm": True},
     ],
-    ids=["strided_stem", "wide_stem", "fine_filters", "fine_stride", "instance_norm"],
+    ids=["strided_stem", "wide_stem", "fine_filters", "fine_stride", "surface_window", "instance_norm"],
 )
 def test_tinyunet_options_export_with_parity(tmp_path, option, caplog):
     """model.input_stride's strided stem conv and repeated logits, and model.instance_norm's

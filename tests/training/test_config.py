@@ -78,6 +78,16 @@ def test_defaults_merge_and_overrides():
         ),
         ({"model": {"fine_stride": 3}}, "model.fine_stride is 3; must be 1 or 2"),
         (
+            {"model": {"surface_window": 64}},
+            "model.surface_window is 64; must be 0 or 4 times an odd number (its mean is over 4x4"
+            " cells, centred); try 60 or 68",
+        ),
+        ({"model": {"surface_window": 2}}, "model.surface_window is 2; must be 0 or 4 times an odd number"),
+        (
+            {"model": {"architecture": "unet_lowered", "surface_window": 60}},
+            "model.surface_window is 60; must be 0 unless model.architecture is tinyunet",
+        ),
+        (
             {"model": {"input_stride": 4, "fine_stride": 2}, "input": {"crop": 128}},
             "model.fine_stride is 2; needs model.fine_filters > 0 and model.input_stride 4",
         ),

@@ -185,6 +185,39 @@ def test_a_fine_stride_of_2_runs_the_line_detector_at_half_resolution_and_still_
 
 
 @needs_tensorflow
+def test_a_surface_window_gives_the_first_layer_each_pixels_departure_from_its_surroundings():
+    """model.surface_window: beside the (standardized) image, the image less its mean over the
+    4x4 cells of a window around each pixel, as numpy computes it; a dark blob on a bright
+    surface and the same blob on a dark one read alike in it, where the image alone differs."""
+    import keras
+
+    cfg = _model_cfg(architecture="tinyunet", base_filters=4, batch_norm=True, input_stride=4)
+    model = build_model({**cfg, "surface_window": 20})
+    assert model.get_layer("stem").input.shape[-1] == 2
+    assert "surface_concat" not in {layer.name for layer in build_model(cfg).layers}
+    surface = keras.Model(model.input, model.get_layer("surface_concat").output)
+    x = np.random.default_rng(0).random((1, 64, 96, 1)).astype(np.float32)
+    got = surface.predict(x, verbose=0)
+    np.testing.assert_array_equal(got[..., 0], x[..., 0])
+    # numpy: 4x4 cell means, then each cell's mean over the 5x5 cells around it that lie in the
+    # image, repeated back to 4x4 pixels
+    cells = x[0, :, :, 0].reshape(16, 4, 24, 4).mean(axis=(1, 3))
+    around = np.array(
+        [[cells[max(r - 2, 0) : r + 3, max(c - 2, 0) : c + 3].mean() for c in range(24)] for r in range(16)]
+    )
+    want = x[0, :, :, 0] - np.repeat(np.repeat(around, 4, axis=0), 4, axis=1)
+    np.testing.assert_allclose(got[0, :, :, 1], want, atol=1e-5)
+    # the same 8x8 dark blob on a bright and on a dark surface: the image differs by 0.5 there,
+    # the departure at the blob's centre by far less
+    bright, dark = np.full((1, 64, 64, 1), 0.8, np.float32), np.full((1, 64, 64, 1), 0.3, np.float32)
+    for frame, level in ((bright, 0.8), (dark, 0.3)):
+        frame[0, 28:36, 28:36] = level - 0.25
+    both = surface.predict(np.concatenate([bright, dark]), verbose=0)
+    assert abs(both[0, 32, 32, 1] - both[1, 32, 32, 1]) < 0.02
+    assert both[0, 32, 32, 1] < -0.2 and both[0, 8, 8, 1] == pytest.approx(0.0, abs=1e-6)
+
+
+@needs_tensorflow
 def test_unet_lowered_filters():
     model = build_model(_model_cfg(architecture="unet_lowered", base_filters=16, dropout=0.5))
     filters = [layer.filters for layer in model.layers if layer.name.endswith("_conv1")]
