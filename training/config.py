@@ -367,13 +367,11 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
         tries = " or ".join(str(4 * c) for c in (odd, odd + 2) if c > 0)
         raise bad(
             "model.surface_window",
-            model.surface_window,
+            window,
             f"must be 0 or 4 times an odd number (its mean is over 4x4 cells, centred); try {tries}",
         )
-    if model.surface_window and model.architecture != "tinyunet":
-        raise bad(
-            "model.surface_window", model.surface_window, "must be 0 unless model.architecture is tinyunet"
-        )
+    if window and model.architecture != "tinyunet":
+        raise bad("model.surface_window", window, "must be 0 unless model.architecture is tinyunet")
     if model.input_stride > 1 and model.architecture != "tinyunet":
         raise bad("model.input_stride", model.input_stride, "must be 1 unless model.architecture is tinyunet")
     # a crop the model cannot take would otherwise fail only after the data set has loaded
