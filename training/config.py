@@ -333,12 +333,12 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
             "must be 0 when input.crop is 0 (whole images: no crop to aim)",
         )
     model = recipe.model
-    if model.bottleneck_dilation > 1 and model.architecture != "tinyunet":
-        raise bad(
-            "model.bottleneck_dilation",
-            model.bottleneck_dilation,
-            "must be 1 unless model.architecture is tinyunet",
-        )
+    # options of ours that only the tinyunet builder takes, at the value that means "off"
+    for name, off in (("bottleneck_dilation", 1), ("input_stride", 1), ("surface_window", 0)):
+        if getattr(model, name) != off and model.architecture != "tinyunet":
+            raise bad(
+                f"model.{name}", getattr(model, name), f"must be {off} unless model.architecture is tinyunet"
+            )
     if model.instance_norm and (not model.batch_norm or model.architecture == "mobilenetv2_unet"):
         raise bad(
             "model.instance_norm",
@@ -370,10 +370,6 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
             window,
             f"must be 0 or 4 times an odd number (its mean is over 4x4 cells, centred); try {tries}",
         )
-    if window and model.architecture != "tinyunet":
-        raise bad("model.surface_window", window, "must be 0 unless model.architecture is tinyunet")
-    if model.input_stride > 1 and model.architecture != "tinyunet":
-        raise bad("model.input_stride", model.input_stride, "must be 1 unless model.architecture is tinyunet")
     # a crop the model cannot take would otherwise fail only after the data set has loaded
     crop, stride = recipe.input.crop, model_stride(model.architecture, model.input_stride)
     if crop % stride:
