@@ -24,6 +24,7 @@ import zmq
 
 from edge import imageops, protocol, sockets
 from edge.config import CameraConfig, LineConfig, stage_marks
+from edge.process import StopEvent
 from edge.sources.backoff import Backoff
 from edge.sources.base import CameraError, Captured, FrameSource, make_source
 
@@ -178,7 +179,7 @@ class CameraLoop:
     def __init__(self, cfg: LineConfig, cam: CameraConfig, input_hw: tuple[int, int]) -> None:
         self.cfg, self.cam = cfg, cam
         self.input_hw = input_hw
-        self.stop = threading.Event()
+        self.stop = StopEvent()  # a signal handler sets it
         #: names this camera process: a restarted camera starts a new epoch at seq 0
         self.epoch = time.time_ns() // 1_000_000
         #: tags its frames and seals its messages (edge/protocol.py)

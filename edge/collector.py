@@ -30,6 +30,7 @@ from edge import protocol, sockets
 from edge.accounting import DUPLICATE, LATE, REVOCABLE_DROPS, Ledger
 from edge.config import LineConfig
 from edge.metrics import LineMetrics, serve_http
+from edge.process import StopEvent
 from edge.sinks import SinkError
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class Collector:
         self.cfg = cfg
         self.ledger = Ledger()
         self.metrics = LineMetrics()
-        self.stop = threading.Event()
+        self.stop = StopEvent()  # a signal handler sets it
         #: held while messages are processed, and by /metrics and /readyz, so one scrape
         #: sees one consistent ledger
         self.lock = threading.Lock()

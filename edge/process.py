@@ -21,6 +21,24 @@ PARENT_POLL_S = 0.5
 _PR_SET_PDEATHSIG = 1
 
 
+class StopEvent(threading.Event):
+    """A process's stop flag: a ``threading.Event`` that a signal handler may also set.
+
+    ``Event.set()`` takes the event's lock, and that lock is not re-entrant. A Python signal
+    handler runs in the main thread between two bytecodes, so it can run while that same
+    thread holds the lock (inside an earlier handler's ``set()``, or inside its own
+    ``wait()``); then its ``set()`` waits for itself forever. A second SIGTERM is not rare:
+    Linux sends the parent-death signal each time the orphan is handed to another thread of
+    the dying parent, so a ``kill -9`` of the supervisor brings its children several
+    SIGTERMs in a row (CI once saw the router hang so, three handlers deep, until its
+    watchdog ended it 16 s later). A re-entrant lock lets the nested ``set()`` through.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cond = threading.Condition(threading.RLock())
+
+
 def setup_process(role: str, log_level: int) -> None:
     """Log with the process role in every line; keep math libraries to their share of cores."""
     logging.basicConfig(

@@ -24,7 +24,6 @@ import contextlib
 import errno
 import logging
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +32,7 @@ import zmq
 
 from edge import protocol, sockets
 from edge.config import LineConfig
+from edge.process import StopEvent
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class Router:
         self.cfg = cfg
         #: names this router process; a new one tells the collector that the old one died
         self.epoch = time.time_ns() // 1_000_000
-        self.stop = threading.Event()
+        self.stop = StopEvent()  # a signal handler sets it
         self.cameras: dict[str, CameraQueue] = {}
         self.workers: dict[str, WorkerState] = {}
         self._rr: collections.deque[str] = collections.deque()

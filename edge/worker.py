@@ -34,6 +34,7 @@ from edge.backends.base import Backend, BackendError
 from edge.config import DecisionConfig, LineConfig
 from edge.keys import CurveKeys, client_keys
 from edge.postprocess import NO_DECISION, Decision, decide, merge_tiles
+from edge.process import StopEvent
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class Worker:
         self.preview_at: dict[str, float] = {}
         #: previews that could not be made (logged once; the result still goes, without one)
         self.preview_failures = 0
-        self.stop = threading.Event()
+        self.stop = StopEvent()  # a signal handler sets it
         self.batch: list[Item] = []
         self.done: list[list[Any]] = []
         self._last_ready = 0.0

@@ -33,6 +33,7 @@ import zmq
 
 from edge import protocol, sockets
 from edge.config import LineConfig
+from edge.process import StopEvent
 from edge.sinks import SinkError
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class Feed:
         self.depth = depth
         #: this sink process, as its reports name it (a restarted sink starts new totals)
         self.epoch = int(time.time() * 1000)
-        self.stop = threading.Event()
+        self.stop = StopEvent()  # a signal handler sets it
         self._items: collections.deque[Message] = collections.deque()
         self._cond = threading.Condition()
         self.sent = 0
