@@ -59,13 +59,34 @@ def _evidence(false_areas, defect_areas, threshold=0.5, dice=0.9) -> Evidence:
     return Evidence(truth, {threshold: largest}, {threshold: false}, {threshold: dice})
 
 
-def test_min_area_sits_in_the_gap_on_a_log_scale():
-    # clean images' largest regions up to 100 px, defects from 1600 px: sqrt(100 * 1600) = 400
+def test_the_area_keeps_room_above_the_alarms_the_floor_passes():
+    # clean images' largest regions up to 100 px, defects from 1600 px: the smallest area that
+    # holds the floor is 101 px, and the area sits sqrt(2) above it, 143 px
     rule, warnings = choose_rule(_evidence([0, 0, 37, 100], [1600, 2500, 9000]), 0.98)
-    assert (rule.lo, rule.hi, rule.area, rule.caught, rule.tnr) == (101, 1600, 400, 3, 1.0)
+    assert (rule.lo, rule.hi, rule.area, rule.caught, rule.tnr) == (101, 1600, 143, 3, 1.0)
     assert warnings == []
-    # no false region at all: the gap starts at 1 px
-    assert choose_rule(_evidence([0, 0], [900]), 0.98)[0].area == 30
+    # no false region at all: the floor holds from 1 px, the area is 2 px
+    assert choose_rule(_evidence([0, 0], [900]), 0.98)[0].area == 2
+    # without room (hindsight's choice) the area is the middle of the gap on a log scale
+    assert choose_rule(_evidence([0, 0, 37, 100], [1600, 2500, 9000]), 0.98, room=False)[0].area == 400
+
+
+def test_the_threshold_whose_defects_clear_the_alarms_with_room_wins():
+    # at 0.5 the four defects (1,300 px) sit 1.3x above the largest alarm (1,000 px): a rule
+    # between them catches all four, on a knife-edge; at 0.9 the alarms are at most 100 px,
+    # the area 143 px, and two defects (400 px) clear it by sqrt(2) again. Both catch four;
+    # 0.5's better Dice chose it before. Now 0.9 wins, and 0.5 stays the choice without room.
+    truth = [False] * 3 + [True] * 4
+    regions = {0.5: [0, 600, 1000, 1300, 1300, 1300, 1300], 0.9: [0, 50, 100, 150, 150, 400, 400]}
+    false = {t: areas[:3] + [0] * 4 for t, areas in regions.items()}
+    evidence = Evidence(truth, regions, false, {0.5: 0.9, 0.9: 0.5})
+    rule, warnings = choose_rule(evidence, 0.98)
+    assert (rule.threshold, rule.area, rule.caught, warnings) == (0.9, 143, 4, [])
+    assert choose_rule(evidence, 0.98, room=False)[0].threshold == 0.5
+    # at 0.5 the area with room (1,415 px) would miss every defect: without a rule that catches
+    # one with room, the rule that catches the most at the floor stays
+    alone = Evidence(truth, {0.5: regions[0.5]}, {0.5: false[0.5]}, {0.5: 0.9})
+    assert choose_rule(alone, 0.98)[0] == choose_rule(alone, 0.98, room=False)[0]
 
 
 def test_the_tnr_floor_sets_the_area_where_alarms_and_defects_overlap():
@@ -74,9 +95,9 @@ def test_the_tnr_floor_sets_the_area_where_alarms_and_defects_overlap():
     clean, defective = [0, 40, 700], [500, 1500, 3000]
     rule, warnings = choose_rule(_evidence(clean, defective), 0.98)
     assert (rule.lo, rule.hi, rule.caught, rule.tnr) == (701, 1500, 2, 1.0)
-    assert rule.area == 1025  # sqrt(700 * 1500)
+    assert rule.area == 992  # sqrt(2) * 701
     assert warnings == [
-        "held-out TPR 66.7 % is below 90.0 %: the chosen rule (threshold 0.5, min area 1025 px) "
+        "held-out TPR 66.7 % is below 90.0 %: the chosen rule (threshold 0.5, min area 992 px) "
         "misses 1 of 3 held-out defective images"
     ]
     # a floor of 60 % lets one alarm of three through and catches every defect
@@ -87,12 +108,12 @@ def test_the_tnr_floor_sets_the_area_where_alarms_and_defects_overlap():
 def test_an_area_with_little_room_is_a_note_in_training_json_and_the_summary(tmp_path):
     from training.train import summary_lines, write_training_json
 
-    # the 700 px alarm and the 800 px defect are 1.14x apart: any area between them meets the
-    # floor on these images, and a region on a new image a little off either would not
-    rule, warnings = choose_rule(_evidence([0, 40, 700], [800, 1500, 3000]), 0.98)
-    assert (rule.lo, rule.hi, rule.area, rule.caught, rule.tnr, warnings) == (701, 800, 748, 3, 1.0, [])
+    # the 700 px alarm and the 1000 px defect are 1.43x apart: the area (992 px) catches the
+    # defect on these images, and a region on a new image a little off either side would not
+    rule, warnings = choose_rule(_evidence([0, 40, 700], [1000, 1500, 3000]), 0.98)
+    assert (rule.lo, rule.hi, rule.area, rule.caught, rule.tnr, warnings) == (701, 1000, 992, 3, 1.0, [])
     note = (
-        "the minimum area 748 px has little room: held-out regions of 700 px and 800 px lie on "
+        "the minimum area 992 px has little room: held-out regions of 700 px and 1000 px lie on "
         "either side of it, less than 2x apart, so on new images a region a little larger or "
         "smaller than those seen turns a pass into an alarm or a catch into a miss; more held-out "
         "images (eval.calibration_fraction), or a model whose false regions are smaller than its "
@@ -102,8 +123,10 @@ def test_an_area_with_little_room_is_a_note_in_training_json_and_the_summary(tmp
     # 2x apart is room enough; no region below the area, or none above it, is no knife-edge
     assert area_room_notes(choose_rule(_evidence([0, 40, 700], [1400, 3000]), 0.98)[0]) == []
     assert area_room_notes(choose_rule(_evidence([0, 0], [900]), 0.98)[0]) == []
-    # through calibration into training.json and the summary: a note, and the run is not called unfit
-    maps = _maps([_blob(10, 0.9, top=10, left=10)] * 4, [_blob(9, 0.9)] + [_blob(0, 0.0)] * 59)
+    # through calibration into training.json and the summary: a note, and the run is not called
+    # unfit. Two 81 px alarms in 60 clean images break the floor, the 100 px defects sit 1.23x
+    # above them: no area with room catches one, so the rule between them stays
+    maps = _maps([_blob(10, 0.9, top=10, left=10)] * 4, [_blob(9, 0.9)] * 2 + [_blob(0, 0.0)] * 58)
     cfg = _cfg()
     calibration = calibrate_maps(maps, cfg)
     assert calibration["area_range"] == [82, 100] and calibration["warnings"] == []
@@ -212,7 +235,7 @@ def test_best_tpr_at_the_tnr_floor_wins_over_best_dice():
     assert evidence.dice[0.5] == pytest.approx(1.0) and evidence.dice[0.75] == pytest.approx(72 / 136)
     result = calibrate_maps(maps, _cfg())
     assert result["threshold"] == 0.75  # 0.85 scores the same; ties go to the one nearest 0.5
-    assert result["area_range"] == [17, 36] and result["min_defect_area"] == 24  # sqrt(16 * 36)
+    assert result["area_range"] == [17, 36] and result["min_defect_area"] == 25  # sqrt(2) * 17
     assert result["tpr"] == 1.0 and result["tnr"] == 1.0 and result["tnr_all_images"] == 1.0
     assert result["meets_tnr_floor"] and result["warnings"] == []
     assert result["dice"] == pytest.approx(72 / 136)
@@ -222,7 +245,7 @@ def test_the_floor_holds_on_the_clean_training_images_too_which_only_tighten_the
     from training.calibrate import trained_clean_sample
 
     # held out: defects of 900 px and one of 361 px, clean images of up to 100 px; alone, the
-    # gap gives sqrt(100 * 361) = 190 px. Clean training images raise 400 px alarms
+    # area is sqrt(2) * 101 = 143 px. Clean training images raise 400 px alarms
     defects = [_blob(30, 0.9, top=0, left=0)] * 3 + [_blob(19, 0.9, top=0, left=0)]
     clean = [_blob(10, 0.9)] + [_blob(0, 0.0)] * 9
     maps = _maps(defects, clean)
@@ -232,18 +255,18 @@ def test_the_floor_holds_on_the_clean_training_images_too_which_only_tighten_the
 
     alone = calibrate_maps(maps, _cfg())
     assert (alone["min_defect_area"], alone["trained_clean_images"], alone["tnr_trained_clean"]) == (
-        190,
+        143,
         0,
         None,
     )
     # one alarm in 60 (98.3 %) meets the floor: the rule that catches all four stands
     one = calibrate_maps(maps, _cfg(), trained([1] + [0] * 59))
-    assert one["min_defect_area"] == 190 and one["tpr"] == 1.0
+    assert one["min_defect_area"] == 143 and one["tpr"] == 1.0
     assert one["trained_clean_images"] == 60 and one["tnr_trained_clean"] == pytest.approx(59 / 60)
-    # two (96.7 %) do not: the area must clear them, sqrt(400 * 900) = 600 px, and the 361 px
+    # two (96.7 %) do not: the area must clear them, sqrt(2) * 401 = 568 px, and the 361 px
     # defect is missed, which the held-out images alone would not have shown
     two = calibrate_maps(maps, _cfg(), trained([1, 1] + [0] * 58))
-    assert two["area_range"] == [401, 900] and two["min_defect_area"] == 600
+    assert two["area_range"] == [401, 900] and two["min_defect_area"] == 568
     assert two["tpr"] == 0.75 and two["tnr_trained_clean"] == 1.0 and two["meets_tnr_floor"]
     assert two["warnings"][0].startswith("held-out TPR 75.0 % is below 90.0 %")
     # alarms on training images as large as the defects: no rule that catches one meets the floor
@@ -301,14 +324,14 @@ def test_low_held_out_tpr_is_a_warning_in_training_json_and_the_summary(tmp_path
     write_training_json(tmp_path, cfg, scores.summary(), 1.0, 1, [], calibration)
     info = json.loads((tmp_path / "training.json").read_text())
     assert info["warnings"] == [
-        "held-out TPR 70.0 % is below 90.0 %: the chosen rule (threshold 0.5, min area 10 px) misses "
+        "held-out TPR 70.0 % is below 90.0 %: the chosen rule (threshold 0.5, min area 2 px) misses "
         "3 of 10 held-out defective images",
         "test TPR 70.0 % is below 90.0 %: 3 of 10 defective test images pass",
     ]
     assert info["calibration"]["warnings"] == info["warnings"][:1]
     assert summary_lines(info) == [
-        "held-out: Dice 0.700 · TPR 70.0 % · TNR 100.0 % (threshold 0.5, min area 10 px)",
-        "test: Dice 0.700 · TPR 70.0 % · TNR 100.0 % (threshold 0.5, min area 10 px)",
+        "held-out: Dice 0.700 · TPR 70.0 % · TNR 100.0 % (threshold 0.5, min area 2 px)",
+        "test: Dice 0.700 · TPR 70.0 % · TNR 100.0 % (threshold 0.5, min area 2 px)",
         f"NOTE: {info['notes'][0]}",  # 10 clean images cannot show the floor
         f"WARNING: {info['warnings'][0]}",
         f"WARNING: {info['warnings'][1]}",
@@ -348,7 +371,7 @@ def test_summary_shows_percentages_with_the_rule():
     assert len(lines) == 2
     assert lines[1].startswith(
         "test in hindsight: Dice 0.401 · TPR 36.7 % · TNR 98.3 % (threshold 0.5, min area 1913 px): "
-        "calibration's rule chosen on these test images themselves, the most any rule catches at the "
+        "the rule chosen on these test images themselves, the most any rule catches at the "
         "TNR floor of 98.0 %"
     )
 
@@ -420,7 +443,7 @@ def test_the_mask_threshold_is_chosen_for_the_line_masks_dice_under_the_chosen_r
     maps = _maps([faint_with_a_patch] * 6, clean)
     again = lambda: [(prob, mask) for prob, mask, _ in maps if mask.any()]  # noqa: E731
     result = calibrate_maps(maps, _cfg(), defective_again=again)
-    assert (result["threshold"], result["min_defect_area"]) == (0.75, 24)  # the decision is unchanged
+    assert (result["threshold"], result["min_defect_area"]) == (0.75, 25)  # the decision is unchanged
     assert result["mask_threshold"] == 0.5
     by = result["dice_line_by_mask_threshold"]
     assert by["0.75"] == pytest.approx(72 / 136) and by["0.5"] == pytest.approx(1.0)
@@ -433,22 +456,22 @@ def test_the_mask_threshold_is_chosen_for_the_line_masks_dice_under_the_chosen_r
     assert calibrate_maps(maps, fixed, defective_again=again)["mask_threshold"] == 0.85
     # a mask that no threshold improves stays at the rule's threshold
     sharp = [(np.where(m > 0, 0.9, 0.0).astype(np.float32), m) for _, m in again()]
-    assert choose_mask_threshold(sharp, 0.75, 24)[0] == 0.75
-    assert choose_mask_threshold([], 0.75, 24) == (0.75, {})
+    assert choose_mask_threshold(sharp, 0.75, 25)[0] == 0.75
+    assert choose_mask_threshold([], 0.75, 25) == (0.75, {})
     # nor one that improves it by less than MIN_MASK_DICE_GAIN: 99 of 100 px at 0.9, the last at
     # 0.6 gives Dice 198/199 at 0.75 and 1 at 0.5, a gain of 0.005
     almost = [(np.where(m > 0, 0.9, 0.0).astype(np.float32), m) for _, m in again()]
     for prob, _ in almost:
         prob[19, 19] = 0.6
-    chosen, by = choose_mask_threshold(almost, 0.75, 24)
+    chosen, by = choose_mask_threshold(almost, 0.75, 25)
     assert by["0.5"] - by["0.75"] == pytest.approx(1 - 198 / 199) and chosen == 0.75
 
     # into the scores, training.json and the summary
     cfg = _cfg()
     for key in ("threshold", "min_defect_area", "mask_threshold"):
         cfg["eval"][key] = result[key]
-    scores = SegmentationScores(0.75, 24, mask_threshold=0.5)
-    at_rule = SegmentationScores(0.75, 24)
+    scores = SegmentationScores(0.75, 25, mask_threshold=0.5)
+    at_rule = SegmentationScores(0.75, 25)
     for prob, mask, class_id in maps:
         scores.add(prob, mask, class_id)
         at_rule.add(prob, mask, class_id)
