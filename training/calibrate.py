@@ -129,15 +129,14 @@ class Rule:
     tnr_clean: float | None  # share of held-out clean images without such a region
     tnr_all: float | None  # share of all held-out images without such a false region
     tnr_trained: float | None = None  # share of the clean training images without such a region
+    #: the minimum area the line applies, within ``lo..hi``; None: the middle (``area``)
+    chosen_area: int | None = None
 
     @property
     def tnr(self) -> float:
         """The lowest of the TNRs: the floor applies to each."""
         values = [v for v in (self.tnr_clean, self.tnr_all, self.tnr_trained) if v is not None]
         return min(values, default=1.0)
-
-    #: the minimum area the line applies, within ``lo..hi``; None: the middle (``area``)
-    chosen_area: int | None = None
 
     @property
     def area(self) -> int:
@@ -241,11 +240,10 @@ def rules_at(threshold: float, evidence: Evidence) -> list[Rule]:
     return rules
 
 
-def roomy_rule(threshold: float, evidence: Evidence, min_tnr: float) -> tuple[Rule, int] | None:
-    """The rule at ``threshold`` whose area is ``AREA_ROOM`` times the smallest area that meets the
-    TNR floor, and how many held-out defects clear that area by ``AREA_ROOM`` again; None when no
-    area meets the floor there."""
-    rules = rules_at(threshold, evidence)
+def roomy_rule(rules: list[Rule], evidence: Evidence, min_tnr: float) -> tuple[Rule, int] | None:
+    """Among one threshold's ``rules`` (``rules_at``), the one whose area is ``AREA_ROOM`` times the
+    smallest area that meets the TNR floor, and how many held-out defects clear that area by
+    ``AREA_ROOM`` again; None when no area meets the floor there."""
     # the TNRs only grow with the area, so the first rule that meets the floor has its smallest area
     floor_area = next((r.lo for r in rules if r.tnr >= min_tnr), None)
     if floor_area is None:
@@ -253,7 +251,7 @@ def roomy_rule(threshold: float, evidence: Evidence, min_tnr: float) -> tuple[Ru
     area = math.ceil(AREA_ROOM * floor_area)
     rule = next(r for r in reversed(rules) if r.lo <= area)
     truth = np.asarray(evidence.truth, bool)
-    defects = np.asarray(evidence.regions[threshold], np.int64)[truth]
+    defects = np.asarray(evidence.regions[rule.threshold], np.int64)[truth]
     return replace(rule, chosen_area=area), int((defects >= AREA_ROOM * area).sum())
 
 
@@ -272,11 +270,14 @@ def choose_rule(evidence: Evidence, min_tnr: float, room: bool = True) -> tuple[
     def rank(r: Rule) -> tuple[float, ...]:
         return r.caught, dice(r), r.tnr, *nearest_half(r)
 
-    rules = [r for t in sorted(evidence.regions) for r in rules_at(t, evidence)]
+    by_threshold = [rules_at(t, evidence) for t in sorted(evidence.regions)]
+    rules = [r for at_t in by_threshold for r in at_t]
     catching = [r for r in rules if r.caught]
     meeting = [r for r in catching if r.tnr >= min_tnr]
-    thresholds = sorted(evidence.regions) if room else []
-    roomy = [r for t in thresholds if (r := roomy_rule(t, evidence, min_tnr)) and r[0].caught]
+    roomy = []  # (rule, defects caught with room) per threshold whose rule catches one
+    if room:
+        pairs = (roomy_rule(at_t, evidence, min_tnr) for at_t in by_threshold)
+        roomy = [pair for pair in pairs if pair and pair[0].caught]
     n_defective = sum(evidence.truth)
     warnings: list[str] = []
     if roomy:
