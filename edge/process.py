@@ -36,6 +36,8 @@ class StopEvent(threading.Event):
 
     def __init__(self) -> None:
         super().__init__()
+        # CPython's Event does all its work through self._cond; if that ever changed, the
+        # nested set() would hang again, and tests/edge/test_process.py would say so
         self._cond = threading.Condition(threading.RLock())
 
 

@@ -54,7 +54,7 @@ def test_a_process_that_does_not_stop_prints_its_stack_before_the_kill(capfd) ->
 # A process whose main thread waits on its stop (as every line process's loop does), stopped
 # by its own SIGTERM handler, as the line's processes are.
 WAITS_ON_ITS_STOP = """
-import signal, sys
+import signal
 from edge.process import StopEvent
 stop = StopEvent()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
