@@ -123,6 +123,8 @@ class AugmentConfig:
     gamma: float = augment(0.0, 2)
     #: Gaussian noise with sigma up to this many gray levels
     noise: float = augment(0.0, 64)
+    #: stuck sensor pixels: up to this share of a crop's pixels set to 255 or 0 (hot or dead)
+    stuck_pixels: float = augment(0.0, 0.01)
 
 
 @dataclass

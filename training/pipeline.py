@@ -133,8 +133,8 @@ def _crop(
 
 def _augment(image, mask, aug: dict[str, Any], seed, square: bool):
     """Flips, 90-degree rotations (square inputs only), brightness, contrast, and what real
-    cameras add (small rotations and scale, defocus blur, gamma, sensor noise) where the recipe
-    asks for it; image is float in [0, 255]."""
+    cameras add (small rotations and scale, defocus blur, gamma, sensor noise, stuck pixels)
+    where the recipe asks for it; image is float in [0, 255]."""
     import tensorflow as tf
 
     s = tf.random.experimental.stateless_split(seed, 4)
@@ -170,6 +170,16 @@ def _augment(image, mask, aug: dict[str, Any], seed, square: bool):
     if aug["noise"]:
         sigma = c[5] * aug["noise"]
         image = image + sigma * tf.random.stateless_normal(tf.shape(image), s[3])
+    if aug["stuck_pixels"]:
+        # a stream folded from the camera one: the draws above stay what they were without it
+        d = tf.random.experimental.stateless_fold_in(s[2], 1)
+        share = tf.random.stateless_uniform([], d) * aug["stuck_pixels"]
+        u = tf.random.stateless_uniform(tf.shape(image)[:2], tf.random.experimental.stateless_fold_in(d, 1))[
+            ..., None
+        ]
+        # the first half of the stuck ones are hot, the rest dead; the mask does not change:
+        # a stuck pixel is the camera's, not the part's
+        image = tf.where(u < share / 2, 255.0, tf.where(u < share, 0.0, image))
     return tf.clip_by_value(image, 0.0, 255.0), mask
 
 

@@ -100,7 +100,7 @@ def test_augmentation_changes_brightness_and_contrast(dagm_root):
     assert b.min() >= 0.0 and b.max() <= 1.0
 
 
-CAMERA = {"rotate": 10.0, "scale": 0.1, "blur": 2.0, "gamma": 0.3, "noise": 6.0}
+CAMERA = {"rotate": 10.0, "scale": 0.1, "blur": 2.0, "gamma": 0.3, "noise": 6.0, "stuck_pixels": 0.01}
 NO_JITTER = {"flip": False, "rot90": False, "brightness": 0.0, "contrast": 0.0}
 
 
@@ -149,9 +149,38 @@ def test_camera_augmentation_each_kind_acts():
 
     outputs = {kind: sum(changed(kind, value, i) for i in range(4)) for kind, value in CAMERA.items()}
     # blur acts on half the crops; the others on every crop (a draw of exactly 0 aside)
-    assert outputs["blur"] >= 1 and all(outputs[k] >= 3 for k in ("rotate", "scale", "gamma", "noise")), (
-        outputs
-    )
+    assert outputs["blur"] >= 1 and all(
+        outputs[k] >= 3 for k in ("rotate", "scale", "gamma", "noise", "stuck_pixels")
+    ), outputs
+
+
+def test_stuck_pixels_are_hot_or_dead_and_leave_the_mask_and_the_other_draws_alone():
+    """A camera's stuck pixels: single pixels at 255 or 0, up to the share asked, the label
+    untouched (they are the camera's, not the part's), and every other pixel as the same crop
+    without them got it, so turning them on changes no other draw of a recipe."""
+    import tensorflow as tf
+
+    from training.pipeline import _augment
+
+    image = np.full((200, 200, 1), 120, np.float32)
+    mask = np.zeros((200, 200, 1), np.uint8)
+    mask[50:80, 60:90] = 1
+    noisy = {**NO_JITTER, **dict.fromkeys(CAMERA, 0.0), "noise": 4.0}
+    shares = []
+    for i in range(6):
+        seed = tf.constant([5, i], tf.int64)
+        plain, _ = _augment(tf.constant(image), tf.constant(mask), noisy, seed, True)
+        stuck, m = _augment(
+            tf.constant(image), tf.constant(mask), {**noisy, "stuck_pixels": 0.01}, seed, True
+        )
+        plain, stuck = plain.numpy(), stuck.numpy()
+        changed = plain != stuck
+        assert np.array_equal(m.numpy(), mask)
+        assert set(np.unique(stuck[changed])) <= {0.0, 255.0}
+        assert np.array_equal(stuck[~changed], plain[~changed])
+        shares.append(changed.mean())
+    # a share drawn up to 1 % per crop: some crops near none, none above the top
+    assert max(shares) <= 0.012 and sum(shares) > 0.01, shares
 
 
 def test_random_crops_reach_every_image_edge():
