@@ -161,6 +161,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="images per class in the PNG grid: the worst defective by Dice, the clean with the "
         "largest false region",
     )
+    p.add_argument(
+        "--camera",
+        action="store_true",
+        help="score the images again under what real cameras add (stuck pixels, dust, noise, "
+        "JPEG, defocus, gain) and show how far the rule's TPR and TNR move",
+    )
     _add_lenient(p)
     p.set_defaults(func=_eval)
 

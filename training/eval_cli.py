@@ -29,11 +29,13 @@ def evaluate_run(
     output: str | Path | None = None,
     split: str = "validation",
     n_examples: int = 4,
+    camera: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``run/model.keras``; returns the summary and writes eval.json and the PNGs.
 
     ``n_examples``: images per class in the grid, the defective ones with the lowest Dice
-    and the clean ones with the largest false region.
+    and the clean ones with the largest false region. ``camera``: score the same images again
+    under what real cameras add (training/camera.py), under ``camera`` in eval.json.
     """
     if n_examples < 0:
         msg = f"--examples is {n_examples}; it must be 0 (no grid) or more images per class"
@@ -68,6 +70,10 @@ def evaluate_run(
     defects = by_defect(summary["images"], cfg["dataset"]["root"])
     if defects:
         summary["by_defect"] = defects
+    if camera:
+        from training.camera import camera_check
+
+        summary["camera"] = camera_check(model, samples, cfg)
     out = Path(output) if output else run
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -78,13 +84,16 @@ def evaluate_run(
         save_curves(json.loads(history.read_text()), out / "curves.png")
     print(format_table(summary))
     # named as the training summary names it: DAGM's Test split is "test"
-    hindsight = hindsight_line(
-        summary.get("hindsight"), scored_split(cfg["dataset"]) if split == "validation" else split
-    )
+    summary_split = scored_split(cfg["dataset"]) if split == "validation" else split
+    hindsight = hindsight_line(summary.get("hindsight"), summary_split)
     if hindsight:
         print(hindsight)
     if defects:
         print(format_by_defect(defects))
+    if camera:
+        from training.camera import format_camera_table
+
+        print(format_camera_table(summary["camera"], cfg["eval"], summary_split))
     print(
         f"wrote {out / 'eval.json'}, {out / 'eval_grid.png'}" + (", curves.png" if history.is_file() else "")
     )
@@ -135,5 +144,5 @@ def run_eval(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(text) for text in (args.set or []))
     if getattr(args, "lenient", None):
         overrides["dataset.lenient"] = True
-    evaluate_run(args.run, args.config, overrides, args.output, args.split, args.examples)
+    evaluate_run(args.run, args.config, overrides, args.output, args.split, args.examples, args.camera)
     return 0

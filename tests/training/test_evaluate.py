@@ -284,3 +284,33 @@ def test_a_run_from_another_version_is_scored_with_its_unknown_keys_named(white_
     (run / "recipe.json").write_text('{"dataset": ')
     with pytest.raises(EvalError, match=r"recipe.json: not valid JSON .*; pass --config with the recipe"):
         evaluate_run(run, n_examples=0)
+
+
+def test_eval_camera_scores_the_same_images_under_each_artifact(white_is_defect, tmp_path, capsys):
+    """On the white-is-defect model (tests/training/test_evaluate.py) at a minimum area of 1 px, a
+    single hot pixel on a black clean image fails it: the two blank clean images of five fail
+    under stuck pixels and pass as they are. The first row is the plain evaluation's."""
+    from edge.cli import main
+    from training.camera import ARTIFACTS
+
+    run, recipe = white_is_defect
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(recipe))
+    out = tmp_path / "eval"
+    argv = ["eval", str(run), "--config", str(path), "-o", str(out), "--examples", "0", "--camera"]
+    assert main([*argv, "--set", "eval.min_defect_area=1"]) == 0
+    summary = json.loads((out / "eval.json").read_text())
+    rows = {row["artifact"]: row for row in summary["camera"]}
+    assert list(rows) == ["none", *ARTIFACTS]
+    assert (rows["none"]["tpr"], rows["none"]["tnr"]) == (
+        summary["overall"]["tpr"],
+        summary["overall"]["tnr"],
+    )
+    assert rows["none"]["tnr"] == 0.4 and rows["stuck pixels"]["tnr"] == 0.0
+    assert rows["stuck pixels"]["tpr"] >= rows["none"]["tpr"]
+    # the blur takes the 9 px alarm under the threshold, and some of each defect's edge with it
+    assert rows["defocus 1.5"]["tnr"] > 0.4 and rows["defocus 1.5"]["dice"] < rows["none"]["dice"]
+    printed = capsys.readouterr().out
+    assert "what a camera adds (test, threshold 0.5, min area 1 px;" in printed
+    line = next(x for x in printed.splitlines() if x.strip().startswith("stuck pixels"))
+    assert line.split()[-8:] == ["0.0", "%", "-40.0", "TNR", "under", "eval.min_tnr", "(98", "%)"]
