@@ -110,24 +110,31 @@ def test_same_seed_same_model_across_processes_at_demo_shapes(tmp_path):
     from converter.synthetic import write_dagm
 
     write_dagm(tmp_path / "data", classes=(1,), n_train=6, n_test=2, size=512, seed=1)
-    runs = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        sets = {
-            "dataset.kind": "dagm",
-            "dataset.root": str(tmp_path / "data"),
-            "train.epochs": 1,
-            "train.steps_per_epoch": 12,
-            "train.tensorboard": "false",
-            "train.progress": "false",
-        }
-        argv = [sys.executable, "-m", "edge.cli", "train", str(DEMO_RECIPE), "-o", str(out)]
-        for key, value in sets.items():
-            argv += ["--set", f"{key}={value}"]
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-2000:]
-        runs.append(_weights(out))
-    for a, b in zip(*runs, strict=True):
+    sets = {
+        "dataset.kind": "dagm",
+        "dataset.root": str(tmp_path / "data"),
+        "train.epochs": 1,
+        "train.steps_per_epoch": 12,
+        "train.tensorboard": "false",
+        "train.progress": "false",
+    }
+    procs = []
+    # side by side: the two compete for the cores, which shifts each one's thread timing (what
+    # put sums in varying order), and the test takes about one run's time, not two
+    try:
+        for name in ("a", "b"):
+            argv = [sys.executable, "-m", "edge.cli", "train", str(DEMO_RECIPE), "-o", str(tmp_path / name)]
+            for key, value in sets.items():
+                argv += ["--set", f"{key}={value}"]
+            # to files: a full pipe would stall one run while the test waits on the other
+            with open(tmp_path / f"{name}.err", "w") as err:
+                procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err))
+        for name, proc in zip("ab", procs, strict=True):
+            assert proc.wait(timeout=300) == 0, (tmp_path / f"{name}.err").read_text()[-2000:]
+    finally:
+        for proc in procs:
+            proc.kill()
+    for a, b in zip(_weights(tmp_path / "a"), _weights(tmp_path / "b"), strict=True):
         assert np.array_equal(a, b)
 
 
