@@ -34,3 +34,9 @@ def normalize(pixels: np.ndarray, name: str, out: np.ndarray | None = None) -> n
     if offset:
         out += np.float32(offset)
     return out
+
+
+def pixels_of(normalized: np.ndarray, name: str) -> np.ndarray:
+    """Model input -> the uint8 pixels that ``normalize`` made it from (to show or to change them)."""
+    scale, offset = check_normalization(name)
+    return np.clip((normalized - offset) / scale, 0, 255).round().astype(np.uint8)

@@ -80,51 +80,49 @@ ARTIFACTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = 
 }
 
 
-def camera_check(model, samples: list, cfg: dict[str, Any], seed: int = 0) -> list[dict[str, Any]]:
-    """TPR, TNR and Dice of ``model`` at the run's rule (``cfg["eval"]``) on ``samples`` as they
-    are, then under each of ``ARTIFACTS``: one row each, the first named "none".
+def camera_row(name: str, overall: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """One artifact's row, from the ``overall`` scores of a ``SegmentationScores`` summary."""
+    keys = ("images", "defective", "tpr", "tnr")
+    return {"artifact": name, **{k: overall[k] for k in keys}, "dice": overall["dice"][str(threshold)]}
+
+
+def camera_check(
+    model, samples: list, cfg: dict[str, Any], plain: dict[str, Any], seed: int = 0
+) -> list[dict[str, Any]]:
+    """TPR, TNR and Dice of ``model`` at the run's rule (``cfg["eval"]``) on ``samples`` under
+    each of ``ARTIFACTS``: one row each, after a first row named "none" made from ``plain``, the
+    overall scores that the evaluation of the same images as they are gave.
 
     Each image gets the same draw of an artifact in every call (seeded by ``seed`` and its
     place in ``samples``), so two models are compared on the same dust and the same noise.
     """
-    from converter.preprocessing import NORMALIZATIONS
+    from converter.preprocessing import normalize, pixels_of
     from training.metrics import SegmentationScores
     from training.pipeline import eval_dataset
 
-    ev = cfg["eval"]
+    ev, normalization = cfg["eval"], cfg["input"]["normalization"]
     if ev["max_images"]:
         samples = samples[: ev["max_images"]]  # the images evaluate_model scores
-    scale, offset = NORMALIZATIONS[cfg["input"]["normalization"]]
-    rows = []
-    for name, artifact in {"none": None, **ARTIFACTS}.items():
-        if artifact is not None:  # each pass takes about as long as the evaluation itself
-            logger.info("camera check: %s (%d of %d)", name, len(rows), len(ARTIFACTS))
+    rows = [camera_row("none", plain, ev["threshold"])]
+    for i, (name, artifact) in enumerate(ARTIFACTS.items()):
+        # each pass takes about as long as the evaluation itself
+        logger.info("camera check: %s (%d of %d)", name, i + 1, len(ARTIFACTS))
         scores = SegmentationScores(
             ev["threshold"], ev["min_defect_area"], mask_threshold=ev["mask_threshold"]
         )
         index = 0
         for images, masks, class_ids in eval_dataset(samples, cfg):
             images = np.array(images)  # a copy of its own, changed in place below
-            if artifact is not None:
-                for image in images:  # each HxWx1, in place
-                    pixels = np.clip((image[..., 0] - offset) / scale, 0, 255).round().astype(np.uint8)
-                    changed = artifact(pixels, np.random.default_rng([seed, index]))
-                    image[..., 0] = changed.astype(np.float32) * scale + offset
-                    index += 1
+            for image in images:  # each HxWx1
+                changed = artifact(
+                    pixels_of(image[..., 0], normalization), np.random.default_rng([seed, index])
+                )
+                normalize(changed, normalization, out=image[..., 0])
+                index += 1
             probs = np.asarray(model(images, training=False))
             for prob, mask, class_id in zip(probs, masks.numpy(), class_ids.numpy(), strict=True):
                 scores.add(prob[..., 0], mask[..., 0], int(class_id))
-        overall = scores.summary()["overall"]
-        rows.append(
-            {
-                "artifact": name,
-                "images": overall["images"],
-                "defective": overall["defective"],
-                "tpr": overall["tpr"],
-                "tnr": overall["tnr"],
-                "dice": overall["dice"][str(ev["threshold"])],
-            }
-        )
+        rows.append(camera_row(name, scores.summary()["overall"], ev["threshold"]))
     return rows
 
 

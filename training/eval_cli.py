@@ -73,7 +73,7 @@ def evaluate_run(
     if camera:
         from training.camera import camera_check
 
-        summary["camera"] = camera_check(model, samples, cfg)
+        summary["camera"] = camera_check(model, samples, cfg, summary["overall"])
     out = Path(output) if output else run
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from converter.preprocessing import NORMALIZATIONS
+from converter.preprocessing import pixels_of
 from training.calibrate import RegionTally, hindsight_rule
 from training.datasets.base import Sample
 from training.metrics import SegmentationScores
@@ -117,7 +117,6 @@ def evaluate_model(
         samples = samples[: ev["max_images"]]
     scores = SegmentationScores(ev["threshold"], ev["min_defect_area"], mask_threshold=ev["mask_threshold"])
     tally = RegionTally(ev["threshold"])
-    scale, offset = NORMALIZATIONS[cfg["input"]["normalization"]]
     worst = WorstImages(n_examples)
     rows = []
     for sample, (image, mask, prob, class_id) in zip(samples, predictions(model, samples, cfg), strict=True):
@@ -126,7 +125,7 @@ def evaluate_model(
         tally.add(prob, mask)
 
         def example(image=image, mask=mask, prob=prob, class_id=class_id):
-            pixels = np.clip((image - offset) / scale, 0, 255).round().astype(np.uint8)
+            pixels = pixels_of(image, cfg["input"]["normalization"])
             return {"image": pixels, "mask": mask, "prob": prob, "class_id": class_id}
 
         worst.offer(row, example)
