@@ -107,9 +107,7 @@ def camera_check(
     for i, (name, artifact) in enumerate(ARTIFACTS.items()):
         # each pass takes about as long as the evaluation itself
         logger.info("camera check: %s (%d of %d)", name, i + 1, len(ARTIFACTS))
-        scores = SegmentationScores(
-            ev["threshold"], ev["min_defect_area"], mask_threshold=ev["mask_threshold"]
-        )
+        scores = SegmentationScores.at_rule(ev)
         index = 0
         for images, masks, class_ids in eval_dataset(samples, cfg):
             images = np.array(images)  # a copy of its own, changed in place below

@@ -115,7 +115,7 @@ def evaluate_model(
     ev = cfg["eval"]
     if ev["max_images"]:
         samples = samples[: ev["max_images"]]
-    scores = SegmentationScores(ev["threshold"], ev["min_defect_area"], mask_threshold=ev["mask_threshold"])
+    scores = SegmentationScores.at_rule(ev)
     tally = RegionTally(ev["threshold"])
     worst = WorstImages(n_examples)
     rows = []

@@ -88,6 +88,12 @@ class SegmentationScores:
         self.thresholds = tuple(sorted({*thresholds, threshold}))
         self._rows: list[dict[str, Any]] = []
 
+    @classmethod
+    def at_rule(cls, ev: dict[str, Any]) -> SegmentationScores:
+        """Scores at a run's rule: the ``threshold``, ``min_defect_area`` and ``mask_threshold``
+        of its ``eval`` config section."""
+        return cls(ev["threshold"], ev["min_defect_area"], mask_threshold=ev["mask_threshold"])
+
     def add(self, prob: np.ndarray, mask: np.ndarray, class_id: int = 0) -> dict[str, Any]:
         """Score one image (prob and mask HxW, or HxWx1) and return its row."""
         prob = np.asarray(prob, np.float32).reshape(np.asarray(prob).shape[:2])
