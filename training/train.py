@@ -73,6 +73,23 @@ def _compile(model, cfg: dict[str, Any]) -> None:
     model.compile(optimizer=optimizer, loss=get_loss(cfg["loss"]), metrics=[dice])
 
 
+def _build_training_state(model, element_spec) -> None:
+    """Create the optimizer's slots and the compiled metrics' variables before ``fit``.
+
+    Under the default strategy Keras defers this to the first trace of its train step, and a
+    ``tf.function`` that creates variables on its first call is traced a second time without
+    them: the train step was traced twice (2-6 s each for TinyUNet on 2 CPU cores). The
+    variables start at zero either way, so training computes the same. Keras does the same
+    itself (``_symbolic_build``) under a distribution strategy; without it, the optimizer
+    alone is built here and the metrics' variables are still made in the first trace.
+    """
+    symbolic_build = getattr(model, "_symbolic_build", None)
+    if symbolic_build is not None:
+        symbolic_build(data_batch=element_spec)
+    elif not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+
+
 def _float32_copy(model, cfg: dict[str, Any], channels: int):
     """The same weights in a float32 model, so the exported graph does not inherit mixed precision."""
     import keras
@@ -154,6 +171,8 @@ def train(config: dict[str, Any] | str | Path, overrides: dict[str, Any] | None 
     if start_epoch < tcfg["epochs"]:
         # Keras distributes a plain tf.data dataset over the strategy it was compiled under
         ds = train_dataset(train_samples, cfg, seed, start_epoch=start_epoch, hints=hints)
+        with strategy.scope():
+            _build_training_state(model, ds.element_spec)
         model.fit(
             ds,
             epochs=tcfg["epochs"],
