@@ -98,17 +98,19 @@ def make_time_budget_callback(
 ):
     """Ends training after the last epoch that fits in ``max_minutes`` of wall time from ``started``
     (a ``time.perf_counter()``; default: when ``fit`` calls the callbacks first, after Keras has
-    built the input pipeline, which took 12 s for the tests' 40 epochs on a busy CPU).
+    built the input pipeline: 1.5 s for the tests' 40 epochs, 6 s for the benchmark recipe's 100
+    on real-surface images, since one traced map serves every epoch).
 
     After every epoch it estimates the epochs that fit (``epochs_that_fit``) from the mean epoch
     time (``epoch_estimate``: or the last epochs' when they were slower); the plan grows back
     only in its first half (``GROW_UNTIL``). The first epoch of a process is timed from the end
     of its first step, scaled to all of its steps: before that come the input pipeline's start
-    and the graph tracing (together 24 s for the tests' tiny model on a busy CPU, against 1 s for
-    each later epoch), and planning from them stopped a run that had room for fifteen more
-    epochs. When the estimate changes, ``on_plan(epochs)`` is called, so that the learning-rate
-    schedule can end at the new last epoch. Training stops at the planned epoch; should that
-    come sooner than the last estimate said (the epochs got slower), with a warning. ``stopped``
+    and the graph tracing (together up to 24 s for the tests' tiny model on a busy CPU before the
+    train step was traced once, against 1 s for each later epoch), and planning from them
+    stopped a run that had room for fifteen more epochs. When the estimate changes,
+    ``on_plan(epochs)`` is called, so that the learning-rate schedule can end at the new last
+    epoch. Training stops at the planned epoch; should that come sooner than the last estimate
+    said (the epochs got slower), with a warning. ``stopped``
     and ``plan`` tell the outcome.
     """
 
