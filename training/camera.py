@@ -97,8 +97,8 @@ def camera_check(
     place in ``samples``), so two models are compared on the same dust and the same noise.
     """
     from converter.preprocessing import normalize, pixels_of
+    from training.evaluate import predictions
     from training.metrics import SegmentationScores
-    from training.pipeline import eval_dataset
 
     ev, normalization = cfg["eval"], cfg["input"]["normalization"]
     if ev["max_images"]:
@@ -107,19 +107,14 @@ def camera_check(
     for i, (name, artifact) in enumerate(ARTIFACTS.items()):
         # each pass takes about as long as the evaluation itself
         logger.info("camera check: %s (%d of %d)", name, i + 1, len(ARTIFACTS))
+
+        def change(image, index, artifact=artifact):
+            pixels = pixels_of(image, normalization)
+            normalize(artifact(pixels, np.random.default_rng([seed, index])), normalization, out=image)
+
         scores = SegmentationScores.at_rule(ev)
-        index = 0
-        for images, masks, class_ids in eval_dataset(samples, cfg):
-            images = np.array(images)  # a copy of its own, changed in place below
-            for image in images:  # each HxWx1
-                changed = artifact(
-                    pixels_of(image[..., 0], normalization), np.random.default_rng([seed, index])
-                )
-                normalize(changed, normalization, out=image[..., 0])
-                index += 1
-            probs = np.asarray(model(images, training=False))
-            for prob, mask, class_id in zip(probs, masks.numpy(), class_ids.numpy(), strict=True):
-                scores.add(prob[..., 0], mask[..., 0], int(class_id))
+        for _, mask, prob, class_id in predictions(model, samples, cfg, change):
+            scores.add(prob, mask, class_id)
         rows.append(camera_row(name, scores.summary()["overall"], ev["threshold"]))
     return rows
 

@@ -22,16 +22,25 @@ from training.metrics import SegmentationScores
 logger = logging.getLogger(__name__)
 
 
-def predictions(model, samples: list[Sample], cfg: dict[str, Any]):
-    """(normalized image, mask, probability map, class id) per whole image of ``samples``, each HxW."""
+def predictions(model, samples: list[Sample], cfg: dict[str, Any], change=None):
+    """(normalized image, mask, probability map, class id) per whole image of ``samples``, each HxW.
+
+    ``change(image, index)``, if given, alters each normalized HxW image in place before the
+    model sees it; ``index`` is the image's place in ``samples`` (the camera check's artifacts).
+    """
     from training.models import check_model_input
     from training.pipeline import eval_dataset
 
-    checked = False
+    checked, index = False, 0
     for images, masks, class_ids in eval_dataset(samples, cfg):
         if not checked:
             check_model_input(cfg["model"], int(images.shape[1]), int(images.shape[2]))
             checked = True
+        if change is not None:
+            images = np.array(images)  # a copy of its own, changed in place
+            for image in images:  # each HxWx1
+                change(image[..., 0], index)
+                index += 1
         probs = np.asarray(model(images, training=False))
         for image, mask, prob, class_id in zip(
             np.asarray(images), np.asarray(masks), probs, np.asarray(class_ids), strict=True
