@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "image"
 OUTPUT_NAME = "probability"
 OPSET = 17
+#: the oldest Keras whose ``Model.export(format="onnx")`` takes an input signature (3.8) and an
+#: opset (3.12); pyproject.toml asks for it, and an older one gets ``keras_exports_onnx``'s error
+MIN_KERAS = (3, 12)
 #: Keras vs ONNX Runtime FP32; measured ~1e-7 on TinyUNet, so 1e-4 only catches real breakage
 DEFAULT_ATOL = 1e-4
 
@@ -89,6 +93,19 @@ def tool_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def keras_exports_onnx(version: str) -> None:
+    """Refuse, in one line with the fix, a Keras too old for the ONNX export this package uses:
+    Keras 3.3.3 fails deep inside with "Model.export() got an unexpected keyword argument"."""
+    numbers = [int(part) for part in re.findall(r"\d+", version)[:2]]
+    if tuple(numbers) < MIN_KERAS:
+        need = ".".join(map(str, MIN_KERAS))
+        msg = (
+            f"Keras {version} cannot export a model to ONNX at a chosen opset (Keras {need} can): "
+            f"pip install -U 'keras>={need}'"
+        )
+        raise ExportError(msg)
 
 
 def export_onnx(reference: Reference, checkpoint: Checkpoint, shape: InputShape, path: Path) -> None:
@@ -303,6 +320,10 @@ def export_package(
         wanted = " ".join(precisions)
         msg = f"--precision {wanted} needs validation images ({data_note}); pass --data DATASET_DIR"
         raise ExportError(msg)
+    if source.kind == "keras":
+        import keras
+
+        keras_exports_onnx(keras.__version__)  # before anything is loaded or written
     log.info("loading %s (%s)", source.model_path, source.kind)
     reference = load_reference(source)
     shape = resolve_input_shape(source, reference.input_shape, height, width, channels)

@@ -192,6 +192,7 @@ def _opencv_runner(spec: str, package: ModelPackage, threads: int) -> _Runner:
     import cv2
 
     path = package.onnx_path("fp32")
+    where = ""  # reading the graph
     try:
         net = cv2.dnn.readNetFromONNX(str(path))
         net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
@@ -200,11 +201,16 @@ def _opencv_runner(spec: str, package: ModelPackage, threads: int) -> _Runner:
         probe = np.zeros((1, m.input.height, m.input.width, m.input.channels), np.float32)
         if m.input.layout == "NCHW":
             probe = probe.transpose(0, 3, 1, 2).copy()
-        net.setInput(probe)
-        net.forward()  # a graph OpenCV reads but cannot run fails here, not in the rounds
+        # a graph OpenCV reads but cannot run fails here, not in the rounds; at a batch of 2 as
+        # well, since OpenCV 4.11 runs a TinyUNet at batch 1 and fails its Tile at batch 2
+        for batch in (1, 2):
+            where = f" at batch {batch}"
+            net.setInput(np.repeat(probe, batch, axis=0))
+            net.forward()
     except cv2.error as exc:
         lines = [line for line in str(exc).splitlines() if line.strip()]
-        raise Unavailable(f"OpenCV DNN {cv2.__version__} cannot run {path.name}: {lines[-1][:200]}") from None
+        why = f"OpenCV DNN {cv2.__version__} cannot run {path.name}{where}: {lines[-1][:200]}"
+        raise Unavailable(why) from None
 
     def infer(batch: np.ndarray) -> np.ndarray:
         net.setInput(np.ascontiguousarray(batch))

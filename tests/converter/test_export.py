@@ -194,6 +194,23 @@ def test_parity_falls_back_to_random_images_and_says_why(
     assert source.startswith("2 seeded random images (no --data given; ") and why in source
 
 
+def test_a_keras_too_old_to_export_onnx_gets_the_fix_in_one_line(tmp_path, monkeypatch):
+    """Keras 3.3.3 (what `keras>=3.3` allowed until stop 50) failed the export with a TypeError
+    from deep inside Model.export; an older Keras now gets one line with the fix, and no package."""
+    import keras
+
+    model = build_unet(size=None)
+    path = tmp_path / "free.keras"
+    model.save(path)
+    monkeypatch.setattr(keras, "__version__", "3.11.3")
+    with pytest.raises(ExportError, match=r"^Keras 3\.11\.3 cannot export .* pip install -U 'keras>=3\.12'$"):
+        export_package(path, tmp_path / "out", height=32, width=32, channels=1, samples=2)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(keras, "__version__", "3.12.0")  # the oldest that can
+    export_package(path, tmp_path / "out", height=32, width=32, channels=1, samples=2)
+    assert (tmp_path / "out" / "model.onnx").exists()
+
+
 def test_bad_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         export_package(tmp_path / "absent", tmp_path / "out")

@@ -85,6 +85,34 @@ def test_backends_side_by_side_and_the_unavailable_with_their_reason(trained_pac
     assert "keras" in table and "unavailable: no Keras model at hand" in table
 
 
+def test_opencv_is_unavailable_when_it_runs_batch_1_but_not_batch_2(tmp_path):
+    """OpenCV 4.11 ran the session TinyUNet at batch 1 and failed its Tile at batch 2, in the
+    middle of the rounds; the runner now tries both before the rounds and says which failed.
+    Here a graph that reshapes to a fixed batch of 1 stands in for it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from converter.package import ModelPackage
+    from tests.packages import write_bright_package
+
+    size = 8
+    package = ModelPackage.open(write_bright_package(tmp_path / "pkg", size=size))
+    image, probability = (
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", size, size, 1])
+        for name in ("image", "probability")
+    )
+    one = numpy_helper.from_array(np.array([1, size, size, 1], np.int64), "one")
+    nodes = [
+        helper.make_node("Reshape", ["image", "one"], ["r"]),
+        helper.make_node("Sigmoid", ["r"], ["probability"]),
+    ]
+    graph = helper.make_graph(nodes, "batch-1-only", [image], [probability], [one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(package.onnx_path("fp32")))
+    with pytest.raises(bench.Unavailable, match=r"^OpenCV DNN \S+ cannot run model\.onnx at batch 2: "):
+        bench.open_runner("opencv", package, threads=1)
+
+
 def test_one_model_against_another_on_the_same_images(line_package, slow_line_package, tmp_path):
     """``BACKEND@FOLDER`` runs a second package in the same interleaved rounds (the instance norm
     against BatchNorm); a package that takes another input is listed as unavailable, with why."""

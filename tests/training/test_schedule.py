@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import needs_tensorflow
 from training.optimizers import cosine_lr
-from training.schedule import GROW_UNTIL, TIME_BUDGET, describe_end, epochs_that_fit
+from training.schedule import TIME_BUDGET, describe_end, epochs_that_fit
 
 
 def test_a_busy_machine_gets_a_cosine_that_ends_within_the_budget():
@@ -144,12 +144,13 @@ def test_a_busy_first_epoch_does_not_cut_the_plan_for_good(monkeypatch):
 
 @pytest.mark.slow
 def test_a_cut_run_ends_on_small_steps_and_says_where_it_stopped(dagm_root, tmp_path, capsys, caplog):
-    """40 epochs of 60 steps do not fit in the budget: it must cut the run, end the cosine at
+    """120 epochs of 60 steps do not fit in the budget: it must cut the run, end the cosine at
     the cut and report it in the summary, the log and training.json. The budget is measured
     against a control in the same process: the same recipe stopped after its first epoch
-    (set-up and graph tracing included: 35 s on an idle AVX2 EPYC, 69 s beside
-    `stress-ng --cpu 2`; 120 planned epochs took 83 s in a loaded CI run), against 1.5-2.5 s
-    for each later epoch. A fixed 90 s left a loaded machine nothing to shape."""
+    (set-up and graph tracing included), plus 30 s for the later epochs (1-2.5 s each here).
+    A fixed 90 s left a loaded machine nothing to shape. The planned epochs cost nothing (the
+    budget ends the run), and 120 of them do not fit in 30 s unless an epoch takes under
+    0.25 s: with 40, a machine whose epochs took under 0.75 s would have fit them all."""
     import json
 
     import yaml
@@ -158,7 +159,7 @@ def test_a_cut_run_ends_on_small_steps_and_says_where_it_stopped(dagm_root, tmp_
     from tests.training.conftest import tiny_recipe
     from training.train import train
 
-    planned, steps = 40, 60
+    planned, steps = 120, 60
     control = tiny_recipe(
         dagm_root, tmp_path / "control", epochs=planned, steps_per_epoch=steps, max_minutes=1e-3
     )
@@ -191,11 +192,11 @@ def test_a_cut_run_ends_on_small_steps_and_says_where_it_stopped(dagm_root, tmp_
     assert f"trained tinyunet: epoch {done} of {planned} (time budget)" in caplog.text
     rates = [h["learning_rate"] for h in json.loads((tmp_path / "cut" / "history.json").read_text())]
     assert len(rates) == done
-    # the rate falls, but for the plan growing back in the first half of the run (GROW_UNTIL),
-    # where a longer cosine lifts it a few percent (a loaded CI run: 0.00161 -> 0.00168 at epoch 11)
+    # the rate falls, but for the plan growing back in its first half, where a longer cosine
+    # lifts it a few percent (a loaded CI run: 0.00161 -> 0.00168 at epoch 11); that it grows
+    # only in the first half (GROW_UNTIL) is tested on a fake clock above
     for i in range(1, done):
-        if rates[i] > rates[i - 1]:
-            assert i <= GROW_UNTIL * planned + 1 and rates[i] <= 1.1 * rates[i - 1], (i, rates)
+        assert rates[i] <= 1.1 * rates[i - 1], (i, rates)
     if slower is None:
         # the planned schedule would still be above 60% of its rate here; the shaped one is at its end
         assert rates[-1] < 0.05 * 0.003
