@@ -88,7 +88,8 @@ def test_backends_side_by_side_and_the_unavailable_with_their_reason(trained_pac
 def test_opencv_is_unavailable_when_it_runs_batch_1_but_not_batch_2(tmp_path):
     """OpenCV 4.11 ran the session TinyUNet at batch 1 and failed its Tile at batch 2, in the
     middle of the rounds; the runner now tries both before the rounds and says which failed.
-    Here a graph that reshapes to a fixed batch of 1 stands in for it."""
+    Here a graph that reshapes to a fixed batch of 1 around a Tile stands in for it (OpenCV 4.11
+    and 5.1 both run it at batch 1 and refuse batch 2)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -101,12 +102,20 @@ def test_opencv_is_unavailable_when_it_runs_batch_1_but_not_batch_2(tmp_path):
         helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", size, size, 1])
         for name in ("image", "probability")
     )
-    one = numpy_helper.from_array(np.array([1, size, size, 1], np.int64), "one")
-    nodes = [
-        helper.make_node("Reshape", ["image", "one"], ["r"]),
-        helper.make_node("Sigmoid", ["r"], ["probability"]),
+    constants = [
+        numpy_helper.from_array(np.array(values, np.int64), name)
+        for name, values in (
+            ("six", [1, size, 1, size, 1, 1]),
+            ("ones", [1] * 6),
+            ("back", [1, size, size, 1]),
+        )
     ]
-    graph = helper.make_graph(nodes, "batch-1-only", [image], [probability], [one])
+    nodes = [
+        helper.make_node("Reshape", ["image", "six"], ["r"]),
+        helper.make_node("Tile", ["r", "ones"], ["t"]),
+        helper.make_node("Reshape", ["t", "back"], ["probability"]),
+    ]
+    graph = helper.make_graph(nodes, "batch-1-only", [image], [probability], constants)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(package.onnx_path("fp32")))
     with pytest.raises(bench.Unavailable, match=r"^OpenCV DNN \S+ cannot run model\.onnx at batch 2: "):

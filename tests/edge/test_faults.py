@@ -69,6 +69,14 @@ def saturated_line(tmp_path: Path, package: Path) -> dict:
     )
 
 
+def worker_held(page: str, index: int) -> float:
+    """lineside_worker_frames_held of the worker in slot ``index`` (named ``HOST-w{index}-ID``)."""
+    found = re.search(
+        rf'^lineside_worker_frames_held{{worker="[^"]*-w{index}-[0-9a-f]+"}} (\S+)$', page, re.M
+    )
+    return float(found[1]) if found else 0.0
+
+
 def logged(cfg: dict) -> set[tuple[str, int, int]]:
     with sqlite3.connect(cfg["sinks"]["decision_log"]) as db:
         return set(db.execute("SELECT camera_id, epoch, seq FROM decisions").fetchall())
@@ -111,6 +119,10 @@ def test_a_killed_child_is_restarted_and_the_books_stay_whole(
         assert sub.wait_for(
             lambda _: metric(scrape(port), "lineside_camera_buffered", camera="trig") >= 4, 60
         ), daemon.output()
+        if victim == "worker:0":
+            # ... and this worker holds some now, as far as the last status says (it may still
+            # be killed between acknowledging a batch and receiving the next; see below)
+            assert sub.wait_for(lambda _: worker_held(scrape(port), 0) > 0, 30), daemon.output()
         pid = sub.pids(victim)[victim]
         os.kill(pid, signal.SIGKILL)
         killed = time.time()
@@ -146,8 +158,13 @@ def test_a_killed_child_is_restarted_and_the_books_stay_whole(
         # before its acknowledgement loses nothing (stop 31's CI: drops only at shutdown).
         held = [int(n) for n in re.findall(r"gone \(worker_lost\): (\d+) frame", out)]
         counted = re.findall(r"(\d+) frame\(s\) counted worker_lost(?: \((\d+) reported were decided)?", out)
-        assert held and held[0] > 0, out
-        assert sum(int(n) + int(already or 0) for n, already in counted) == held[0], out
+        if held:
+            assert held[0] > 0 and sum(int(n) + int(already or 0) for n, already in counted) == held[0], out
+        else:
+            # Killed between acknowledging a batch and receiving the next (3 of 13 runs on the
+            # oldest supported versions, though the last status said it held frames; none of 6 on
+            # the newest): it held nothing, the router says it left, and nothing is counted lost.
+            assert re.search(r"worker \S+-w0-\S+ left", out) and not counted, out
         assert sum(int(n) for n, _ in counted) == reasons.get("worker_lost", 0), (reasons, out)
     elif victim != "collector":  # the collector may have flushed everything it had
         assert reasons.get(LOST_WITH[victim], 0) > 0, (reasons, out)
