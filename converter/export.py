@@ -13,6 +13,7 @@ the export is refused if they differ by more than ``atol``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import os
@@ -328,27 +329,36 @@ def export_package(
     reference = load_reference(source)
     shape = resolve_input_shape(source, reference.input_shape, height, width, channels)
     out = Path(out_dir)
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / "model.onnx"
-    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
-        tmp_onnx = Path(tmp) / "model.onnx"
-        log.info("exporting to ONNX (opset %d, input %dx%dx%d, dynamic batch)", OPSET, *vars(shape).values())
-        export_onnx(reference, source, shape, tmp_onnx)
-        classes = source.training.get("dataset", {}).get("classes")
-        raw, described = sample_inputs(data_dir, shape, samples, classes, data_note)
-        norm = normalization or source.training.get("normalization", "zero_one")
-        parity = check_parity(reference, tmp_onnx, normalize(raw, norm), described, atol)
-        manifest = build_manifest(
-            source,
-            shape,
-            model_id=model_id or run_name(source),
-            normalization=normalization,
-            threshold=threshold,
-            min_defect_area=min_defect_area,
-            parity=parity,
-            onnx_sha256=sha256_file(tmp_onnx),
-        )
-        os.replace(tmp_onnx, onnx_path)
+    try:
+        with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
+            tmp_onnx = Path(tmp) / "model.onnx"
+            log.info(
+                "exporting to ONNX (opset %d, input %dx%dx%d, dynamic batch)", OPSET, *vars(shape).values()
+            )
+            export_onnx(reference, source, shape, tmp_onnx)
+            classes = source.training.get("dataset", {}).get("classes")
+            raw, described = sample_inputs(data_dir, shape, samples, classes, data_note)
+            norm = normalization or source.training.get("normalization", "zero_one")
+            parity = check_parity(reference, tmp_onnx, normalize(raw, norm), described, atol)
+            manifest = build_manifest(
+                source,
+                shape,
+                model_id=model_id or run_name(source),
+                normalization=normalization,
+                threshold=threshold,
+                min_defect_area=min_defect_area,
+                parity=parity,
+                onnx_sha256=sha256_file(tmp_onnx),
+            )
+            os.replace(tmp_onnx, onnx_path)
+    except BaseException:
+        if made:  # a failed export leaves no empty package folder behind (nothing else is removed)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     # a re-export replaces the FP32 graph, so graphs and engines derived from the old one are stale
     for stale in ("model.fp16.onnx", "model.int8.onnx", "model.uint8.onnx"):
         (out / stale).unlink(missing_ok=True)

@@ -147,6 +147,21 @@ def test_reexport_removes_stale_variants(package_copy, trained_checkpoint):
     assert not stale.exists() and package.has_precision("fp32") and not package.has_precision("fp16")
 
 
+def test_a_failed_export_leaves_no_new_folder_and_an_old_package_whole(
+    package_copy, trained_checkpoint, tmp_path
+):
+    """A refused export (here: parity, at an atol no graph meets) into a new folder takes the
+    folder back; into an existing package it leaves that package as it was."""
+    fresh = tmp_path / "new" / "pkg"
+    with pytest.raises(ExportError, match="differs from the source model"):
+        export_package(trained_checkpoint, fresh, samples=2, atol=-1.0)
+    assert not fresh.exists() and (tmp_path / "new").is_dir()  # only the folder the export made
+    before = {f.name: f.read_bytes() for f in package_copy.root.iterdir()}
+    with pytest.raises(ExportError, match="differs from the source model"):
+        export_package(trained_checkpoint, package_copy.root, samples=2, atol=-1.0)
+    assert {f.name: f.read_bytes() for f in package_copy.root.iterdir()} == before
+
+
 def _parity_lines(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith("parity on ")]
 
