@@ -17,7 +17,6 @@ import contextlib
 import datetime as _dt
 import logging
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -36,6 +35,7 @@ from converter.checkpoint import (
     resolve_input_shape,
     run_name,
 )
+from converter.engine.manifest import version_tuple
 from converter.errors import LinesideError
 from converter.manifest import InputSpec, ModelManifest, OutputSpec
 from converter.package import ModelPackage, sha256_file
@@ -48,7 +48,7 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probability"
 OPSET = 17
 #: the oldest Keras whose ``Model.export(format="onnx")`` takes an input signature (3.8) and an
-#: opset (3.12); pyproject.toml asks for it, and an older one gets ``keras_exports_onnx``'s error
+#: opset (3.12); pyproject.toml asks for it, and an older one gets ``check_keras_version``'s error
 MIN_KERAS = (3, 12)
 #: Keras vs ONNX Runtime FP32; measured ~1e-7 on TinyUNet, so 1e-4 only catches real breakage
 DEFAULT_ATOL = 1e-4
@@ -96,11 +96,10 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def keras_exports_onnx(version: str) -> None:
+def check_keras_version(version: str) -> None:
     """Refuse, in one line with the fix, a Keras too old for the ONNX export this package uses:
     Keras 3.3.3 fails deep inside with "Model.export() got an unexpected keyword argument"."""
-    numbers = [int(part) for part in re.findall(r"\d+", version)[:2]]
-    if tuple(numbers) < MIN_KERAS:
+    if version_tuple(version) < MIN_KERAS:
         need = ".".join(map(str, MIN_KERAS))
         msg = (
             f"Keras {version} cannot export a model to ONNX at a chosen opset (Keras {need} can): "
@@ -324,7 +323,7 @@ def export_package(
     if source.kind == "keras":
         import keras
 
-        keras_exports_onnx(keras.__version__)  # before anything is loaded or written
+        check_keras_version(keras.__version__)  # before anything is loaded or written
     log.info("loading %s (%s)", source.model_path, source.kind)
     reference = load_reference(source)
     shape = resolve_input_shape(source, reference.input_shape, height, width, channels)

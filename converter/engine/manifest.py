@@ -168,7 +168,8 @@ def mismatches(manifest: EngineManifest, machine: MachineInfo, onnx_sha256: str 
     return reasons
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
+def version_tuple(text: str) -> tuple[int, ...]:
+    """The first three numbers of a version string, to compare: "3.11.3" -> (3, 11, 3)."""
     return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
 
 
@@ -181,7 +182,7 @@ def warnings_for(manifest: EngineManifest, machine: MachineInfo) -> list[str]:
     else:
         here, there = machine.cuda_driver_api_version, manifest.cuda_driver_api_version
         what = "CUDA driver API"
-    if here and there and _version_tuple(here) < _version_tuple(there):
+    if here and there and version_tuple(here) < version_tuple(there):
         notes.append(f"{what} {here} is older than the build machine's {there}")
     return notes
 
