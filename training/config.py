@@ -37,7 +37,7 @@ from training.models import model_stride
 
 __all__ = ["ConfigError", "Recipe", "load_config", "parse_override", "without_unknown_keys"]
 
-ARCHITECTURES = ("tinyunet", "unet_lowered", "mobilenetv2_unet")
+ARCHITECTURES = ("tinyunet", "unet_lowered", "mobilenetv2_unet", "lcnet_unet")
 DATASET_KINDS = ("dagm", "severstal", "folders", "synthetic")
 OPTIMIZERS = ("rmsprop", "adam")
 SCHEDULES = ("exponential", "cosine")
@@ -169,7 +169,8 @@ class ModelConfig:
     """The network."""
 
     #: tinyunet: NVIDIA's TinyUNet; unet_lowered: a reduced U-Net; mobilenetv2_unet: a U-Net
-    #: on a MobileNetV2 encoder
+    #: on a MobileNetV2 encoder; lcnet_unet: a U-Net on the pretrained backbone of PP-OCRv4's
+    #: text detector (model.encoder_weights: ppocr)
     architecture: str = choices(*ARCHITECTURES, default="tinyunet")
     #: tinyunet: 32 is NVIDIA's tinyUNet (32-32-64-128, bottleneck 256)
     base_filters: int = number(32, ge=1)
@@ -204,7 +205,9 @@ class ModelConfig:
     #: layer also sees each pixel less the surface's mean in that window around it (its
     #: departure from the surface at hand, in the exported graph too); 0: none
     surface_window: int = number(0, ge=0, note="0: none")
-    #: mobilenetv2_unet: a local .weights.h5 / .h5 file of a MobileNetV2 encoder, or null (random)
+    #: mobilenetv2_unet: a local .weights.h5 / .h5 file of a MobileNetV2 encoder, or null (random);
+    #: lcnet_unet: ppocr (rapidocr_onnxruntime 1.4.4's detector, fetched from PyPI once into
+    #: ~/.cache/lineside), that wheel's .whl or its .onnx file, or null (the same network, random)
     encoder_weights: str | None = key(None, rule=text_rule())
     #: mobilenetv2_unet: the encoder's width multiplier
     alpha: float = number(1.0, gt=0)

@@ -18,7 +18,7 @@ from converter.errors import LinesideError
 logger = logging.getLogger(__name__)
 
 #: how many times each architecture halves the image; input sides must divide by this
-MODEL_STRIDES = {"tinyunet": 16, "unet_lowered": 16, "mobilenetv2_unet": 32}
+MODEL_STRIDES = {"tinyunet": 16, "unet_lowered": 16, "mobilenetv2_unet": 32, "lcnet_unet": 16}
 
 
 class ModelError(LinesideError, ValueError):
@@ -369,6 +369,69 @@ def build_mobilenetv2_unet(
     return keras.Model(inputs, _sigmoid_output(keras, x), name="mobilenetv2_unet")
 
 
+def build_lcnet_unet(
+    channels: int = 1,
+    base_filters: int = 16,
+    weight_decay: float = 0.0,
+    dropout: float = 0.0,
+    batch_norm: bool = True,
+    encoder_weights: str | Path | None = "ppocr",
+    standardize: bool = True,
+):
+    """A U-Net on the backbone of PP-OCRv4's text detector (``training/pretrained.py``): its
+    features at strides 16, 8 and 4, joined on the way up (each level repeated to twice its
+    size, then a 3x3 conv of 4 and 2 x ``base_filters``); the logits at stride 4, repeated
+    back to full size, as the recipe's stem-4 TinyUNet does. (Keras's bilinear upsampling
+    needs static sides, and a model must take any size that divides by 16.) A level at
+    stride 2 cost 1.15x the step and is left out.
+
+    The image goes in as the detector's was trained: three ImageNet-normalized channels. A
+    fixed 1x1 conv maps a gray image in [0, 1] there (a standardized one first to 0.45 +
+    0.2 z, a photograph's usual level and spread). ``encoder_weights`` is ``ppocr`` (the file
+    the rapidocr_onnxruntime wheel ships) or a path to it; null builds the same network with
+    Keras's initial weights, the control that tells the pretraining's part from the shape's.
+    """
+    import keras
+    import numpy as np
+
+    from training.pretrained import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        PPOCR_WEIGHTS,
+        build_trunk,
+        ppocr_weights_path,
+    )
+
+    if channels not in (1, 3):
+        msg = f"lcnet_unet takes 1 or 3 input channels, got {channels}"
+        raise ModelError(msg)
+    path = ppocr_weights_path(encoder_weights if encoder_weights is not None else PPOCR_WEIGHTS)
+    inputs, x = _model_input(keras, channels, standardize)
+    gain, offset = (0.2, 0.45) if standardize else (1.0, 0.0)
+    mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
+    to_encoder = keras.layers.Conv2D(3, 1, name="encoder_input", trainable=False)
+    rgb = to_encoder(x)
+    kernel = np.zeros((1, 1, channels, 3), np.float32)
+    for c in range(3):
+        kernel[0, 0, 0 if channels == 1 else c, c] = gain / std[c]
+    to_encoder.set_weights([kernel, (offset - mean) / std])
+    feats = build_trunk(keras, path, rgb, load_weights=encoder_weights is not None)
+    if encoder_weights is not None:
+        logger.info("lcnet_unet encoder weights loaded from %s", path)
+    x = feats[16]
+    for stride, filters in ((8, 4), (4, 2)):
+        x = keras.layers.UpSampling2D(2, name=f"up_{stride}_repeat")(x)
+        x = keras.layers.Concatenate(name=f"up_{stride}_concat")([x, feats[stride]])
+        x = _conv(keras, filters * base_filters, 3, f"up_{stride}_conv", weight_decay, batch_norm=batch_norm)(
+            x
+        )
+        if dropout:
+            x = keras.layers.Dropout(dropout, name=f"up_{stride}_dropout")(x)
+    x = keras.layers.Conv2D(1, 1, name="output_logits")(x)
+    x = keras.layers.UpSampling2D(4, name="output_repeat")(x)
+    return keras.Model(inputs, _sigmoid_output(keras, x), name="lcnet_unet")
+
+
 def build_model(model_cfg: dict[str, Any], channels: int = 1, weight_decay: float = 0.0):
     """Build the architecture a recipe's ``model`` section names."""
     arch = model_cfg["architecture"]
@@ -393,6 +456,8 @@ def build_model(model_cfg: dict[str, Any], channels: int = 1, weight_decay: floa
         )
     if arch == "unet_lowered":
         return build_unet_lowered(*common, model_cfg["standardize"])
+    if arch == "lcnet_unet":
+        return build_lcnet_unet(*common, model_cfg["encoder_weights"], model_cfg["standardize"])
     return build_mobilenetv2_unet(
         channels,
         model_cfg["base_filters"],

@@ -120,6 +120,30 @@ def test_tinyunet_options_export_with_parity(tmp_path, option, caplog):
     assert (f"{norms} instance norm(s) as InstanceNormalization ops" in caplog.text) == (norms > 0)
 
 
+def test_the_pretrained_encoder_exports_with_parity_and_fp16(tmp_path):
+    """lcnet_unet (PP-OCRv4's backbone rebuilt in built-in layers: hard swish, depthwise convs,
+    explicit padding) reaches ONNX Runtime with the same map, in FP32 and in the FP16 graph."""
+    model = recipe_model(
+        architecture="lcnet_unet", base_filters=4, batch_norm=True, standardize=True, encoder_weights="ppocr"
+    )
+    path = tmp_path / "lcnet.keras"
+    model.save(path)
+    package = export_package(
+        path, tmp_path / "pkg", height=64, width=128, channels=1, samples=2, model_id="lcnet"
+    )
+    x = np.random.default_rng(3).random((2, 64, 128, 1), dtype=np.float32)
+    want = model.predict(x, verbose=0)
+    got = onnx_graph.session(package.onnx_path()).run(None, {"image": x})[0]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    import onnx
+
+    from converter.fp16 import convert
+
+    half_graph = convert(onnx.load(str(package.onnx_path())))
+    half = onnx_graph.session(half_graph.SerializeToString()).run(None, {"image": x})[0]
+    assert np.abs(half - want).max() < 0.02
+
+
 def test_savedmodel(tmp_path):
     model = build_unet(size=32)  # skips where TensorFlow is not installed
     import tensorflow as tf

@@ -29,6 +29,12 @@ MODELS = {
         "standardize": True,
         "input_stride": 2,
     },
+    "lcnet_unet": {
+        "architecture": "lcnet_unet",
+        "base_filters": 4,
+        "batch_norm": True,
+        "encoder_weights": "ppocr",
+    },
     "unet_lowered_instance_norm": {
         "architecture": "unet_lowered",
         "base_filters": 4,
@@ -64,7 +70,7 @@ def test_tinyunet_matches_nvidia_block_structure():
 
 
 @needs_tensorflow
-@pytest.mark.parametrize("arch", ["tinyunet", "unet_lowered", "mobilenetv2_unet"])
+@pytest.mark.parametrize("arch", ["tinyunet", "unet_lowered", "mobilenetv2_unet", "lcnet_unet"])
 def test_a_standardized_model_sees_past_gain_and_offset(arch):
     """model.standardize: the same surface under another gain and offset gives the same map
     (within float error), and the layer is exactly per-image (x - mean) / std."""
