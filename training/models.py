@@ -418,6 +418,8 @@ def build_lcnet_unet(
     feats = build_trunk(keras, path, rgb, load_weights=encoder_weights is not None)
     if encoder_weights is not None:
         logger.info("lcnet_unet encoder weights loaded from %s", path)
+    else:
+        logger.info("lcnet_unet starts from Keras's initial weights (encoder_weights: ppocr loads them)")
     x = feats[16]
     for stride, filters in ((8, 4), (4, 2)):
         x = keras.layers.UpSampling2D(2, name=f"up_{stride}_repeat")(x)

