@@ -390,6 +390,7 @@ def build_lcnet_unet(
     0.2 z, a photograph's usual level and spread). ``encoder_weights`` is ``ppocr`` (the file
     the rapidocr_onnxruntime wheel ships) or a path to it; null builds the same network with
     Keras's initial weights, the control that tells the pretraining's part from the shape's.
+    ``weight_decay`` reaches the decoder's convs only (the recipe's is 0).
     """
     import keras
     import numpy as np
