@@ -214,6 +214,10 @@ class ModelConfig:
     #: mobilenetv2_unet with encoder_weights: encoder layers whose name comes before this one
     #: stay frozen (null: none; without encoder_weights every layer trains)
     freeze_until: str | None = key("block_6_expand", rule=text_rule())
+    #: lcnet_unet with encoder_weights: the trunk's layers up to its features at this stride
+    #: (2, 4 or 8) stay as pretrained, for a faster step and so more epochs in a time budget
+    #: (0: every layer trains)
+    freeze_stride: int = number(0, ge=0, note="0: every layer trains")
 
 
 @dataclass
@@ -349,6 +353,14 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
             "model.instance_norm",
             model.instance_norm,
             "needs model.batch_norm: true (it takes BatchNorm's place) and tinyunet or unet_lowered",
+        )
+    if model.freeze_stride not in (0, 2, 4, 8):
+        raise bad("model.freeze_stride", model.freeze_stride, "must be 0, 2, 4 or 8")
+    if model.freeze_stride and model.architecture != "lcnet_unet":
+        raise bad(
+            "model.freeze_stride",
+            model.freeze_stride,
+            "must be 0 unless model.architecture is lcnet_unet (mobilenetv2_unet: model.freeze_until)",
         )
     if model.input_stride not in (1, 2, 4):
         raise bad("model.input_stride", model.input_stride, "must be 1, 2 or 4")

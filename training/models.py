@@ -377,6 +377,7 @@ def build_lcnet_unet(
     batch_norm: bool = True,
     encoder_weights: str | Path | None = "ppocr",
     standardize: bool = True,
+    freeze_stride: int = 0,
 ):
     """A U-Net on the backbone of PP-OCRv4's text detector (``training/pretrained.py``): its
     features at strides 16, 8 and 4, joined on the way up (each level repeated to twice its
@@ -390,7 +391,10 @@ def build_lcnet_unet(
     0.2 z, a photograph's usual level and spread). ``encoder_weights`` is ``ppocr`` (the file
     the rapidocr_onnxruntime wheel ships) or a path to it; null builds the same network with
     Keras's initial weights, the control that tells the pretraining's part from the shape's.
-    ``weight_decay`` reaches the decoder's convs only (the recipe's is 0).
+    ``weight_decay`` reaches the decoder's convs only (the recipe's is 0). ``freeze_stride``
+    (2, 4 or 8) keeps the trunk's layers up to its features at that stride as loaded: the
+    early layers run at the largest sizes, so their backward pass is most of a step's cost,
+    and what they compute (edges, strokes) is the most general part of the pretraining.
     """
     import keras
     import numpy as np
@@ -421,6 +425,12 @@ def build_lcnet_unet(
         logger.info("lcnet_unet encoder weights loaded from %s", path)
     else:
         logger.info("lcnet_unet starts from Keras's initial weights (encoder_weights: ppocr loads them)")
+    if freeze_stride and encoder_weights is None:
+        # frozen random weights would stay random: with nothing loaded, every layer trains
+        logger.info("no lcnet_unet encoder weights: model.freeze_stride ignored, every layer trains")
+    elif freeze_stride:
+        # the layers between the input and the features at that stride, shared with the model
+        keras.Model(inputs, feats[freeze_stride]).trainable = False
     x = feats[16]
     for stride, filters in ((8, 4), (4, 2)):
         x = keras.layers.UpSampling2D(2, name=f"up_{stride}_repeat")(x)
@@ -460,7 +470,9 @@ def build_model(model_cfg: dict[str, Any], channels: int = 1, weight_decay: floa
     if arch == "unet_lowered":
         return build_unet_lowered(*common, model_cfg["standardize"])
     if arch == "lcnet_unet":
-        return build_lcnet_unet(*common, model_cfg["encoder_weights"], model_cfg["standardize"])
+        return build_lcnet_unet(
+            *common, model_cfg["encoder_weights"], model_cfg["standardize"], model_cfg.get("freeze_stride", 0)
+        )
     return build_mobilenetv2_unet(
         channels,
         model_cfg["base_filters"],

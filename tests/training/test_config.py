@@ -78,6 +78,14 @@ def test_defaults_merge_and_overrides():
         ),
         ({"model": {"fine_stride": 3}}, "model.fine_stride is 3; must be 1 or 2"),
         (
+            {"model": {"architecture": "lcnet_unet", "freeze_stride": 16}},
+            "model.freeze_stride is 16; must be 0, 2, 4 or 8",
+        ),
+        (
+            {"model": {"freeze_stride": 4}},
+            "model.freeze_stride is 4; must be 0 unless model.architecture is lcnet_unet",
+        ),
+        (
             {"model": {"surface_window": 64}},
             "model.surface_window is 64; must be 0 or 4 times an odd number (its mean is over 4x4"
             " cells, centred); try 60 or 68",

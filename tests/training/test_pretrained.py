@@ -75,6 +75,43 @@ def test_without_weights_the_same_network_starts_from_nothing(ppocr_onnx):
     assert np.allclose(rgb[0, 5, 5], want, atol=1e-5)
 
 
+@needs_tensorflow
+def test_freeze_stride_keeps_the_early_trunk_as_loaded(ppocr_onnx):
+    """model.freeze_stride: 4 freezes exactly the trunk up to its stride-4 features; a training
+    step leaves them as loaded and moves the deeper trunk and the decoder."""
+    import keras
+
+    from training.models import build_lcnet_unet
+
+    # without BatchNorm, so that the only weights not trained are the frozen ones
+    model = build_lcnet_unet(base_filters=4, batch_norm=False, encoder_weights="ppocr", freeze_stride=4)
+    inputs = keras.Input((None, None, 3))
+    early = keras.Model(inputs, build_trunk(keras, ppocr_onnx, inputs, load_weights=False)[4])
+    frozen = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
+    assert frozen == early.count_params() + 3 + 3  # and the fixed gray-to-RGB conv's kernel and bias
+    before = {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(2, 64, 64, 1)).astype(np.float32)
+    model.fit(x, (x > 0.9).astype(np.float32), epochs=1, batch_size=2, verbose=0)
+
+    def moved(name):
+        return any(
+            not np.array_equal(a, b)
+            for a, b in zip(before[name], model.get_layer(name).get_weights(), strict=True)
+        )
+
+    deepest = max(
+        (layer.name for layer in model.layers if layer.name.startswith("encoder_conv_")),
+        key=lambda name: int(name.rsplit("_", 1)[1]),
+    )
+    assert not moved("encoder_conv_0") and not model.get_layer("encoder_conv_0").trainable
+    assert moved(deepest) and moved("output_logits")
+    # without loaded weights nothing is frozen: frozen random weights would never learn
+    control = build_lcnet_unet(base_filters=4, batch_norm=False, encoder_weights=None, freeze_stride=4)
+    assert sum(int(np.prod(w.shape)) for w in control.non_trainable_weights) == 6
+
+
 def _onnx_with(tmp_path, op, pads=(1, 1, 1, 1), strides=(2, 2)):
     import onnx
     from onnx import TensorProto, helper
