@@ -125,6 +125,9 @@ class AugmentConfig:
     noise: float = augment(0.0, 64)
     #: stuck sensor pixels: up to this share of a crop's pixels set to 255 or 0 (hot or dead)
     stuck_pixels: float = augment(0.0, 0.01)
+    #: a camera's gain or exposure: multiply by (1 + this)^+-1 about black and clip at 255, as a
+    #: sensor does, so that bright texture saturates into flat white
+    gain: float = augment(0.0, 1)
 
 
 @dataclass

@@ -133,7 +133,8 @@ def _crop(
 
 def _augment(image, mask, aug: dict[str, Any], seed, square: bool):
     """Flips, 90-degree rotations (square inputs only), brightness, contrast, and what real
-    cameras add (small rotations and scale, defocus blur, gamma, sensor noise, stuck pixels)
+    cameras add (small rotations and scale, defocus blur, gamma, sensor noise, gain with
+    saturation, stuck pixels)
     where the recipe asks for it; image is float in [0, 255]."""
     import tensorflow as tf
 
@@ -170,6 +171,11 @@ def _augment(image, mask, aug: dict[str, Any], seed, square: bool):
     if aug["noise"]:
         sigma = c[5] * aug["noise"]
         image = image + sigma * tf.random.stateless_normal(tf.shape(image), s[3])
+    if aug["gain"]:
+        # after the noise: the stored images carry their own noise, and more light on the line
+        # turns their bright texture into flat white, which a model must not read as a defect
+        g = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(s[2], 2))
+        image = tf.clip_by_value(image * tf.exp((g * 2 - 1) * math.log(1.0 + aug["gain"])), 0.0, 255.0)
     if aug["stuck_pixels"]:
         # a stream folded from the camera one: the draws above stay what they were without it
         d = tf.random.experimental.stateless_fold_in(s[2], 1)

@@ -100,7 +100,15 @@ def test_augmentation_changes_brightness_and_contrast(dagm_root):
     assert b.min() >= 0.0 and b.max() <= 1.0
 
 
-CAMERA = {"rotate": 10.0, "scale": 0.1, "blur": 2.0, "gamma": 0.3, "noise": 6.0, "stuck_pixels": 0.01}
+CAMERA = {
+    "rotate": 10.0,
+    "scale": 0.1,
+    "blur": 2.0,
+    "gamma": 0.3,
+    "noise": 6.0,
+    "stuck_pixels": 0.01,
+    "gain": 0.3,
+}
 NO_JITTER = {"flip": False, "rot90": False, "brightness": 0.0, "contrast": 0.0}
 
 
@@ -150,7 +158,7 @@ def test_camera_augmentation_each_kind_acts():
     outputs = {kind: sum(changed(kind, value, i) for i in range(4)) for kind, value in CAMERA.items()}
     # blur acts on half the crops; the others on every crop (a draw of exactly 0 aside)
     assert outputs["blur"] >= 1 and all(
-        outputs[k] >= 3 for k in ("rotate", "scale", "gamma", "noise", "stuck_pixels")
+        outputs[k] >= 3 for k in ("rotate", "scale", "gamma", "noise", "stuck_pixels", "gain")
     ), outputs
 
 
@@ -181,6 +189,41 @@ def test_stuck_pixels_are_hot_or_dead_and_leave_the_mask_and_the_other_draws_alo
         shares.append(changed.mean())
     # a share drawn up to 1 % per crop: some crops near none, none above the top
     assert max(shares) <= 0.012 and sum(shares) > 0.01, shares
+
+
+def test_gain_saturates_bright_texture_to_flat_white_and_leaves_the_other_draws_alone():
+    """More light or gain on the line: the crop is scaled about black, up on some crops and
+    down on others, and what goes past 255 is clipped to exactly 255 (flat white, as a sensor
+    gives), the label untouched; off, the crop and every other draw are what they were."""
+    import tensorflow as tf
+
+    from training.pipeline import _augment
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(150, 240, (64, 64, 1)).astype(np.float32)
+    mask = np.zeros((64, 64, 1), np.uint8)
+    mask[10:20, 10:30] = 1
+    noisy = {**NO_JITTER, **dict.fromkeys(CAMERA, 0.0), "noise": 3.0}
+    brighter = darker = 0
+    for i in range(12):
+        seed = tf.constant([9, i], tf.int64)
+        plain, _ = _augment(tf.constant(image), tf.constant(mask), noisy, seed, True)
+        lit, m = _augment(tf.constant(image), tf.constant(mask), {**noisy, "gain": 0.4}, seed, True)
+        plain, lit = plain.numpy(), lit.numpy()
+        assert np.array_equal(m.numpy(), mask)
+        below = lit < 255.0
+        factor = np.median(lit[below] / plain[below])
+        assert 1 / 1.4 - 1e-3 <= factor <= 1.4 + 1e-3
+        if factor > 1.1:
+            brighter += 1
+            # every pixel that the factor takes past white is exactly white, the rest scaled
+            over = plain * factor >= 255.0
+            assert over.any() and np.all(lit[over] == 255.0)
+            assert np.allclose(lit[~over], plain[~over] * factor, rtol=1e-4)
+        elif factor < 0.9:
+            darker += 1
+            assert lit.max() < 255.0 * 0.91
+    assert brighter >= 2 and darker >= 2, (brighter, darker)
 
 
 def test_random_crops_reach_every_image_edge():
