@@ -365,6 +365,13 @@ def _check_recipe(recipe: Recipe, source: str) -> None:
             model.freeze_stride,
             "must be 0 unless model.architecture is lcnet_unet (mobilenetv2_unet: model.freeze_until)",
         )
+    if model.encoder_weights is not None and model.architecture not in ("mobilenetv2_unet", "lcnet_unet"):
+        # a pretrained encoder that the network has none of would be dropped without a word
+        raise bad(
+            "model.encoder_weights",
+            model.encoder_weights,
+            "must be null unless model.architecture is mobilenetv2_unet or lcnet_unet",
+        )
     if model.input_stride not in (1, 2, 4):
         raise bad("model.input_stride", model.input_stride, "must be 1, 2 or 4")
     for name, why in (

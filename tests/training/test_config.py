@@ -14,7 +14,7 @@ RECIPES = sorted((Path(__file__).resolve().parents[2] / "configs" / "train").glo
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
 def test_shipped_recipes_are_valid(recipe):
     cfg = load_config(recipe)
-    assert cfg["model"]["architecture"] in ("tinyunet", "unet_lowered", "mobilenetv2_unet")
+    assert cfg["model"]["architecture"] in ("tinyunet", "unet_lowered", "mobilenetv2_unet", "lcnet_unet")
 
 
 def test_defaults_merge_and_overrides():
@@ -84,6 +84,10 @@ def test_defaults_merge_and_overrides():
         (
             {"model": {"freeze_stride": 4}},
             "model.freeze_stride is 4; must be 0 unless model.architecture is lcnet_unet",
+        ),
+        (
+            {"model": {"architecture": "tinyunet", "encoder_weights": "ppocr"}},
+            "model.encoder_weights is 'ppocr'; must be null unless model.architecture is mobilenetv2_unet",
         ),
         (
             {"model": {"surface_window": 64}},
