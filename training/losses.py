@@ -173,6 +173,12 @@ def bce_dice_peak_loss(y_true, y_pred):
     return bce_dice_loss(y_true, y_pred) + peak_loss(y_true, y_pred)
 
 
+def focal_dice_peak_loss(y_true, y_pred):
+    """Focal BCE + Dice + the peak term: the recipe's loss, with weak labels around thin
+    defects asked to be marked at their brightest tenth."""
+    return focal_dice_loss(y_true, y_pred) + peak_loss(y_true, y_pred)
+
+
 _LOSSES: dict[str, Callable] = {
     "bce": bce_loss,
     "dice": dice_loss,
@@ -184,6 +190,7 @@ _LOSSES: dict[str, Callable] = {
     "bce_tversky": bce_tversky_loss,
     "bce_dice_per_image": bce_dice_per_image_loss,
     "bce_dice_peak": bce_dice_peak_loss,
+    "focal_dice_peak": focal_dice_peak_loss,
 }
 #: the names a recipe's ``loss`` key allows (training/config.py checks against them)
 LOSS_NAMES = tuple(_LOSSES)

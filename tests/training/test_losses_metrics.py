@@ -30,7 +30,7 @@ def test_dice_coefficient_and_losses_by_hand():
     assert float(losses.adaptive_loss(y_true, poor)) == pytest.approx(float(losses.bce_loss(y_true, poor)))
     allowed = (
         "bce, dice, adaptive, bce_dice, focal, focal_dice, tversky, bce_tversky, bce_dice_per_image, "
-        "bce_dice_peak"
+        "bce_dice_peak, focal_dice_peak"
     )
     with pytest.raises(ValueError, match=f"allowed: {allowed}"):
         losses.get_loss("lovasz")
@@ -128,6 +128,8 @@ def test_peak_term_asks_for_the_brightest_tenth_of_each_label_and_nothing_else()
     assert float(losses.peak_loss(y_true, y_pred, max_pixels=4)) == pytest.approx(-np.log(0.8), rel=1e-5)
     expected = float(losses.bce_dice_loss(y_true, y_pred)) - np.log(0.8)
     assert float(losses.get_loss("bce_dice_peak")(y_true, y_pred)) == pytest.approx(expected, rel=1e-4)
+    expected = float(losses.focal_dice_loss(y_true, y_pred)) - np.log(0.8)
+    assert float(losses.get_loss("focal_dice_peak")(y_true, y_pred)) == pytest.approx(expected, rel=1e-4)
 
 
 @needs_tensorflow
