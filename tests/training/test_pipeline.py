@@ -162,6 +162,37 @@ def test_camera_augmentation_each_kind_acts():
     ), outputs
 
 
+def test_blur_is_a_defocus_of_sigma_up_to_the_setting_on_half_the_crops():
+    """input.augment.blur (the recipe's defocus): each crop is either left exactly as it was or
+    blurred by a Gaussian whose sigma is at most the setting, about half the crops each way. A
+    single bright pixel shows the kernel: the light it had is kept (no darkening), spread
+    symmetrically, with a spread (second moment) of at most the setting; the label is untouched."""
+    import tensorflow as tf
+
+    from training.pipeline import _augment
+
+    image = np.zeros((41, 41, 1), np.float32)
+    image[20, 20] = 255.0
+    mask = np.zeros((41, 41, 1), np.uint8)
+    mask[18:23, 18:23] = 1
+    aug = {**NO_JITTER, **dict.fromkeys(CAMERA, 0.0), "blur": 2.0}
+    sharp, sigmas = 0, []
+    for i in range(40):
+        a, m = (
+            t.numpy()[..., 0]
+            for t in _augment(tf.constant(image), tf.constant(mask), aug, tf.constant([9, i], tf.int64), True)
+        )
+        assert np.array_equal(m, mask[..., 0])
+        if np.array_equal(a, image[..., 0]):
+            sharp += 1
+            continue
+        assert a.sum() == pytest.approx(255.0, rel=1e-4) and np.allclose(a, a[::-1, ::-1], atol=1e-3)
+        rows = np.arange(41) - 20
+        sigmas.append(float(np.sqrt((a.sum(axis=1) * rows**2).sum() / a.sum())))
+    assert 10 <= sharp <= 30, sharp  # about half stay in focus
+    assert max(sigmas) <= 2.0 + 1e-3 and max(sigmas) > 1.0, sigmas  # up to the setting, and well into it
+
+
 def test_stuck_pixels_are_hot_or_dead_and_leave_the_mask_and_the_other_draws_alone():
     """A camera's stuck pixels: single pixels at 255 or 0, up to the share asked, the label
     untouched (they are the camera's, not the part's), and every other pixel as the same crop
