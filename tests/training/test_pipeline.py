@@ -176,6 +176,7 @@ def test_blur_is_a_defocus_of_sigma_up_to_the_setting_on_half_the_crops():
     mask = np.zeros((41, 41, 1), np.uint8)
     mask[18:23, 18:23] = 1
     aug = {**NO_JITTER, **dict.fromkeys(CAMERA, 0.0), "blur": 2.0}
+    rows = np.arange(41) - 20  # each row's distance from the bright pixel
     sharp, sigmas = 0, []
     for i in range(40):
         a, m = (
@@ -187,7 +188,6 @@ def test_blur_is_a_defocus_of_sigma_up_to_the_setting_on_half_the_crops():
             sharp += 1
             continue
         assert a.sum() == pytest.approx(255.0, rel=1e-4) and np.allclose(a, a[::-1, ::-1], atol=1e-3)
-        rows = np.arange(41) - 20
         sigmas.append(float(np.sqrt((a.sum(axis=1) * rows**2).sum() / a.sum())))
     assert 10 <= sharp <= 30, sharp  # about half stay in focus
     assert max(sigmas) <= 2.0 + 1e-3 and max(sigmas) > 1.0, sigmas  # up to the setting, and well into it
